@@ -1,0 +1,172 @@
+"""The ConvNet used for distillation and evaluation in this field.
+
+``ConvNet(depth=3, width=128)`` is the network of DC/DSA/DM/FairDD/COBRA: ``depth``
+blocks of 3x3 convolution (padding 1) -> instance norm -> ReLU -> 2x2 average pooling,
+then a linear classifier on the flattened features. Instance norm is a ``GroupNorm``
+with one group per channel and affine parameters, as in the reference code.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+Norm = Literal["instancenorm", "batchnorm", "none"]
+Pooling = Literal["avgpooling", "maxpooling", "none"]
+NORMS: tuple[str, ...] = ("instancenorm", "batchnorm", "none")
+POOLINGS: tuple[str, ...] = ("avgpooling", "maxpooling", "none")
+
+ERR_CHOICE = "{name} must be one of {allowed}; got {value!r}"
+ERR_POSITIVE = "{name} must be a positive integer; got {value!r}"
+ERR_TOO_DEEP = (
+    "depth={depth} pooling layers shrink a {size}x{size} image below one pixel; "
+    "use depth <= {max_depth} for this image size"
+)
+
+
+def _norm_layer(norm: str, width: int) -> nn.Module:
+    if norm == "instancenorm":
+        return nn.GroupNorm(width, width, affine=True)
+    if norm == "batchnorm":
+        return nn.BatchNorm2d(width)
+    return nn.Identity()
+
+
+def _pool_layer(pooling: str) -> nn.Module:
+    if pooling == "avgpooling":
+        return nn.AvgPool2d(kernel_size=2, stride=2)
+    if pooling == "maxpooling":
+        return nn.MaxPool2d(kernel_size=2, stride=2)
+    return nn.Identity()
+
+
+class ConvNet(nn.Module):
+    """ConvNet-``depth`` of width ``width`` for ``channels`` x ``image_size`` x ``image_size``.
+
+    Parameters
+    ----------
+    channels : int
+        Input channels (3 for the coloured datasets).
+    num_classes : int
+        Outputs of the linear classifier.
+    image_size : int
+        Height and width of the (square) input images.
+    width, depth : int
+        Channels per convolution and number of conv blocks (128 and 3 in the papers).
+    norm : {"instancenorm", "batchnorm", "none"}
+    pooling : {"avgpooling", "maxpooling", "none"}
+
+    Notes
+    -----
+    :meth:`embed` returns the penultimate features, the flattened output of the last
+    block (``width * (image_size / 2**depth)**2`` values, 2048 for 32x32 inputs); DM
+    matches the means of these embeddings.
+    """
+
+    def __init__(
+        self,
+        *,
+        channels: int,
+        num_classes: int,
+        image_size: int,
+        width: int = 128,
+        depth: int = 3,
+        norm: Norm = "instancenorm",
+        pooling: Pooling = "avgpooling",
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("channels", channels),
+            ("num_classes", num_classes),
+            ("image_size", image_size),
+            ("width", width),
+            ("depth", depth),
+        ):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(ERR_POSITIVE.format(name=name, value=value))
+        if norm not in NORMS:
+            raise ValueError(ERR_CHOICE.format(name="norm", allowed=NORMS, value=norm))
+        if pooling not in POOLINGS:
+            raise ValueError(ERR_CHOICE.format(name="pooling", allowed=POOLINGS, value=pooling))
+        size = image_size
+        layers: list[nn.Module] = []
+        in_channels = channels
+        for _ in range(depth):
+            layers += [
+                nn.Conv2d(in_channels, width, kernel_size=3, padding=1),
+                _norm_layer(norm, width),
+                nn.ReLU(inplace=True),
+                _pool_layer(pooling),
+            ]
+            in_channels = width
+            if pooling != "none":
+                size //= 2
+        if size < 1:
+            max_depth = max(int(image_size).bit_length() - 1, 1)
+            raise ValueError(ERR_TOO_DEEP.format(depth=depth, size=image_size, max_depth=max_depth))
+        self.features = nn.Sequential(*layers)
+        self.embedding_dim = width * size * size
+        self.classifier = nn.Linear(self.embedding_dim, num_classes)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Penultimate features, shape (N, embedding_dim)."""
+        return self.features(x).flatten(1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.embed(x))
+
+
+def build_convnet(
+    *,
+    channels: int,
+    num_classes: int,
+    image_size: int,
+    width: int = 128,
+    depth: int = 3,
+    norm: Norm = "instancenorm",
+    pooling: Pooling = "avgpooling",
+    seed: int | None = None,
+    device: torch.device | str | None = None,
+) -> ConvNet:
+    """A freshly initialised :class:`ConvNet`, deterministic when ``seed`` is given."""
+    if seed is None:
+        net = ConvNet(
+            channels=channels, num_classes=num_classes, image_size=image_size,
+            width=width, depth=depth, norm=norm, pooling=pooling,
+        )
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = ConvNet(
+                channels=channels, num_classes=num_classes, image_size=image_size,
+                width=width, depth=depth, norm=norm, pooling=pooling,
+            )
+    return net.to(device)
+
+
+@torch.no_grad()
+def reset_parameters_(net: nn.Module, *, generator: torch.Generator | None = None) -> nn.Module:
+    """Re-draw every parameter of ``net`` in place, as a fresh construction would.
+
+    Convolutions and linear layers get PyTorch's default ``U(-1/sqrt(fan_in),
+    1/sqrt(fan_in))`` for weights and biases (the bound of ``kaiming_uniform_(a=sqrt(5))``);
+    norm layers get weight 1 and bias 0. Drawing on the parameters' own device with
+    ``generator`` lets the synthesis loop use a fresh random network every iteration
+    without allocating a new module.
+    """
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            fan_in = module.weight[0].numel()
+            bound = 1.0 / fan_in**0.5
+            module.weight.uniform_(-bound, bound, generator=generator)
+            if module.bias is not None:
+                module.bias.uniform_(-bound, bound, generator=generator)
+        elif isinstance(module, (nn.GroupNorm, nn.BatchNorm2d)):
+            if module.weight is not None:
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+            if isinstance(module, nn.BatchNorm2d):
+                module.reset_running_stats()
+    return net

@@ -1,0 +1,83 @@
+"""Figures for reports: synthetic-image grids, loss curves, per-group recall heatmaps.
+
+Pure functions returning matplotlib figures (Agg backend, no display needed); the
+caller saves them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+from fdd.data import SyntheticSet  # noqa: E402
+
+
+def synthetic_grid(synthetic: SyntheticSet, *, max_per_class: int = 10, title: str = "") -> Figure:
+    """One row per class, up to ``max_per_class`` images, in pixel space."""
+    mean = torch.tensor(synthetic.mean).view(1, -1, 1, 1)
+    std = torch.tensor(synthetic.std).view(1, -1, 1, 1)
+    pixels = (synthetic.images.float() * std + mean).clamp(0, 1)
+    num_classes = len(synthetic.class_names)
+    per_class = min(max_per_class, synthetic.images_per_class)
+    rows = []
+    for c in range(num_classes):
+        chosen = pixels[synthetic.labels == c][:per_class]
+        pad = torch.zeros(per_class - chosen.shape[0], *pixels.shape[1:])
+        rows.append(torch.cat([chosen, pad]))
+    grid = make_grid(torch.cat(rows), nrow=per_class, padding=1, pad_value=1.0)
+    fig, ax = plt.subplots(figsize=(per_class * 0.6 + 1, num_classes * 0.6 + 0.6))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_yticks([(i + 0.5) * (grid.shape[1] / num_classes) for i in range(num_classes)])
+    ax.set_yticklabels(synthetic.class_names)
+    ax.set_xticks([])
+    ax.set_title(title or f"synthetic set ({synthetic.images_per_class} per class)")
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(curves: Mapping[str, Sequence[float]], *, title: str = "matching loss") -> Figure:
+    """One line per mode (each scaled by its first value, so modes compare)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, values in curves.items():
+        values = np.asarray(values, dtype=float)
+        if values.size:
+            ax.plot(np.arange(1, values.size + 1), values / (values[0] or 1.0), label=name)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss / first-iteration loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def recall_heatmap(recall: np.ndarray, *, group_names: Sequence[str], class_names: Sequence[str], title: str) -> Figure:
+    """Per-(group, class) recall in percent; NaN cells blank."""
+    fig, ax = plt.subplots(figsize=(0.55 * len(class_names) + 2, 0.4 * len(group_names) + 1.2))
+    image = ax.imshow(np.asarray(recall, dtype=float), vmin=0, vmax=100, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(class_names)), labels=list(class_names), rotation=45, ha="right")
+    ax.set_yticks(range(len(group_names)), labels=list(group_names))
+    ax.set_xlabel("class")
+    ax.set_ylabel("group")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="recall (%)")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure) -> bytes:
+    """PNG bytes of ``fig`` (closed afterwards), for atomic writes."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,267 @@
+"""The synthetic-set optimisation loop (DM backbone, vanilla / fairdd / cobra modes).
+
+One outer iteration (METHOD.md section 2):
+
+1. re-draw the embedding network's parameters (a fresh random ConvNet);
+2. cobra only: train it for ``K`` epochs on the current synthetic set (SGD, DSA),
+   then freeze it;
+3. draw ``batch_real`` real images per class on the device, augment the real batch and
+   the synthetic set with one siamese DSA draw per class, embed both in **one**
+   forward pass each, and compute :func:`fdd.dm.dm_loss` for all classes at once;
+4. one SGD step (momentum) on the synthetic pixels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fdd.augment import DSAConfig, apply_dsa, augment_per_image, draw_dsa
+from fdd.config import NetworkConfig, SynthesisConfig
+from fdd.data import GroupedImages, SyntheticSet
+from fdd.dm import dm_loss
+from fdd.networks import ConvNet, build_convnet, reset_parameters_
+
+ERR_MODE = "mode must be one of {allowed}; got {value!r}"
+ERR_CLASS_EMPTY = (
+    "class {names} has no training images; every class needs at least one real image "
+    "to initialise and match its synthetic images"
+)
+ERR_TOO_FEW_FOR_INIT = (
+    "init='real' needs ipc={ipc} distinct real images per class, but class {name!r} has {count}; "
+    "lower synthesis.ipc or use synthesis.init='noise'"
+)
+
+ProgressCallback = Callable[[int, float], None]
+
+
+class ClassSampler:
+    """Draws per-class batches of real-image indices on the data's device.
+
+    Each call returns ``batch`` indices per class drawn without replacement (the
+    reference code's permutation), all classes together, in one batched operation.
+    Classes with fewer than ``batch`` images contribute all of their images.
+    """
+
+    def __init__(self, labels: Tensor, *, num_classes: int) -> None:
+        counts = torch.bincount(labels, minlength=num_classes)
+        if bool((counts == 0).any()):
+            empty = torch.nonzero(counts == 0).flatten().tolist()
+            raise ValueError(ERR_CLASS_EMPTY.format(names=empty))
+        order = torch.argsort(labels, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        width = int(counts.max())
+        position = torch.arange(width, device=labels.device).unsqueeze(0)  # (1, W)
+        valid = position < counts.unsqueeze(1)  # (C, W)
+        flat = (starts.unsqueeze(1) + position).clamp_max(labels.numel() - 1)
+        self.index = torch.where(valid, order[flat], torch.zeros_like(flat))  # (C, W)
+        self.valid = valid
+        self.counts = counts
+        self.num_classes = num_classes
+
+    def sample(self, batch: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """Indices, shape (num_classes * b,), class-major; ``b = min(batch, smallest class)``."""
+        b = min(batch, int(self.counts.min()))
+        keys = torch.rand(self.index.shape, generator=generator, device=self.index.device)
+        keys = keys.masked_fill(~self.valid, 2.0)
+        picks = keys.topk(b, dim=1, largest=False).indices  # (C, b)
+        return torch.gather(self.index, 1, picks).flatten()
+
+
+def initial_synthetic_images(
+    train: GroupedImages,
+    *,
+    ipc: int,
+    init: str,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """Initial synthetic images (normalised space) and labels, ``ipc`` per class.
+
+    ``init='real'`` takes ``ipc`` distinct random real images of each class (as the
+    reference code does); ``init='noise'`` draws standard normal pixels.
+    """
+    c = train.num_classes
+    labels = torch.arange(c, device=device).repeat_interleave(ipc)
+    if init == "noise":
+        shape = (c * ipc, *train.image_shape)
+        return torch.randn(shape, generator=generator, device=device), labels
+    counts = torch.bincount(train.labels, minlength=c)
+    for k in range(c):
+        if int(counts[k]) < ipc:
+            raise ValueError(ERR_TOO_FEW_FOR_INIT.format(ipc=ipc, name=train.class_names[k], count=int(counts[k])))
+    sampler = ClassSampler(train.labels.to(device), num_classes=c)
+    index = sampler.sample(ipc, generator=generator).cpu()
+    return train.subset(index).normalized(device), labels
+
+
+def train_network(
+    net: ConvNet,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    batch_size: int,
+    dsa: DSAConfig | None,
+    generator: torch.Generator | None,
+    lr_decay_epoch: int | None = None,
+) -> ConvNet:
+    """Train ``net`` on (images, labels) with SGD and cross-entropy, DSA per batch.
+
+    The learning rate is multiplied by 0.1 once epoch ``lr_decay_epoch`` is done
+    (the evaluation protocol's schedule); ``None`` keeps it constant.
+    """
+    net.train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    n = images.shape[0]
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=generator, device=images.device) if n > batch_size else None
+        for start in range(0, n, batch_size):
+            if order is None:
+                x, y = images, labels
+            else:
+                idx = order[start : start + batch_size]
+                x, y = images[idx], labels[idx]
+            if dsa is not None:
+                x = augment_per_image(x, config=dsa, generator=generator)
+            loss = F.cross_entropy(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if lr_decay_epoch is not None and epoch == lr_decay_epoch:
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.1
+    return net
+
+
+@dataclass
+class SynthesisResult:
+    """What one synthesis run produced."""
+
+    synthetic: SyntheticSet
+    losses: list[float] = field(default_factory=list)  # one per iteration
+    seconds: float = 0.0
+    seconds_per_iteration: float = 0.0
+
+
+def synthesize(
+    train: GroupedImages,
+    *,
+    mode: str,
+    config: SynthesisConfig,
+    network: NetworkConfig,
+    seed: int,
+    device: torch.device | str = "cpu",
+    provenance: dict | None = None,
+    progress: ProgressCallback | None = None,
+) -> SynthesisResult:
+    """Distil ``train`` into ``config.ipc`` synthetic images per class with DM in ``mode``.
+
+    Parameters
+    ----------
+    train : GroupedImages
+        The real training split with its group ids.
+    mode : {"vanilla", "fairdd", "cobra"}
+    config : SynthesisConfig
+        Iterations, batch size, learning rates, initialisation, warm-up schedule.
+    network : NetworkConfig
+        Architecture of the embedding ConvNet.
+    seed : int
+        Seeds the initialisation, the batches, the networks and the augmentation.
+    device : torch.device or str
+    provenance : dict, optional
+        Recorded in the returned :class:`SyntheticSet` (config and data hashes).
+    progress : callable(iteration, loss), optional
+        Called every ``config.log_every`` iterations and at the end.
+    """
+    from fdd.dm import MATCHING_MODES
+
+    if mode not in MATCHING_MODES:
+        raise ValueError(ERR_MODE.format(allowed=MATCHING_MODES, value=mode))
+    device = torch.device(device)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    real_images = train.normalized(device)
+    real_labels = train.labels.to(device)
+    real_groups = train.groups.to(device)
+    sampler = ClassSampler(real_labels, num_classes=train.num_classes)
+
+    syn_images, syn_labels = initial_synthetic_images(
+        train, ipc=config.ipc, init=config.init, generator=generator, device=device
+    )
+    syn_images = syn_images.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.SGD([syn_images], lr=config.lr_img, momentum=config.momentum)
+    dsa = DSAConfig() if config.dsa else None
+    net = build_convnet(
+        channels=train.image_shape[0], num_classes=train.num_classes, image_size=train.image_shape[1],
+        width=network.width, depth=network.depth, norm=network.norm, pooling=network.pooling,
+        device=device,
+    )
+    warmup_epochs = config.resolved_warmup_epochs() if mode == "cobra" else 0
+    losses = torch.zeros(config.iterations, device=device)
+    start = time.perf_counter()
+    for it in range(config.iterations):
+        reset_parameters_(net, generator=generator)
+        if warmup_epochs:
+            net.requires_grad_(True)
+            train_network(
+                net, syn_images.detach(), syn_labels, epochs=warmup_epochs, lr=config.warmup_lr,
+                momentum=config.warmup_momentum, weight_decay=config.warmup_weight_decay,
+                batch_size=config.warmup_batch, dsa=dsa, generator=generator,
+            )
+        net.requires_grad_(False)
+        net.train()
+        index = sampler.sample(config.batch_real, generator=generator)
+        real = real_images[index]
+        syn = syn_images
+        if dsa is not None:
+            draw = draw_dsa(
+                train.num_classes, image_size=train.image_shape[1:], config=dsa,
+                generator=generator, device=device,
+            )
+            real = apply_dsa(real, real_labels[index], draw, config=dsa)
+            syn = apply_dsa(syn, syn_labels, draw, config=dsa)
+        with torch.no_grad():
+            real_features = net.embed(real)
+        loss = dm_loss(
+            real_features, real_labels[index], real_groups[index], net.embed(syn), syn_labels,
+            num_classes=train.num_classes, num_groups=train.num_groups, mode=mode,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses[it] = loss.detach()
+        if progress is not None and ((it + 1) % config.log_every == 0 or it + 1 == config.iterations):
+            progress(it + 1, float(losses[it]))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    synthetic = SyntheticSet(
+        images=syn_images.detach().cpu(),
+        labels=syn_labels.cpu(),
+        class_names=train.class_names,
+        mean=train.mean,
+        std=train.std,
+        provenance={
+            "backbone": config.backbone,
+            "mode": mode,
+            "ipc": config.ipc,
+            "iterations": config.iterations,
+            "seed": seed,
+            **(provenance or {}),
+        },
+    )
+    return SynthesisResult(
+        synthetic=synthetic,
+        losses=losses.cpu().tolist(),
+        seconds=seconds,
+        seconds_per_iteration=seconds / max(config.iterations, 1),
+    )

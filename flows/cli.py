@@ -1,0 +1,120 @@
+"""The ``fdd`` command line.
+
+    fdd run                 the default pipeline: every mode of synthesis.modes, side by side
+    fdd distill --mode M    one mode
+    fdd data fetch          acquire and prepare the dataset only
+    fdd stage NAME          one stage without Prefect (used by dvc.yaml)
+    fdd show                print the last comparison table
+
+Settings come from ``params.yaml`` (``--params``), optionally merged with a preset
+(``--preset full``) and ``--set section.key=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flows.settings import configure_environment
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+def _overrides(items: list[str]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects section.key=value; got {item!r}")
+        node = result
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return result
+
+
+def _preset_path(preset: str | None) -> Path | None:
+    if preset is None:
+        return None
+    path = Path(preset)
+    if path.exists():
+        return path
+    candidate = PRESETS_DIR / f"{preset}.yaml"
+    if not candidate.exists():
+        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+        raise SystemExit(f"unknown preset {preset!r}; known presets: {known} (or a path to a YAML file)")
+    return candidate
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
+    common.add_argument("--preset", help="preset merged over the params file: 'full', 'quick', or a YAML path")
+    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set synthesis.ipc=50 (repeatable)")
+    common.add_argument("--workspace", default=".", help="folder holding data/ and .prefect/ (default: .)")
+    parser = argparse.ArgumentParser(prog="fdd", description="Fair dataset distillation (COBRA) pipeline")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", parents=[common], help="run the comparison pipeline (all modes in synthesis.modes)")
+    distill = sub.add_parser("distill", parents=[common], help="run the pipeline for one mode")
+    distill.add_argument("--mode", required=True, choices=["vanilla", "fairdd", "cobra"])
+    data = sub.add_parser("data", help="dataset commands")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    data_sub.add_parser("fetch", parents=[common], help="acquire and prepare the dataset (stage ingest)")
+    one = sub.add_parser("stage", parents=[common], help="run one stage without Prefect (dvc.yaml uses this)")
+    one.add_argument("name", choices=["ingest", "partition", "features", "barycenters", "synthesize", "audit", "report"])
+    one.add_argument("--mode", choices=["vanilla", "fairdd", "cobra"])
+    show = sub.add_parser("show", parents=[common], help="print the last comparison table")
+    del show
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    workspace = str(Path(args.workspace).resolve())
+    configure_environment(workspace)
+    from fdd.config import ConfigError
+    from flows import pipeline
+
+    if args.command == "show":
+        table = Path(workspace) / "data/report/comparison.csv"
+        if not table.exists():
+            print(f"no results yet: {table} is missing; run `fdd run` first", file=sys.stderr)
+            return 1
+        import pandas as pd
+
+        print(pd.read_csv(table).to_markdown(index=False))
+        return 0
+    try:
+        config = pipeline.load_config(args.params, preset=_preset_path(args.preset), overrides=_overrides(args.overrides))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    if args.command == "stage":
+        pipeline.run_single_stage(args.name, config, workspace, args.mode)
+        return 0
+    if args.command == "data":
+        pipeline.ingest(workspace, config.data)  # a one-task run, cached like in the flow
+        print(f"prepared data under {Path(workspace) / 'data/prepared'}")
+        return 0
+    if args.command == "distill":
+        pipeline.distill_flow(config, mode=args.mode, workspace=workspace)
+    else:
+        pipeline.compare_flow(config, workspace=workspace)
+    import pandas as pd
+
+    table = pd.read_csv(Path(workspace) / "data/report/comparison.csv")
+    print("\n" + table.to_markdown(index=False))
+    print(f"\nfinished in {time.perf_counter() - start:.0f} s; report: {Path(workspace) / 'data/report/report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

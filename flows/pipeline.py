@@ -1,0 +1,161 @@
+"""The distillation flows: one Prefect flow chaining the cached stage tasks.
+
+    ingest -> partition -> features -> barycenters -> synthesize[mode] -> audit[mode] -> report
+
+``compare_flow`` runs every mode of ``synthesis.modes`` on the same prepared data and
+writes one side-by-side table; ``distill_flow`` runs a single mode. The stage list
+below is the single definition that ``dvc.yaml`` must match (a test checks it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from prefect import flow
+
+from fdd.config import ConfigError, PipelineConfig, deep_merge, parse_config
+from tasks.audit import audit_set
+from tasks.barycenters import compute_barycenters
+from tasks.features import extract_features
+from tasks.ingest import ingest
+from tasks.partition import partition
+from tasks.report import write_report
+from tasks.synthesize import synthesize_set
+
+STAGES: tuple[str, ...] = ("ingest", "partition", "features", "barycenters", "synthesize", "audit", "report")
+PER_MODE_STAGES: tuple[str, ...] = ("synthesize", "audit")
+ERR_NO_CUDA = "runtime.device is 'cuda' but torch.cuda.is_available() is False on this machine; use 'cpu' or 'auto'"
+
+
+def load_config(
+    path: str | Path = "params.yaml",
+    *,
+    preset: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> PipelineConfig:
+    """Read ``params.yaml``, merge an optional preset file and overrides, validate once."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"configuration file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        if preset is not None:
+            raw = deep_merge(raw, yaml.safe_load(Path(preset).read_text()) or {})
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse YAML: {exc}") from None
+    if overrides:
+        raw = deep_merge(raw, overrides)
+    return parse_config(raw)
+
+
+def resolve_device(choice: str) -> str:
+    """The device of ``runtime.device``: 'auto' is CUDA when present, else CPU."""
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(ERR_NO_CUDA)
+    return choice
+
+
+def _pick(outputs: dict[str, str], *names: str) -> dict[str, str]:
+    return {path: digest for path, digest in outputs.items() if Path(path).name in names}
+
+
+def run_stages(config: PipelineConfig, workspace: str, modes: tuple[str, ...]) -> dict[str, Any]:
+    """Call the stage tasks in order; each one is skipped when its cache key is known."""
+    device = resolve_device(config.runtime.device)
+    if config.runtime.num_threads:
+        torch.set_num_threads(config.runtime.num_threads)
+    prepared = ingest(workspace, config.data)
+    train = _pick(prepared, "train.pt", "dataset.json")
+    partitioned = partition(workspace, inputs=_pick(prepared, "train.pt"))
+    features = extract_features(
+        workspace, inputs=_pick(prepared, "train.pt"), features=config.features, network=config.network, device=device
+    )
+    barycenters = compute_barycenters(
+        workspace, inputs={**_pick(features, "features.pt"), **_pick(prepared, "dataset.json")},
+        barycenters=config.barycenters,
+    )
+    synthetic, audited = {}, {}
+    for mode in modes:
+        synthetic[mode] = synthesize_set(
+            workspace, inputs=train, mode=mode, synthesis=config.synthesis, network=config.network,
+            seed=config.runtime.seed, device=device,
+        )
+        audited[mode] = audit_set(
+            workspace, inputs={**_pick(synthetic[mode], "synthetic.pt"), **_pick(prepared, "test.pt")},
+            mode=mode, audit=config.audit, network=config.network, device=device,
+        )
+    report_inputs = {**prepared, **partitioned, **features, **barycenters}
+    for mode in modes:
+        report_inputs.update(synthetic[mode])
+        report_inputs.update(audited[mode])
+    write_report(workspace, inputs=report_inputs, modes=modes, config=config)
+    return json.loads((Path(workspace) / "data/report/metrics.json").read_text())
+
+
+@flow(name="fdd-compare", log_prints=True)
+def compare_flow(config: PipelineConfig, workspace: str = ".") -> dict[str, Any]:
+    """Distil with every mode of ``config.synthesis.modes`` and compare them side by side."""
+    return run_stages(config, workspace, tuple(config.synthesis.modes))
+
+
+@flow(name="fdd-distill", log_prints=True)
+def distill_flow(config: PipelineConfig, mode: str = "cobra", workspace: str = ".") -> dict[str, Any]:
+    """Distil with one fairness mode and audit the result."""
+    single = config.model_copy(update={"synthesis": config.synthesis.model_copy(update={"modes": (mode,)})})
+    return run_stages(parse_config(single.model_dump(mode="json")), workspace, (mode,))
+
+
+def _manifest(workspace: str, folder: str) -> dict[str, str]:
+    path = Path(workspace) / "data" / folder / "manifest.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run the upstream stage first (dvc repro runs them in order)")
+    return json.loads(path.read_text())["outputs"]
+
+
+def run_single_stage(name: str, config: PipelineConfig, workspace: str, mode: str | None = None) -> dict[str, str]:
+    """Run one stage without Prefect (what each ``dvc.yaml`` stage calls).
+
+    The inputs are read from the upstream stages' manifests, so the stage verifies
+    their hashes exactly as inside the flow.
+    """
+    if name not in STAGES:
+        raise ValueError(f"stage must be one of {list(STAGES)}; got {name!r}")
+    if (name in PER_MODE_STAGES) != (mode is not None):
+        raise ValueError(f"stage {name!r} {'needs' if name in PER_MODE_STAGES else 'takes no'} --mode")
+    device = resolve_device(config.runtime.device)
+    if name == "ingest":
+        return ingest.fn(workspace, config.data)
+    prepared = _manifest(workspace, "prepared")
+    if name == "partition":
+        return partition.fn(workspace, inputs=_pick(prepared, "train.pt"))
+    if name == "features":
+        return extract_features.fn(
+            workspace, inputs=_pick(prepared, "train.pt"), features=config.features, network=config.network, device=device
+        )
+    if name == "barycenters":
+        return compute_barycenters.fn(
+            workspace, inputs={**_pick(_manifest(workspace, "features"), "features.pt"), **_pick(prepared, "dataset.json")},
+            barycenters=config.barycenters,
+        )
+    if name == "synthesize":
+        return synthesize_set.fn(
+            workspace, inputs=_pick(prepared, "train.pt", "dataset.json"), mode=mode, synthesis=config.synthesis,
+            network=config.network, seed=config.runtime.seed, device=device,
+        )
+    if name == "audit":
+        return audit_set.fn(
+            workspace, inputs={**_pick(_manifest(workspace, f"synthetic/{mode}"), "synthetic.pt"), **_pick(prepared, "test.pt")},
+            mode=mode, audit=config.audit, network=config.network, device=device,
+        )
+    modes = tuple(config.synthesis.modes)
+    inputs = {**prepared, **_manifest(workspace, "partition"), **_manifest(workspace, "features"), **_manifest(workspace, "barycenters")}
+    for m in modes:
+        inputs.update(_manifest(workspace, f"synthetic/{m}"))
+        inputs.update(_manifest(workspace, f"audit/{m}"))
+    return write_report.fn(workspace, inputs=inputs, modes=modes, config=config)

@@ -1,0 +1,89 @@
+"""Stage ``report``: one side-by-side table of the modes and a markdown report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from fdd.config import PipelineConfig
+from fdd.plots import loss_curves, save_figure
+from tasks.base import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    publish_markdown,
+    publish_table,
+    stage,
+    stage_dir,
+)
+
+COLUMNS = {
+    "accuracy": "Acc (%)",
+    "deo_m": "DEO_M (%)",
+    "deo_a": "DEO_A (%)",
+    "worst_group_accuracy": "worst-group acc (%)",
+}
+
+
+def comparison_table(metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
+    """One row per mode: mean +/- std of the headline metrics."""
+    rows = []
+    for mode, values in metrics.items():
+        row = {"mode": mode}
+        for key, label in COLUMNS.items():
+            row[label] = f"{values[key]:.2f} ± {values[key + '_std']:.2f}"
+        row["evaluations"] = values["num_eval"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@stage("report")
+def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...], config: PipelineConfig) -> list[Path]:
+    """Write ``data/report/{report.md, comparison.csv, metrics.json, loss_curves.png}``."""
+    root = Path(workspace)
+    out = stage_dir(workspace, "report")
+    metrics = {m: json.loads((root / "data/audit" / m / "metrics.json").read_text()) for m in modes}
+    table = comparison_table(metrics)
+    atomic_write_text(out / "comparison.csv", table.to_csv(index=False))
+    atomic_write_json(out / "metrics.json", metrics)
+    curves = {m: pd.read_csv(root / "data/synthetic" / m / "losses.csv")["loss"].tolist() for m in modes}
+    atomic_write_bytes(out / "loss_curves.png", save_figure(loss_curves(curves)))
+    dataset = json.loads((root / "data/prepared/dataset.json").read_text())
+    classes = pd.read_csv(root / "data/partition/classes.csv")
+    separation = pd.read_csv(root / "data/features/separation.csv")
+    diagnostics = pd.read_csv(root / "data/barycenters/classes.csv")
+    timing = {m: json.loads((root / "data/synthetic" / m / "timing.json").read_text()) for m in modes}
+    sections = [
+        "# Fair dataset distillation report",
+        f"Dataset **{dataset['dataset']}** ({dataset['bias']} bias; {dataset['train_images']} train / "
+        f"{dataset['test_images']} test images; source: {dataset['source']}). Backbone "
+        f"**{config.synthesis.backbone.upper()}**, {config.synthesis.ipc} images per class, "
+        f"{config.synthesis.iterations} iterations, ConvNet width {config.network.width}.",
+        "## Results (mean ± std over evaluation seeds)",
+        table.to_markdown(index=False),
+        "## Synthesis time",
+        pd.DataFrame(
+            [{"mode": m, "seconds": round(t["seconds"], 1), "s/iteration": round(t["seconds_per_iteration"], 4),
+              "device": t["device"]} for m, t in timing.items()]
+        ).to_markdown(index=False),
+        "## Train-split partition (per class)",
+        classes.round(3).to_markdown(index=False),
+        "## Group separation under the reference embedder",
+        separation.round(3).to_markdown(index=False),
+        "## Distance of each group to the uniform barycenter vs to the pooled (vanilla) target",
+        "Means over the groups of each class; `w2_*` are W2 distances of the groups' embedding clouds "
+        "to the free-support barycenter with uniform and with proportional (vanilla) weights.",
+        diagnostics.round(3).to_markdown(index=False),
+        "## Figures",
+        "Loss curves: `data/report/loss_curves.png`; per-mode synthetic grids: "
+        "`data/synthetic/<mode>/grid.png`; recall heatmaps: `data/audit/<mode>/group_recall.png`.",
+        "## Configuration",
+        "```json\n" + json.dumps(config.model_dump(mode="json"), indent=2) + "\n```",
+    ]
+    markdown = "\n\n".join(sections) + "\n"
+    atomic_write_text(out / "report.md", markdown)
+    publish_markdown("report", markdown, "fair distillation report")
+    publish_table("comparison", table.to_dict("records"), "modes side by side")
+    return [out / "report.md", out / "comparison.csv", out / "metrics.json", out / "loss_curves.png"]
