@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         pipeline.run_single_stage(args.name, config, workspace, args.mode)
         return 0
     if args.command == "data":
-        pipeline.ingest(workspace, config.data)  # a one-task run, cached like in the flow
+        pipeline.call_stage(pipeline.ingest, workspace=workspace, data=config.data)  # cached like in the flow
         print(f"prepared data under {Path(workspace) / 'data/prepared'}")
         return 0
     if args.command == "distill":

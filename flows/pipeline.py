@@ -19,6 +19,7 @@ from prefect import flow
 
 from fdd.config import ConfigError, PipelineConfig, deep_merge, parse_config
 from tasks.audit import audit_set
+from tasks.base import call_stage
 from tasks.barycenters import compute_barycenters
 from tasks.features import extract_features
 from tasks.ingest import ingest
@@ -70,32 +71,32 @@ def run_stages(config: PipelineConfig, workspace: str, modes: tuple[str, ...]) -
     device = resolve_device(config.runtime.device)
     if config.runtime.num_threads:
         torch.set_num_threads(config.runtime.num_threads)
-    prepared = ingest(workspace, config.data)
+    prepared = call_stage(ingest, workspace=workspace, data=config.data)
     train = _pick(prepared, "train.pt", "dataset.json")
-    partitioned = partition(workspace, inputs=_pick(prepared, "train.pt"))
-    features = extract_features(
-        workspace, inputs=_pick(prepared, "train.pt"), features=config.features, network=config.network, device=device
+    partitioned = call_stage(partition, workspace=workspace, inputs=_pick(prepared, "train.pt"))
+    features = call_stage(
+        extract_features, workspace=workspace, inputs=_pick(prepared, "train.pt"), features=config.features, network=config.network, device=device
     )
-    barycenters = compute_barycenters(
-        workspace, inputs={**_pick(features, "features.pt"), **_pick(prepared, "dataset.json")},
+    barycenters = call_stage(
+        compute_barycenters, workspace=workspace, inputs={**_pick(features, "features.pt"), **_pick(prepared, "dataset.json")},
         barycenters=config.barycenters,
     )
     synthetic, audited = {}, {}
     for mode in modes:
-        synthetic[mode] = synthesize_set(
-            workspace, inputs=train, mode=mode, synthesis=config.synthesis, network=config.network,
+        synthetic[mode] = call_stage(
+            synthesize_set, workspace=workspace, inputs=train, mode=mode, synthesis=config.synthesis, network=config.network,
             seed=config.runtime.seed, device=device,
         )
-        audited[mode] = audit_set(
-            workspace, inputs={**_pick(synthetic[mode], "synthetic.pt"), **_pick(prepared, "test.pt")},
+        audited[mode] = call_stage(
+            audit_set, workspace=workspace, inputs={**_pick(synthetic[mode], "synthetic.pt"), **_pick(prepared, "test.pt")},
             mode=mode, audit=config.audit, network=config.network, device=device,
         )
     report_inputs = {**prepared, **partitioned, **features, **barycenters}
     for mode in modes:
         report_inputs.update(synthetic[mode])
         report_inputs.update(audited[mode])
-    write_report(workspace, inputs=report_inputs, modes=modes, config=config)
-    return json.loads((Path(workspace) / "data/report/metrics.json").read_text())
+    call_stage(write_report, workspace=workspace, inputs=report_inputs, modes=modes, config=config)
+    return json.loads((Path(workspace) / "data/metrics.json").read_text())
 
 
 @flow(name="fdd-compare", log_prints=True)

@@ -14,9 +14,9 @@ Caching. The cache key of a stage run is the SHA-256 of
 
 Prefect skips a stage when a persisted result exists for that key. Because the key
 cannot see the outputs themselves, each stage also writes ``manifest.json`` with its
-key and the hashes of its outputs; when the outputs on disk no longer match (deleted,
-truncated, edited by hand) the key is salted so that the stage runs again instead of
-handing back files that are not what the cache remembers.
+key and the hashes of its outputs; :func:`call_stage` refreshes the cache entry when
+the outputs on disk no longer match (deleted, truncated, edited by hand), so the stage
+runs again instead of handing back files that are not what the cache remembers.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import logging
 import os
 import re
 import tempfile
-import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -179,16 +178,32 @@ def stage_key(stage: str, parameters: dict[str, Any]) -> str:
 
 
 def make_cache_key_fn(stage: str) -> Callable[[Any, dict[str, Any]], str]:
-    """A Prefect ``cache_key_fn`` for ``stage`` that also checks the manifest on disk."""
+    """A Prefect ``cache_key_fn`` for ``stage``: the content key of its parameters."""
 
     def cache_key(_context: Any, parameters: dict[str, Any]) -> str:
-        key = stage_key(stage, parameters)
-        folder = stage_dir(parameters["workspace"], stage, parameters.get("mode"))
-        if manifest_matches(parameters["workspace"], folder, key):
-            return f"{stage}-{key}"
-        return f"{stage}-{key}-stale-{uuid.uuid4().hex}"
+        return f"{stage}-{stage_key(stage, parameters)}"
 
     return cache_key
+
+
+def outputs_current(stage_task: Any, /, **kwargs: Any) -> bool:
+    """Whether the files on disk are the outputs of this exact stage call, unaltered."""
+    bound = inspect.signature(stage_task.fn).bind(**kwargs)
+    bound.apply_defaults()
+    params = dict(bound.arguments)
+    key = stage_key(stage_task.name, params)
+    return manifest_matches(params["workspace"], stage_dir(params["workspace"], stage_task.name, params.get("mode")), key)
+
+
+def call_stage(stage_task: Any, /, **kwargs: Any) -> dict[str, str]:
+    """Call a stage task, letting Prefect's cache skip it only if its outputs are intact.
+
+    A cached result is only worth its files: when they were deleted, truncated or
+    edited since, the call refreshes the cache entry (the stage runs again).
+    """
+    if outputs_current(stage_task, **kwargs):
+        return stage_task(**kwargs)
+    return stage_task.with_options(refresh_cache=True)(**kwargs)
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:

@@ -41,14 +41,23 @@ def comparison_table(metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
 
 @stage("report")
 def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...], config: PipelineConfig) -> list[Path]:
-    """Write ``data/report/{report.md, comparison.csv, metrics.json, loss_curves.png}``."""
+    """Write ``data/report/{report.md, comparison.csv, loss_curves.png}``, ``data/metrics.json`` and ``data/plots/``."""
     root = Path(workspace)
     out = stage_dir(workspace, "report")
     metrics = {m: json.loads((root / "data/audit" / m / "metrics.json").read_text()) for m in modes}
     table = comparison_table(metrics)
     atomic_write_text(out / "comparison.csv", table.to_csv(index=False))
-    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(root / "data/metrics.json", metrics)
     curves = {m: pd.read_csv(root / "data/synthetic" / m / "losses.csv")["loss"].tolist() for m in modes}
+    plot_files = []
+    for m in modes:  # DVC plots: one series file per mode
+        losses = pd.read_csv(root / "data/synthetic" / m / "losses.csv")
+        recall = pd.read_csv(root / "data/audit" / m / "group_recall.csv")
+        recall.insert(0, "cell", recall["class"].astype(str) + " / " + recall["group"].astype(str))
+        for kind, frame in (("losses", losses), ("group_recall", recall)):
+            path = root / "data/plots" / kind / f"{m}.csv"
+            atomic_write_text(path, frame.to_csv(index=False))
+            plot_files.append(path)
     atomic_write_bytes(out / "loss_curves.png", save_figure(loss_curves(curves)))
     dataset = json.loads((root / "data/prepared/dataset.json").read_text())
     classes = pd.read_csv(root / "data/partition/classes.csv")
@@ -86,4 +95,4 @@ def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...],
     atomic_write_text(out / "report.md", markdown)
     publish_markdown("report", markdown, "fair distillation report")
     publish_table("comparison", table.to_dict("records"), "modes side by side")
-    return [out / "report.md", out / "comparison.csv", out / "metrics.json", out / "loss_curves.png"]
+    return [out / "report.md", out / "comparison.csv", out / "loss_curves.png", root / "data/metrics.json", *plot_files]

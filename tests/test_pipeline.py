@@ -1,0 +1,133 @@
+"""The Prefect flow end to end on tiny data, its caching, and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.settings import (
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    PREFECT_LOCAL_STORAGE_PATH,
+    temporary_settings,
+)
+from prefect.testing.utilities import prefect_test_harness
+
+from fdd.config import ConfigError
+from flows import cli
+from flows.pipeline import STAGES, compare_flow, load_config, run_single_stage
+from tasks.base import MANIFEST
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory):
+    storage = tmp_path_factory.mktemp("prefect-results")
+    with prefect_test_harness(server_startup_timeout=120):
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_LOCAL_STORAGE_PATH: storage}):
+            yield
+
+
+def _task_states(flow_run_id) -> dict[str, str]:
+    """Task run name -> final state name for one flow run."""
+    import anyio
+
+    async def read() -> dict[str, str]:
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            return {run.name: run.state.name for run in runs}
+
+    return anyio.run(read)
+
+
+def test_flow_end_to_end_caches_and_reruns_only_downstream(harness, tiny_workspace: Path) -> None:
+    ws = str(tiny_workspace)
+    config = load_config(tiny_workspace / "params.yaml")
+    state = compare_flow(config, workspace=ws, return_state=True)
+    assert state.is_completed()
+    metrics = json.loads((tiny_workspace / "data/metrics.json").read_text())
+    assert set(metrics) == {"vanilla", "cobra"}
+    for values in metrics.values():
+        assert 0.0 <= values["accuracy"] <= 100.0 and 0.0 <= values["deo_m"] <= 100.0
+    for folder in ("prepared", "partition", "features", "barycenters", "synthetic/cobra", "audit/vanilla", "report"):
+        assert (tiny_workspace / "data" / folder / MANIFEST).exists(), folder
+    report = (tiny_workspace / "data/report/report.md").read_text()
+    assert "DEO_M" in report and "barycenter" in report
+    first = _task_states(state.state_details.flow_run_id)
+    assert len(first) == 4 + 2 * 2 + 1  # ingest..barycenters, 2 modes x 2 stages, report
+    assert all(name == "Completed" for name in first.values()), first
+
+    again = compare_flow(config, workspace=ws, return_state=True)
+    second = _task_states(again.state_details.flow_run_id)
+    assert set(second.values()) == {"Cached"}, second
+    assert json.loads((tiny_workspace / "data/metrics.json").read_text()) == metrics
+
+    changed = load_config(tiny_workspace / "params.yaml", overrides={"audit": {"epochs": 6}})
+    third_state = compare_flow(changed, workspace=ws, return_state=True)
+    third = _task_states(third_state.state_details.flow_run_id)
+    rerun = {name for name, s in third.items() if s != "Cached"}
+    assert rerun == {"audit[vanilla]", "audit[cobra]", "report"}, third
+
+    # an output altered on disk is not trusted: its stage runs again
+    synthetic = tiny_workspace / "data/synthetic/cobra/synthetic.pt"
+    synthetic.write_bytes(synthetic.read_bytes()[:-10])
+    fourth_state = compare_flow(changed, workspace=ws, return_state=True)
+    fourth = _task_states(fourth_state.state_details.flow_run_id)
+    assert fourth["synthesize[cobra]"] == "Completed" and fourth["synthesize[vanilla]"] == "Cached", fourth
+
+
+def test_single_stages_without_prefect_match_the_flow_outputs(tiny_workspace: Path) -> None:
+    config = load_config(tiny_workspace / "params.yaml")
+    ws = str(tiny_workspace)
+    outputs = {}
+    for stage in STAGES:
+        if stage in ("synthesize", "audit"):
+            for mode in config.synthesis.modes:
+                outputs.update(run_single_stage(stage, config, ws, mode))
+        else:
+            outputs.update(run_single_stage(stage, config, ws))
+    assert "data/metrics.json" in outputs
+    assert (tiny_workspace / "data/plots/losses/cobra.csv").exists()
+    with pytest.raises(ValueError, match="needs --mode"):
+        run_single_stage("audit", config, ws)
+
+
+def test_upstream_file_changed_is_refused(tiny_workspace: Path) -> None:
+    config = load_config(tiny_workspace / "params.yaml")
+    ws = str(tiny_workspace)
+    run_single_stage("ingest", config, ws)
+    train = tiny_workspace / "data/prepared/train.pt"
+    train.write_bytes(train.read_bytes() + b"x")
+    with pytest.raises(ValueError, match="changed since the upstream stage wrote it"):
+        run_single_stage("partition", config, ws)
+    assert not (tiny_workspace / "data/partition").exists()
+
+
+def test_config_errors_name_the_key(tiny_workspace: Path) -> None:
+    with pytest.raises(ConfigError, match="synthesis.iteration"):
+        load_config(tiny_workspace / "params.yaml", overrides={"synthesis": {"iteration": 5}})
+    with pytest.raises(ConfigError, match="data.bias"):
+        load_config(tiny_workspace / "params.yaml", overrides={"data": {"bias": "sideways"}})
+
+
+def test_cli_reports_bad_config_and_unknown_preset(tiny_workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    params = str(tiny_workspace / "params.yaml")
+    code = cli.main(["run", "--params", params, "--workspace", str(tiny_workspace), "--set", "synthesis.ipc=-3"])
+    assert code == 2
+    assert "synthesis.ipc" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unknown preset"):
+        cli.main(["run", "--params", params, "--preset", "nope", "--workspace", str(tiny_workspace)])
+
+
+def test_shipped_params_and_presets_validate() -> None:
+    root = Path(__file__).resolve().parent.parent
+    quick = load_config(root / "params.yaml")
+    full = load_config(root / "params.yaml", preset=root / "presets/full.yaml")
+    assert quick.synthesis.modes == ("vanilla", "cobra")
+    assert (full.synthesis.iterations, full.synthesis.batch_real, full.network.width) == (2600, 600, 128)
+    assert full.synthesis.resolved_warmup_epochs() == 10 and full.audit.epochs == 1500 and full.audit.num_eval == 5
+    assert yaml.safe_load((root / "presets/quick.yaml").read_text())["synthesis"]["iterations"] == quick.synthesis.iterations
