@@ -113,6 +113,18 @@ def test_slots_validation():
         apply_dsa(x, torch.zeros(4, 1, dtype=torch.long), draw)
 
 
+@pytest.mark.xfail(strict=True, reason="BUG: apply_dsa checks the shape and dtype of slots but not their range: "
+                   "slots >= K raise a bare IndexError and negative slots silently reuse the last slots' parameters, "
+                   "although ERR_SLOTS promises values in [0, K)")
+def test_slots_out_of_range_error():
+    x = images(2)
+    draw = draw_dsa(2, image_size=(8, 8), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="slots must be"):
+        apply_dsa(x, torch.tensor([0, 2]), draw)
+    with pytest.raises(ValueError, match="slots must be"):
+        apply_dsa(x, torch.tensor([-1, 0]), draw)
+
+
 # --------------------------------------------------------------------------- draws
 
 

@@ -20,7 +20,7 @@ def small(**kwargs) -> ConvNet:
 
 @pytest.mark.parametrize(
     "width, size, depth, expected",
-    [(128, 32, 3, 2048), (8, 8, 2, 8 * 2 * 2), (8, 16, 3, 8 * 2 * 2), (4, 16, 1, 4 * 8 * 8), (8, 8, 3, 8)],
+    [(128, 32, 3, 2048), (8, 8, 2, 8 * 2 * 2), (8, 16, 3, 8 * 2 * 2), (4, 16, 1, 4 * 8 * 8), (8, 8, 3, 8), (8, 28, 3, 8 * 3 * 3)],
 )
 def test_embedding_dim_formula(width, size, depth, expected):
     net = ConvNet(channels=3, num_classes=10, image_size=size, width=width, depth=depth)

@@ -1,0 +1,63 @@
+"""dvc.yaml agrees with the flow, and `dvc repro` runs the same stages on tiny data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.pipeline import PER_MODE_STAGES, STAGES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_dvc_stages_match_the_flow_stages() -> None:
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert tuple(dvc) == STAGES
+    for name, stage in dvc.items():
+        body = stage.get("do", stage)
+        assert body["cmd"].startswith(f"python -m flows.cli stage {name}")
+        assert ("foreach" in stage) == (name in PER_MODE_STAGES), name
+        assert "fdd" in body["deps"] and "tasks" in body["deps"], name
+
+
+def _dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.slow
+def test_dvc_repro_then_status_clean_and_metrics(tiny_workspace: Path) -> None:
+    for folder in ("fdd", "tasks", "flows"):
+        shutil.copytree(ROOT / folder, tiny_workspace / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, tiny_workspace / name)
+    subprocess.run(["git", "init", "-q"], cwd=tiny_workspace, check=True)
+    assert _dvc(["init", "-q"], tiny_workspace).returncode == 0
+    repro = _dvc(["repro"], tiny_workspace)
+    assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
+    status = _dvc(["status"], tiny_workspace)
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
+    shown = _dvc(["metrics", "show", "--json"], tiny_workspace)
+    assert shown.returncode == 0, shown.stderr
+    metrics = json.loads((tiny_workspace / "data/metrics.json").read_text())
+    assert {"vanilla", "cobra"} <= set(metrics)
+    assert "deo_m" in shown.stdout and str(round(metrics["cobra"]["accuracy"], 2))[:4] in shown.stdout
+    # a changed audit parameter reruns only the audits and what depends on them
+    params = yaml.safe_load((tiny_workspace / "params.yaml").read_text())
+    params["audit"]["epochs"] = 6
+    (tiny_workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    again = _dvc(["repro"], tiny_workspace)
+    assert again.returncode == 0, again.stderr[-3000:]
+    ran = {line.split("'")[1] for line in again.stdout.splitlines() if line.startswith("Running stage")}
+    skipped = {line.split("'")[1] for line in again.stdout.splitlines() if "didn't change" in line}
+    assert ran == {"audit@vanilla", "audit@cobra", "report"}, again.stdout
+    assert skipped == {"ingest", "partition", "features", "barycenters", "synthesize@vanilla", "synthesize@cobra"}
