@@ -81,6 +81,7 @@ def draw_dsa(
     image_size: tuple[int, int],
     config: DSAConfig = DSAConfig(),
     shared_family: bool = False,
+    family_block: int | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> DSADraw:
@@ -96,6 +97,9 @@ def draw_dsa(
     shared_family : bool
         One family for all slots (the reference's training-time behaviour: one family
         per call, per-image parameters) instead of one family per slot.
+    family_block : int, optional
+        Consecutive blocks of this many slots share one family (several models
+        trained together, each with its own training-time DSA call).
     generator : torch.Generator, optional
         Source of randomness; must live on ``device``.
     """
@@ -107,8 +111,9 @@ def draw_dsa(
         allowed = torch.full((k,), -1, dtype=torch.long, device=device)
     else:
         codes = torch.tensor([FAMILIES.index(f) for f in families], device=device)
-        picks = torch.randint(len(families), (1 if shared_family else k,), generator=generator, device=device)
-        allowed = codes[picks].expand(k).clone()
+        block = k if shared_family else (family_block or 1)
+        picks = torch.randint(len(families), (-(-k // block),), generator=generator, device=device)
+        allowed = codes[picks].repeat_interleave(block)[:k].contiguous()
     brightness = (_rand(k, generator, device) - 0.5) * config.brightness
     saturation = _rand(k, generator, device) * config.saturation
     contrast = _rand(k, generator, device) + config.contrast
@@ -167,7 +172,11 @@ def apply_dsa(x: Tensor, slots: Tensor, draw: DSADraw, *, config: DSAConfig = DS
     n = x.shape[0]
     if slots.dim() != 1 or slots.shape[0] != n or slots.dtype.is_floating_point:
         raise ValueError(ERR_SLOTS.format(n=n, k=draw.num_slots, detail=f"shape {tuple(slots.shape)}, dtype {slots.dtype}"))
-    if draw.family.numel() == 0 or bool((draw.family < 0).all()):
+    if slots.numel() and slots.device.type == "cpu":  # on an accelerator this check would sync
+        low, high = int(slots.min()), int(slots.max())
+        if low < 0 or high >= draw.num_slots:
+            raise ValueError(ERR_SLOTS.format(n=n, k=draw.num_slots, detail=f"values in [{low}, {high}]"))
+    if not config.families():
         return x
     family = draw.family[slots]
     view = (n, 1, 1, 1)

@@ -48,7 +48,6 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
-import ot
 import torch
 from torch import Tensor
 
@@ -729,6 +728,8 @@ def free_support_barycenter(
 
     atom_weights = np.full(support_size, 1.0 / support_size)
     measure_weights = [np.full(loc.shape[0], 1.0 / loc.shape[0]) for loc in locations]
+    import ot  # POT is needed only for the W2 barycenters, not for the synthesis loop
+
     support, log = ot.lp.free_support_barycenter(
         locations,
         measure_weights,
@@ -845,6 +846,8 @@ def gaussian_barycenter(
     c64 = 0.5 * (c64 + c64.transpose(-1, -2))
     # POT prints "Dit not converge." instead of warning; capture it and warn properly.
     with contextlib.redirect_stdout(io.StringIO()):
+        import ot
+
         mean, cov, log = ot.gaussian.bures_wasserstein_barycenter(
             m64, c64, weights=lam, method="fixed_point", num_iter=num_iter, eps=tolerance, log=True
         )

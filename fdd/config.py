@@ -8,6 +8,7 @@ as sub-configs; nothing mutates it during a run (the models are frozen).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from typing import Any, Literal
@@ -109,6 +110,11 @@ class SynthesisConfig(_Section):
     warmup_momentum: float = Field(0.9, ge=0, lt=1)
     warmup_weight_decay: float = Field(5e-4, ge=0)
     log_every: int = Field(10, ge=1)
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: embeddings under bfloat16 autocast (CUDA); losses stay in fp32"
+    )
+    channels_last: bool = Field(False, description="channels-last memory format for the convolutions")
+    compile: bool = Field(False, description="torch.compile the embedding network (pays on GPUs for long runs)")
 
     @field_validator("modes")
     @classmethod
@@ -138,6 +144,9 @@ class AuditConfig(_Section):
     dsa: bool = True
     test_batch_size: int = Field(2048, ge=1)
     seed: int = Field(0, ge=0)
+    stack_models: bool = Field(
+        True, description="train the num_eval networks together as one vectorised model (torch.func)"
+    )
 
 
 class PipelineConfig(_Section):
@@ -192,10 +201,10 @@ def parse_config(raw: dict[str, Any] | None) -> PipelineConfig:
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """``override`` merged into a copy of ``base``, section by section."""
-    merged = dict(base)
+    merged = copy.deepcopy(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
-            merged[key] = value
+            merged[key] = copy.deepcopy(value)
     return merged

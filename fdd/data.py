@@ -237,6 +237,8 @@ class SyntheticSet:
         _check_images(self.images)
         if not self.images.dtype.is_floating_point:
             raise ValueError(ERR_IMAGES_DTYPE.format(dtype=self.images.dtype))
+        if self.images.shape[0] == 0:
+            raise ValueError(ERR_EMPTY)
         _check_index("labels", self.labels, self.images.shape[0], len(self.class_names), "class_names")
         _check_normalisation(tuple(self.mean), tuple(self.std), self.images.shape[1])
 

@@ -130,19 +130,18 @@ def build_convnet(
     seed: int | None = None,
     device: torch.device | str | None = None,
 ) -> ConvNet:
-    """A freshly initialised :class:`ConvNet`, deterministic when ``seed`` is given."""
-    if seed is None:
+    """A freshly initialised :class:`ConvNet`, deterministic when ``seed`` is given.
+
+    With a seed the parameters are drawn by :func:`reset_parameters_` from a private
+    generator, leaving the global CPU and CUDA random states untouched.
+    """
+    with torch.random.fork_rng(devices=[]):  # construction draws from the global CPU RNG: restore it
         net = ConvNet(
             channels=channels, num_classes=num_classes, image_size=image_size,
             width=width, depth=depth, norm=norm, pooling=pooling,
         )
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = ConvNet(
-                channels=channels, num_classes=num_classes, image_size=image_size,
-                width=width, depth=depth, norm=norm, pooling=pooling,
-            )
+    if seed is not None:
+        reset_parameters_(net, generator=torch.Generator().manual_seed(seed))
     return net.to(device)
 
 

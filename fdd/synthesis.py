@@ -29,7 +29,7 @@ from fdd.networks import ConvNet, build_convnet, reset_parameters_
 
 ERR_MODE = "mode must be one of {allowed}; got {value!r}"
 ERR_CLASS_EMPTY = (
-    "class {names} has no training images; every class needs at least one real image "
+    "class index {names} has no training images; every class needs at least one real image "
     "to initialise and match its synthetic images"
 )
 ERR_TOO_FEW_FOR_INIT = (
@@ -52,7 +52,7 @@ class ClassSampler:
         counts = torch.bincount(labels, minlength=num_classes)
         if bool((counts == 0).any()):
             empty = torch.nonzero(counts == 0).flatten().tolist()
-            raise ValueError(ERR_CLASS_EMPTY.format(names=empty))
+            raise ValueError(ERR_CLASS_EMPTY.format(names=empty))  # class indices
         order = torch.argsort(labels, stable=True)
         starts = torch.cumsum(counts, 0) - counts
         width = int(counts.max())
@@ -62,15 +62,19 @@ class ClassSampler:
         self.index = torch.where(valid, order[flat], torch.zeros_like(flat))  # (C, W)
         self.valid = valid
         self.counts = counts
+        self.smallest_class = int(counts.min())  # read once: no device sync per draw
         self.num_classes = num_classes
 
     def sample(self, batch: int, *, generator: torch.Generator | None = None) -> Tensor:
-        """Indices, shape (num_classes * b,), class-major; ``b = min(batch, smallest class)``."""
-        b = min(batch, int(self.counts.min()))
+        """Indices, class-major: ``min(batch, n_c)`` distinct images of every class ``c``."""
+        b = min(batch, self.index.shape[1])
         keys = torch.rand(self.index.shape, generator=generator, device=self.index.device)
         keys = keys.masked_fill(~self.valid, 2.0)
         picks = keys.topk(b, dim=1, largest=False).indices  # (C, b)
-        return torch.gather(self.index, 1, picks).flatten()
+        chosen = torch.gather(self.index, 1, picks)
+        if b <= self.smallest_class:  # every class fills its batch: no ragged mask, no device sync
+            return chosen.flatten()
+        return chosen[torch.arange(b, device=chosen.device) < self.counts.unsqueeze(1)]
 
 
 def initial_synthetic_images(
@@ -152,18 +156,10 @@ class SynthesisResult:
     seconds_per_iteration: float = 0.0
 
 
-def synthesize(
-    train: GroupedImages,
-    *,
-    mode: str,
-    config: SynthesisConfig,
-    network: NetworkConfig,
-    seed: int,
-    device: torch.device | str = "cpu",
-    provenance: dict | None = None,
-    progress: ProgressCallback | None = None,
-) -> SynthesisResult:
-    """Distil ``train`` into ``config.ipc`` synthetic images per class with DM in ``mode``.
+class DMSynthesizer:
+    """The DM synthesis loop as an object: :meth:`step` runs one outer iteration.
+
+    :func:`synthesize` drives it; benchmarks time :meth:`step` directly.
 
     Parameters
     ----------
@@ -177,90 +173,144 @@ def synthesize(
     seed : int
         Seeds the initialisation, the batches, the networks and the augmentation.
     device : torch.device or str
+    """
+
+    def __init__(
+        self,
+        train: GroupedImages,
+        *,
+        mode: str,
+        config: SynthesisConfig,
+        network: NetworkConfig,
+        seed: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        from fdd.dm import MATCHING_MODES
+
+        if mode not in MATCHING_MODES:
+            raise ValueError(ERR_MODE.format(allowed=MATCHING_MODES, value=mode))
+        self.train, self.mode, self.config, self.seed = train, mode, config, seed
+        self.device = device = torch.device(device)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+        self.real_images = train.normalized(device)
+        self.real_labels = train.labels.to(device)
+        self.real_groups = train.groups.to(device)
+        self.sampler = ClassSampler(self.real_labels, num_classes=train.num_classes)
+        syn_images, self.syn_labels = initial_synthetic_images(
+            train, ipc=config.ipc, init=config.init, generator=self.generator, device=device
+        )
+        self.syn_images = syn_images.detach().clone().requires_grad_(True)
+        self.optimizer = torch.optim.SGD([self.syn_images], lr=config.lr_img, momentum=config.momentum)
+        self.dsa = DSAConfig() if config.dsa else None
+        self.net = build_convnet(
+            channels=train.image_shape[0], num_classes=train.num_classes, image_size=train.image_shape[1],
+            width=network.width, depth=network.depth, norm=network.norm, pooling=network.pooling,
+            device=device,
+        )
+        self.warmup_epochs = config.resolved_warmup_epochs() if mode == "cobra" else 0
+        self.iteration = 0
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        if config.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+            self.real_images = self.real_images.contiguous(memory_format=torch.channels_last)
+        self.autocast = torch.autocast(
+            device_type=device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"
+        )
+        self.embed = torch.compile(self.net.embed) if config.compile else self.net.embed
+
+    def step(self) -> Tensor:
+        """One outer iteration; returns the matching loss (a 0-d tensor on the device)."""
+        train, config, generator, net = self.train, self.config, self.generator, self.net
+        reset_parameters_(net, generator=generator)
+        if self.warmup_epochs:
+            net.requires_grad_(True)
+            with self.autocast:
+                train_network(
+                    net, self.syn_images.detach().contiguous(memory_format=self.memory_format), self.syn_labels,
+                    epochs=self.warmup_epochs, lr=config.warmup_lr, momentum=config.warmup_momentum,
+                    weight_decay=config.warmup_weight_decay, batch_size=config.warmup_batch, dsa=self.dsa,
+                    generator=generator,
+                )
+        net.requires_grad_(False)
+        net.train()
+        index = self.sampler.sample(config.batch_real, generator=generator)
+        real = self.real_images[index]
+        real_labels = self.real_labels[index]
+        syn = self.syn_images
+        if self.dsa is not None:
+            draw = draw_dsa(
+                train.num_classes, image_size=train.image_shape[1:], config=self.dsa,
+                generator=generator, device=self.device,
+            )
+            real = apply_dsa(real, real_labels, draw, config=self.dsa)
+            syn = apply_dsa(syn, self.syn_labels, draw, config=self.dsa)
+        if self.config.channels_last:
+            syn = syn.contiguous(memory_format=torch.channels_last)
+        with self.autocast:
+            with torch.no_grad():
+                real_features = self.embed(real).float()
+            syn_features = self.embed(syn).float()
+        loss = dm_loss(
+            real_features, real_labels, self.real_groups[index], syn_features, self.syn_labels,
+            num_classes=train.num_classes, num_groups=train.num_groups, mode=self.mode,
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.iteration += 1
+        return loss.detach()
+
+    def synthetic_set(self, provenance: dict | None = None) -> SyntheticSet:
+        return SyntheticSet(
+            images=self.syn_images.detach().cpu(),
+            labels=self.syn_labels.cpu(),
+            class_names=self.train.class_names,
+            mean=self.train.mean,
+            std=self.train.std,
+            provenance={
+                "backbone": self.config.backbone,
+                "mode": self.mode,
+                "ipc": self.config.ipc,
+                "iterations": self.iteration,
+                "seed": self.seed,
+                **(provenance or {}),
+            },
+        )
+
+
+def synthesize(
+    train: GroupedImages,
+    *,
+    mode: str,
+    config: SynthesisConfig,
+    network: NetworkConfig,
+    seed: int,
+    device: torch.device | str = "cpu",
+    provenance: dict | None = None,
+    progress: ProgressCallback | None = None,
+) -> SynthesisResult:
+    """Distil ``train`` into ``config.ipc`` synthetic images per class with DM in ``mode``.
+
+    Parameters are those of :class:`DMSynthesizer`, plus
+
     provenance : dict, optional
         Recorded in the returned :class:`SyntheticSet` (config and data hashes).
     progress : callable(iteration, loss), optional
         Called every ``config.log_every`` iterations and at the end.
     """
-    from fdd.dm import MATCHING_MODES
-
-    if mode not in MATCHING_MODES:
-        raise ValueError(ERR_MODE.format(allowed=MATCHING_MODES, value=mode))
-    device = torch.device(device)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    real_images = train.normalized(device)
-    real_labels = train.labels.to(device)
-    real_groups = train.groups.to(device)
-    sampler = ClassSampler(real_labels, num_classes=train.num_classes)
-
-    syn_images, syn_labels = initial_synthetic_images(
-        train, ipc=config.ipc, init=config.init, generator=generator, device=device
-    )
-    syn_images = syn_images.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.SGD([syn_images], lr=config.lr_img, momentum=config.momentum)
-    dsa = DSAConfig() if config.dsa else None
-    net = build_convnet(
-        channels=train.image_shape[0], num_classes=train.num_classes, image_size=train.image_shape[1],
-        width=network.width, depth=network.depth, norm=network.norm, pooling=network.pooling,
-        device=device,
-    )
-    warmup_epochs = config.resolved_warmup_epochs() if mode == "cobra" else 0
-    losses = torch.zeros(config.iterations, device=device)
+    loop = DMSynthesizer(train, mode=mode, config=config, network=network, seed=seed, device=device)
+    losses = torch.zeros(config.iterations, device=loop.device)
     start = time.perf_counter()
     for it in range(config.iterations):
-        reset_parameters_(net, generator=generator)
-        if warmup_epochs:
-            net.requires_grad_(True)
-            train_network(
-                net, syn_images.detach(), syn_labels, epochs=warmup_epochs, lr=config.warmup_lr,
-                momentum=config.warmup_momentum, weight_decay=config.warmup_weight_decay,
-                batch_size=config.warmup_batch, dsa=dsa, generator=generator,
-            )
-        net.requires_grad_(False)
-        net.train()
-        index = sampler.sample(config.batch_real, generator=generator)
-        real = real_images[index]
-        syn = syn_images
-        if dsa is not None:
-            draw = draw_dsa(
-                train.num_classes, image_size=train.image_shape[1:], config=dsa,
-                generator=generator, device=device,
-            )
-            real = apply_dsa(real, real_labels[index], draw, config=dsa)
-            syn = apply_dsa(syn, syn_labels, draw, config=dsa)
-        with torch.no_grad():
-            real_features = net.embed(real)
-        loss = dm_loss(
-            real_features, real_labels[index], real_groups[index], net.embed(syn), syn_labels,
-            num_classes=train.num_classes, num_groups=train.num_groups, mode=mode,
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses[it] = loss.detach()
+        losses[it] = loop.step()
         if progress is not None and ((it + 1) % config.log_every == 0 or it + 1 == config.iterations):
             progress(it + 1, float(losses[it]))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if loop.device.type == "cuda":
+        torch.cuda.synchronize(loop.device)
     seconds = time.perf_counter() - start
-    synthetic = SyntheticSet(
-        images=syn_images.detach().cpu(),
-        labels=syn_labels.cpu(),
-        class_names=train.class_names,
-        mean=train.mean,
-        std=train.std,
-        provenance={
-            "backbone": config.backbone,
-            "mode": mode,
-            "ipc": config.ipc,
-            "iterations": config.iterations,
-            "seed": seed,
-            **(provenance or {}),
-        },
-    )
     return SynthesisResult(
-        synthetic=synthetic,
+        synthetic=loop.synthetic_set(provenance),
         losses=losses.cpu().tolist(),
         seconds=seconds,
         seconds_per_iteration=seconds / max(config.iterations, 1),

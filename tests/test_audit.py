@@ -13,6 +13,7 @@ from fdd.audit import AuditResult, audit_synthetic, predict
 from fdd.config import AuditConfig, NetworkConfig
 from fdd.data import GroupedImages, SyntheticSet
 from fdd.metrics import FairnessReport
+from fdd.synthesis import train_network
 
 TINY_NET = NetworkConfig(width=8, depth=2)
 
@@ -106,6 +107,7 @@ def test_num_eval_reports_and_summary(monkeypatch):
     monkeypatch.setattr(A, "build_convnet", spy)
     done = []
     config = tiny_audit(num_eval=3, epochs=3, seed=2, dsa=True)
+    assert config.stack_models  # the default path
     result = audit_synthetic(synthetic_from(train), test, config=config, network=TINY_NET, progress=done.append)
     assert len(result.reports) == 3 and done == [1, 2, 3]
     assert seeds == [2000, 2001, 2002]  # one distinct seed per evaluation
@@ -119,29 +121,154 @@ def test_num_eval_reports_and_summary(monkeypatch):
     assert len(runs) == 3 and runs[1]["accuracy"] == pytest.approx(result.reports[1].accuracy)
 
 
+def spy_training(monkeypatch, train):
+    calls = []
+    real_train, real_stacked = A.train_network, A.train_stacked
+
+    def spy_one(net, images, labels, **kwargs):
+        calls.append(("one", kwargs))
+        assert images.dtype == torch.float32 and torch.equal(labels, train.labels)
+        return real_train(net, images, labels, **kwargs)
+
+    def spy_stacked(nets, images, labels, **kwargs):
+        calls.append(("stacked", dict(kwargs, models=len(nets))))
+        return real_stacked(nets, images, labels, **kwargs)
+
+    monkeypatch.setattr(A, "train_network", spy_one)
+    monkeypatch.setattr(A, "train_stacked", spy_stacked)
+    return calls
+
+
+def check_schedule(kwargs, config):
+    assert kwargs["epochs"] == config.epochs + 1 and kwargs["lr_decay_epoch"] == config.epochs // 2 + 1
+    assert kwargs["lr"] == config.lr and kwargs["momentum"] == config.momentum
+    assert kwargs["weight_decay"] == config.weight_decay and kwargs["batch_size"] == config.batch_size
+    assert (kwargs["dsa"] is not None) == config.dsa
+
+
 def test_evaluation_protocol_arguments(monkeypatch):
     """epochs + 1 epochs, lr x0.1 after epoch epochs // 2 + 1, the config's optimiser, DSA on."""
     train = quadrant_data(per_cell=2, seed=0)
     test = quadrant_data(per_cell=2, seed=1)
-    calls = []
-    real_train = A.train_network
-
-    def spy(net, images, labels, **kwargs):
-        calls.append(kwargs)
-        assert images.dtype == torch.float32 and torch.equal(labels, train.labels)
-        return real_train(net, images, labels, **kwargs)
-
-    monkeypatch.setattr(A, "train_network", spy)
-    config = tiny_audit(num_eval=2, epochs=5, lr=0.02, momentum=0.8, weight_decay=1e-3, batch_size=8, dsa=True)
+    calls = spy_training(monkeypatch, train)
+    config = tiny_audit(num_eval=2, epochs=5, lr=0.02, momentum=0.8, weight_decay=1e-3, batch_size=8, dsa=True,
+                        stack_models=False)
     audit_synthetic(synthetic_from(train), test, config=config, network=TINY_NET)
-    assert len(calls) == 2
-    for kwargs in calls:
-        assert kwargs["epochs"] == 6 and kwargs["lr_decay_epoch"] == 3
-        assert kwargs["lr"] == 0.02 and kwargs["momentum"] == 0.8 and kwargs["weight_decay"] == 1e-3
-        assert kwargs["batch_size"] == 8 and kwargs["dsa"] is not None
+    assert [kind for kind, _ in calls] == ["one", "one"]
+    for _, kwargs in calls:
+        check_schedule(kwargs, config)
     calls.clear()
-    audit_synthetic(synthetic_from(train), test, config=tiny_audit(epochs=2, dsa=False), network=TINY_NET)
-    assert calls[0]["dsa"] is None
+    config = tiny_audit(num_eval=3, epochs=4, lr=0.03, batch_size=8, dsa=True, stack_models=True)
+    audit_synthetic(synthetic_from(train), test, config=config, network=TINY_NET)
+    assert [kind for kind, _ in calls] == ["stacked"] and calls[0][1]["models"] == 3
+    check_schedule(calls[0][1], config)
+    calls.clear()
+    # one evaluation, or batch norm (running statistics cannot be stacked): one network at a time
+    audit_synthetic(synthetic_from(train), test, config=tiny_audit(epochs=2, dsa=False, stack_models=True),
+                    network=TINY_NET)
+    assert [kind for kind, _ in calls] == ["one"] and calls[0][1]["dsa"] is None
+    calls.clear()
+    audit_synthetic(synthetic_from(train), test, config=tiny_audit(num_eval=2, epochs=2, stack_models=True),
+                    network=NetworkConfig(width=8, depth=2, norm="batchnorm"))
+    assert [kind for kind, _ in calls] == ["one", "one"]
+
+
+# --------------------------------------------------------------------------- train_stacked
+
+
+def fresh_nets(count: int, norm: str = "instancenorm"):
+    from fdd.networks import build_convnet
+
+    return [build_convnet(channels=3, num_classes=3, image_size=8, width=8, depth=2, norm=norm, seed=10 + i)
+            for i in range(count)]
+
+
+@pytest.mark.parametrize("norm", ["instancenorm", "none"])
+def test_train_stacked_equals_training_one_by_one(norm):
+    """Without shuffling (batch >= N) and without DSA there is no randomness: the stacked
+    models must end where M separate runs of train_network end (momentum, weight decay
+    and the lr decay included)."""
+    data = quadrant_data(per_cell=3, seed=0)
+    x, y = data.normalized(), data.labels
+    schedule = dict(epochs=4, lr=0.05, momentum=0.9, weight_decay=5e-3, batch_size=64, dsa=None, lr_decay_epoch=1)
+    stacked = A.train_stacked(fresh_nets(3, norm), x, y, generator=torch.Generator().manual_seed(0), **schedule)
+    single = [train_network(net, x, y, generator=torch.Generator().manual_seed(0), **schedule)
+              for net in fresh_nets(3, norm)]
+    initial = fresh_nets(3, norm)
+    for a, b, init in zip(stacked, single, initial):
+        for (name, p), q, p0 in zip(a.named_parameters(), b.parameters(), init.parameters()):
+            torch.testing.assert_close(p, q, atol=2e-5, rtol=1e-4, msg=name)
+            assert not torch.equal(p, p0), name  # really trained
+
+
+def test_train_stacked_with_shuffling_and_dsa_trains_each_model():
+    data = quadrant_data(per_cell=4, seed=0)
+    x, y = data.normalized(), data.labels
+    from fdd.augment import DSAConfig
+
+    nets = fresh_nets(2)
+    # (conv biases before instance norm get no gradient: compare weights)
+    before = [[p.detach().clone() for name, p in n.named_parameters() if name.endswith("weight")] for n in nets]
+    with torch.no_grad():
+        loss_before = [float(torch.nn.functional.cross_entropy(n(x), y)) for n in nets]
+    out = A.train_stacked(nets, x, y, epochs=15, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=8,
+                          dsa=DSAConfig(), generator=torch.Generator().manual_seed(0))
+    assert out is nets
+    with torch.no_grad():
+        loss_after = [float(torch.nn.functional.cross_entropy(n(x), y)) for n in nets]
+    assert all(a < b for a, b in zip(loss_after, loss_before))
+    for n, b in zip(nets, before):
+        weights = [p for name, p in n.named_parameters() if name.endswith("weight")]
+        assert all(not torch.equal(p, q) for p, q in zip(weights, b))
+    # the two models stay different (own init, own batches)
+    assert not torch.equal(nets[0].classifier.weight, nets[1].classifier.weight)
+    again = fresh_nets(2)
+    A.train_stacked(again, x, y, epochs=15, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=8,
+                    dsa=DSAConfig(), generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(p, q) for p, q in zip(again[1].parameters(), nets[1].parameters()))
+
+
+def test_train_stacked_dsa_one_family_per_model_and_step(monkeypatch):
+    from fdd.augment import DSAConfig
+
+    data = quadrant_data(per_cell=4, seed=0)  # 24 images, batches of 8
+    draws = []
+    real_draw = A.draw_dsa
+
+    def spy(*args, **kwargs):
+        out = real_draw(*args, **kwargs)
+        draws.append(out)
+        return out
+
+    monkeypatch.setattr(A, "draw_dsa", spy)
+    A.train_stacked(fresh_nets(3), data.normalized(), data.labels, epochs=3, lr=0.01, momentum=0.9, weight_decay=0.0,
+                    batch_size=8, dsa=DSAConfig(), generator=torch.Generator().manual_seed(0))
+    assert len(draws) == 3 * 3  # epochs x batches
+    mixed = 0
+    for draw in draws:
+        per_model = draw.family.view(3, 8)
+        assert bool((per_model == per_model[:, :1]).all())  # one family per model in a step
+        mixed += int(per_model[:, 0].unique().numel() > 1)
+        assert draw.brightness.unique().numel() == 24  # per-image parameters
+    assert mixed > 0  # models draw their families independently
+
+
+def test_train_stacked_rejects_batchnorm():
+    data = quadrant_data(per_cell=2, seed=0)
+    with pytest.raises(ValueError, match="train_stacked needs networks without buffers") as info:
+        A.train_stacked(fresh_nets(2, "batchnorm"), data.normalized(), data.labels, epochs=1, lr=0.1, momentum=0.0,
+                        weight_decay=0.0, batch_size=4, dsa=None, generator=None)
+    assert "running_mean" in str(info.value)
+
+
+def test_stacked_and_sequential_audit_agree_without_randomness():
+    train = quadrant_data(per_cell=3, seed=0)
+    test = quadrant_data(per_cell=6, seed=1)
+    common = dict(num_eval=2, epochs=6, lr=0.05, batch_size=64, dsa=False)
+    a = audit_synthetic(synthetic_from(train), test, config=tiny_audit(stack_models=True, **common), network=TINY_NET)
+    b = audit_synthetic(synthetic_from(train), test, config=tiny_audit(stack_models=False, **common), network=TINY_NET)
+    for ra, rb in zip(a.reports, b.reports):
+        assert ra.accuracy == pytest.approx(rb.accuracy, abs=100 / len(test) + 1e-9)
 
 
 def test_audit_deterministic():

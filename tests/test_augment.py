@@ -94,12 +94,13 @@ def test_families_and_errors():
 
 def test_strategy_none_returns_input():
     x = images(4)
-    draw = draw_dsa(2, image_size=(8, 8), config=DSAConfig(strategy="none"), generator=torch.Generator().manual_seed(0))
+    none = DSAConfig(strategy="none")
+    draw = draw_dsa(2, image_size=(8, 8), config=none, generator=torch.Generator().manual_seed(0))
     assert bool((draw.family == -1).all())
-    out = apply_dsa(x, torch.tensor([0, 1, 0, 1]), draw)
-    assert out is x
-    out = augment_per_image(x, config=DSAConfig(strategy="none"))
-    assert torch.equal(out, x)
+    assert apply_dsa(x, torch.tensor([0, 1, 0, 1]), draw, config=none) is x
+    # a no-family draw applied under a config with families leaves the pixels untouched too
+    assert torch.equal(apply_dsa(x, torch.tensor([0, 1, 0, 1]), draw), x)
+    assert torch.equal(augment_per_image(x, config=none), x)
 
 
 def test_slots_validation():
@@ -113,9 +114,6 @@ def test_slots_validation():
         apply_dsa(x, torch.zeros(4, 1, dtype=torch.long), draw)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: apply_dsa checks the shape and dtype of slots but not their range: "
-                   "slots >= K raise a bare IndexError and negative slots silently reuse the last slots' parameters, "
-                   "although ERR_SLOTS promises values in [0, K)")
 def test_slots_out_of_range_error():
     x = images(2)
     draw = draw_dsa(2, image_size=(8, 8), generator=torch.Generator().manual_seed(0))
@@ -149,6 +147,22 @@ def test_shared_family():
     for seed in range(5):
         draw = draw_dsa(20, image_size=(8, 8), shared_family=True, generator=torch.Generator().manual_seed(seed))
         assert draw.family.unique().numel() == 1
+
+
+def test_family_block():
+    for seed in range(5):
+        draw = draw_dsa(10, image_size=(8, 8), family_block=3, generator=torch.Generator().manual_seed(seed))
+        fam = draw.family
+        assert fam.shape == (10,)
+        for start in range(0, 10, 3):
+            assert fam[start:start + 3].unique().numel() == 1
+    # blocks draw their families independently
+    draw = draw_dsa(300, image_size=(8, 8), family_block=3, generator=torch.Generator().manual_seed(0))
+    assert draw.family.view(100, 3)[:, 0].unique().numel() == len(FAMILIES)
+    # family_block=None or 1: one family per slot
+    a = draw_dsa(12, image_size=(8, 8), generator=torch.Generator().manual_seed(1))
+    b = draw_dsa(12, image_size=(8, 8), family_block=1, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a.family, b.family)
 
 
 def test_theta_structure_per_family():

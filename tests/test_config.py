@@ -31,6 +31,7 @@ def test_defaults():
         assert cfg.network == NetworkConfig(width=128, depth=3, norm="instancenorm", pooling="avgpooling")
         assert cfg.audit.num_eval == 5 and cfg.audit.epochs == 1500 and cfg.audit.lr == 0.01
         assert cfg.audit.batch_size == 256 and cfg.audit.weight_decay == 5e-4 and cfg.audit.momentum == 0.9
+        assert cfg.audit.stack_models is True and cfg.audit.dsa is True
         assert cfg.data.dataset == "cmnist" and cfg.data.train_correlation == 0.9 and cfg.data.test_correlation == 0.1
         assert cfg.barycenters.weights == "uniform"
         assert cfg.runtime.device == "cpu"

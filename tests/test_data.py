@@ -289,8 +289,6 @@ def test_synthetic_validation():
         make_synthetic(images=bad)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: SyntheticSet with N=0 images fails inside torch.min (RuntimeError) "
-                   "instead of a clear ValueError; GroupedImages has ERR_EMPTY, SyntheticSet has no such check")
 def test_synthetic_empty_error():
     with pytest.raises(ValueError):
         make_synthetic(images=torch.zeros(0, 3, 4, 4), labels=torch.zeros(0, dtype=torch.long))
