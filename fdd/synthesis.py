@@ -117,12 +117,15 @@ def train_network(
     dsa: DSAConfig | None,
     generator: torch.Generator | None,
     lr_decay_epoch: int | None = None,
+    forward: Callable[[Tensor], Tensor] | None = None,
 ) -> ConvNet:
     """Train ``net`` on (images, labels) with SGD and cross-entropy, DSA per batch.
 
     The learning rate is multiplied by 0.1 once epoch ``lr_decay_epoch`` is done
-    (the evaluation protocol's schedule); ``None`` keeps it constant.
+    (the evaluation protocol's schedule); ``None`` keeps it constant. ``forward``
+    replaces ``net(x)`` (e.g. a ``torch.compile``-d view of the same module).
     """
+    forward = forward if forward is not None else net
     net.train()
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = images.shape[0]
@@ -136,7 +139,7 @@ def train_network(
                 x, y = images[idx], labels[idx]
             if dsa is not None:
                 x = augment_per_image(x, config=dsa, generator=generator)
-            loss = F.cross_entropy(net(x), y)
+            loss = F.cross_entropy(forward(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -218,6 +221,7 @@ class DMSynthesizer:
             device_type=device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"
         )
         self.embed = torch.compile(self.net.embed) if config.compile else self.net.embed
+        self.forward = torch.compile(self.net) if config.compile else self.net
 
     def step(self) -> Tensor:
         """One outer iteration; returns the matching loss (a 0-d tensor on the device)."""
@@ -230,7 +234,7 @@ class DMSynthesizer:
                     net, self.syn_images.detach().contiguous(memory_format=self.memory_format), self.syn_labels,
                     epochs=self.warmup_epochs, lr=config.warmup_lr, momentum=config.warmup_momentum,
                     weight_decay=config.warmup_weight_decay, batch_size=config.warmup_batch, dsa=self.dsa,
-                    generator=generator,
+                    generator=generator, forward=self.forward,
                 )
         net.requires_grad_(False)
         net.train()
