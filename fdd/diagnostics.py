@@ -21,14 +21,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import warnings
+
 import numpy as np
 import ot
 import pandas as pd
 import torch
 from torch import Tensor
 
-from fdd.barycenter import distances_to_targets, free_support_barycenter
+from fdd.barycenter import MissingGroupWarning, distances_to_targets, free_support_barycenter
 from fdd.config import BarycenterConfig
+
+
+WARN_MISSING = (
+    "class {name!r} has no images of groups {absent}; its barycenter uses the groups it has "
+    "(uniform weights over the groups present)"
+)
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,12 @@ def barycenter_diagnostics(
     num_classes, num_groups = population.shape
     rows = []
     supports_fair, supports_pooled = [], []
+    missing = {c: [group_names[g] for g in range(num_groups) if population[c, g] == 0] for c in range(num_classes)}
+    for c, absent in missing.items():
+        if absent and len(absent) < num_groups:
+            warnings.warn(
+                WARN_MISSING.format(name=class_names[c], absent=absent), MissingGroupWarning, stacklevel=2
+            )
     for c in range(num_classes):
         present = [g for g in range(num_groups) if population[c, g] > 0 and ((labels == c) & (groups == g)).any()]
         clouds = [projected[(labels == c) & (groups == g)] for g in present]

@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     workspace = str(Path(args.workspace).resolve())
+    Path(workspace).mkdir(parents=True, exist_ok=True)
     configure_environment(workspace)
     from fdd.config import ConfigError
     from flows import pipeline

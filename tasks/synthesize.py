@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from fdd.config import NetworkConfig, SynthesisConfig
@@ -42,7 +43,11 @@ def synthesize_set(
     logger = run_logger()
     progress_id = create_progress_artifact(0.0, key=artifact_key("synthesis", mode)) if in_prefect_run() else None
 
+    bar = tqdm(total=synthesis.iterations, desc=f"synthesize[{mode}]", unit="it", disable=None, leave=False)
+
     def report_progress(iteration: int, loss: float) -> None:
+        bar.update(iteration - bar.n)
+        bar.set_postfix(loss=f"{loss:.3f}")
         logger.info("%s: iteration %d/%d, loss %.4f", mode, iteration, synthesis.iterations, loss)
         if progress_id is not None:
             update_progress_artifact(progress_id, 100.0 * iteration / max(synthesis.iterations, 1))
@@ -63,6 +68,7 @@ def synthesize_set(
         },
         progress=report_progress,
     )
+    bar.close()
     result.synthetic.save(out / "synthetic.pt")
     losses = pd.DataFrame({"iteration": range(1, len(result.losses) + 1), "loss": result.losses})
     atomic_write_text(out / "losses.csv", losses.to_csv(index=False))
