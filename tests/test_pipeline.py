@@ -32,16 +32,27 @@ def harness(tmp_path_factory: pytest.TempPathFactory):
             yield
 
 
-def _task_states(flow_run_id) -> dict[str, str]:
-    """Task run name -> final state name for one flow run."""
+def _task_states(flow_run_id, expected: int = 9) -> dict[str, str]:
+    """Task run name -> final state name for one flow run.
+
+    The harness records task-run states asynchronously, so poll (bounded) until all
+    ``expected`` runs are there with a final state.
+    """
+    import time
+
     import anyio
 
-    async def read() -> dict[str, str]:
+    async def read() -> dict[str, str | None]:
         async with get_client() as client:
             runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            return {run.name: run.state.name for run in runs}
+            return {run.name: (run.state.name if run.state is not None and run.state.is_final() else None) for run in runs}
 
-    return anyio.run(read)
+    deadline = time.monotonic() + 60
+    while True:
+        states = anyio.run(read)
+        if (len(states) >= expected and None not in states.values()) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
 
 
 def test_flow_end_to_end_caches_and_reruns_only_downstream(harness, tiny_workspace: Path) -> None:
