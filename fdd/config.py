@@ -115,6 +115,9 @@ class SynthesisConfig(_Section):
     )
     channels_last: bool = Field(False, description="channels-last memory format for the convolutions")
     compile: bool = Field(False, description="torch.compile the embedding network (pays on GPUs for long runs)")
+    checkpoint_every: int = Field(
+        50, ge=0, description="save a resumable checkpoint every N iterations (0: never; also on SIGTERM/SIGINT)"
+    )
 
     @field_validator("modes")
     @classmethod

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from flows.lock import WorkspaceBusyError, workspace_lock
 from flows.settings import configure_environment
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -98,17 +99,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     start = time.perf_counter()
-    if args.command == "stage":
-        pipeline.run_single_stage(args.name, config, workspace, args.mode)
-        return 0
-    if args.command == "data":
-        pipeline.call_stage(pipeline.ingest, workspace=workspace, data=config.data)  # cached like in the flow
-        print(f"prepared data under {Path(workspace) / 'data/prepared'}")
-        return 0
-    if args.command == "distill":
-        pipeline.distill_flow(config, mode=args.mode, workspace=workspace)
-    else:
-        pipeline.compare_flow(config, workspace=workspace)
+    try:
+        with workspace_lock(workspace):
+            if args.command == "stage":
+                pipeline.run_single_stage(args.name, config, workspace, args.mode)
+                return 0
+            if args.command == "data":
+                pipeline.call_stage(pipeline.ingest, workspace=workspace, data=config.data)  # cached like in the flow
+                print(f"prepared data under {Path(workspace) / 'data/prepared'}")
+                return 0
+            if args.command == "distill":
+                pipeline.distill_flow(config, mode=args.mode, workspace=workspace)
+            else:
+                pipeline.compare_flow(config, workspace=workspace)
+    except WorkspaceBusyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     import pandas as pd
 
     table = pd.read_csv(Path(workspace) / "data/report/comparison.csv")

@@ -67,6 +67,7 @@ def synthesize_set(
             "dataset": dataset["dataset"],
         },
         progress=report_progress,
+        checkpoint=out / "checkpoint.pt",
     )
     bar.close()
     result.synthetic.save(out / "synthetic.pt")

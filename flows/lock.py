@@ -1,0 +1,61 @@
+"""One pipeline run per workspace at a time.
+
+Two runs writing the same ``data/`` would interleave their outputs. Every command that
+writes (``fdd run``, ``fdd distill``, ``fdd stage``, ``fdd data fetch``) takes an
+exclusive lock on ``<workspace>/.fdd.lock`` (:mod:`filelock`, an OS-level lock that is
+released when the process ends, even by SIGKILL, so it is never left broken). A second
+run fails at once with a message naming the run that holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+LOCK_NAME = ".fdd.lock"
+OWNER_NAME = ".fdd.lock.owner"
+ERR_BUSY = (
+    "workspace {workspace} is in use by another fdd run ({owner}); wait for it to finish "
+    "or use another --workspace"
+)
+
+
+class WorkspaceBusyError(RuntimeError):
+    """Another fdd process holds the workspace lock."""
+
+
+@contextmanager
+def workspace_lock(workspace: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the workspace lock for the duration of the block, or fail fast."""
+    root = Path(workspace)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(root / LOCK_NAME)
+    owner_file = root / OWNER_NAME
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            info = json.loads(owner_file.read_text())
+            owner = f"pid {info['pid']} on {info['host']}, started {info['started']}: {info['command']}"
+        except (OSError, ValueError, KeyError):
+            owner = "owner unknown"
+        raise WorkspaceBusyError(ERR_BUSY.format(workspace=root, owner=owner)) from None
+    try:
+        owner_file.write_text(
+            json.dumps({
+                "pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
+            })
+        )
+        yield
+    finally:
+        owner_file.unlink(missing_ok=True)
+        lock.release()

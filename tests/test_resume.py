@@ -1,0 +1,119 @@
+"""A synthesis killed mid-run resumes from its checkpoint and ends with the same result."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fdd.synthesis import DMSynthesizer
+from flows.pipeline import load_config, run_single_stage
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _prepare(workspace: Path, iterations: int = 40) -> None:
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["synthesis"].update({"iterations": iterations, "checkpoint_every": 4, "modes": ["cobra"]})
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    run_single_stage("ingest", load_config(workspace / "params.yaml"), str(workspace))
+
+
+def _stage_process(workspace: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "stage", "synthesize", "--mode", "cobra", "--workspace", str(workspace),
+         "--params", str(workspace / "params.yaml")],
+        cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stdout.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("kill", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_synthesis_resumes_to_the_uninterrupted_result(
+    tiny_workspace: Path, tmp_path: Path, kill: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference_ws = tmp_path / "reference"
+    shutil.copytree(tiny_workspace, reference_ws)
+    _prepare(tiny_workspace)
+    _prepare(reference_ws)
+    config = load_config(reference_ws / "params.yaml")
+    run_single_stage("synthesize", config, str(reference_ws), "cobra")
+    expected = torch.load(reference_ws / "data/synthetic/cobra/synthetic.pt", weights_only=True)
+
+    checkpoint = tiny_workspace / "data/synthetic/cobra/checkpoint.pt"
+    process = _stage_process(tiny_workspace)
+    _wait_for(checkpoint, process)
+    process.send_signal(kill)
+    process.wait(timeout=60)
+    assert process.returncode != 0
+    assert checkpoint.exists() and not (tiny_workspace / "data/synthetic/cobra/synthetic.pt").exists()
+    saved = torch.load(checkpoint, weights_only=True)
+    done = saved["state"]["iteration"]
+    assert 0 < done < 40
+
+    steps = []
+    original_step = DMSynthesizer.step
+    monkeypatch.setattr(DMSynthesizer, "step", lambda self: steps.append(1) or original_step(self))
+    run_single_stage("synthesize", load_config(tiny_workspace / "params.yaml"), str(tiny_workspace), "cobra")
+    resumed = torch.load(tiny_workspace / "data/synthetic/cobra/synthetic.pt", weights_only=True)
+    assert len(steps) == 40 - done  # resumed, not restarted
+    assert torch.equal(resumed["images"], expected["images"])  # bit-identical on CPU
+    assert not checkpoint.exists()
+    losses = (tiny_workspace / "data/synthetic/cobra/losses.csv").read_text()
+    assert losses == (reference_ws / "data/synthetic/cobra/losses.csv").read_text()
+
+
+def test_checkpoint_of_other_settings_is_not_resumed(tiny_workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _prepare(tiny_workspace)
+    config = load_config(tiny_workspace / "params.yaml")
+    folder = tiny_workspace / "data/synthetic/cobra"
+    folder.mkdir(parents=True)
+    torch.save({"fingerprint": "someone else's", "state": {"iteration": 39}, "losses": torch.zeros(39)}, folder / "checkpoint.pt")
+    steps = []
+    original_step = DMSynthesizer.step
+    monkeypatch.setattr(DMSynthesizer, "step", lambda self: steps.append(1) or original_step(self))
+    run_single_stage("synthesize", config, str(tiny_workspace), "cobra")
+    assert len(steps) == 40  # started over
+    assert not (folder / "checkpoint.pt").exists()
+
+
+def test_second_run_on_the_same_workspace_fails_fast_naming_the_first(tiny_workspace: Path) -> None:
+    _prepare(tiny_workspace, iterations=100_000)  # the first run is still busy when the second starts
+    first = _stage_process(tiny_workspace)
+    _wait_for(tiny_workspace / ".fdd.lock.owner", first)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    start = time.monotonic()
+    second = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "stage", "partition", "--workspace", str(tiny_workspace),
+         "--params", str(tiny_workspace / "params.yaml")],
+        cwd=tiny_workspace, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert second.returncode == 3
+    assert f"pid {first.pid}" in second.stderr and "in use by another fdd run" in second.stderr
+    assert not (tiny_workspace / "data/partition").exists()  # the refused run wrote nothing
+    first.kill()  # SIGKILL: the OS releases the lock, so it is never left broken
+    first.wait(timeout=60)
+    third = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "stage", "partition", "--workspace", str(tiny_workspace),
+         "--params", str(tiny_workspace / "params.yaml")],
+        cwd=tiny_workspace, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert time.monotonic() - start < 120
