@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from fdd.files import atomic_write
 
 ERR_IMAGES_RANK = "images must have shape (N, C, H, W); got shape {shape}"
 ERR_IMAGES_DTYPE = "images must be uint8 (0-255) or a floating dtype; got {dtype}"
@@ -73,19 +74,7 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
     The object is written to a temporary file in the same folder, flushed to disk and
     renamed over ``path``, so a crash never leaves a half-written file behind.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def _load_dict(path: str | os.PathLike[str], required: set[str], kind: str) -> dict[str, Any]:

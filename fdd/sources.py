@@ -46,6 +46,8 @@ import torch
 from torch import Tensor
 from torchvision import datasets
 
+from fdd.files import atomic_write_bytes
+
 logger = logging.getLogger(__name__)
 
 DatasetName = Literal["mnist", "fashion_mnist"]
@@ -342,23 +344,6 @@ def mnist_csv_to_arrays(handle: IO[bytes] | IO[str], *, source: str = "csv") -> 
             )
     images = pixels.astype(np.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
     return images, labels.astype(np.uint8)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def raw_files_problem(raw_dir: str | os.PathLike[str], sums: Mapping[str, str]) -> str | None:

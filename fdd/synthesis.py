@@ -366,7 +366,7 @@ def synthesize(
         ``config.checkpoint_every`` iterations and when SIGTERM/SIGINT arrives). If it
         exists and was made by the same data, mode, seed and settings, the run resumes
         from it and ends with the same result as an uninterrupted run (bit for bit on
-        the CPU, where the kernels are deterministic). It is removed when the run ends.
+        the CPU with the same number of threads, where the kernels are deterministic). It is removed when the run ends.
     """
     loop = DMSynthesizer(train, mode=mode, config=config, network=network, seed=seed, device=device)
     losses = torch.zeros(config.iterations, device=loop.device)

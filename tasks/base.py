@@ -39,6 +39,8 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
 from pydantic import BaseModel
 
+from fdd.files import atomic_write_bytes
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 HASHED_SOURCE_DIRS = ("fdd", "tasks")
 MANIFEST = "manifest.json"
@@ -88,22 +90,6 @@ def stage_dir(workspace: str | os.PathLike[str], stage: str, mode: str | None = 
     """``<workspace>/data/<folder of stage>[/<mode>]``, where the stage writes."""
     path = Path(workspace) / "data" / STAGE_FOLDERS[stage]
     return path / mode if mode else path
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -49,3 +49,14 @@ def tiny_workspace(tmp_path: Path) -> Path:
     write_tiny_idx(tmp_path / "tiny_idx")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS, sort_keys=False))
     return tmp_path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors run faster (and less noisily on a loaded 2-core machine) on one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,12 +18,6 @@ from fdd.synthesis import train_network
 TINY_NET = NetworkConfig(width=8, depth=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def quadrant_data(per_cell: int, seed: int, num_classes: int = 3, num_groups: int = 2, size: int = 8) -> GroupedImages:

@@ -18,12 +18,6 @@ from fdd.networks import build_convnet
 TINY_NET = NetworkConfig(width=8, depth=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cell_data(sizes: dict[tuple[int, int], int], *, num_classes: int = 2, num_groups: int = 2, seed: int = 0,

@@ -29,7 +29,8 @@ def _prepare(workspace: Path, iterations: int = 40) -> None:
 
 
 def _stage_process(workspace: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # the same thread count as this process (conftest: 1): CPU reductions are deterministic per thread count
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(torch.get_num_threads()))
     return subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "stage", "synthesize", "--mode", "cobra", "--workspace", str(workspace),
          "--params", str(workspace / "params.yaml")],

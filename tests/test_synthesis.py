@@ -16,13 +16,6 @@ from fdd.synthesis import ClassSampler, initial_synthetic_images, synthesize, tr
 TINY_NET = NetworkConfig(width=8, depth=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and spin badly on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_data(num_classes: int = 3, num_groups: int = 2, per_cell=(6, 3), size: int = 8, seed: int = 0) -> GroupedImages:
