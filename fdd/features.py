@@ -117,7 +117,7 @@ def group_features(
         means=stats.means.float(), counts=stats.counts,
         population=torch.bincount(
             data.labels * data.num_groups + data.groups, minlength=data.num_classes * data.num_groups
-        ).view(data.num_classes, data.num_groups),
+        ).view(data.num_classes, data.num_groups).to(features.device),
         spread=spread.float(),
         projected=projected.float(), labels=labels, groups=groups,
     )
@@ -128,7 +128,7 @@ def separation_table(stats: GroupFeatures, *, class_names: tuple[str, ...]) -> p
     present = stats.counts > 0  # (C, G)
     dist = torch.cdist(stats.means.double(), stats.means.double())  # (C, G, G)
     pair = present.unsqueeze(2) & present.unsqueeze(1)
-    pair &= ~torch.eye(present.shape[1], dtype=torch.bool).unsqueeze(0)
+    pair &= ~torch.eye(present.shape[1], dtype=torch.bool, device=present.device).unsqueeze(0)
     npairs = pair.sum(dim=(1, 2))
     between = torch.where(npairs > 0, (dist * pair).sum(dim=(1, 2)) / npairs.clamp_min(1), torch.nan)
     within = torch.nanmean(stats.spread.double(), dim=1)
