@@ -82,6 +82,26 @@ def train_stacked(
 
     forward = vmap(one_model)
     optimizer = torch.optim.SGD(list(params.values()), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if dsa is not None and n <= batch_size and epochs > 0:
+        # one batch per epoch: draw every epoch's DSA parameters at once (one family per model and epoch)
+        draws = draw_dsa(
+            epochs * m * n, image_size=tuple(images.shape[-2:]), config=dsa, family_block=n,
+            generator=generator, device=images.device,
+        )
+        x_all = images.repeat(m, 1, 1, 1)  # (M*n, C, H, W)
+        y_all = labels.repeat(m)
+        slots = torch.arange(m * n, device=images.device)
+        for epoch in range(epochs):
+            x = apply_dsa(x_all, slots + epoch * m * n, draws, config=dsa)
+            logits = forward(params, x.view(m, n, *x.shape[1:]))
+            loss = F.cross_entropy(logits.flatten(0, 1), y_all) * m
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if lr_decay_epoch is not None and epoch == lr_decay_epoch:
+                for group in optimizer.param_groups:
+                    group["lr"] *= 0.1
+        epochs = 0  # done
     for epoch in range(epochs):
         if n > batch_size:
             keys = torch.rand(m, n, generator=generator, device=images.device)

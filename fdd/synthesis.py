@@ -123,17 +123,38 @@ def train_network(
     generator: torch.Generator | None,
     lr_decay_epoch: int | None = None,
     forward: Callable[[Tensor], Tensor] | None = None,
+    augment: Callable[..., Tensor] = apply_dsa,
 ) -> ConvNet:
     """Train ``net`` on (images, labels) with SGD and cross-entropy, DSA per batch.
 
     The learning rate is multiplied by 0.1 once epoch ``lr_decay_epoch`` is done
     (the evaluation protocol's schedule); ``None`` keeps it constant. ``forward``
-    replaces ``net(x)`` (e.g. a ``torch.compile``-d view of the same module).
+    replaces ``net(x)`` and ``augment`` replaces :func:`fdd.augment.apply_dsa` (e.g.
+    ``torch.compile``-d versions). When the whole set fits in one batch (the usual
+    case for a synthetic set), the DSA parameters of all epochs are drawn in one call
+    (one family per epoch, per-image parameters, as the reference draws them); this
+    removes most of the per-step launch overhead on a GPU.
     """
     forward = forward if forward is not None else net
     net.train()
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = images.shape[0]
+    if dsa is not None and n <= batch_size and epochs > 0:
+        draws = draw_dsa(
+            epochs * n, image_size=tuple(images.shape[-2:]), config=dsa, family_block=n,
+            generator=generator, device=images.device,
+        )
+        slots = torch.arange(n, device=images.device)
+        for epoch in range(epochs):
+            x = augment(images, slots + epoch * n, draws, config=dsa)
+            loss = F.cross_entropy(forward(x), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if lr_decay_epoch is not None and epoch == lr_decay_epoch:
+                for group in optimizer.param_groups:
+                    group["lr"] *= 0.1
+        return net
     for epoch in range(epochs):
         order = torch.randperm(n, generator=generator, device=images.device) if n > batch_size else None
         for start in range(0, n, batch_size):
@@ -227,6 +248,7 @@ class DMSynthesizer:
         )
         self.embed = torch.compile(self.net.embed) if config.compile else self.net.embed
         self.forward = torch.compile(self.net) if config.compile else self.net
+        self.augment = torch.compile(apply_dsa) if config.compile else apply_dsa
 
     def step(self) -> Tensor:
         """One outer iteration; returns the matching loss (a 0-d tensor on the device)."""
@@ -239,7 +261,7 @@ class DMSynthesizer:
                     net, self.syn_images.detach().contiguous(memory_format=self.memory_format), self.syn_labels,
                     epochs=self.warmup_epochs, lr=config.warmup_lr, momentum=config.warmup_momentum,
                     weight_decay=config.warmup_weight_decay, batch_size=config.warmup_batch, dsa=self.dsa,
-                    generator=generator, forward=self.forward,
+                    generator=generator, forward=self.forward, augment=self.augment,
                 )
         net.requires_grad_(False)
         net.train()
@@ -252,8 +274,8 @@ class DMSynthesizer:
                 train.num_classes, image_size=train.image_shape[1:], config=self.dsa,
                 generator=generator, device=self.device,
             )
-            real = apply_dsa(real, real_labels, draw, config=self.dsa)
-            syn = apply_dsa(syn, self.syn_labels, draw, config=self.dsa)
+            real = self.augment(real, real_labels, draw, config=self.dsa)
+            syn = self.augment(syn, self.syn_labels, draw, config=self.dsa)
         if self.config.channels_last:
             syn = syn.contiguous(memory_format=torch.channels_last)
         with self.autocast:
