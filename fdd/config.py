@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,6 +22,9 @@ Mode = Literal["vanilla", "fairdd", "cobra"]
 Backbone = Literal["dm"]
 MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra")
 
+ERR_OUTSIDE_WORKSPACE = (
+    "{field} must be a relative path inside the workspace (no leading '/', no '..'); got {value!r}"
+)
 ERR_DUPLICATE_MODES = "synthesis.modes lists {dupes} more than once; list each of {allowed} at most once"
 
 
@@ -60,6 +64,25 @@ class DataConfig(_Section):
     test_limit: int | None = Field(
         None, ge=100, description="keep only this many test images (stratified by class); None keeps all"
     )
+
+    @field_validator("root")
+    @classmethod
+    def _root_inside(cls, value: str) -> str:
+        return _inside_workspace(value, "data.root")  # type: ignore[return-value]
+
+    @field_validator("idx_dir")
+    @classmethod
+    def _idx_inside(cls, value: str | None) -> str | None:
+        return _inside_workspace(value, "data.idx_dir")
+
+
+def _inside_workspace(value: str | None, field: str) -> str | None:
+    if value is None:
+        return value
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts or not value.strip():
+        raise ValueError(ERR_OUTSIDE_WORKSPACE.format(field=field, value=value))
+    return value
 
 
 class NetworkConfig(_Section):

@@ -79,10 +79,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     workspace = str(Path(args.workspace).resolve())
-    Path(workspace).mkdir(parents=True, exist_ok=True)
-    configure_environment(workspace)
     from fdd.config import ConfigError
-    from flows import pipeline
+    from flows.configuration import load_config
 
     if args.command == "show":
         table = Path(workspace) / "data/report/comparison.csv"
@@ -94,10 +92,14 @@ def main(argv: list[str] | None = None) -> int:
         print(pd.read_csv(table).to_markdown(index=False))
         return 0
     try:
-        config = pipeline.load_config(args.params, preset=_preset_path(args.preset), overrides=_overrides(args.overrides))
+        config = load_config(args.params, preset=_preset_path(args.preset), overrides=_overrides(args.overrides))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    Path(workspace).mkdir(parents=True, exist_ok=True)
+    configure_environment(workspace)
+    from flows import pipeline
+
     start = time.perf_counter()
     try:
         with workspace_lock(workspace):

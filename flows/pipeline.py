@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from prefect import flow
 
-from fdd.config import ConfigError, PipelineConfig, deep_merge, parse_config
+from fdd.config import ConfigError, PipelineConfig, parse_config
+from flows.configuration import load_config
 from tasks.audit import audit_set
 from tasks.base import call_stage
 from tasks.barycenters import compute_barycenters
@@ -30,27 +30,6 @@ from tasks.synthesize import synthesize_set
 STAGES: tuple[str, ...] = ("ingest", "partition", "features", "barycenters", "synthesize", "audit", "report")
 PER_MODE_STAGES: tuple[str, ...] = ("synthesize", "audit")
 ERR_NO_CUDA = "runtime.device is 'cuda' but torch.cuda.is_available() is False on this machine; use 'cpu' or 'auto'"
-
-
-def load_config(
-    path: str | Path = "params.yaml",
-    *,
-    preset: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> PipelineConfig:
-    """Read ``params.yaml``, merge an optional preset file and overrides, validate once."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"configuration file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-        if preset is not None:
-            raw = deep_merge(raw, yaml.safe_load(Path(preset).read_text()) or {})
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse YAML: {exc}") from None
-    if overrides:
-        raw = deep_merge(raw, overrides)
-    return parse_config(raw)
 
 
 def resolve_device(choice: str) -> str:
