@@ -29,7 +29,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory):
     storage = tmp_path_factory.mktemp("prefect-results")
     with prefect_test_harness(server_startup_timeout=120):
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_LOCAL_STORAGE_PATH: storage}):
-            yield
+            yield storage
 
 
 def _task_states(flow_run_id, expected: int = 9) -> dict[str, str]:
@@ -82,6 +82,7 @@ def test_flow_end_to_end_caches_and_reruns_only_downstream(harness, tiny_workspa
     third = _task_states(third_state.state_details.flow_run_id)
     rerun = {name for name, s in third.items() if s != "Cached"}
     assert rerun == {"audit[vanilla]", "audit[cobra]", "report"}, third
+    third_metrics = json.loads((tiny_workspace / "data/metrics.json").read_text())
 
     # an output altered on disk is not trusted: its stage runs again
     synthetic = tiny_workspace / "data/synthetic/cobra/synthetic.pt"
@@ -89,6 +90,16 @@ def test_flow_end_to_end_caches_and_reruns_only_downstream(harness, tiny_workspa
     fourth_state = compare_flow(changed, workspace=ws, return_state=True)
     fourth = _task_states(fourth_state.state_details.flow_run_id)
     assert fourth["synthesize[cobra]"] == "Completed" and fourth["synthesize[vanilla]"] == "Cached", fourth
+
+    # damaged cache entries are never used: every stage recomputes, with the same results
+    entries = [p for p in Path(harness).rglob("*") if p.is_file()]
+    assert entries
+    for entry in entries:
+        entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    fifth_state = compare_flow(changed, workspace=ws, return_state=True)
+    fifth = _task_states(fifth_state.state_details.flow_run_id)
+    assert set(fifth.values()) == {"Completed"}, fifth
+    assert json.loads((tiny_workspace / "data/metrics.json").read_text()) == third_metrics
 
 
 def test_single_stages_without_prefect_match_the_flow_outputs(tiny_workspace: Path) -> None:
