@@ -251,6 +251,7 @@ def stage(name: str, *, retries: int = 0, retry_delay_seconds: float = 2.0) -> C
             name=name,
             cache_key_fn=make_cache_key_fn(name),
             persist_result=True,
+            result_serializer="json",  # results are {path: sha256}; nothing is unpickled on a cache hit
             retries=retries,
             retry_delay_seconds=retry_delay_seconds,
             retry_condition_fn=_retry_transient_only,

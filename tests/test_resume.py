@@ -118,3 +118,15 @@ def test_second_run_on_the_same_workspace_fails_fast_naming_the_first(tiny_works
     )
     assert third.returncode == 0, third.stderr[-2000:]
     assert time.monotonic() - start < 120
+
+
+def test_damaged_checkpoint_is_not_used(tiny_workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _prepare(tiny_workspace)
+    folder = tiny_workspace / "data/synthetic/cobra"
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    steps = []
+    original_step = DMSynthesizer.step
+    monkeypatch.setattr(DMSynthesizer, "step", lambda self: steps.append(1) or original_step(self))
+    run_single_stage("synthesize", load_config(tiny_workspace / "params.yaml"), str(tiny_workspace), "cobra")
+    assert len(steps) == 40 and (folder / "synthetic.pt").exists() and not (folder / "checkpoint.pt").exists()
