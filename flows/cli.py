@@ -5,6 +5,7 @@
     fdd data fetch          acquire and prepare the dataset only
     fdd stage NAME          one stage without Prefect (used by dvc.yaml)
     fdd show                print the last comparison table
+    fdd server              the Prefect server and UI on 127.0.0.1 for this workspace
 
 Settings come from ``params.yaml`` (``--params``), optionally merged with a preset
 (``--preset full``) and ``--set section.key=value`` overrides.
@@ -73,7 +74,24 @@ def _parser() -> argparse.ArgumentParser:
     one.add_argument("--mode", choices=["vanilla", "fairdd", "cobra"])
     show = sub.add_parser("show", parents=[common], help="print the last comparison table")
     del show
+    server = sub.add_parser("server", parents=[common], help="start the Prefect server and UI for this workspace")
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    server.add_argument("--port", type=int, default=4200)
     return parser
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WARN_EXPOSED = (
+    "warning: binding the Prefect server to {host}, not loopback: anyone who can reach this "
+    "machine on port {port} can read and start runs (Prefect's open-source server has no login)"
+)
+
+
+def server_command(host: str, port: int) -> list[str]:
+    """The ``prefect server start`` command for ``host:port``, warning when not loopback."""
+    if host not in LOOPBACK and not host.startswith("127."):
+        print(WARN_EXPOSED.format(host=host, port=port), file=sys.stderr)
+    return [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     from fdd.config import ConfigError
     from flows.configuration import load_config
 
+    if args.command == "server":
+        import os
+        import subprocess
+
+        Path(workspace).mkdir(parents=True, exist_ok=True)
+        configure_environment(workspace)
+        print(f"Prefect UI: http://{args.host}:{args.port} (runs use it with PREFECT_API_URL=http://{args.host}:{args.port}/api)")
+        return subprocess.call(server_command(args.host, args.port), env=os.environ.copy())
     if args.command == "show":
         table = Path(workspace) / "data/report/comparison.csv"
         if not table.exists():

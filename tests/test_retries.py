@@ -36,3 +36,14 @@ def test_retry_condition(error: BaseException, retry: bool) -> None:
 def test_declared_retries() -> None:
     assert ingest.retries == 2  # downloads can hiccup
     assert synthesize_set.retries == 0  # a failed synthesis resumes from its checkpoint on the next run
+
+
+def test_server_binds_loopback_by_default_and_warns_otherwise(capsys: pytest.CaptureFixture[str]) -> None:
+    from flows import cli
+
+    args = cli._parser().parse_args(["server"])
+    assert (args.host, args.port) == ("127.0.0.1", 4200)
+    command = cli.server_command(args.host, args.port)
+    assert command[-4:] == ["--host", "127.0.0.1", "--port", "4200"] and capsys.readouterr().err == ""
+    cli.server_command("0.0.0.0", 8080)
+    assert "not loopback" in capsys.readouterr().err
