@@ -42,6 +42,7 @@ def test_dvc_repro_then_status_clean_and_metrics(tiny_workspace: Path) -> None:
         shutil.copy(ROOT / name, tiny_workspace / name)
     subprocess.run(["git", "init", "-q"], cwd=tiny_workspace, check=True)
     assert _dvc(["init", "-q"], tiny_workspace).returncode == 0
+    shutil.copy(ROOT / ".dvc/config", tiny_workspace / ".dvc/config")  # the shipped default remote
     repro = _dvc(["repro"], tiny_workspace)
     assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
     status = _dvc(["status"], tiny_workspace)
@@ -51,6 +52,18 @@ def test_dvc_repro_then_status_clean_and_metrics(tiny_workspace: Path) -> None:
     metrics = json.loads((tiny_workspace / "data/metrics.json").read_text())
     assert {"vanilla", "cobra"} <= set(metrics)
     assert "deo_m" in shown.stdout and str(round(metrics["cobra"]["accuracy"], 2))[:4] in shown.stdout
+    # the default local remote works out of the box: push, lose the outputs and the cache, pull
+    pushed = _dvc(["push"], tiny_workspace)
+    assert pushed.returncode == 0, pushed.stderr[-2000:]
+    assert (tiny_workspace / ".dvc-remote").is_dir()
+    synthetic = tiny_workspace / "data/synthetic/cobra/synthetic.pt"
+    original = synthetic.read_bytes()
+    shutil.rmtree(tiny_workspace / "data/synthetic")
+    shutil.rmtree(tiny_workspace / ".dvc/cache")
+    pulled = _dvc(["pull"], tiny_workspace)
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    assert synthetic.read_bytes() == original
+
     # a changed audit parameter reruns only the audits and what depends on them
     params = yaml.safe_load((tiny_workspace / "params.yaml").read_text())
     params["audit"]["epochs"] = 6
