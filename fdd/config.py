@@ -14,7 +14,7 @@ import json
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Dataset = Literal["cmnist", "cfmnist"]
 Bias = Literal["foreground", "background"]
@@ -185,10 +185,6 @@ class PipelineConfig(_Section):
     barycenters: BarycenterConfig = BarycenterConfig()
     synthesis: SynthesisConfig = SynthesisConfig()
     audit: AuditConfig = AuditConfig()
-
-    @model_validator(mode="after")
-    def _check_cross_section(self) -> PipelineConfig:
-        return self
 
 
 class ConfigError(ValueError):

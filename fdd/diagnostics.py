@@ -27,7 +27,6 @@ import numpy as np
 import ot
 import pandas as pd
 import torch
-from torch import Tensor
 
 from fdd.barycenter import MissingGroupWarning, distances_to_targets, free_support_barycenter
 from fdd.config import BarycenterConfig

@@ -17,7 +17,7 @@ import torch
 from prefect import flow
 
 from fdd.config import ConfigError, PipelineConfig, parse_config
-from flows.configuration import load_config
+from flows.configuration import load_config  # noqa: F401  (re-exported for callers of the flows)
 from tasks.audit import audit_set
 from tasks.base import call_stage
 from tasks.barycenters import compute_barycenters
