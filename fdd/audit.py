@@ -82,43 +82,31 @@ def train_stacked(
 
     forward = vmap(one_model)
     optimizer = torch.optim.SGD(list(params.values()), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if dsa is not None and n <= batch_size and epochs > 0:
-        # one batch per epoch: draw every epoch's DSA parameters at once (one family per model and epoch)
-        draws = draw_dsa(
+    one_batch = n <= batch_size
+    fixed = torch.arange(n, device=images.device).expand(m, n)  # every model sees the whole set
+    predrawn = None
+    if dsa is not None and one_batch and epochs > 0:
+        # draw every epoch's DSA parameters at once (one family per model and epoch)
+        predrawn = draw_dsa(
             epochs * m * n, image_size=tuple(images.shape[-2:]), config=dsa, family_block=n,
             generator=generator, device=images.device,
         )
-        x_all = images.repeat(m, 1, 1, 1)  # (M*n, C, H, W)
-        y_all = labels.repeat(m)
-        slots = torch.arange(m * n, device=images.device)
-        for epoch in range(epochs):
-            x = apply_dsa(x_all, slots + epoch * m * n, draws, config=dsa)
-            logits = forward(params, x.view(m, n, *x.shape[1:]))
-            loss = F.cross_entropy(logits.flatten(0, 1), y_all) * m
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if lr_decay_epoch is not None and epoch == lr_decay_epoch:
-                for group in optimizer.param_groups:
-                    group["lr"] *= 0.1
-        epochs = 0  # done
     for epoch in range(epochs):
-        if n > batch_size:
-            keys = torch.rand(m, n, generator=generator, device=images.device)
-            order = keys.argsort(dim=1)
-        else:
-            order = torch.arange(n, device=images.device).expand(m, n)
+        order = fixed if one_batch else torch.rand(m, n, generator=generator, device=images.device).argsort(dim=1)
         for start in range(0, n, batch_size):
             idx = order[:, start : start + batch_size]  # (M, b)
             b = idx.shape[1]
             x = images[idx.reshape(-1)]  # (M*b, C, H, W)
             y = labels[idx]  # (M, b)
-            if dsa is not None:
+            slots = torch.arange(m * b, device=x.device)
+            if predrawn is not None:
+                x = apply_dsa(x, slots + epoch * m * n, predrawn, config=dsa)
+            elif dsa is not None:
                 draw = draw_dsa(
                     m * b, image_size=tuple(x.shape[-2:]), config=dsa, family_block=b,
                     generator=generator, device=x.device,
                 )
-                x = apply_dsa(x, torch.arange(m * b, device=x.device), draw, config=dsa)
+                x = apply_dsa(x, slots, draw, config=dsa)
             logits = forward(params, x.view(m, b, *x.shape[1:]))  # (M, b, classes)
             loss = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1)) * m
             optimizer.zero_grad(set_to_none=True)

@@ -6,6 +6,7 @@ previous version of the file survives until the new one is complete.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -33,3 +34,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     atomic_write(path, lambda handle: handle.write(data))
+
+
+def sha256_file(path: str | os.PathLike[str], *, chunk_size: int = 2**20) -> str:
+    """Hex sha256 of the file at ``path``, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

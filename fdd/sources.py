@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 from torchvision import datasets
 
-from fdd.files import atomic_write_bytes
+from fdd.files import atomic_write_bytes, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -205,15 +205,6 @@ class RawSplits:
 def sha256_bytes(data: bytes | bytearray | memoryview) -> str:
     """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike[str], *, chunk_size: int = 2**20) -> str:
-    """Hex sha256 of the file at ``path``, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_sha256(data: bytes | bytearray | memoryview, expected: str, *, what: str) -> None:

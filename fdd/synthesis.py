@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fdd.augment import DSAConfig, apply_dsa, augment_per_image, draw_dsa
+from fdd.augment import DSAConfig, apply_dsa, draw_dsa
 from fdd.config import NetworkConfig, SynthesisConfig
 from fdd.data import GroupedImages, SyntheticSet, atomic_save
 from fdd.dm import dm_loss
@@ -139,32 +139,30 @@ def train_network(
     net.train()
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = images.shape[0]
-    if dsa is not None and n <= batch_size and epochs > 0:
-        draws = draw_dsa(
+    one_batch = n <= batch_size
+    slots = torch.arange(n, device=images.device)
+    predrawn = None
+    if dsa is not None and one_batch and epochs > 0:
+        predrawn = draw_dsa(
             epochs * n, image_size=tuple(images.shape[-2:]), config=dsa, family_block=n,
             generator=generator, device=images.device,
         )
-        slots = torch.arange(n, device=images.device)
-        for epoch in range(epochs):
-            x = augment(images, slots + epoch * n, draws, config=dsa)
-            loss = F.cross_entropy(forward(x), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if lr_decay_epoch is not None and epoch == lr_decay_epoch:
-                for group in optimizer.param_groups:
-                    group["lr"] *= 0.1
-        return net
     for epoch in range(epochs):
-        order = torch.randperm(n, generator=generator, device=images.device) if n > batch_size else None
+        order = None if one_batch else torch.randperm(n, generator=generator, device=images.device)
         for start in range(0, n, batch_size):
             if order is None:
                 x, y = images, labels
             else:
                 idx = order[start : start + batch_size]
                 x, y = images[idx], labels[idx]
-            if dsa is not None:
-                x = augment_per_image(x, config=dsa, generator=generator)
+            if predrawn is not None:
+                x = augment(x, slots + epoch * n, predrawn, config=dsa)
+            elif dsa is not None:  # one family per batch, per-image parameters
+                draw = draw_dsa(
+                    x.shape[0], image_size=tuple(x.shape[-2:]), config=dsa, shared_family=True,
+                    generator=generator, device=x.device,
+                )
+                x = augment(x, slots[: x.shape[0]], draw, config=dsa)
             loss = F.cross_entropy(forward(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

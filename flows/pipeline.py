@@ -10,6 +10,7 @@ below is the single definition that ``dvc.yaml`` must match (a test checks it).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from prefect import flow
 from fdd.config import ConfigError, PipelineConfig, parse_config
 from flows.configuration import load_config  # noqa: F401  (re-exported for callers of the flows)
 from tasks.audit import audit_set
-from tasks.base import call_stage
+from tasks.base import STAGE_FOLDERS, call_stage
 from tasks.barycenters import compute_barycenters
 from tasks.features import extract_features
 from tasks.ingest import ingest
@@ -45,36 +46,77 @@ def _pick(outputs: dict[str, str], *names: str) -> dict[str, str]:
     return {path: digest for path, digest in outputs.items() if Path(path).name in names}
 
 
+def _folder(name: str, mode: str | None) -> str:
+    return f"{STAGE_FOLDERS[name]}/{mode}" if mode else STAGE_FOLDERS[name]
+
+
+def stage_call(
+    name: str,
+    mode: str | None,
+    *,
+    config: PipelineConfig,
+    workspace: str,
+    device: str,
+    modes: tuple[str, ...],
+    outputs: Callable[[str], dict[str, str]],
+) -> tuple[Any, dict[str, Any]]:
+    """The task of stage ``name`` and its arguments: the one wiring of the pipeline.
+
+    ``outputs(folder)`` gives an upstream stage's ``{path: sha256}``: the task results
+    inside the flow, the stages' manifests under ``dvc repro``. Each stage receives
+    exactly the files it reads as ``inputs``, so its cache key covers them.
+    """
+    if name == "ingest":
+        return ingest, {"workspace": workspace, "data": config.data}
+    prepared = outputs("prepared")
+    if name == "partition":
+        return partition, {"workspace": workspace, "inputs": _pick(prepared, "train.pt")}
+    if name == "features":
+        return extract_features, {
+            "workspace": workspace, "inputs": _pick(prepared, "train.pt"), "features": config.features,
+            "network": config.network, "device": device,
+        }
+    if name == "barycenters":
+        return compute_barycenters, {
+            "workspace": workspace,
+            "inputs": {**_pick(outputs("features"), "features.pt"), **_pick(prepared, "dataset.json")},
+            "barycenters": config.barycenters,
+        }
+    if name == "synthesize":
+        return synthesize_set, {
+            "workspace": workspace, "inputs": _pick(prepared, "train.pt", "dataset.json"), "mode": mode,
+            "synthesis": config.synthesis, "network": config.network, "seed": config.runtime.seed, "device": device,
+        }
+    if name == "audit":
+        return audit_set, {
+            "workspace": workspace,
+            "inputs": {**_pick(outputs(f"synthetic/{mode}"), "synthetic.pt"), **_pick(prepared, "test.pt")},
+            "mode": mode, "audit": config.audit, "network": config.network, "device": device,
+        }
+    inputs = {**prepared, **outputs("partition"), **outputs("features"), **outputs("barycenters")}
+    for m in modes:
+        inputs.update(outputs(f"synthetic/{m}"))
+        inputs.update(outputs(f"audit/{m}"))
+    return write_report, {"workspace": workspace, "inputs": inputs, "modes": modes, "config": config}
+
+
+def stage_order(modes: tuple[str, ...]) -> list[tuple[str, str | None]]:
+    """(stage, mode) in run order: shared stages, then synthesize and audit per mode, then the report."""
+    per_mode = [(stage, mode) for mode in modes for stage in PER_MODE_STAGES]
+    return [(s, None) for s in STAGES[:4]] + per_mode + [("report", None)]
+
+
 def run_stages(config: PipelineConfig, workspace: str, modes: tuple[str, ...]) -> dict[str, Any]:
     """Call the stage tasks in order; each one is skipped when its cache key is known."""
     device = resolve_device(config.runtime.device)
     if config.runtime.num_threads:
         torch.set_num_threads(config.runtime.num_threads)
-    prepared = call_stage(ingest, workspace=workspace, data=config.data)
-    train = _pick(prepared, "train.pt", "dataset.json")
-    partitioned = call_stage(partition, workspace=workspace, inputs=_pick(prepared, "train.pt"))
-    features = call_stage(
-        extract_features, workspace=workspace, inputs=_pick(prepared, "train.pt"), features=config.features, network=config.network, device=device
-    )
-    barycenters = call_stage(
-        compute_barycenters, workspace=workspace, inputs={**_pick(features, "features.pt"), **_pick(prepared, "dataset.json")},
-        barycenters=config.barycenters,
-    )
-    synthetic, audited = {}, {}
-    for mode in modes:
-        synthetic[mode] = call_stage(
-            synthesize_set, workspace=workspace, inputs=train, mode=mode, synthesis=config.synthesis, network=config.network,
-            seed=config.runtime.seed, device=device,
+    done: dict[str, dict[str, str]] = {}
+    for name, mode in stage_order(modes):
+        stage_task, kwargs = stage_call(
+            name, mode, config=config, workspace=workspace, device=device, modes=modes, outputs=done.__getitem__
         )
-        audited[mode] = call_stage(
-            audit_set, workspace=workspace, inputs={**_pick(synthetic[mode], "synthetic.pt"), **_pick(prepared, "test.pt")},
-            mode=mode, audit=config.audit, network=config.network, device=device,
-        )
-    report_inputs = {**prepared, **partitioned, **features, **barycenters}
-    for mode in modes:
-        report_inputs.update(synthetic[mode])
-        report_inputs.update(audited[mode])
-    call_stage(write_report, workspace=workspace, inputs=report_inputs, modes=modes, config=config)
+        done[_folder(name, mode)] = call_stage(stage_task, **kwargs)
     return json.loads((Path(workspace) / "data/metrics.json").read_text())
 
 
@@ -108,34 +150,8 @@ def run_single_stage(name: str, config: PipelineConfig, workspace: str, mode: st
         raise ValueError(f"stage must be one of {list(STAGES)}; got {name!r}")
     if (name in PER_MODE_STAGES) != (mode is not None):
         raise ValueError(f"stage {name!r} {'needs' if name in PER_MODE_STAGES else 'takes no'} --mode")
-    device = resolve_device(config.runtime.device)
-    if name == "ingest":
-        return ingest.fn(workspace, config.data)
-    prepared = _manifest(workspace, "prepared")
-    if name == "partition":
-        return partition.fn(workspace, inputs=_pick(prepared, "train.pt"))
-    if name == "features":
-        return extract_features.fn(
-            workspace, inputs=_pick(prepared, "train.pt"), features=config.features, network=config.network, device=device
-        )
-    if name == "barycenters":
-        return compute_barycenters.fn(
-            workspace, inputs={**_pick(_manifest(workspace, "features"), "features.pt"), **_pick(prepared, "dataset.json")},
-            barycenters=config.barycenters,
-        )
-    if name == "synthesize":
-        return synthesize_set.fn(
-            workspace, inputs=_pick(prepared, "train.pt", "dataset.json"), mode=mode, synthesis=config.synthesis,
-            network=config.network, seed=config.runtime.seed, device=device,
-        )
-    if name == "audit":
-        return audit_set.fn(
-            workspace, inputs={**_pick(_manifest(workspace, f"synthetic/{mode}"), "synthetic.pt"), **_pick(prepared, "test.pt")},
-            mode=mode, audit=config.audit, network=config.network, device=device,
-        )
-    modes = tuple(config.synthesis.modes)
-    inputs = {**prepared, **_manifest(workspace, "partition"), **_manifest(workspace, "features"), **_manifest(workspace, "barycenters")}
-    for m in modes:
-        inputs.update(_manifest(workspace, f"synthetic/{m}"))
-        inputs.update(_manifest(workspace, f"audit/{m}"))
-    return write_report.fn(workspace, inputs=inputs, modes=modes, config=config)
+    stage_task, kwargs = stage_call(
+        name, mode, config=config, workspace=workspace, device=resolve_device(config.runtime.device),
+        modes=tuple(config.synthesis.modes), outputs=lambda folder: _manifest(workspace, folder),
+    )
+    return stage_task.fn(**kwargs)

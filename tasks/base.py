@@ -38,7 +38,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
 from pydantic import BaseModel
 
-from fdd.files import atomic_write_bytes
+from fdd.files import atomic_write_bytes, sha256_file
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 HASHED_SOURCE_DIRS = ("fdd", "tasks")
@@ -53,14 +53,6 @@ ERR_CHANGED_INPUT = (
     "input file {path} changed since the upstream stage wrote it "
     "(sha256 {actual}, expected {expected}); rerun the upstream stage instead of using it"
 )
-
-
-def sha256_file(path: str | os.PathLike[str], *, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=1)
