@@ -75,7 +75,7 @@ def main() -> int:
     parser.add_argument("--num-eval", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=1500)
     parser.add_argument("--skip-naive-eval", action="store_true")
-    parser.add_argument("--variants", default="fp32", help="comma list of fp32, bf16, cl (channels-last), compile, and +-joins")
+    parser.add_argument("--variants", default="fp32", help="comma list of fp32, bf16, cl (channels-last), compile, graph (cobra warm-up as a CUDA graph), and +-joins")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-audit", action="store_true")
     parser.add_argument("--out", default="benchmarks/results")
@@ -101,7 +101,7 @@ def main() -> int:
                 config = SynthesisConfig(
                     modes=(mode,), ipc=ipc, iterations=1, batch_real=args.batch_real,
                     precision="bf16" if "bf16" in parts else "fp32", channels_last="cl" in parts,
-                    compile="compile" in parts,
+                    compile="compile" in parts, cuda_graph="graph" in parts,
                 )
                 fast = DMSynthesizer(train, mode=mode, config=config, network=network, seed=0, device=device)
                 warm = args.warmup + (3 if "compile" in parts else 0)

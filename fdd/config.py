@@ -138,6 +138,13 @@ class SynthesisConfig(_Section):
     )
     channels_last: bool = Field(False, description="channels-last memory format for the convolutions")
     compile: bool = Field(False, description="torch.compile the embedding network (pays on GPUs for long runs)")
+    cuda_graph: bool = Field(
+        False,
+        description=(
+            "cobra: replay the embedder warm-up as one captured CUDA graph (fdd.cuda_graph); applies on CUDA "
+            "devices with the synthetic set in one warm-up batch, fp32 and contiguous format; CPU runs ignore it"
+        ),
+    )
     checkpoint_every: int = Field(
         50, ge=0, description="save a resumable checkpoint every N iterations (0: never; also on SIGTERM/SIGINT)"
     )

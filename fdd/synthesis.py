@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fdd.augment import DSAConfig, apply_dsa, draw_dsa
+from fdd.augment import DSAConfig, DSADraw, apply_dsa, draw_dsa
 from fdd.config import NetworkConfig, SynthesisConfig
 from fdd.data import GroupedImages, SyntheticSet, atomic_save
 from fdd.dm import dm_loss
@@ -109,6 +109,53 @@ def initial_synthetic_images(
     return train.subset(index).normalized(device), labels
 
 
+ERR_PLAN = "training plan does not fit: {detail}"
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """Every random choice of one :func:`train_network` run, drawn before it starts.
+
+    ``orders`` holds each epoch's batch order, shape ``(epochs, N)``, or is ``None``
+    when the whole set is one batch (identity order). ``dsa`` holds the training-time
+    DSA parameters of ``epochs * slots_per_epoch`` slots: batch ``b`` of epoch ``e``
+    reads slots ``e * slots_per_epoch + b * B + arange(len(batch))``, and each block of
+    ``B = min(N, batch_size)`` slots shares one family (one family per batch, per-image
+    parameters, as the reference draws them). Drawing it all up front costs one call
+    instead of one per step, and lets a captured CUDA graph
+    (:class:`fdd.cuda_graph.CapturedTraining`) replay the training with fresh draws.
+    """
+
+    orders: Tensor | None
+    dsa: DSADraw | None
+    slots_per_epoch: int
+
+
+def draw_training_plan(
+    n: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    image_size: tuple[int, int],
+    dsa: DSAConfig | None,
+    generator: torch.Generator | None,
+    device: torch.device | str,
+) -> TrainingPlan:
+    """Draw the batch orders and DSA parameters of training on ``n`` images."""
+    block = min(n, batch_size)
+    per_epoch = -(-n // block) * block if n else 0
+    orders = None
+    if n > batch_size:
+        orders = torch.rand(epochs, n, generator=generator, device=device).argsort(dim=1)
+    draw = None
+    if dsa is not None and epochs > 0 and n > 0:
+        draw = draw_dsa(
+            epochs * per_epoch, image_size=image_size, config=dsa, family_block=block,
+            generator=generator, device=device,
+        )
+    return TrainingPlan(orders=orders, dsa=draw, slots_per_epoch=per_epoch)
+
+
 def train_network(
     net: ConvNet,
     images: Tensor,
@@ -124,45 +171,42 @@ def train_network(
     lr_decay_epoch: int | None = None,
     forward: Callable[[Tensor], Tensor] | None = None,
     augment: Callable[..., Tensor] = apply_dsa,
+    plan: TrainingPlan | None = None,
 ) -> ConvNet:
     """Train ``net`` on (images, labels) with SGD and cross-entropy, DSA per batch.
 
     The learning rate is multiplied by 0.1 once epoch ``lr_decay_epoch`` is done
     (the evaluation protocol's schedule); ``None`` keeps it constant. ``forward``
     replaces ``net(x)`` and ``augment`` replaces :func:`fdd.augment.apply_dsa` (e.g.
-    ``torch.compile``-d versions). When the whole set fits in one batch (the usual
-    case for a synthetic set), the DSA parameters of all epochs are drawn in one call
-    (one family per epoch, per-image parameters, as the reference draws them); this
-    removes most of the per-step launch overhead on a GPU.
+    ``torch.compile``-d versions). The batch orders and DSA parameters of all epochs
+    are drawn first, in one :func:`draw_training_plan` call from ``generator``; this
+    removes most of the per-step launch overhead on a GPU. ``plan`` passes such a
+    draw in instead.
     """
     forward = forward if forward is not None else net
     net.train()
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     n = images.shape[0]
-    one_batch = n <= batch_size
-    slots = torch.arange(n, device=images.device)
-    predrawn = None
-    if dsa is not None and one_batch and epochs > 0:
-        predrawn = draw_dsa(
-            epochs * n, image_size=tuple(images.shape[-2:]), config=dsa, family_block=n,
+    if plan is None:
+        plan = draw_training_plan(
+            n, epochs=epochs, batch_size=batch_size, image_size=tuple(images.shape[-2:]), dsa=dsa,
             generator=generator, device=images.device,
         )
+    if (plan.orders is not None and tuple(plan.orders.shape) != (epochs, n)) or (plan.orders is None and n > batch_size):
+        got = None if plan.orders is None else tuple(plan.orders.shape)
+        raise ValueError(ERR_PLAN.format(detail=f"orders of shape {got} for {epochs} epochs of {n} images in batches of {batch_size}"))
+    if (plan.dsa is None) != (dsa is None or epochs == 0 or n == 0):
+        raise ValueError(ERR_PLAN.format(detail=f"DSA draw {'missing' if plan.dsa is None else 'given'} with dsa={dsa}"))
+    slots = torch.arange(min(n, batch_size), device=images.device)
     for epoch in range(epochs):
-        order = None if one_batch else torch.randperm(n, generator=generator, device=images.device)
         for start in range(0, n, batch_size):
-            if order is None:
+            if plan.orders is None:
                 x, y = images, labels
             else:
-                idx = order[start : start + batch_size]
+                idx = plan.orders[epoch, start : start + batch_size]
                 x, y = images[idx], labels[idx]
-            if predrawn is not None:
-                x = augment(x, slots + epoch * n, predrawn, config=dsa)
-            elif dsa is not None:  # one family per batch, per-image parameters
-                draw = draw_dsa(
-                    x.shape[0], image_size=tuple(x.shape[-2:]), config=dsa, shared_family=True,
-                    generator=generator, device=x.device,
-                )
-                x = augment(x, slots[: x.shape[0]], draw, config=dsa)
+            if plan.dsa is not None:
+                x = augment(x, slots[: x.shape[0]] + (epoch * plan.slots_per_epoch + start), plan.dsa, config=dsa)
             loss = F.cross_entropy(forward(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -244,6 +288,18 @@ class DMSynthesizer:
         self.autocast = torch.autocast(
             device_type=device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"
         )
+        self.captured_warmup = None
+        if (
+            config.cuda_graph and self.warmup_epochs and device.type == "cuda"
+            and config.precision == "fp32" and not config.channels_last
+        ):
+            from fdd.cuda_graph import CapturedTraining
+
+            self.captured_warmup = CapturedTraining(
+                self.net, image_shape=tuple(self.syn_images.shape), labels=self.syn_labels,
+                epochs=self.warmup_epochs, batch_size=config.warmup_batch, lr=config.warmup_lr, momentum=config.warmup_momentum,
+                weight_decay=config.warmup_weight_decay, dsa=self.dsa,
+            )
         self.embed = torch.compile(self.net.embed) if config.compile else self.net.embed
         self.forward = torch.compile(self.net) if config.compile else self.net
         self.augment = torch.compile(apply_dsa) if config.compile else apply_dsa
@@ -252,7 +308,10 @@ class DMSynthesizer:
         """One outer iteration; returns the matching loss (a 0-d tensor on the device)."""
         train, config, generator, net = self.train, self.config, self.generator, self.net
         reset_parameters_(net, generator=generator)
-        if self.warmup_epochs:
+        if self.captured_warmup is not None:
+            net.requires_grad_(True)
+            self.captured_warmup.run(self.syn_images.detach(), generator=generator)
+        elif self.warmup_epochs:
             net.requires_grad_(True)
             with self.autocast:
                 train_network(

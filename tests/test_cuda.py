@@ -48,3 +48,42 @@ def test_compiled_synthesis_matches_eager_closely() -> None:
     compiled = synthesize(data, mode="cobra", config=config.model_copy(update={"compile": True}),
                           network=NET, seed=0, device="cuda")
     assert torch.allclose(eager.synthetic.images, compiled.synthetic.images, atol=1e-3)
+
+
+@pytest.mark.parametrize("dsa", [True, False])
+def test_cuda_graph_warmup_is_the_eager_warmup(dsa: bool) -> None:
+    """The replayed graph computes what the eager warm-up computes, bit for bit."""
+    data = _data()
+    config = SynthesisConfig(ipc=2, iterations=4, batch_real=8, warmup_epochs=3, dsa=dsa)
+    eager = synthesize(data, mode="cobra", config=config, network=NET, seed=0, device="cuda")
+    graphed = synthesize(data, mode="cobra", config=config.model_copy(update={"cuda_graph": True}),
+                         network=NET, seed=0, device="cuda")
+    assert torch.equal(eager.synthetic.images, graphed.synthetic.images)
+    assert eager.losses == graphed.losses
+
+
+@pytest.mark.parametrize("batch_size", [6, 4])  # one batch; two batches (4 + 2) with shuffling
+def test_captured_training_trains_like_train_network(batch_size: int) -> None:
+    from fdd.augment import DSAConfig
+    from fdd.cuda_graph import CapturedTraining
+    from fdd.networks import build_convnet, reset_parameters_
+    from fdd.synthesis import train_network
+
+    images = torch.randn(6, 3, 16, 16, device="cuda")
+    labels = torch.tensor([0, 0, 1, 1, 2, 2], device="cuda")
+    net = build_convnet(channels=3, num_classes=3, image_size=16, width=8, depth=2, device="cuda")
+    schedule = dict(epochs=4, lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=batch_size)
+    captured = CapturedTraining(net, image_shape=tuple(images.shape), labels=labels, dsa=DSAConfig(), **schedule)
+    reference = build_convnet(channels=3, num_classes=3, image_size=16, width=8, depth=2, device="cuda")
+    for seed in (1, 2):  # two replays from two fresh draws: the optimiser state starts fresh each time
+        with torch.no_grad():
+            reset_parameters_(net, generator=torch.Generator("cuda").manual_seed(seed))
+            reset_parameters_(reference, generator=torch.Generator("cuda").manual_seed(seed))
+        before = [p.detach().clone() for p in net.parameters()]
+        captured.run(images, generator=torch.Generator("cuda").manual_seed(7))
+        train_network(reference, images, labels, dsa=DSAConfig(),
+                      generator=torch.Generator("cuda").manual_seed(7), **schedule)
+        for p, q, b in zip(net.parameters(), reference.parameters(), before):
+            assert torch.equal(p, q) and not torch.equal(p, b)
+    with pytest.raises(ValueError, match="captured for images of shape"):
+        captured.run(images[:4], generator=None)
