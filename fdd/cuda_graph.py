@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from fdd.augment import DSAConfig, DSADraw
+from fdd.synthesis import draw_training_plan, train_network
 
 ERR_DEVICE = "CUDA-graph training needs a CUDA device; got {device}"
 ERR_SHAPE = "CUDA-graph training was captured for {field} of shape {expected}; got {got}"
@@ -65,8 +66,6 @@ class CapturedTraining:
         dsa: DSAConfig | None,
         warmup_runs: int = 2,
     ) -> None:
-        from fdd.synthesis import draw_training_plan, train_network
-
         device = labels.device
         if device.type != "cuda":
             raise ValueError(ERR_DEVICE.format(device=device))
