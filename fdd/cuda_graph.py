@@ -22,6 +22,7 @@ those very tensors.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +48,10 @@ class CapturedTraining:
     epochs, lr, momentum, weight_decay : training schedule of
         :func:`fdd.synthesis.train_network`.
     dsa : DSAConfig or None
+    forward, augment : callable, optional
+        Replacements for ``net(x)`` and :func:`fdd.augment.apply_dsa` inside the graph,
+        e.g. their ``torch.compile``-d versions (fused kernels capture like any others;
+        the eager runs before capture compile them).
     warmup_runs : int
         Eager runs on a side stream before capture (cuDNN and allocator warm-up, as
         :func:`torch.cuda.graph` requires).
@@ -64,7 +69,9 @@ class CapturedTraining:
         momentum: float,
         weight_decay: float,
         dsa: DSAConfig | None,
-        warmup_runs: int = 2,
+        forward: Callable[[Tensor], Tensor] | None = None,
+        augment: Callable[..., Tensor] | None = None,
+        warmup_runs: int = 3,
     ) -> None:
         device = labels.device
         if device.type != "cuda":
@@ -80,10 +87,13 @@ class CapturedTraining:
         saved = [p.detach().clone() for p in net.parameters()]
         buffers = [b.detach().clone() for b in net.buffers()]
 
+        extra = {k: v for k, v in (("forward", forward), ("augment", augment)) if v is not None}
+
         def body() -> None:
             train_network(
                 net, self.images, self.labels, epochs=epochs, lr=lr, momentum=momentum,
                 weight_decay=weight_decay, batch_size=batch_size, dsa=dsa, generator=None, plan=self.plan,
+                **extra,
             )
 
         side = torch.cuda.Stream(device)

@@ -288,6 +288,9 @@ class DMSynthesizer:
         self.autocast = torch.autocast(
             device_type=device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"
         )
+        self.embed = torch.compile(self.net.embed) if config.compile else self.net.embed
+        self.forward = torch.compile(self.net) if config.compile else self.net
+        self.augment = torch.compile(apply_dsa) if config.compile else apply_dsa
         self.captured_warmup = None
         if (
             config.cuda_graph and self.warmup_epochs and device.type == "cuda"
@@ -298,11 +301,8 @@ class DMSynthesizer:
             self.captured_warmup = CapturedTraining(
                 self.net, image_shape=tuple(self.syn_images.shape), labels=self.syn_labels,
                 epochs=self.warmup_epochs, batch_size=config.warmup_batch, lr=config.warmup_lr, momentum=config.warmup_momentum,
-                weight_decay=config.warmup_weight_decay, dsa=self.dsa,
+                weight_decay=config.warmup_weight_decay, dsa=self.dsa, forward=self.forward, augment=self.augment,
             )
-        self.embed = torch.compile(self.net.embed) if config.compile else self.net.embed
-        self.forward = torch.compile(self.net) if config.compile else self.net
-        self.augment = torch.compile(apply_dsa) if config.compile else apply_dsa
 
     def step(self) -> Tensor:
         """One outer iteration; returns the matching loss (a 0-d tensor on the device)."""
