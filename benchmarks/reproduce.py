@@ -25,7 +25,7 @@ from fdd.audit import audit_synthetic  # noqa: E402
 from fdd.colored import build_colored  # noqa: E402
 from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
 from fdd.sources import load_raw  # noqa: E402
-from fdd.synthesis import synthesize  # noqa: E402
+from fdd.synthesis import SynthesisInterrupted, synthesize  # noqa: E402
 
 RAW = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
 
@@ -42,6 +42,11 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1500)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--cuda-graph", action="store_true", help="cobra warm-up as one CUDA graph")
+    parser.add_argument(
+        "--checkpoint-dir", default=None,
+        help="resumable checkpoints here (written every 100 iterations and on SIGTERM); a rerun continues them",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data-root", default="data/raw")
     parser.add_argument("--seed", type=int, default=0)
@@ -57,13 +62,21 @@ def main() -> int:
     for mode in args.modes.split(","):
         config = SynthesisConfig(
             modes=(mode,), ipc=args.ipc, iterations=args.iterations, batch_real=args.batch_real,
-            compile=args.compile, log_every=max(args.iterations // 5, 1),
+            compile=args.compile, cuda_graph=args.cuda_graph, log_every=max(args.iterations // 5, 1),
+            checkpoint_every=100,
         )
+        name = f"{args.dataset}_{args.bias}_ipc{args.ipc}_{mode}"
+        checkpoint = Path(args.checkpoint_dir) / f"{name}.ckpt" if args.checkpoint_dir else None
         start = time.perf_counter()
-        result = synthesize(
-            splits.train, mode=mode, config=config, network=network, seed=args.seed, device=args.device,
-            progress=lambda it, loss: print(f"  {mode} {it}/{args.iterations} loss {loss:.3f}", flush=True),
-        )
+        try:
+            result = synthesize(
+                splits.train, mode=mode, config=config, network=network, seed=args.seed, device=args.device,
+                progress=lambda it, loss: print(f"  {mode} {it}/{args.iterations} loss {loss:.3f}", flush=True),
+                checkpoint=checkpoint,
+            )
+        except SynthesisInterrupted as stop:
+            print(f"interrupted, checkpoint kept: {stop}", flush=True)
+            return 0
         synth_s = time.perf_counter() - start
         start = time.perf_counter()
         audited = audit_synthetic(result.synthetic, splits.test, config=audit, network=network, device=args.device)
@@ -77,8 +90,7 @@ def main() -> int:
             **{f"{k}_mean": s[k]["mean"] for k in ("accuracy", "deo_m", "deo_a", "worst_group_accuracy")},
             **{f"{k}_std": s[k]["std"] for k in ("accuracy", "deo_m", "deo_a", "worst_group_accuracy")},
         }
-        name = f"{args.dataset}_{args.bias}_ipc{args.ipc}_{mode}.json"
-        (out / name).write_text(json.dumps(record, indent=2) + "\n")
+        (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
         print(json.dumps(record), flush=True)
     return 0
 
