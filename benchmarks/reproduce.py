@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fdd.audit import audit_synthetic  # noqa: E402
 from fdd.colored import build_colored  # noqa: E402
+from fdd.data import SyntheticSet  # noqa: E402
 from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
 from fdd.sources import load_raw  # noqa: E402
 from fdd.synthesis import SynthesisInterrupted, synthesize  # noqa: E402
@@ -67,26 +68,36 @@ def main() -> int:
         )
         name = f"{args.dataset}_{args.bias}_ipc{args.ipc}_{mode}"
         checkpoint = Path(args.checkpoint_dir) / f"{name}.ckpt" if args.checkpoint_dir else None
+        saved = Path(args.checkpoint_dir) / f"{name}.synthetic.pt" if args.checkpoint_dir else None
+        if saved is not None and saved.exists():  # synthesised by an earlier call: audit only
+            synthetic = SyntheticSet.load(saved)
+            synth_s, s_per_iteration = float("nan"), float(synthetic.provenance.get("s_per_iteration", "nan"))
+            print(f"loaded {saved}", flush=True)
+        else:
+            start = time.perf_counter()
+            try:
+                result = synthesize(
+                    splits.train, mode=mode, config=config, network=network, seed=args.seed, device=args.device,
+                    progress=lambda it, loss: print(f"  {mode} {it}/{args.iterations} loss {loss:.3f}", flush=True),
+                    checkpoint=checkpoint,
+                )
+            except SynthesisInterrupted as stop:
+                print(f"interrupted, checkpoint kept: {stop}", flush=True)
+                return 0
+            synth_s, s_per_iteration = time.perf_counter() - start, result.seconds_per_iteration
+            synthetic = result.synthetic
+            if saved is not None:  # an audit cut short by a time limit can resume from here
+                synthetic.provenance["s_per_iteration"] = s_per_iteration
+                synthetic.save(saved)
         start = time.perf_counter()
-        try:
-            result = synthesize(
-                splits.train, mode=mode, config=config, network=network, seed=args.seed, device=args.device,
-                progress=lambda it, loss: print(f"  {mode} {it}/{args.iterations} loss {loss:.3f}", flush=True),
-                checkpoint=checkpoint,
-            )
-        except SynthesisInterrupted as stop:
-            print(f"interrupted, checkpoint kept: {stop}", flush=True)
-            return 0
-        synth_s = time.perf_counter() - start
-        start = time.perf_counter()
-        audited = audit_synthetic(result.synthetic, splits.test, config=audit, network=network, device=args.device)
+        audited = audit_synthetic(synthetic, splits.test, config=audit, network=network, device=args.device)
         audit_s = time.perf_counter() - start
         s = audited.summary
         record = {
             "dataset": args.dataset, "bias": args.bias, "ipc": args.ipc, "mode": mode,
             "iterations": args.iterations, "batch_real": args.batch_real, "num_eval": args.num_eval,
             "epochs": args.epochs, "seed": args.seed, "device": device_name, "torch": torch.__version__,
-            "synthesis_s": synth_s, "s_per_iteration": result.seconds_per_iteration, "audit_s": audit_s,
+            "synthesis_s": synth_s, "s_per_iteration": s_per_iteration, "audit_s": audit_s,
             **{f"{k}_mean": s[k]["mean"] for k in ("accuracy", "deo_m", "deo_a", "worst_group_accuracy")},
             **{f"{k}_std": s[k]["std"] for k in ("accuracy", "deo_m", "deo_a", "worst_group_accuracy")},
         }
