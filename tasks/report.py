@@ -66,7 +66,8 @@ def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...],
     timing = {m: json.loads((root / "data/synthetic" / m / "timing.json").read_text()) for m in modes}
     sections = [
         "# Fair dataset distillation report",
-        f"Dataset **{dataset['dataset']}** ({dataset['bias']} bias; {dataset['train_images']} train / "
+        f"Dataset **{dataset['dataset']}** ({dataset.get('description') or str(dataset['bias']) + ' bias'}; "
+        f"{dataset['train_images']} train / "
         f"{dataset['test_images']} test images; source: {dataset['source']}). Backbone "
         f"**{config.synthesis.backbone.upper()}**, {config.synthesis.ipc} images per class, "
         f"{config.synthesis.iterations} iterations, ConvNet width {config.network.width}.",
