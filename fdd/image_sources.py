@@ -35,6 +35,7 @@ expected.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import pickle
@@ -57,6 +58,7 @@ from torchvision.transforms.v2 import functional as F
 
 from fdd.config import DataConfig
 from fdd.data import GroupedImages
+from fdd.files import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -679,6 +681,29 @@ def load_folder(data: DataConfig, *, workspace: Path, image_size: int) -> ImageS
 
 # --------------------------------------------------------------------------- dispatch
 
+
+def user_files_digest(data: DataConfig, *, workspace: str | Path) -> str | None:
+    """SHA-256 over the content of the user's own data files, or None for the published releases.
+
+    For ``folder``: the CSV and every file under ``data.folder.images``; with ``data.idx_dir``:
+    every file of that folder. The ``ingest`` stage takes it as a parameter, so its cache key
+    changes when these files do (the published releases are fixed and not re-hashed).
+    Missing files are skipped here; ``ingest`` reports them.
+    """
+    workspace = Path(workspace)
+    if data.dataset == "folder" and data.folder.csv is not None and data.folder.images is not None:
+        files = [workspace / data.folder.csv] + sorted(p for p in (workspace / data.folder.images).rglob("*") if p.is_file())
+    elif data.idx_dir is not None:
+        files = sorted(p for p in (workspace / data.idx_dir).rglob("*") if p.is_file())
+    else:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        if path.is_file():
+            digest.update(f"{path.relative_to(workspace).as_posix()}|{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
 _LOADERS: dict[str, Callable[..., ImageSplits]] = {
     "cifar10s": load_cifar10s, "celeba": load_celeba, "utkface": load_utkface, "bffhq": load_bffhq,
 }
@@ -703,5 +728,5 @@ def prepare_image_dataset(data: DataConfig, *, workspace: str | Path) -> ImageSp
 __all__ = [
     "DEFAULT_IMAGE_SIZE", "DEFAULT_NORMALIZATION", "DatasetFilesError", "ImageSplits", "SkippedFilesWarning",
     "age_class_names", "build_cifar10s", "prepare_image_dataset", "read_celeba_tables", "read_cifar10", "read_images",
-    "skew_groups", "split_per_cell",
+    "skew_groups", "split_per_cell", "user_files_digest",
 ]

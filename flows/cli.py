@@ -136,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
                 pipeline.run_single_stage(args.name, config, workspace, args.mode)
                 return 0
             if args.command == "data":
-                pipeline.call_stage(pipeline.ingest, workspace=workspace, data=config.data)  # cached like in the flow
+                ingest_task, kwargs = pipeline.stage_call(
+                    "ingest", None, config=config, workspace=workspace, device="cpu", modes=(), outputs=lambda _folder: {}
+                )
+                pipeline.call_stage(ingest_task, **kwargs)  # cached like in the flow
                 print(f"prepared data under {Path(workspace) / 'data/prepared'}")
                 return 0
             if args.command == "distill":

@@ -15,8 +15,12 @@ RAW_NAMES = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
 
 
 @stage("ingest", retries=2)
-def ingest(workspace: str, data: DataConfig) -> list[Path]:
-    """Write ``data/ingest/{train,test}.pt`` (uint8 images, labels, group ids) and a summary."""
+def ingest(workspace: str, data: DataConfig, raw_digest: str | None = None) -> list[Path]:
+    """Write ``data/ingest/{train,test}.pt`` (uint8 images, labels, group ids) and a summary.
+
+    ``raw_digest`` (:func:`fdd.image_sources.user_files_digest`) only enters the cache key:
+    the stage reruns when the user's own files change.
+    """
     root = Path(workspace)
     out = stage_dir(workspace, "ingest")
     if data.dataset in IMAGE_DATASETS:

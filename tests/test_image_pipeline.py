@@ -141,3 +141,31 @@ def test_cli_stacks_presets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     summary = json.loads((tmp_path / "data/prepared/dataset.json").read_text())
     assert summary["dataset"] == "cifar10s" and summary["train_images"] == 20 and summary["test_images"] == 20
     assert summary["group_names"] == ["grayscale", "color"]
+
+
+def test_ingest_cache_key_follows_the_users_own_files(tmp_path: Path) -> None:
+    from flows.pipeline import stage_call
+    from tasks.base import stage_key
+
+    params = {**TINY, "data": _folder(tmp_path)}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    config = load_config(tmp_path / "params.yaml")
+
+    def key() -> str:
+        _task, kwargs = stage_call("ingest", None, config=config, workspace=str(tmp_path), device="cpu", modes=(),
+                                   outputs=lambda _folder: {})
+        return stage_key("ingest", kwargs)
+
+    first = key()
+    assert key() == first
+    image = tmp_path / "my_images/benign/F_1.png"
+    image.write_bytes(image.read_bytes()[:-1] + b"\x00")
+    second = key()
+    assert second != first
+    (tmp_path / "my_labels.csv").write_text((tmp_path / "my_labels.csv").read_text().replace("benign/F_1.png,benign", "benign/F_1.png,malignant"))
+    assert key() not in (first, second)
+    from fdd.config import parse_config
+
+    cifar = parse_config({**TINY, "data": {"dataset": "cifar10s"}})
+    assert stage_call("ingest", None, config=cifar, workspace=str(tmp_path), device="cpu", modes=(),
+                      outputs=lambda _folder: {})[1]["raw_digest"] is None
