@@ -101,6 +101,10 @@ ERR_MALFORMED = "{dataset}: {path} is malformed ({problem}); expected {expected}
 ERR_NO_IMAGES = "{dataset}: no image files ({suffixes}) under {folder}; expected {expected}"
 ERR_DECODE = "{path} could not be read as an image ({error}); expected a JPEG or PNG file"
 ERR_CROP = "{path} is {height}x{width}, smaller than the centre crop of {crop}x{crop}"
+ERR_CIFAR_MISSING = (
+    "cifar10s: {folder} lacks {missing}; expected the python version of CIFAR-10 (cifar-10-python.tar.gz "
+    "extracted under data.root), or set data.download: true to let torchvision fetch it"
+)
 ERR_CELEBA_ATTR = "celeba: data.celeba.{field}={name!r} is not an attribute of {path}; available: {available}"
 ERR_CELEBA_SAME = "celeba: data.celeba.target and data.celeba.group must differ; both are {name!r}"
 ERR_UNSAFE_PICKLE = "{path}: refusing to unpickle {module}.{name}; a CIFAR-10 batch holds only numpy arrays, lists and bytes"
@@ -314,6 +318,8 @@ def read_cifar10(root: str | Path, *, download: bool = False) -> tuple[Tensor, T
     missing = [n for n in names if not (folder / n).is_file()]
     if missing and download:
         datasets.CIFAR10(str(root), train=True, download=True)
+    elif missing:
+        raise DatasetFilesError(ERR_CIFAR_MISSING.format(folder=folder, missing=missing))
     meta = _unpickle(folder / CIFAR_META[0], "batches.meta: a pickled dict with 'label_names' (10 names)")
     label_names = meta.get("label_names")
     if not isinstance(label_names, list) or len(label_names) != 10:

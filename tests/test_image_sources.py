@@ -101,7 +101,7 @@ def test_cifar10_missing_and_malformed_files_are_named(tmp_path: Path) -> None:
     write_cifar10(root, train_per_class=2, test_per_class=1)
     folder = root / "cifar-10-batches-py"
     (folder / "data_batch_3").unlink()
-    with pytest.raises(DatasetFilesError, match=r"data_batch_3 is missing; expected a CIFAR-10 python batch"):
+    with pytest.raises(DatasetFilesError, match=r"lacks \['data_batch_3'\]; expected the python version of CIFAR-10"):
         prepare_image_dataset(_data(dataset="cifar10s", download=False), workspace=tmp_path)
     (folder / "data_batch_3").write_bytes(pickle.dumps({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}, protocol=2))
     with pytest.raises(DatasetFilesError, match=_pattern(ERR_MALFORMED)) as info:
