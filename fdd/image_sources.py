@@ -187,10 +187,11 @@ def read_images(paths: Sequence[Path], *, size: int, crop: int | None = None, th
             image = F.resize(image, [size, size], antialias=True)
         return image
 
-    if not paths:
-        return torch.empty(0, 3, size, size, dtype=torch.uint8)
+    out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        return torch.stack(list(pool.map(one, paths)))
+        for index, image in enumerate(pool.map(one, paths)):  # file decoding is per file; filled in place
+            out[index] = image
+    return out
 
 
 def _resize_batch(images: Tensor, size: int) -> Tensor:
