@@ -660,7 +660,7 @@ def load_folder(data: DataConfig, *, workspace: Path, image_size: int) -> ImageS
         if bad.size:
             raise DatasetFilesError(ERR_FOLDER_SPLIT.format(path=csv_path, column=cfg.split_column, rows=(bad[:5] + 2).tolist(),
                                                             values=sorted(set(split.iloc[bad]))[:5]))
-        test_mask = torch.as_tensor((split == "test").to_numpy())
+        test_mask = torch.tensor((split == "test").to_numpy())
     else:
         cell = labels * len(group_names) + groups
         counts = torch.bincount(cell, minlength=len(classes) * len(group_names))

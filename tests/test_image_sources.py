@@ -204,7 +204,9 @@ def test_utkface_age_buckets_races_and_balanced_test_split(tmp_path: Path) -> No
     np.testing.assert_array_equal(_counts(train), full - np.minimum(full, 3))
     assert splits.params["dropped_others"] == 3 and splits.params["skipped_files"] == 2
     assert train.image_shape == (3, 64, 64)
-    others = prepare_image_dataset(_data(dataset="utkface", utkface={"test_per_cell": 1, "include_others": True}), workspace=tmp_path)
+    with pytest.warns(SkippedFilesWarning):
+        others = prepare_image_dataset(_data(dataset="utkface", utkface={"test_per_cell": 1, "include_others": True}),
+                                       workspace=tmp_path)
     assert others.train.group_names[-1] == "Others" and int((others.test.groups == 4).sum()) == 1
     assert int((others.train.groups == 4).sum()) == 2
 
