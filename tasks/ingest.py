@@ -57,6 +57,7 @@ def ingest(workspace: str, data: DataConfig, raw_digest: str | None = None) -> l
         "test_digest": test.digest(),
         "class_names": list(splits.train.class_names),
         "group_names": list(splits.train.group_names),
+        "image_shape": list(splits.train.image_shape),
     }
     atomic_write_json(out / "dataset.json", summary)
     run_logger().info("ingested %s (%s): %d train / %d test images", data.dataset, source, len(splits.train), len(test))

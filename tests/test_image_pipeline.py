@@ -97,7 +97,9 @@ def test_dataset_runs_end_to_end(tmp_path: Path, dataset: str) -> None:
     assert synthetic.class_names == train.class_names and synthetic.mean == train.mean
     report = (data / "report/report.md").read_text()
     assert f"Dataset **{dataset}**" in report and summary["description"] in report
-    assert all(name in report for name in classes)
+    assert f"Classes: {', '.join(train.class_names)}. Protected groups: {', '.join(train.group_names)}." in report
+    depth = 4 if side == 64 else 3
+    assert f"ConvNet width 8, depth {depth} on {side}x{side} images." in report
     metrics = json.loads((data / "metrics.json").read_text())
     assert set(metrics) == {"vanilla", "cobra"}
     assert all(0.0 <= m["accuracy"] <= 100.0 and 0.0 <= m["deo_m"] <= 100.0 for m in metrics.values())
