@@ -171,3 +171,30 @@ def test_ingest_cache_key_follows_the_users_own_files(tmp_path: Path) -> None:
     cifar = parse_config({**TINY, "data": {"dataset": "cifar10s"}})
     assert stage_call("ingest", None, config=cifar, workspace=str(tmp_path), device="cpu", modes=(),
                       outputs=lambda _folder: {})[1]["raw_digest"] is None
+
+
+@pytest.mark.slow
+def test_cli_data_fetch_under_prefect_reruns_when_the_users_files_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fdd data fetch` on the folder dataset: cached when nothing changed, rerun when an image changed."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows import cli
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / ".prefect"))
+    params = {**TINY, "data": _folder(tmp_path)}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    argv = ["data", "fetch", "--params", str(tmp_path / "params.yaml"), "--workspace", str(tmp_path)]
+    train = tmp_path / "data/prepared/train.pt"
+    with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path / "results"}):
+        assert cli.main(argv) == 0
+        first = GroupedImages.load(train)
+        stamp = train.stat().st_mtime_ns
+        assert cli.main(argv) == 0
+        assert train.stat().st_mtime_ns == stamp  # cached: not rewritten
+        csv = tmp_path / "my_labels.csv"
+        csv.write_text(csv.read_text().replace("benign/F_0.png,benign", "benign/F_0.png,malignant"))
+        assert cli.main(argv) == 0
+    second = GroupedImages.load(train)
+    assert second.digest() != first.digest()
+    assert int((second.labels == 1).sum()) + int((GroupedImages.load(tmp_path / "data/prepared/test.pt").labels == 1).sum()) == 14
