@@ -180,7 +180,7 @@ def audit_synthetic(
     nets = [
         build_convnet(
             channels=test.image_shape[0], num_classes=test.num_classes, image_size=test.image_shape[1],
-            width=network.width, depth=network.depth, norm=network.norm, pooling=network.pooling,
+            width=network.width, depth=network.resolved_depth(test.image_shape[1]), norm=network.norm, pooling=network.pooling,
             seed=seed, device=device,
         )
         for seed in seeds

@@ -11,12 +11,17 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Dataset = Literal["cmnist", "cfmnist"]
+Dataset = Literal["cmnist", "cfmnist", "cifar10s", "celeba", "utkface", "bffhq", "folder"]
+#: The colour-biased digit datasets built from 28x28 grayscale sources (MNIST, Fashion-MNIST, idx_dir).
+COLORED_DATASETS: tuple[str, ...] = ("cmnist", "cfmnist")
+#: The datasets read from image files (fdd.image_sources); each has its own sub-section of ``data``.
+IMAGE_DATASETS: tuple[str, ...] = ("cifar10s", "celeba", "utkface", "bffhq", "folder")
 Bias = Literal["foreground", "background"]
 Mode = Literal["vanilla", "fairdd", "cobra"]
 Backbone = Literal["dm"]
@@ -26,6 +31,14 @@ ERR_OUTSIDE_WORKSPACE = (
     "{field} must be a relative path inside the workspace (no leading '/', no '..'); got {value!r}"
 )
 ERR_DUPLICATE_MODES = "synthesis.modes lists {dupes} more than once; list each of {allowed} at most once"
+ERR_OTHER_DATASET_SECTION = (
+    "data.{section} is set but data.dataset is {dataset!r}; data.{section} only applies to "
+    "data.dataset: {section} (remove it, or set data.dataset: {section})"
+)
+ERR_IDX_DIR_DATASET = "data.idx_dir only applies to the datasets {allowed}; data.dataset is {dataset!r}"
+ERR_COLORED_SIZE = "data.image_size must be 32 (or null) for {dataset!r}: C-MNIST images are 28x28 padded to 32x32; got {size}"
+ERR_NORM_PAIR = "data.mean and data.std must be given together (3 values each, one per RGB channel); got mean={mean}, std={std}"
+ERR_FOLDER_PATHS = "data.dataset 'folder' needs data.folder.csv and data.folder.images (paths inside the workspace); got csv={csv!r}, images={images!r}"
 
 
 class _Section(BaseModel):
@@ -43,6 +56,72 @@ class RuntimeConfig(_Section):
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="'auto' picks CUDA when present")
     seed: int = Field(0, ge=0)
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU")
+
+
+class Cifar10sConfig(_Section):
+    """CIFAR10-S (METHOD.md section 4): CIFAR-10 with a grayscale / colour skew."""
+
+    skew: float = Field(
+        0.9, ge=0.0, le=1.0,
+        description="share of each class in its majority group: grayscale for classes 0-4, colour for 5-9",
+    )
+
+
+class CelebAConfig(_Section):
+    """CelebA through its standard files (``<root>/celeba/``): target and group attributes by name."""
+
+    target: str = Field("Attractive", description="attribute predicted (one of the 40 of list_attr_celeba.txt)")
+    group: str = Field("Male", description="protected attribute (another of the 40)")
+    crop: int = Field(178, ge=8, description="side of the centre crop applied before resizing")
+    test_split: Literal["test", "valid"] = Field("test", description="partition of list_eval_partition.txt used as test split")
+
+
+class UTKFaceConfig(_Section):
+    """UTKFace (``<root>/UTKFace/[age]_[gender]_[race]_[date&time].jpg``): age buckets by race."""
+
+    age_edges: tuple[int, ...] = Field(
+        (20, 40), min_length=1, description="bucket edges: (20, 40) gives the classes <20, 20-39, >=40"
+    )
+    include_others: bool = Field(False, description="keep race 4 (Others) as a fifth group; the benchmark uses races 0-3")
+    test_per_cell: int = Field(100, ge=1, description="balanced test split: min(cell size, this) images per (age, race) cell")
+
+    @field_validator("age_edges")
+    @classmethod
+    def _increasing(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(b <= a for a, b in zip(value, value[1:])) or value[0] <= 0:
+            raise ValueError(f"data.utkface.age_edges must be positive and strictly increasing; got {value}")
+        return value
+
+
+class BFFHQConfig(_Section):
+    """BFFHQ in the LfF / DFA release layout (``<root>/bffhq/``): age label, gender bias."""
+
+    conflict: str = Field("0.5pct", description="train folder under bffhq/ holding align/ and conflict/")
+    test_split: Literal["test", "valid"] = Field("test", description="folder of bffhq/ used as test split")
+
+
+class FolderConfig(_Section):
+    """Your own images: a folder of image files and a CSV naming each file's label and group."""
+
+    csv: str | None = Field(None, description="CSV file (inside the workspace) with one row per image")
+    images: str | None = Field(None, description="folder (inside the workspace) the CSV's paths are relative to")
+    path_column: str = "path"
+    label_column: str = "label"
+    group_column: str = "group"
+    split_column: str | None = Field(
+        None, description="column with 'train' / 'test' per row; None: a stratified random split by test_fraction"
+    )
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+    @field_validator("csv")
+    @classmethod
+    def _csv_inside(cls, value: str | None) -> str | None:
+        return _inside_workspace(value, "data.folder.csv")
+
+    @field_validator("images")
+    @classmethod
+    def _images_inside(cls, value: str | None) -> str | None:
+        return _inside_workspace(value, "data.folder.images")
 
 
 class DataConfig(_Section):
@@ -65,6 +144,21 @@ class DataConfig(_Section):
         None, ge=100, description="keep only this many test images (stratified by class); None keeps all"
     )
 
+    image_size: int | None = Field(
+        None, ge=8, le=512,
+        description="side of the square images after centre crop and resize; None: the dataset's "
+        "standard (32 for C-MNIST and CIFAR10-S, 64 for CelebA, UTKFace, BFFHQ and folder)",
+    )
+    mean: tuple[float, float, float] | None = Field(
+        None, description="per-channel normalisation mean; None: the dataset's standard (fdd.image_sources)"
+    )
+    std: tuple[float, float, float] | None = Field(None, description="per-channel normalisation std (with mean)")
+    cifar10s: Cifar10sConfig = Cifar10sConfig()
+    celeba: CelebAConfig = CelebAConfig()
+    utkface: UTKFaceConfig = UTKFaceConfig()
+    bffhq: BFFHQConfig = BFFHQConfig()
+    folder: FolderConfig = FolderConfig()
+
     @field_validator("root")
     @classmethod
     def _root_inside(cls, value: str) -> str:
@@ -74,6 +168,28 @@ class DataConfig(_Section):
     @classmethod
     def _idx_inside(cls, value: str | None) -> str | None:
         return _inside_workspace(value, "data.idx_dir")
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is not None and any(not s > 0 for s in value):
+            raise ValueError(f"data.std must be positive for every channel; got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataConfig:
+        for section in IMAGE_DATASETS:
+            if section in self.model_fields_set and section != self.dataset:
+                raise ValueError(ERR_OTHER_DATASET_SECTION.format(section=section, dataset=self.dataset))
+        if self.idx_dir is not None and self.dataset not in COLORED_DATASETS:
+            raise ValueError(ERR_IDX_DIR_DATASET.format(allowed=list(COLORED_DATASETS), dataset=self.dataset))
+        if self.dataset in COLORED_DATASETS and self.image_size not in (None, 32):
+            raise ValueError(ERR_COLORED_SIZE.format(dataset=self.dataset, size=self.image_size))
+        if (self.mean is None) != (self.std is None):
+            raise ValueError(ERR_NORM_PAIR.format(mean=self.mean, std=self.std))
+        if self.dataset == "folder" and (self.folder.csv is None or self.folder.images is None):
+            raise ValueError(ERR_FOLDER_PATHS.format(csv=self.folder.csv, images=self.folder.images))
+        return self
 
 
 def _inside_workspace(value: str | None, field: str) -> str | None:
@@ -89,9 +205,28 @@ class NetworkConfig(_Section):
     """The ConvNet used for matching, warm-up and evaluation."""
 
     width: int = Field(128, ge=1, le=4096)
-    depth: int = Field(3, ge=1, le=8)
+    depth: int | Literal["auto"] = Field(
+        3, description="conv blocks; 'auto': log2(image side) - 2 (3 for 32x32, 4 for 64x64: 4x4 final maps)"
+    )
     norm: Literal["instancenorm", "batchnorm", "none"] = "instancenorm"
     pooling: Literal["avgpooling", "maxpooling", "none"] = "avgpooling"
+
+    @field_validator("depth")
+    @classmethod
+    def _depth_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 8:
+            raise ValueError(f"network.depth must be 'auto' or an integer in 1..8; got {value}")
+        return value
+
+    def resolved_depth(self, image_size: int) -> int:
+        """``depth``, or for ``'auto'``: :math:`\\max(1, \\mathrm{round}(\\log_2 s) - 2)` for side ``s``.
+
+        The reference networks pool down to 4x4 maps: ConvNet-3 on 32x32, ConvNet-4
+        ("ConvNetD4") on 64x64, so the embedding stays ``width * 16`` values.
+        """
+        if self.depth != "auto":
+            return int(self.depth)
+        return max(1, round(math.log2(image_size)) - 2)
 
 
 class FeaturesConfig(_Section):

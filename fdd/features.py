@@ -86,7 +86,7 @@ def embed_images(
     index = sample_cells(data, max_per_cell=config.max_per_cell, generator=generator)
     net = build_convnet(
         channels=data.image_shape[0], num_classes=data.num_classes, image_size=data.image_shape[1],
-        width=network.width, depth=network.depth, norm=network.norm, pooling=network.pooling,
+        width=network.width, depth=network.resolved_depth(data.image_shape[1]), norm=network.norm, pooling=network.pooling,
         seed=config.embedder_seed, device=device,
     ).eval()
     subset = data.subset(index)

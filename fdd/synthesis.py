@@ -276,7 +276,7 @@ class DMSynthesizer:
         self.dsa = DSAConfig() if config.dsa else None
         self.net = build_convnet(
             channels=train.image_shape[0], num_classes=train.num_classes, image_size=train.image_shape[1],
-            width=network.width, depth=network.depth, norm=network.norm, pooling=network.pooling,
+            width=network.width, depth=network.resolved_depth(train.image_shape[1]), norm=network.norm, pooling=network.pooling,
             device=device,
         )
         self.warmup_epochs = config.resolved_warmup_epochs() if mode == "cobra" else 0

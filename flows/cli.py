@@ -57,7 +57,9 @@ def _preset_path(preset: str | None) -> Path | None:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
-    common.add_argument("--preset", help="preset merged over the params file: 'full', 'quick', or a YAML path")
+    common.add_argument("--preset", action="append", default=[],
+                        help="preset merged over the params file: 'full', 'quick', a dataset ('cifar10s', 'celeba', "
+                        "'utkface', 'bffhq', 'folder') or a YAML path; repeatable, merged in order")
     common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set synthesis.ipc=50 (repeatable)")
     common.add_argument("--workspace", default=".", help="folder holding data/ and .prefect/ (default: .)")
@@ -118,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         print(pd.read_csv(table).to_markdown(index=False))
         return 0
     try:
-        config = load_config(args.params, preset=_preset_path(args.preset), overrides=_overrides(args.overrides))
+        presets = [_preset_path(p) for p in args.preset]
+        config = load_config(args.params, preset=[p for p in presets if p is not None], overrides=_overrides(args.overrides))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -133,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
                 pipeline.run_single_stage(args.name, config, workspace, args.mode)
                 return 0
             if args.command == "data":
-                pipeline.call_stage(pipeline.ingest, workspace=workspace, data=config.data)  # cached like in the flow
+                ingest_task, kwargs = pipeline.stage_call(
+                    "ingest", None, config=config, workspace=workspace, device="cpu", modes=(), outputs=lambda _folder: {}
+                )
+                pipeline.call_stage(ingest_task, **kwargs)  # cached like in the flow
                 print(f"prepared data under {Path(workspace) / 'data/prepared'}")
                 return 0
             if args.command == "distill":

@@ -18,6 +18,7 @@ import torch
 from prefect import flow
 
 from fdd.config import ConfigError, PipelineConfig, parse_config
+from fdd.image_sources import user_files_digest
 from flows.configuration import load_config  # noqa: F401  (re-exported for callers of the flows)
 from tasks.audit import audit_set
 from tasks.base import STAGE_FOLDERS, call_stage
@@ -67,7 +68,8 @@ def stage_call(
     exactly the files it reads as ``inputs``, so its cache key covers them.
     """
     if name == "ingest":
-        return ingest, {"workspace": workspace, "data": config.data}
+        return ingest, {"workspace": workspace, "data": config.data,
+                        "raw_digest": user_files_digest(config.data, workspace=workspace)}
     prepared = outputs("prepared")
     if name == "partition":
         return partition, {"workspace": workspace, "inputs": _pick(prepared, "train.pt")}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fdd.colored import build_colored
-from fdd.config import DataConfig
+from fdd.config import IMAGE_DATASETS, DataConfig
 from fdd.data import stratified_subset
+from fdd.image_sources import prepare_image_dataset
 from fdd.sources import load_idx_folder, load_raw
 from tasks.base import atomic_write_json, publish_markdown, run_logger, stage, stage_dir
 
@@ -14,22 +15,31 @@ RAW_NAMES = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
 
 
 @stage("ingest", retries=2)
-def ingest(workspace: str, data: DataConfig) -> list[Path]:
-    """Write ``data/ingest/{train,test}.pt`` (uint8 images, labels, group ids) and a summary."""
+def ingest(workspace: str, data: DataConfig, raw_digest: str | None = None) -> list[Path]:
+    """Write ``data/ingest/{train,test}.pt`` (uint8 images, labels, group ids) and a summary.
+
+    ``raw_digest`` (:func:`fdd.image_sources.user_files_digest`) only enters the cache key:
+    the stage reruns when the user's own files change.
+    """
     root = Path(workspace)
     out = stage_dir(workspace, "ingest")
-    if data.idx_dir is not None:
-        raw = load_idx_folder(root / data.idx_dir)
+    if data.dataset in IMAGE_DATASETS:
+        splits = prepare_image_dataset(data, workspace=root)
+        source, description = splits.source, splits.description
     else:
-        raw = load_raw(RAW_NAMES[data.dataset], root=root / data.root, download=data.download)
-    splits = build_colored(
-        raw,
-        bias=data.bias,
-        train_correlation=data.train_correlation,
-        test_correlation=data.test_correlation,
-        num_confusing_colors=data.num_confusing_colors,
-        seed=data.seed,
-    )
+        if data.idx_dir is not None:
+            raw = load_idx_folder(root / data.idx_dir)
+        else:
+            raw = load_raw(RAW_NAMES[data.dataset], root=root / data.root, download=data.download)
+        splits = build_colored(
+            raw,
+            bias=data.bias,
+            train_correlation=data.train_correlation,
+            test_correlation=data.test_correlation,
+            num_confusing_colors=data.num_confusing_colors,
+            seed=data.seed,
+        )
+        source, description = raw.source, f"{data.bias} colour bias, train correlation {data.train_correlation}"
     test = splits.test
     if data.test_limit is not None and data.test_limit < len(test):
         test = stratified_subset(test, size=data.test_limit, seed=data.seed)
@@ -38,22 +48,24 @@ def ingest(workspace: str, data: DataConfig) -> list[Path]:
     test.save(test_path)
     summary = {
         "dataset": data.dataset,
-        "bias": data.bias,
-        "source": raw.source,
+        "bias": data.bias if data.dataset not in IMAGE_DATASETS else None,
+        "description": description,
+        "source": source,
         "train_images": len(splits.train),
         "test_images": len(test),
         "train_digest": splits.train.digest(),
         "test_digest": test.digest(),
         "class_names": list(splits.train.class_names),
         "group_names": list(splits.train.group_names),
+        "image_shape": list(splits.train.image_shape),
     }
     atomic_write_json(out / "dataset.json", summary)
-    run_logger().info("ingested %s (%s): %d train / %d test images", data.dataset, raw.source, len(splits.train), len(test))
+    run_logger().info("ingested %s (%s): %d train / %d test images", data.dataset, source, len(splits.train), len(test))
     publish_markdown(
         "ingest",
-        f"# Dataset\n\n{data.dataset} ({data.bias} bias), source: {raw.source}\n\n"
-        f"{len(splits.train)} train images (correlation {data.train_correlation}), "
-        f"{len(test)} test images (correlation {data.test_correlation})\n",
+        f"# Dataset\n\n{data.dataset} ({description}), source: {source}\n\n"
+        f"{len(splits.train)} train images, {len(test)} test images; classes {list(splits.train.class_names)}, "
+        f"groups {list(splits.train.group_names)}\n",
         "dataset summary",
     )
     return [train_path, test_path, out / "dataset.json"]

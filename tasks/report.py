@@ -66,10 +66,14 @@ def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...],
     timing = {m: json.loads((root / "data/synthetic" / m / "timing.json").read_text()) for m in modes}
     sections = [
         "# Fair dataset distillation report",
-        f"Dataset **{dataset['dataset']}** ({dataset['bias']} bias; {dataset['train_images']} train / "
+        f"Dataset **{dataset['dataset']}** ({dataset.get('description') or str(dataset['bias']) + ' bias'}; "
+        f"{dataset['train_images']} train / "
         f"{dataset['test_images']} test images; source: {dataset['source']}). Backbone "
         f"**{config.synthesis.backbone.upper()}**, {config.synthesis.ipc} images per class, "
-        f"{config.synthesis.iterations} iterations, ConvNet width {config.network.width}.",
+        f"{config.synthesis.iterations} iterations, ConvNet width {config.network.width}"
+        + (f", depth {config.network.resolved_depth(dataset['image_shape'][-1])} on "
+           f"{dataset['image_shape'][-2]}x{dataset['image_shape'][-1]} images." if "image_shape" in dataset else ".")
+        + f"\n\nClasses: {', '.join(dataset['class_names'])}. Protected groups: {', '.join(dataset['group_names'])}.",
         "## Results (mean ± std over evaluation seeds)",
         table.to_markdown(index=False),
         "## Synthesis time",
