@@ -36,6 +36,7 @@ def main() -> int:
     parser.add_argument("--dataset", choices=sorted(RAW), default="cmnist")
     parser.add_argument("--bias", choices=["foreground", "background"], default="foreground")
     parser.add_argument("--ipc", type=int, default=10)
+    parser.add_argument("--shading", choices=["binary", "intensity"], default="binary")
     parser.add_argument("--modes", default="vanilla,fairdd,cobra")
     parser.add_argument("--iterations", type=int, default=2600)
     parser.add_argument("--batch-real", type=int, default=600)
@@ -54,7 +55,7 @@ def main() -> int:
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     raw = load_raw(RAW[args.dataset], root=args.data_root, download=False)
-    splits = build_colored(raw, bias=args.bias, seed=0)
+    splits = build_colored(raw, bias=args.bias, seed=0, shading=args.shading)
     network = NetworkConfig(width=args.width)
     audit = AuditConfig(num_eval=args.num_eval, epochs=args.epochs)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor()
@@ -66,7 +67,7 @@ def main() -> int:
             compile=args.compile, cuda_graph=args.cuda_graph, log_every=max(args.iterations // 5, 1),
             checkpoint_every=100,
         )
-        name = f"{args.dataset}_{args.bias}_ipc{args.ipc}_{mode}"
+        name = f"{args.dataset}_{args.bias}_ipc{args.ipc}_{mode}" + ("_intensity" if args.shading == "intensity" else "")
         checkpoint = Path(args.checkpoint_dir) / f"{name}.ckpt" if args.checkpoint_dir else None
         saved = Path(args.checkpoint_dir) / f"{name}.synthetic.pt" if args.checkpoint_dir else None
         if saved is not None and saved.exists():  # synthesised by an earlier call: audit only
@@ -94,7 +95,7 @@ def main() -> int:
         audit_s = time.perf_counter() - start
         s = audited.summary
         record = {
-            "dataset": args.dataset, "bias": args.bias, "ipc": args.ipc, "mode": mode,
+            "dataset": args.dataset, "bias": args.bias, "shading": args.shading, "ipc": args.ipc, "mode": mode,
             "iterations": args.iterations, "batch_real": args.batch_real, "num_eval": args.num_eval,
             "epochs": args.epochs, "seed": args.seed, "device": device_name, "torch": torch.__version__,
             "synthesis_s": synth_s, "s_per_iteration": s_per_iteration, "audit_s": audit_s,

@@ -2,7 +2,8 @@
 
 Each 28x28 grayscale image is zero-padded to 32x32 (4 pixels at the top and left, none at the
 bottom and right, so the digit occupies rows and columns 4..31), binarised (pixel >= 128 is
-the digit) and painted with one of the 10 :data:`COLORS`. The colour index is the protected
+the digit; ``shading="binary"``, as METHOD.md states it) or kept as a grey level
+(``shading="intensity"``), and painted with one of the 10 :data:`COLORS`. The colour index is the protected
 group. In the ``"foreground"`` variant the digit gets the colour on a black background; in the
 ``"background"`` variant the digit is black on a coloured background (including the padding).
 
@@ -73,6 +74,8 @@ COLORED_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
 COLORED_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 ERR_BIAS = "bias must be one of {allowed}; got {value!r}"
+SHADINGS = ("binary", "intensity")
+ERR_SHADING = "shading must be one of {allowed}; got {value!r}"
 ERR_CORRELATION = "{name} must be a real number in [0, 1]; got {value!r}"
 ERR_NUM_CONFUSING = (
     "num_confusing_colors must be an integer in 1..{high} (how many of the other colours "
@@ -108,6 +111,11 @@ class ColoredSplits:
 def _check_bias(bias: str) -> None:
     if bias not in BIAS_CHOICES:
         raise ValueError(ERR_BIAS.format(allowed=BIAS_CHOICES, value=bias))
+
+
+def _check_shading(shading: str) -> None:
+    if shading not in SHADINGS:
+        raise ValueError(ERR_SHADING.format(allowed=SHADINGS, value=shading))
 
 
 def _check_correlation(name: str, value: object) -> float:
@@ -177,8 +185,18 @@ def assign_colors(
     return groups
 
 
-def paint(images: Tensor, groups: Tensor, *, bias: Bias) -> Tensor:
-    """Pad 28x28 uint8 images to 32x32, binarise and colour them.
+def paint(images: Tensor, groups: Tensor, *, bias: Bias, shading: str = "binary") -> Tensor:
+    """Pad 28x28 uint8 images to 32x32 and colour them.
+
+    With ``shading="binary"`` a pixel is the digit when ``x >= 128`` and gets the full colour
+    :math:`c` (foreground) or black (background). With ``shading="intensity"`` the grey level
+    :math:`x` scales the colour:
+
+    .. math:: \text{foreground: } \lfloor x\, c / 255 \rfloor, \qquad
+              \text{background: } \lfloor (255 - x)\, c / 255 \rfloor
+
+    which keeps the texture of Fashion-MNIST items (the foreground formula is what the public
+    C-FMNIST builder of the FairDD line of work computes; binarising discards texture).
 
     Parameters
     ----------
@@ -186,19 +204,27 @@ def paint(images: Tensor, groups: Tensor, *, bias: Bias) -> Tensor:
     groups : Tensor, shape (N,)
         Colour index per image.
     bias : {"foreground", "background"}
+    shading : {"binary", "intensity"}
 
     Returns
     -------
     Tensor, shape (N, 3, 32, 32), uint8, on ``images.device``
     """
     _check_bias(bias)
+    _check_shading(shading)
     n = images.shape[0]
-    digit = torch.zeros(n, OUTPUT_SIDE, OUTPUT_SIDE, dtype=torch.bool, device=images.device)
-    digit[:, PAD_OFFSET:, PAD_OFFSET:] = images >= BINARIZE_THRESHOLD
-    mask = digit if bias == "foreground" else ~digit
     palette = torch.tensor(COLORS, dtype=torch.uint8, device=images.device)
     colors = palette[groups.to(images.device)]  # (N, 3)
-    return mask[:, None, :, :].to(torch.uint8) * colors[:, :, None, None]
+    if shading == "binary":
+        digit = torch.zeros(n, OUTPUT_SIDE, OUTPUT_SIDE, dtype=torch.bool, device=images.device)
+        digit[:, PAD_OFFSET:, PAD_OFFSET:] = images >= BINARIZE_THRESHOLD
+        mask = digit if bias == "foreground" else ~digit
+        return mask[:, None, :, :].to(torch.uint8) * colors[:, :, None, None]
+    level = torch.zeros(n, OUTPUT_SIDE, OUTPUT_SIDE, dtype=torch.int32, device=images.device)
+    level[:, PAD_OFFSET:, PAD_OFFSET:] = images.to(torch.int32)
+    if bias == "background":
+        level = 255 - level
+    return (level[:, None, :, :] * colors[:, :, None, None].to(torch.int32) // 255).to(torch.uint8)
 
 
 def colorize(
@@ -211,6 +237,7 @@ def colorize(
     seed: int | None = None,
     generator: torch.Generator | None = None,
     class_names: Sequence[str] | None = None,
+    shading: str = "binary",
 ) -> GroupedImages:
     """Build a colour-biased split (C-MNIST / C-FMNIST) from 28x28 grayscale digits.
 
@@ -232,6 +259,8 @@ def colorize(
         Exactly one: the randomness of the per-class shuffle. Same seed, same split.
     class_names : sequence of str, optional
         Names of the classes; defaults to ``"0".."9"`` (as many as ``max(labels) + 1``).
+    shading : {"binary", "intensity"}
+        See :func:`paint`.
 
     Returns
     -------
@@ -240,6 +269,7 @@ def colorize(
         :data:`COLOR_NAMES`; normalisation mean = std = 0.5 per channel.
     """
     _check_bias(bias)
+    _check_shading(shading)
     correlation = _check_correlation("correlation", correlation)
     m = _check_num_confusing(num_confusing_colors)
     if (seed is None) == (generator is None):
@@ -269,7 +299,7 @@ def colorize(
         raise ValueError(ERR_CLASS_NAMES.format(high=high, count=len(class_names)))
     groups = assign_colors(labels, correlation=correlation, num_confusing_colors=m, generator=generator)
     return GroupedImages(
-        images=paint(images, groups, bias=bias),
+        images=paint(images, groups, bias=bias, shading=shading),
         labels=labels.to(images.device, torch.int64),
         groups=groups.to(images.device),
         class_names=tuple(class_names),
@@ -287,6 +317,7 @@ def build_colored(
     test_correlation: float = 0.1,
     num_confusing_colors: int = NUM_COLORS - 1,
     seed: int = 0,
+    shading: str = "binary",
 ) -> ColoredSplits:
     """C-MNIST / C-FMNIST train and test splits from raw 28x28 splits.
 
@@ -304,6 +335,8 @@ def build_colored(
         all 9 other colours, so that it stays (nearly) balanced.
     seed : int
         One CPU generator seeded with it shuffles the train split, then the test split.
+    shading : {"binary", "intensity"}
+        See :func:`paint`.
 
     Returns
     -------
@@ -314,7 +347,8 @@ def build_colored(
     test_correlation = _check_correlation("test_correlation", test_correlation)
     m = _check_num_confusing(num_confusing_colors)
     generator = torch.Generator().manual_seed(_check_seed(seed))
-    common = {"bias": bias, "generator": generator, "class_names": raw.class_names}
+    _check_shading(shading)
+    common = {"bias": bias, "generator": generator, "class_names": raw.class_names, "shading": shading}
     train = colorize(
         raw.train_images, raw.train_labels, correlation=train_correlation, num_confusing_colors=m, **common
     )
@@ -328,7 +362,8 @@ def build_colored(
         "num_confusing_colors": m,
         "test_num_confusing_colors": NUM_COLORS - 1,
         "seed": int(seed),
-        "binarize_threshold": BINARIZE_THRESHOLD,
+        "shading": shading,
+        "binarize_threshold": BINARIZE_THRESHOLD if shading == "binary" else None,
         "pad_offset": PAD_OFFSET,
     }
     return ColoredSplits(train=train, test=test, params=params)

@@ -129,6 +129,13 @@ class DataConfig(_Section):
 
     dataset: Dataset = "cmnist"
     bias: Bias = "foreground"
+    shading: Literal["binary", "intensity"] = Field(
+        "binary",
+        description=(
+            "C-MNIST / C-FMNIST pixels: 'binary' (x >= 128, as METHOD.md states) or 'intensity' (grey level "
+            "scales the colour, as the public FairDD-line C-FMNIST builder does; keeps Fashion-MNIST texture)"
+        ),
+    )
     train_correlation: float = Field(0.9, ge=0.0, le=1.0)
     test_correlation: float = Field(0.1, ge=0.0, le=1.0)
     num_confusing_colors: int = Field(9, ge=1, le=9)

@@ -38,8 +38,10 @@ def ingest(workspace: str, data: DataConfig, raw_digest: str | None = None) -> l
             test_correlation=data.test_correlation,
             num_confusing_colors=data.num_confusing_colors,
             seed=data.seed,
+            shading=data.shading,
         )
-        source, description = raw.source, f"{data.bias} colour bias, train correlation {data.train_correlation}"
+        source = raw.source
+        description = f"{data.bias} colour bias ({data.shading} shading), train correlation {data.train_correlation}"
     test = splits.test
     if data.test_limit is not None and data.test_limit < len(test):
         test = stratified_subset(test, size=data.test_limit, seed=data.seed)

@@ -16,6 +16,7 @@ from fdd.colored import (
     ERR_IMAGES,
     ERR_NUM_CONFUSING,
     ERR_RANDOMNESS,
+    ERR_SHADING,
     assign_colors,
     build_colored,
     colorize,
@@ -135,6 +136,37 @@ def test_background_inverts_foreground():
     digit[:, 4:, 4:] = images >= 128
     assert int(bg.images.permute(0, 2, 3, 1)[digit].sum()) == 0  # digit black
     assert torch.equal(bg.images[:, :, :4, :], palette[:, :, :4, :])  # padding coloured
+
+
+def test_intensity_shading_scales_the_colour_by_the_grey_level():
+    images = torch.zeros(3, 28, 28, dtype=torch.uint8)
+    images[:, 0, 0] = 255
+    images[:, 5, 6] = 100  # below the binary threshold: kept as a grey level
+    images[:, 7, 8] = 1
+    labels = torch.tensor([1, 3, 9])  # colours (255,128,0), (255,255,128), white
+    fg = colorize(images, labels, bias="foreground", correlation=1.0, seed=0, shading="intensity")
+    bg = colorize(images, labels, bias="background", correlation=1.0, seed=0, shading="intensity")
+    for i, color in enumerate([COLORS[1], COLORS[3], COLORS[9]]):
+        assert fg.images[i, :, 4, 4].tolist() == list(color)
+        assert fg.images[i, :, 9, 10].tolist() == [100 * c // 255 for c in color]
+        assert fg.images[i, :, 11, 12].tolist() == [c // 255 for c in color]
+        assert bg.images[i, :, 4, 4].tolist() == [0, 0, 0]
+        assert bg.images[i, :, 9, 10].tolist() == [155 * c // 255 for c in color]
+        assert bg.images[i, :, 0, 0].tolist() == list(color)  # padding: full colour behind
+        assert int(fg.images[i, :, :4, :].sum()) == 0
+    binary = colorize(images, labels, bias="foreground", correlation=1.0, seed=0)
+    assert binary.images[:, :, 9, 10].sum() == 0 and fg.images[:, :, 9, 10].sum() > 0
+    # on binary pixels (0 or 255) both shadings agree
+    digits = (_digits(20) >= 128).to(torch.uint8) * 255
+    a = colorize(digits, torch.arange(20) % 10, bias="background", correlation=0.9, seed=1)
+    b = colorize(digits, torch.arange(20) % 10, bias="background", correlation=0.9, seed=1, shading="intensity")
+    assert torch.equal(a.images, b.images)
+
+
+def test_bad_shading():
+    images, labels = _digits(10), torch.arange(10)
+    with pytest.raises(ValueError, match=re.escape(ERR_SHADING.split("{")[0])):
+        colorize(images, labels, bias="foreground", correlation=0.9, seed=0, shading="grey")
 
 
 def test_colorize_output_metadata_and_determinism():
