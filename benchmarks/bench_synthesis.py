@@ -78,9 +78,11 @@ def main() -> int:
     parser.add_argument("--variants", default="fp32", help="comma list of fp32, bf16, cl (channels-last), compile, graph (cobra warm-up as a CUDA graph), and +-joins")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-audit", action="store_true")
+    parser.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     raw = load_raw("mnist", root=args.data_root, download=False)
     train = build_colored(raw, bias="foreground", seed=0).train
     test = build_colored(raw, bias="foreground", seed=0).test
