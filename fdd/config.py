@@ -268,7 +268,7 @@ class ScheduleConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _mode_only_for_distill(self) -> "ScheduleConfig":
+    def _mode_only_for_distill(self) -> ScheduleConfig:
         if self.mode is not None and self.flow != "distill":
             raise ValueError(ERR_MODE_NOT_DISTILL.format(name=self.name, flow=self.flow))
         return self

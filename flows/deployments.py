@@ -25,7 +25,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fdd.config import ConfigError, PipelineConfig, ScheduleConfig, deep_merge, parse_config
+from fdd.config import (
+    ConfigError,
+    PipelineConfig,
+    ScheduleConfig,
+    deep_merge,
+    parse_config,
+)
 
 ERR_NO_SCHEDULES = (
     "{params} has no schedules: add a 'schedules' section (a list of name, flow, cron, timezone, "
@@ -96,7 +102,7 @@ def api_reachable(url: str, *, timeout: float = 5.0) -> bool:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as response:  # noqa: S310 (loopback URL)
+        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False

@@ -31,7 +31,14 @@ from prefect.cache_policies import NO_CACHE
 
 from fdd.config import PipelineConfig, SweepConfig, parse_config
 from flows.pipeline import resolve_device, stage_call
-from tasks.base import atomic_write_text, call_stage, outputs_current, publish_markdown, publish_table, run_logger
+from tasks.base import (
+    atomic_write_text,
+    call_stage,
+    outputs_current,
+    publish_markdown,
+    publish_table,
+    run_logger,
+)
 
 SWEEP_DIR = "data/sweep"
 CELL_KEYS: tuple[str, ...] = ("dataset", "ipc", "backbone", "mode", "seed")

@@ -19,7 +19,13 @@ import yaml
 
 from fdd.config import ConfigError, parse_config
 from flows import cli
-from flows.deployments import ERR_BAD_PARAMETERS, ERR_NO_SCHEDULES, ERR_UNKNOWN_SCHEDULE, build_deployments, deployment_parameters
+from flows.deployments import (
+    ERR_BAD_PARAMETERS,
+    ERR_NO_SCHEDULES,
+    ERR_UNKNOWN_SCHEDULE,
+    build_deployments,
+    deployment_parameters,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEDULE = {"name": "test-cobra", "flow": "distill", "mode": "cobra", "cron": "0 3 * * *", "timezone": "Europe/Paris"}

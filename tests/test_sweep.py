@@ -8,10 +8,20 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+from prefect.settings import (
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    PREFECT_LOCAL_STORAGE_PATH,
+    temporary_settings,
+)
 from prefect.testing.utilities import prefect_test_harness
 
-from fdd.config import ERR_DUPLICATE_AXIS, ERR_EMPTY_AXIS, ConfigError, SweepConfig, parse_config
+from fdd.config import (
+    ERR_DUPLICATE_AXIS,
+    ERR_EMPTY_AXIS,
+    ConfigError,
+    SweepConfig,
+    parse_config,
+)
 from flows.configuration import load_config
 from flows.sweep import cell_config, cell_id, run_sweep, summarize, sweep_cells
 
