@@ -112,7 +112,6 @@ def _serve(config: Any, workspace: str, args: argparse.Namespace) -> int:
     from fdd.config import ConfigError
 
     url = args.api_url or os.environ.get("PREFECT_API_URL") or DEFAULT_API_URL
-    os.environ["PREFECT_API_URL"] = url
     from flows.deployments import api_reachable, build_deployments
 
     try:
@@ -123,6 +122,7 @@ def _serve(config: Any, workspace: str, args: argparse.Namespace) -> int:
     if not api_reachable(url):
         print(f"error: {ERR_NO_API.format(url=url)}", file=sys.stderr)
         return 4
+    os.environ["PREFECT_API_URL"] = url
     import prefect
 
     prefect.serve(*deployments, limit=1)

@@ -66,6 +66,23 @@ def test_bad_schedules_are_named(tmp_path: Path) -> None:
         parse_config({"schedules": [SCHEDULE, SCHEDULE]})
 
 
+def test_fdd_serve_refuses_without_schedules_or_server(
+    tiny_workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PREFECT_HOME", str(tiny_workspace / ".prefect"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    params = str(tiny_workspace / "params.yaml")
+    common = ["--params", params, "--workspace", str(tiny_workspace)]
+    assert cli.main(["serve", *common]) == 2
+    assert ERR_NO_SCHEDULES.format(params=params) in capsys.readouterr().err
+    raw = yaml.safe_load((tiny_workspace / "params.yaml").read_text())
+    (tiny_workspace / "params.yaml").write_text(yaml.safe_dump({**raw, "schedules": [SCHEDULE]}))
+    url = f"http://127.0.0.1:{_free_port()}/api"  # nothing listens there
+    assert cli.main(["serve", *common, "--api-url", url]) == 4
+    assert cli.ERR_NO_API.format(url=url) in capsys.readouterr().err
+    assert "PREFECT_API_URL" not in os.environ
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
