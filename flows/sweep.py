@@ -90,17 +90,22 @@ def dataset_workspace(workspace: str, config: PipelineConfig, dataset: str) -> P
     return folder
 
 
-def _cell_device(device: str, *, local_gpus: int) -> str:
-    """``cuda:<k>`` for the k-th worker of a local cluster on a multi-GPU machine."""
-    if device != "cuda" or local_gpus <= 1:
-        return device
+def _worker_name() -> str | None:
+    """The name of the Dask worker running this code (None outside Dask)."""
     from distributed import get_worker
 
     try:
-        name = get_worker().name
-    except ValueError:  # not inside a Dask worker
+        return str(get_worker().name)
+    except ValueError:
+        return None
+
+
+def _cell_device(device: str, *, local_gpus: int) -> str:
+    """``cuda:<k>`` for the k-th worker of a local cluster on a multi-GPU machine."""
+    name = _worker_name()
+    if device != "cuda" or local_gpus <= 1 or name is None or not name.isdigit():
         return device
-    return f"cuda:{int(name) % local_gpus}" if str(name).isdigit() else device
+    return f"cuda:{int(name) % local_gpus}"
 
 
 @task(name="sweep-cell", task_run_name="cell[{cell_name}]", cache_policy=NO_CACHE, persist_result=False)
@@ -126,7 +131,8 @@ def run_cell(
     metrics = json.loads((folder / "data/audit" / mode / "metrics.json").read_text())
     run_logger().info("cell %s: accuracy %.2f, DEO_M %.2f%s", cell_name, metrics["accuracy"], metrics["deo_m"],
                       " (cached)" if cached else "")
-    return {**cell, **{k: metrics[k] for k in METRICS}, "cached": cached, "device": device}
+    return {**cell, **{k: metrics[k] for k in METRICS}, "cached": cached, "device": device,
+            "worker": _worker_name()}
 
 
 def summarize(cells: pd.DataFrame) -> pd.DataFrame:

@@ -23,7 +23,14 @@ from fdd.config import (
     parse_config,
 )
 from flows.configuration import load_config
-from flows.sweep import cell_config, cell_id, run_sweep, summarize, sweep_cells
+from flows.sweep import (
+    _task_runner,
+    cell_config,
+    cell_id,
+    run_sweep,
+    summarize,
+    sweep_cells,
+)
 
 
 def test_grid_is_the_product_of_the_axes() -> None:
@@ -72,6 +79,17 @@ def test_summary_mean_and_sample_std_over_seeds() -> None:
     assert math.isnan(summary.loc["vanilla", "accuracy_std"]) and summary.loc["vanilla", "accuracy_mean"] == 40.0
 
 
+def test_task_runner_is_a_local_dask_cluster_or_the_given_address() -> None:
+    from prefect_dask import DaskTaskRunner
+
+    local, gpus = _task_runner(SweepConfig(n_workers=3, processes=False), "cpu")
+    assert isinstance(local, DaskTaskRunner) and gpus == 0
+    assert local.cluster_class == "distributed.LocalCluster"
+    assert local.cluster_kwargs == {"n_workers": 3, "threads_per_worker": 1, "processes": False, "dashboard_address": None}
+    remote, _ = _task_runner(SweepConfig(address="tcp://10.0.0.5:8786"), "cpu")
+    assert remote.address == "tcp://10.0.0.5:8786" and remote.cluster_class is None
+
+
 @pytest.mark.slow
 def test_two_cell_sweep_on_a_local_dask_cluster(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Two seeds of one (dataset, ipc, backbone, mode): two cells on two Dask workers.
@@ -97,6 +115,7 @@ def test_two_cell_sweep_on_a_local_dask_cluster(tiny_workspace: Path, tmp_path_f
             assert {s: p.stat().st_mtime_ns for s, p in synthetic.items()} == stamps
     cells = pd.read_csv(tiny_workspace / "data/sweep/cells.csv")
     assert sorted(cells["seed"]) == [0, 1] and set(cells["cached"]) == {True}
+    assert set(cells["worker"].astype(str)) <= {"0", "1"}  # ran on the local cluster's two Dask workers
     per_cell = {s: json.loads((home / f"ipc2-dm-cobra-seed{s}" / "data/audit/cobra/metrics.json").read_text()) for s in (0, 1)}
     for _, row in cells.iterrows():
         for metric in ("accuracy", "deo_m", "deo_a", "worst_group_accuracy"):
