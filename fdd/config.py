@@ -324,6 +324,105 @@ class AuditConfig(_Section):
     )
 
 
+SWEEP_AXES: tuple[str, ...] = ("datasets", "ipcs", "backbones", "modes", "seeds")
+ERR_EMPTY_AXIS = "sweep.{axis} must list at least one value"
+ERR_DUPLICATE_AXIS = "sweep.{axis} lists {dupes} more than once; list each value at most once"
+ERR_BAD_CRON = "schedules[{name}].cron {value!r} is not a 5-field cron expression (minute hour day month weekday): {reason}"
+ERR_BAD_TIMEZONE = "schedules[{name}].timezone {value!r} is not an IANA time zone name (e.g. 'UTC', 'Europe/Paris')"
+ERR_DUPLICATE_SCHEDULES = "schedules lists the deployment name(s) {dupes} more than once; names must be unique"
+ERR_MODE_NOT_DISTILL = "schedules[{name}].mode is only used by flow 'distill' (got flow {flow!r})"
+SCHEDULE_FLOWS: tuple[str, ...] = ("compare", "distill", "sweep")
+
+
+class SweepConfig(_Section):
+    """A grid of cells ``dataset x ipc x backbone x mode x seed`` (``fdd sweep``).
+
+    Every cell distils the train split with one backbone and mode at one IPC and seed
+    (``runtime.seed`` and ``audit.seed`` both set to the cell's seed), then audits it;
+    the other settings come from the rest of ``params.yaml``. Results are summarised as
+    mean and standard deviation over the seeds,
+    :math:`\\bar m = \\frac1S\\sum_s m_s` and
+    :math:`\\sigma = \\sqrt{\\frac1{S-1}\\sum_s (m_s-\\bar m)^2}` (sample std, blank for one seed).
+    """
+
+    datasets: tuple[Dataset, ...] = ("cmnist",)
+    ipcs: tuple[int, ...] = (10,)
+    backbones: tuple[Backbone, ...] = ("dm",)
+    modes: tuple[Mode, ...] = ("vanilla", "cobra")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_workers: int = Field(2, ge=1, le=256, description="workers of the local Dask cluster (one GPU each on CUDA)")
+    processes: bool = Field(
+        False, description="local cluster workers as processes (True) or threads of this process (False)"
+    )
+    address: str | None = Field(
+        None, description="scheduler address of an existing Dask cluster (e.g. tcp://10.0.0.5:8786); None starts a local one"
+    )
+
+    @field_validator("datasets", "ipcs", "backbones", "modes", "seeds")
+    @classmethod
+    def _axis(cls, value: tuple[Any, ...], info: Any) -> tuple[Any, ...]:
+        if not value:
+            raise ValueError(ERR_EMPTY_AXIS.format(axis=info.field_name))
+        dupes = sorted({v for v in value if value.count(v) > 1})
+        if dupes:
+            raise ValueError(ERR_DUPLICATE_AXIS.format(axis=info.field_name, dupes=dupes))
+        if info.field_name == "ipcs" and not all(1 <= v <= 1000 for v in value):
+            raise ValueError(f"sweep.ipcs must lie in [1, 1000]; got {list(value)}")
+        if info.field_name == "seeds" and not all(v >= 0 for v in value):
+            raise ValueError(f"sweep.seeds must be >= 0; got {list(value)}")
+        return value
+
+
+class ScheduleConfig(_Section):
+    """One scheduled deployment served by ``fdd serve``.
+
+    ``parameters`` are ``params.yaml`` sections merged over the file for this deployment
+    only (e.g. ``{synthesis: {ipc: 50}}``); the merged configuration is validated when
+    the deployments are registered.
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64, description="deployment name")
+    flow: Literal["compare", "distill", "sweep"] = "compare"
+    cron: str = Field(description="5-field cron expression, e.g. '0 2 * * *' (02:00 every day)")
+    timezone: str = "UTC"
+    mode: Mode | None = Field(None, description="the mode of a 'distill' deployment (default cobra)")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str, info: Any) -> str:
+        from datetime import datetime
+
+        from cronsim import CronSim, CronSimError
+
+        name = info.data.get("name", "?")
+        if len(value.split()) != 5:
+            raise ValueError(ERR_BAD_CRON.format(name=name, value=value, reason="expected 5 fields"))
+        try:
+            CronSim(value, datetime(2000, 1, 1))
+        except CronSimError as exc:
+            raise ValueError(ERR_BAD_CRON.format(name=name, value=value, reason=exc)) from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str, info: Any) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(ERR_BAD_TIMEZONE.format(name=info.data.get("name", "?"), value=value)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _mode_only_for_distill(self) -> ScheduleConfig:
+        if self.mode is not None and self.flow != "distill":
+            raise ValueError(ERR_MODE_NOT_DISTILL.format(name=self.name, flow=self.flow))
+        return self
+
+
 class PipelineConfig(_Section):
     """The whole ``params.yaml``."""
 
@@ -334,6 +433,17 @@ class PipelineConfig(_Section):
     barycenters: BarycenterConfig = BarycenterConfig()
     synthesis: SynthesisConfig = SynthesisConfig()
     audit: AuditConfig = AuditConfig()
+    sweep: SweepConfig = SweepConfig()
+    schedules: tuple[ScheduleConfig, ...] = ()
+
+    @field_validator("schedules")
+    @classmethod
+    def _unique_schedules(cls, value: tuple[ScheduleConfig, ...]) -> tuple[ScheduleConfig, ...]:
+        names = [s.name for s in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(ERR_DUPLICATE_SCHEDULES.format(dupes=dupes))
+        return value
 
 
 class ConfigError(ValueError):

@@ -6,6 +6,8 @@
     fdd stage NAME          one stage without Prefect (used by dvc.yaml)
     fdd show                print the last comparison table
     fdd server              the Prefect server and UI on 127.0.0.1 for this workspace
+    fdd serve               register the deployments of the schedules section and serve them
+    fdd sweep               the grid of the sweep section on a Dask cluster (local by default)
 
 Settings come from ``params.yaml`` (``--params``), optionally merged with a preset
 (``--preset full``) and ``--set section.key=value`` overrides.
@@ -76,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     one.add_argument("--mode", choices=["vanilla", "fairdd", "cobra"])
     show = sub.add_parser("show", parents=[common], help="print the last comparison table")
     del show
+    sub.add_parser("sweep", parents=[common], help="run the sweep grid (sweep section) on a Dask cluster")
+    serve = sub.add_parser("serve", parents=[common], help="serve the scheduled deployments of the schedules section")
+    serve.add_argument("--only", action="append", default=[], metavar="NAME", help="serve only this schedule (repeatable)")
+    serve.add_argument("--api-url", default=None,
+                       help="Prefect API of the server (default: $PREFECT_API_URL, else http://127.0.0.1:4200/api)")
     server = sub.add_parser("server", parents=[common], help="start the Prefect server and UI for this workspace")
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     server.add_argument("--port", type=int, default=4200)
@@ -94,6 +101,34 @@ def server_command(host: str, port: int) -> list[str]:
     if host not in LOOPBACK and not host.startswith("127."):
         print(WARN_EXPOSED.format(host=host, port=port), file=sys.stderr)
     return [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+
+
+DEFAULT_API_URL = "http://127.0.0.1:4200/api"
+ERR_NO_API = "no Prefect server answers at {url}; start one with `fdd server` (or pass --api-url / set PREFECT_API_URL)"
+
+
+def _serve(config: Any, workspace: str, args: argparse.Namespace) -> int:
+    """Register the deployments of ``config.schedules`` and serve them until interrupted."""
+    import os
+
+    from fdd.config import ConfigError
+
+    url = args.api_url or os.environ.get("PREFECT_API_URL") or DEFAULT_API_URL
+    from flows.deployments import api_reachable, build_deployments
+
+    try:
+        deployments = build_deployments(config, workspace, only=args.only, params=args.params)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not api_reachable(url):
+        print(f"error: {ERR_NO_API.format(url=url)}", file=sys.stderr)
+        return 4
+    os.environ["PREFECT_API_URL"] = url
+    import prefect
+
+    prefect.serve(*deployments, limit=1)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     Path(workspace).mkdir(parents=True, exist_ok=True)
     configure_environment(workspace)
+    if args.command == "serve":
+        return _serve(config, workspace, args)
     from flows import pipeline
 
     start = time.perf_counter()
@@ -141,6 +178,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 pipeline.call_stage(ingest_task, **kwargs)  # cached like in the flow
                 print(f"prepared data under {Path(workspace) / 'data/prepared'}")
+                return 0
+            if args.command == "sweep":
+                from flows.sweep import SWEEP_DIR, run_sweep
+
+                result = run_sweep(config, workspace=workspace)
+                print((Path(workspace) / SWEEP_DIR / "summary.md").read_text())
+                print(f"{result['cells']} cells ({result['computed']} computed, the rest cached) in "
+                      f"{time.perf_counter() - start:.0f} s; table: {result['summary']}")
                 return 0
             if args.command == "distill":
                 pipeline.distill_flow(config, mode=args.mode, workspace=workspace)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +39,30 @@ def comparison_table(metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
         row["evaluations"] = values["num_eval"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+FIGURES_MARKER = "<!-- figures -->"
+
+
+def report_figures(root: Path, modes: tuple[str, ...]) -> list[tuple[str, Path]]:
+    """(caption, PNG) of the report: loss curves, then per mode the synthetic grid and recall heatmap."""
+    figures = [("Matching loss per mode (scaled by its first value)", root / "data/report/loss_curves.png")]
+    for m in modes:
+        figures.append((f"{m}: synthetic images, one row per class", root / "data/synthetic" / m / "grid.png"))
+        figures.append((f"{m}: test recall per group and class (%)", root / "data/audit" / m / "group_recall.png"))
+    return figures
+
+
+def figure_markdown(figures: list[tuple[str, Path]], *, base: Path | None) -> str:
+    """Markdown images: linked relative to ``base`` (the report's folder), or inline PNG data when None."""
+    parts = []
+    for caption, path in figures:
+        if base is None:
+            target = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+        else:
+            target = Path(os.path.relpath(path, base)).as_posix()
+        parts.append(f"**{caption}**\n\n![{caption}]({target})")
+    return "\n\n".join(parts)
 
 
 @stage("report")
@@ -90,13 +116,15 @@ def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...],
         "to the free-support barycenter with uniform and with proportional (vanilla) weights.",
         diagnostics.round(3).to_markdown(index=False),
         "## Figures",
-        "Loss curves: `data/report/loss_curves.png`; per-mode synthetic grids: "
-        "`data/synthetic/<mode>/grid.png`; recall heatmaps: `data/audit/<mode>/group_recall.png`.",
+        FIGURES_MARKER,
         "## Configuration",
         "```json\n" + json.dumps(config.model_dump(mode="json"), indent=2) + "\n```",
     ]
     markdown = "\n\n".join(sections) + "\n"
-    atomic_write_text(out / "report.md", markdown)
-    publish_markdown("report", markdown, "fair distillation report")
+    figures = report_figures(root, modes)
+    atomic_write_text(out / "report.md", markdown.replace(FIGURES_MARKER, figure_markdown(figures, base=out)))
+    # the Prefect UI cannot read local files: its copy of the report carries the PNGs inline
+    publish_markdown("report", markdown.replace(FIGURES_MARKER, figure_markdown(figures, base=None)),
+                     "fair distillation report")
     publish_table("comparison", table.to_dict("records"), "modes side by side")
     return [out / "report.md", out / "comparison.csv", out / "loss_curves.png", root / "data/metrics.json", *plot_files]

@@ -21,7 +21,10 @@ from fdd.config import ConfigError, PipelineConfig, parse_config
 from fdd.data import GroupedImages
 from flows import cli
 
-SECTIONS = {name: field.annotation.model_fields for name, field in PipelineConfig.model_fields.items()}
+SECTIONS = {  # the mapping sections (``schedules``, a list of entries, is tested in test_server.py)
+    name: field.annotation.model_fields for name, field in PipelineConfig.model_fields.items()
+    if hasattr(field.annotation, "model_fields")
+}
 KEYS = sorted((section, key) for section, fields in SECTIONS.items() for key in fields)
 ANY_VALUE = st.one_of(
     st.none(),

@@ -1,0 +1,229 @@
+"""The sweep flow: a grid ``dataset x ipc x backbone x mode x seed`` on a Dask cluster.
+
+    ingest[dataset] -> cell[dataset, ipc, backbone, mode, seed] = synthesize -> audit
+
+Each cell is one Prefect task run through ``prefect-dask``'s ``DaskTaskRunner``: on a
+local ``distributed.LocalCluster`` by default (``sweep.n_workers`` workers, one thread
+each, one GPU each when the device is CUDA) or on an existing cluster given its
+scheduler address (``sweep.address``). Inside a cell, the synthesize and audit stage
+tasks are the pipeline's own cached tasks, so a cell computed before (same data,
+settings and ``fdd/`` source) is skipped. The cells are gathered into one table with
+the mean and standard deviation over the seeds (``data/sweep/summary.{csv,md}``).
+
+Folders. A dataset is prepared once under ``data/sweep/<dataset>/`` (its own workspace;
+``data.root`` and ``data.idx_dir`` are linked from the main workspace), and each cell
+is a workspace ``data/sweep/<dataset>/cells/<cell id>/`` whose ``data/prepared`` links
+to the dataset's, so the stage tasks write each cell's files apart.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from fdd.config import PipelineConfig, SweepConfig, parse_config
+from flows.pipeline import resolve_device, stage_call
+from tasks.base import (
+    atomic_write_text,
+    call_stage,
+    outputs_current,
+    publish_markdown,
+    publish_table,
+    run_logger,
+)
+
+SWEEP_DIR = "data/sweep"
+CELL_KEYS: tuple[str, ...] = ("dataset", "ipc", "backbone", "mode", "seed")
+METRICS: tuple[str, ...] = ("accuracy", "deo_m", "deo_a", "worst_group_accuracy")
+ERR_NO_PREPARED = "cell {cell} has no prepared data at {path}; the dataset's ingest must run first"
+
+
+def sweep_cells(sweep: SweepConfig) -> list[dict[str, Any]]:
+    """Every cell of the grid, in the order dataset, ipc, backbone, mode, seed."""
+    grid = itertools.product(sweep.datasets, sweep.ipcs, sweep.backbones, sweep.modes, sweep.seeds)
+    return [dict(zip(CELL_KEYS, values)) for values in grid]
+
+
+def cell_id(cell: dict[str, Any]) -> str:
+    """A folder name for a cell, e.g. ``ipc10-dm-cobra-seed0``."""
+    return f"ipc{cell['ipc']}-{cell['backbone']}-{cell['mode']}-seed{cell['seed']}"
+
+
+def cell_config(config: PipelineConfig, cell: dict[str, Any]) -> PipelineConfig:
+    """``config`` with the cell's dataset, IPC, backbone, mode and seed."""
+    raw = config.model_dump(mode="json")
+    raw["data"]["dataset"] = cell["dataset"]
+    raw["synthesis"].update(ipc=cell["ipc"], backbone=cell["backbone"], modes=[cell["mode"]])
+    raw["runtime"]["seed"] = cell["seed"]
+    raw["audit"]["seed"] = cell["seed"]
+    return parse_config(raw)
+
+
+def _link(link: Path, target: Path) -> None:
+    """A symlink ``link -> target`` (replacing a stale one)."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() and link.resolve() == target.resolve():
+        return
+    if link.is_symlink():
+        link.unlink()
+    if link.exists():
+        raise FileExistsError(f"{link} exists and is not a link to {target}; remove it")
+    os.symlink(target.resolve(), link, target_is_directory=True)
+
+
+def dataset_workspace(workspace: str, config: PipelineConfig, dataset: str) -> Path:
+    """``data/sweep/<dataset>``, with the raw-data folders of ``workspace`` linked in."""
+    root = Path(workspace).resolve()
+    folder = root / SWEEP_DIR / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    for rel in filter(None, (config.data.root, config.data.idx_dir)):
+        (root / rel).mkdir(parents=True, exist_ok=True)
+        _link(folder / rel, root / rel)
+    return folder
+
+
+def _worker_name() -> str | None:
+    """The name of the Dask worker running this code (None outside Dask)."""
+    from distributed import get_worker
+
+    try:
+        return str(get_worker().name)
+    except ValueError:
+        return None
+
+
+def _cell_device(device: str, *, local_gpus: int) -> str:
+    """``cuda:<k>`` for the k-th worker of a local cluster on a multi-GPU machine."""
+    name = _worker_name()
+    if device != "cuda" or local_gpus <= 1 or name is None or not name.isdigit():
+        return device
+    return f"cuda:{int(name) % local_gpus}"
+
+
+@task(name="sweep-cell", task_run_name="cell[{cell_name}]", cache_policy=NO_CACHE, persist_result=False)
+def run_cell(
+    cell_name: str, cell: dict[str, Any], config: PipelineConfig, workspace: str, device: str, local_gpus: int = 0
+) -> dict[str, Any]:
+    """Synthesize and audit one cell (each stage skipped when cached); its metrics."""
+    folder = Path(workspace)
+    if not (folder / "data/prepared/train.pt").exists():
+        raise FileNotFoundError(ERR_NO_PREPARED.format(cell=cell_name, path=folder / "data/prepared"))
+    device = _cell_device(device, local_gpus=local_gpus)
+    if config.runtime.num_threads:
+        torch.set_num_threads(config.runtime.num_threads)
+    mode = cell["mode"]
+    done: dict[str, dict[str, str]] = {"prepared": json.loads((folder / "data/prepared/manifest.json").read_text())["outputs"]}
+    cached = True
+    for name in ("synthesize", "audit"):
+        stage_task, kwargs = stage_call(
+            name, mode, config=config, workspace=str(folder), device=device, modes=(mode,), outputs=done.__getitem__
+        )
+        cached = cached and outputs_current(stage_task, **kwargs)
+        done[f"{'synthetic' if name == 'synthesize' else 'audit'}/{mode}"] = call_stage(stage_task, **kwargs)
+    metrics = json.loads((folder / "data/audit" / mode / "metrics.json").read_text())
+    run_logger().info("cell %s: accuracy %.2f, DEO_M %.2f%s", cell_name, metrics["accuracy"], metrics["deo_m"],
+                      " (cached)" if cached else "")
+    return {**cell, **{k: metrics[k] for k in METRICS}, "cached": cached, "device": device,
+            "worker": _worker_name()}
+
+
+def summarize(cells: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample standard deviation (ddof=1) of each metric over the seeds of a cell."""
+    keys = [k for k in CELL_KEYS if k != "seed"]
+    grouped = cells.groupby(keys, sort=False)[list(METRICS)]
+    summary = grouped.agg(["mean", "std"])
+    summary.columns = [f"{metric}_{stat}" for metric, stat in summary.columns]
+    summary.insert(0, "seeds", grouped.size())
+    return summary.reset_index()
+
+
+def _task_runner(sweep: SweepConfig, device: str) -> tuple[Any, int]:
+    from prefect_dask import DaskTaskRunner
+
+    if sweep.address:
+        return DaskTaskRunner(address=sweep.address), 0
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    workers = min(sweep.n_workers, gpus) if gpus else sweep.n_workers
+    cluster_kwargs: dict[str, Any] = {
+        "n_workers": workers, "threads_per_worker": 1, "processes": sweep.processes, "dashboard_address": None,
+    }
+    if gpus:
+        cluster_kwargs["resources"] = {"GPU": 1}
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs), gpus
+
+
+def _sweep_body(config: PipelineConfig, workspace: str, local_gpus: int) -> pd.DataFrame:
+    import contextlib
+
+    import dask
+
+    from tasks.ingest import ingest
+
+    sweep = config.sweep
+    device = resolve_device(config.runtime.device)
+    futures = []
+    for dataset in sweep.datasets:
+        home = dataset_workspace(workspace, config, dataset)
+        data = config.data.model_copy(update={"dataset": dataset})
+        call_stage(ingest, workspace=str(home), data=data)
+        for cell in (c for c in sweep_cells(sweep) if c["dataset"] == dataset):
+            name = cell_id(cell)
+            cell_home = home / "cells" / name
+            _link(cell_home / "data/prepared", home / "data/prepared")
+            # one GPU per cell on a local multi-GPU cluster (its workers each hold GPU=1)
+            with dask.annotate(resources={"GPU": 1}) if local_gpus else contextlib.nullcontext():
+                futures.append(run_cell.submit(
+                    f"{dataset}-{name}", cell, cell_config(config, cell), str(cell_home), device, local_gpus
+                ))
+    rows = [future.result() for future in futures]
+    return pd.DataFrame(rows)
+
+
+@flow(name="fdd-sweep-grid", log_prints=True)
+def grid_flow(config: PipelineConfig, workspace: str = ".") -> dict[str, Any]:
+    """The cells of ``config.sweep`` on this flow's task runner, then the tables."""
+    cells = _sweep_body(config, workspace, _local_gpus(config))
+    return write_tables(cells, workspace)
+
+
+@flow(name="fdd-sweep", log_prints=True)
+def sweep_flow(config: PipelineConfig, workspace: str = ".") -> dict[str, Any]:
+    """Run every cell of ``config.sweep`` on Dask (a local cluster or ``sweep.address``).
+
+    The grid runs as a subflow whose task runner is ``prefect-dask``'s
+    ``DaskTaskRunner``, so the flow uses Dask however it is started (CLI or deployment).
+    """
+    runner, _ = _task_runner(config.sweep, resolve_device(config.runtime.device))
+    return grid_flow.with_options(task_runner=runner)(config, workspace=workspace)
+
+
+def _local_gpus(config: PipelineConfig) -> int:
+    if config.sweep.address:
+        return 0
+    return torch.cuda.device_count() if resolve_device(config.runtime.device) == "cuda" else 0
+
+
+def write_tables(cells: pd.DataFrame, workspace: str) -> dict[str, Any]:
+    """``data/sweep/cells.csv`` (one row per cell) and ``summary.{csv,md}`` (mean/std over seeds)."""
+    out = Path(workspace) / SWEEP_DIR
+    summary = summarize(cells)
+    atomic_write_text(out / "cells.csv", cells.to_csv(index=False))
+    atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
+    markdown = "# Sweep: mean and std over seeds\n\n" + summary.round(2).to_markdown(index=False) + "\n"
+    atomic_write_text(out / "summary.md", markdown)
+    publish_markdown("sweep", markdown, "sweep summary (mean and std over seeds)")
+    publish_table("sweep-cells", json.loads(cells.to_json(orient="records")), "one row per sweep cell")
+    return {"cells": len(cells), "computed": int((~cells["cached"]).sum()), "summary": str(out / "summary.csv")}
+
+
+def run_sweep(config: PipelineConfig, workspace: str = ".") -> dict[str, Any]:
+    """Run :func:`sweep_flow` (the entry point of ``fdd sweep``)."""
+    return sweep_flow(config, workspace=workspace)

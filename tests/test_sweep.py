@@ -1,0 +1,129 @@
+"""The sweep flow on a local Dask cluster: its grid, its table, and cached cells skipped."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from prefect.settings import (
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+    PREFECT_LOCAL_STORAGE_PATH,
+    temporary_settings,
+)
+from prefect.testing.utilities import prefect_test_harness
+
+from fdd.config import (
+    ERR_DUPLICATE_AXIS,
+    ERR_EMPTY_AXIS,
+    ConfigError,
+    SweepConfig,
+    parse_config,
+)
+from flows.configuration import load_config
+from flows.sweep import (
+    _task_runner,
+    cell_config,
+    cell_id,
+    run_sweep,
+    summarize,
+    sweep_cells,
+)
+
+
+def test_grid_is_the_product_of_the_axes() -> None:
+    sweep = SweepConfig(datasets=("cmnist", "cfmnist"), ipcs=(1, 10), backbones=("dm",), modes=("vanilla", "cobra"), seeds=(0, 1, 2))
+    cells = sweep_cells(sweep)
+    assert len(cells) == 2 * 2 * 1 * 2 * 3
+    assert len({tuple(c.values()) for c in cells}) == len(cells)
+    assert cells[0] == {"dataset": "cmnist", "ipc": 1, "backbone": "dm", "mode": "vanilla", "seed": 0}
+    assert len({cell_id(c) for c in cells if c["dataset"] == "cmnist"}) == 12
+
+
+def test_cell_config_sets_the_cell_and_keeps_the_rest() -> None:
+    base = parse_config({"synthesis": {"iterations": 7}, "audit": {"epochs": 3}})
+    config = cell_config(base, {"dataset": "cfmnist", "ipc": 3, "backbone": "dm", "mode": "cobra", "seed": 4})
+    assert config.data.dataset == "cfmnist" and config.synthesis.ipc == 3 and config.synthesis.modes == ("cobra",)
+    assert config.runtime.seed == 4 and config.audit.seed == 4
+    assert config.synthesis.iterations == 7 and config.audit.epochs == 3
+
+
+@pytest.mark.parametrize(
+    ("sweep", "message"),
+    [({"seeds": []}, ERR_EMPTY_AXIS.format(axis="seeds")),
+     ({"modes": ["cobra", "cobra"]}, ERR_DUPLICATE_AXIS.format(axis="modes", dupes=["cobra"])),
+     ({"backbones": ["nope"]}, "sweep.backbones.0"),
+     ({"ipcs": [0]}, "sweep.ipcs must lie in [1, 1000]")],
+)
+def test_bad_sweep_settings_are_named(sweep: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"sweep": sweep})
+    assert message in str(info.value)
+
+
+def test_summary_mean_and_sample_std_over_seeds() -> None:
+    cells = pd.DataFrame(
+        [{"dataset": "cmnist", "ipc": 1, "backbone": "dm", "mode": "cobra", "seed": s,
+          "accuracy": a, "deo_m": 10.0 * s, "deo_a": 1.0, "worst_group_accuracy": 5.0} for s, a in ((0, 50.0), (1, 60.0), (2, 70.0))]
+        + [{"dataset": "cmnist", "ipc": 1, "backbone": "dm", "mode": "vanilla", "seed": 0,
+            "accuracy": 40.0, "deo_m": 3.0, "deo_a": 2.0, "worst_group_accuracy": 1.0}]
+    )
+    summary = summarize(cells).set_index("mode")
+    assert summary.loc["cobra", "seeds"] == 3 and summary.loc["vanilla", "seeds"] == 1
+    assert summary.loc["cobra", "accuracy_mean"] == pytest.approx(60.0)
+    assert summary.loc["cobra", "accuracy_std"] == pytest.approx(10.0)  # sample std of 50, 60, 70
+    assert summary.loc["cobra", "deo_m_std"] == pytest.approx(10.0)
+    assert summary.loc["cobra", "deo_a_std"] == 0.0
+    assert math.isnan(summary.loc["vanilla", "accuracy_std"]) and summary.loc["vanilla", "accuracy_mean"] == 40.0
+
+
+def test_task_runner_is_a_local_dask_cluster_or_the_given_address() -> None:
+    from prefect_dask import DaskTaskRunner
+
+    local, gpus = _task_runner(SweepConfig(n_workers=3, processes=False), "cpu")
+    assert isinstance(local, DaskTaskRunner) and gpus == 0
+    assert local.cluster_class == "distributed.LocalCluster"
+    assert local.cluster_kwargs == {"n_workers": 3, "threads_per_worker": 1, "processes": False, "dashboard_address": None}
+    remote, _ = _task_runner(SweepConfig(address="tcp://10.0.0.5:8786"), "cpu")
+    assert remote.address == "tcp://10.0.0.5:8786" and remote.cluster_class is None
+
+
+@pytest.mark.slow
+def test_two_cell_sweep_on_a_local_dask_cluster(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Two seeds of one (dataset, ipc, backbone, mode): two cells on two Dask workers.
+
+    Thread workers (``processes: false``): a worker process would import torch and
+    Prefect again (several seconds each on a small CPU) for cells that take seconds.
+    """
+    storage = tmp_path_factory.mktemp("prefect-results")
+    overrides = {"sweep": {"datasets": ["cmnist"], "ipcs": [2], "backbones": ["dm"], "modes": ["cobra"],
+                           "seeds": [0, 1], "n_workers": 2, "processes": False}}
+    config = load_config(tiny_workspace / "params.yaml", overrides=overrides)
+    ws = str(tiny_workspace)
+    with prefect_test_harness(server_startup_timeout=120):
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_LOCAL_STORAGE_PATH: storage}):
+            first = run_sweep(config, workspace=ws)
+            assert first == {"cells": 2, "computed": 2, "summary": str(tiny_workspace / "data/sweep/summary.csv")}
+            home = tiny_workspace / "data/sweep/cmnist/cells"
+            synthetic = {s: home / f"ipc2-dm-cobra-seed{s}" / "data/synthetic/cobra/synthetic.pt" for s in (0, 1)}
+            stamps = {s: p.stat().st_mtime_ns for s, p in synthetic.items()}
+            assert synthetic[0].read_bytes() != synthetic[1].read_bytes()  # the seed reaches the synthesis
+            again = run_sweep(config, workspace=ws)
+            assert again["computed"] == 0  # both cells skipped through the stage cache
+            assert {s: p.stat().st_mtime_ns for s, p in synthetic.items()} == stamps
+    cells = pd.read_csv(tiny_workspace / "data/sweep/cells.csv")
+    assert sorted(cells["seed"]) == [0, 1] and set(cells["cached"]) == {True}
+    assert set(cells["worker"].astype(str)) <= {"0", "1"}  # ran on the local cluster's two Dask workers
+    per_cell = {s: json.loads((home / f"ipc2-dm-cobra-seed{s}" / "data/audit/cobra/metrics.json").read_text()) for s in (0, 1)}
+    for _, row in cells.iterrows():
+        for metric in ("accuracy", "deo_m", "deo_a", "worst_group_accuracy"):
+            assert row[metric] == pytest.approx(per_cell[row["seed"]][metric])
+    summary = pd.read_csv(tiny_workspace / "data/sweep/summary.csv")
+    assert len(summary) == 1 and summary.loc[0, "seeds"] == 2
+    values = [per_cell[s]["accuracy"] for s in (0, 1)]
+    assert summary.loc[0, "accuracy_mean"] == pytest.approx(sum(values) / 2)
+    assert summary.loc[0, "accuracy_std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
+    markdown = (tiny_workspace / "data/sweep/summary.md").read_text()
+    assert "accuracy_mean" in markdown and "cobra" in markdown
