@@ -14,9 +14,11 @@ import json
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Dataset = Literal["cmnist", "cfmnist"]
+Dataset = Literal["cmnist", "cfmnist", "adult"]
+#: Datasets of rows rather than images (stored as (N, F, 1, 1) tensors; see fdd/adult.py).
+TABULAR_DATASETS: tuple[str, ...] = ("adult",)
 Bias = Literal["foreground", "background"]
 Mode = Literal["vanilla", "fairdd", "cobra"]
 Backbone = Literal["dm"]
@@ -26,6 +28,11 @@ ERR_OUTSIDE_WORKSPACE = (
     "{field} must be a relative path inside the workspace (no leading '/', no '..'); got {value!r}"
 )
 ERR_DUPLICATE_MODES = "synthesis.modes lists {dupes} more than once; list each of {allowed} at most once"
+ERR_TABULAR_SETTINGS = (
+    "data.dataset={dataset!r} is tabular (rows, not images) and needs {fixes}; "
+    "presets/adult.yaml sets them (fdd run --preset adult)"
+)
+ERR_MLP_NORM = "network.architecture='mlp' supports only network.norm='none'; got {norm!r}"
 
 
 class _Section(BaseModel):
@@ -43,6 +50,34 @@ class RuntimeConfig(_Section):
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="'auto' picks CUDA when present")
     seed: int = Field(0, ge=0)
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU")
+
+
+class TabularConfig(_Section):
+    """Tabular data (``data.dataset: adult``): protected attribute, files and preprocessing.
+
+    See ``fdd/adult.py`` and ``docs/tabular.md``: numeric columns are standardised with the
+    train statistics, categorical ones one-hot encoded over the train categories.
+    """
+
+    protected: Literal["sex", "race"] = Field("sex", description="protected group: sex (2) or race (5 groups)")
+    group_feature: bool = Field(
+        False, description="also give the protected column to the models as a one-hot feature"
+    )
+    missing: Literal["drop", "category"] = Field(
+        "drop", description="rows with '?' values: drop them, or keep '?' as its own category"
+    )
+    csv: str | None = Field(
+        None, description="your own Adult-format CSV with a header row (None: the UCI files, see DATA)"
+    )
+    test_csv: str | None = Field(
+        None, description="test split for csv; None splits csv by test_fraction, stratified by class and group"
+    )
+    test_fraction: float = Field(1 / 3, gt=0.0, lt=1.0)
+
+    @field_validator("csv", "test_csv")
+    @classmethod
+    def _csv_inside(cls, value: str | None, info: Any) -> str | None:
+        return _inside_workspace(value, f"data.tabular.{info.field_name}")
 
 
 class DataConfig(_Section):
@@ -64,6 +99,7 @@ class DataConfig(_Section):
     test_limit: int | None = Field(
         None, ge=100, description="keep only this many test images (stratified by class); None keeps all"
     )
+    tabular: TabularConfig = TabularConfig()
 
     @field_validator("root")
     @classmethod
@@ -92,6 +128,9 @@ class NetworkConfig(_Section):
     depth: int = Field(3, ge=1, le=8)
     norm: Literal["instancenorm", "batchnorm", "none"] = "instancenorm"
     pooling: Literal["avgpooling", "maxpooling", "none"] = "avgpooling"
+    architecture: Literal["convnet", "mlp"] = Field(
+        "convnet", description="mlp: depth hidden layers of width units on flattened inputs (tabular data)"
+    )
 
 
 class FeaturesConfig(_Section):
@@ -185,6 +224,22 @@ class PipelineConfig(_Section):
     barycenters: BarycenterConfig = BarycenterConfig()
     synthesis: SynthesisConfig = SynthesisConfig()
     audit: AuditConfig = AuditConfig()
+
+    @model_validator(mode="after")
+    def _tabular_settings(self) -> PipelineConfig:
+        if self.network.architecture == "mlp" and self.network.norm != "none":
+            raise ValueError(ERR_MLP_NORM.format(norm=self.network.norm))
+        if self.data.dataset in TABULAR_DATASETS:
+            fixes = [
+                text for text, ok in (
+                    ("network.architecture=mlp", self.network.architecture == "mlp"),
+                    ("synthesis.dsa=false", not self.synthesis.dsa),
+                    ("audit.dsa=false", not self.audit.dsa),
+                ) if not ok
+            ]
+            if fixes:
+                raise ValueError(ERR_TABULAR_SETTINGS.format(dataset=self.data.dataset, fixes=", ".join(fixes)))
+        return self
 
 
 class ConfigError(ValueError):
