@@ -250,6 +250,8 @@ def _describe(error: dict[str, Any]) -> str:
     where = ".".join(str(p) for p in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"unknown key '{where}' (not a setting of this section)"
+    if not error["loc"]:  # a check across sections (model validator): its message names the keys
+        return f"{where}: {error['msg']}"
     received = error.get("input")
     return f"'{where}': {error['msg']} (got {received!r})"
 
