@@ -330,3 +330,4 @@ def test_adult_flow_end_to_end_under_prefect(tmp_path: Path) -> None:
     assert list(partition["group_name"].unique()) == ["Female", "Male"]
     report = (tmp_path / "data/report/report.md").read_text()
     assert "adult" in report and "fairdd" in report and "DEO_M" in report
+    assert "3 rows per class" in report and "MLP width 16" in report
