@@ -23,7 +23,7 @@ from tasks.audit import audit_set
 from tasks.base import STAGE_FOLDERS, call_stage
 from tasks.barycenters import compute_barycenters
 from tasks.features import extract_features
-from tasks.ingest import ingest
+from tasks.ingest import ingest, user_data_inputs
 from tasks.partition import partition
 from tasks.report import write_report
 from tasks.synthesize import synthesize_set
@@ -67,7 +67,7 @@ def stage_call(
     exactly the files it reads as ``inputs``, so its cache key covers them.
     """
     if name == "ingest":
-        return ingest, {"workspace": workspace, "data": config.data}
+        return ingest, {"workspace": workspace, "data": config.data, "inputs": user_data_inputs(workspace, config.data)}
     prepared = outputs("prepared")
     if name == "partition":
         return partition, {"workspace": workspace, "inputs": _pick(prepared, "train.pt")}

@@ -8,14 +8,26 @@ from fdd.adult import encode_adult, load_adult_frames
 from fdd.colored import build_colored
 from fdd.config import TABULAR_DATASETS, DataConfig
 from fdd.data import stratified_subset
+from fdd.files import sha256_file
 from fdd.sources import load_idx_folder, load_raw
 from tasks.base import atomic_write_json, publish_markdown, run_logger, stage, stage_dir
 
 RAW_NAMES = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
 
 
+def user_data_inputs(workspace: str, data: DataConfig) -> dict[str, str]:
+    """``{path: sha256}`` of the user's own tabular files, so the ingest cache key covers their content.
+
+    Missing files are left out here; ingest then stops with an error naming them.
+    """
+    if data.dataset not in TABULAR_DATASETS:
+        return {}
+    files = [f for f in (data.tabular.csv, data.tabular.test_csv) if f is not None]
+    return {f: sha256_file(Path(workspace) / f) for f in files if (Path(workspace) / f).is_file()}
+
+
 @stage("ingest", retries=2)
-def ingest(workspace: str, data: DataConfig) -> list[Path]:
+def ingest(workspace: str, data: DataConfig, inputs: dict[str, str] | None = None) -> list[Path]:
     """Write ``data/ingest/{train,test}.pt`` (uint8 images, labels, group ids) and a summary."""
     root = Path(workspace)
     out = stage_dir(workspace, "ingest")

@@ -286,6 +286,7 @@ def test_config_requires_mlp_and_no_dsa_for_tabular_data() -> None:
 
 # --------------------------------------------------------------------------- the flow end to end
 
+
 TINY_ADULT_PARAMS = {
     "runtime": {"device": "cpu", "seed": 0},
     "data": {"dataset": "adult", "download": False, "tabular": {"csv": "adult.csv", "protected": "sex"}},
@@ -298,6 +299,25 @@ TINY_ADULT_PARAMS = {
     },
     "audit": {"num_eval": 2, "epochs": 5, "dsa": False, "test_batch_size": 64},
 }
+
+
+def test_ingest_cache_key_covers_the_user_csv_content(tmp_path: Path) -> None:
+    from flows.pipeline import stage_call
+    from tasks.base import stage_key
+
+    write_adult_csv(tmp_path / "adult.csv", 40, seed=1)
+    config = parse_config(TINY_ADULT_PARAMS)
+
+    def key() -> str:
+        task, kwargs = stage_call("ingest", None, config=config, workspace=str(tmp_path), device="cpu", modes=(),
+                                  outputs=dict().__getitem__)
+        assert kwargs["inputs"] == {"adult.csv": hashlib.sha256((tmp_path / "adult.csv").read_bytes()).hexdigest()}
+        return stage_key(task.name, kwargs)
+
+    before = key()
+    assert key() == before
+    write_adult_csv(tmp_path / "adult.csv", 40, seed=2)  # same settings, other rows
+    assert key() != before
 
 
 @pytest.mark.slow
