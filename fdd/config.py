@@ -67,7 +67,7 @@ class TabularConfig(_Section):
         "drop", description="rows with '?' values: drop them, or keep '?' as its own category"
     )
     csv: str | None = Field(
-        None, description="your own Adult-format CSV with a header row (None: the UCI files, see DATA)"
+        None, description="your own Adult-format CSV with a header row (None: the UCI files; docs/tabular.md)"
     )
     test_csv: str | None = Field(
         None, description="test split for csv; None splits csv by test_fraction, stratified by class and group"

@@ -9,9 +9,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from fdd.config import NetworkConfig, SynthesisConfig
+from fdd.config import TABULAR_DATASETS, NetworkConfig, SynthesisConfig
 from fdd.data import GroupedImages
-from fdd.config import TABULAR_DATASETS
 from fdd.plots import save_figure, synthetic_grid, synthetic_rows
 from fdd.synthesis import synthesize
 from tasks.base import (
