@@ -29,7 +29,7 @@ from fdd.augment import DSAConfig, apply_dsa, draw_dsa
 from fdd.config import AuditConfig, NetworkConfig
 from fdd.data import GroupedImages, SyntheticSet
 from fdd.metrics import FairnessReport, fairness_report, summarize_runs
-from fdd.networks import ConvNet, build_convnet
+from fdd.networks import ConvNet, build_network
 from fdd.synthesis import train_network
 
 ERR_SHAPE_MISMATCH = (
@@ -178,10 +178,8 @@ def audit_synthetic(
     dsa = DSAConfig() if config.dsa else None
     seeds = [config.seed * 1000 + run for run in range(config.num_eval)]
     nets = [
-        build_convnet(
-            channels=test.image_shape[0], num_classes=test.num_classes, image_size=test.image_shape[1],
-            width=network.width, depth=network.resolved_depth(test.image_shape[1]), norm=network.norm, pooling=network.pooling,
-            seed=seed, device=device,
+        build_network(
+            input_shape=test.image_shape, num_classes=test.num_classes, network=network, seed=seed, device=device
         )
         for seed in seeds
     ]

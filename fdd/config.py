@@ -17,11 +17,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-Dataset = Literal["cmnist", "cfmnist", "cifar10s", "celeba", "utkface", "bffhq", "folder"]
+Dataset = Literal["cmnist", "cfmnist", "cifar10s", "celeba", "utkface", "bffhq", "folder", "adult"]
 #: The colour-biased digit datasets built from 28x28 grayscale sources (MNIST, Fashion-MNIST, idx_dir).
 COLORED_DATASETS: tuple[str, ...] = ("cmnist", "cfmnist")
 #: The datasets read from image files (fdd.image_sources); each has its own sub-section of ``data``.
 IMAGE_DATASETS: tuple[str, ...] = ("cifar10s", "celeba", "utkface", "bffhq", "folder")
+#: Datasets of rows rather than images (stored as (N, F, 1, 1) tensors; see fdd/adult.py).
+TABULAR_DATASETS: tuple[str, ...] = ("adult",)
 Bias = Literal["foreground", "background"]
 Mode = Literal["vanilla", "fairdd", "cobra"]
 Backbone = Literal["dm"]
@@ -39,6 +41,14 @@ ERR_IDX_DIR_DATASET = "data.idx_dir only applies to the datasets {allowed}; data
 ERR_COLORED_SIZE = "data.image_size must be 32 (or null) for {dataset!r}: C-MNIST images are 28x28 padded to 32x32; got {size}"
 ERR_NORM_PAIR = "data.mean and data.std must be given together (3 values each, one per RGB channel); got mean={mean}, std={std}"
 ERR_FOLDER_PATHS = "data.dataset 'folder' needs data.folder.csv and data.folder.images (paths inside the workspace); got csv={csv!r}, images={images!r}"
+
+
+ERR_TABULAR_SETTINGS = (
+    "data.dataset={dataset!r} is tabular (rows, not images) and needs {fixes}; "
+    "presets/adult.yaml sets them (fdd run --preset adult)"
+)
+ERR_MLP_NORM = "network.architecture='mlp' supports only network.norm='none'; got {norm!r}"
+ERR_MLP_DEPTH = "network.architecture='mlp' needs an integer network.depth (hidden layers, 1..8); got 'auto'"
 
 
 class _Section(BaseModel):
@@ -124,6 +134,34 @@ class FolderConfig(_Section):
         return _inside_workspace(value, "data.folder.images")
 
 
+class TabularConfig(_Section):
+    """Tabular data (``data.dataset: adult``): protected attribute, files and preprocessing.
+
+    See ``fdd/adult.py`` and ``docs/tabular.md``: numeric columns are standardised with the
+    train statistics, categorical ones one-hot encoded over the train categories.
+    """
+
+    protected: Literal["sex", "race"] = Field("sex", description="protected group: sex (2) or race (5 groups)")
+    group_feature: bool = Field(
+        False, description="also give the protected column to the models as a one-hot feature"
+    )
+    missing: Literal["drop", "category"] = Field(
+        "drop", description="rows with '?' values: drop them, or keep '?' as its own category"
+    )
+    csv: str | None = Field(
+        None, description="your own Adult-format CSV with a header row (None: the UCI files; docs/tabular.md)"
+    )
+    test_csv: str | None = Field(
+        None, description="test split for csv; None splits csv by test_fraction, stratified by class and group"
+    )
+    test_fraction: float = Field(1 / 3, gt=0.0, lt=1.0)
+
+    @field_validator("csv", "test_csv")
+    @classmethod
+    def _csv_inside(cls, value: str | None, info: Any) -> str | None:
+        return _inside_workspace(value, f"data.tabular.{info.field_name}")
+
+
 class DataConfig(_Section):
     """Dataset ingestion (the ``ingest`` stage)."""
 
@@ -150,6 +188,7 @@ class DataConfig(_Section):
     test_limit: int | None = Field(
         None, ge=100, description="keep only this many test images (stratified by class); None keeps all"
     )
+    tabular: TabularConfig = TabularConfig()
 
     image_size: int | None = Field(
         None, ge=8, le=512,
@@ -217,6 +256,9 @@ class NetworkConfig(_Section):
     )
     norm: Literal["instancenorm", "batchnorm", "none"] = "instancenorm"
     pooling: Literal["avgpooling", "maxpooling", "none"] = "avgpooling"
+    architecture: Literal["convnet", "mlp"] = Field(
+        "convnet", description="mlp: depth hidden layers of width units on flattened inputs (tabular data)"
+    )
 
     @field_validator("depth")
     @classmethod
@@ -445,6 +487,24 @@ class PipelineConfig(_Section):
             raise ValueError(ERR_DUPLICATE_SCHEDULES.format(dupes=dupes))
         return value
 
+    @model_validator(mode="after")
+    def _tabular_settings(self) -> PipelineConfig:
+        if self.network.architecture == "mlp" and self.network.norm != "none":
+            raise ValueError(ERR_MLP_NORM.format(norm=self.network.norm))
+        if self.network.architecture == "mlp" and self.network.depth == "auto":
+            raise ValueError(ERR_MLP_DEPTH)
+        if self.data.dataset in TABULAR_DATASETS:
+            fixes = [
+                text for text, ok in (
+                    ("network.architecture=mlp", self.network.architecture == "mlp"),
+                    ("synthesis.dsa=false", not self.synthesis.dsa),
+                    ("audit.dsa=false", not self.audit.dsa),
+                ) if not ok
+            ]
+            if fixes:
+                raise ValueError(ERR_TABULAR_SETTINGS.format(dataset=self.data.dataset, fixes=", ".join(fixes)))
+        return self
+
 
 class ConfigError(ValueError):
     """A configuration that does not validate; the message lists every bad key."""
@@ -454,6 +514,8 @@ def _describe(error: dict[str, Any]) -> str:
     where = ".".join(str(p) for p in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"unknown key '{where}' (not a setting of this section)"
+    if not error["loc"]:  # a check across sections (model validator): its message names the keys
+        return f"{where}: {error['msg']}"
     received = error.get("input")
     return f"'{where}': {error['msg']} (got {received!r})"
 

@@ -31,7 +31,7 @@ from torch import Tensor
 from fdd.barycenter import cell_statistics
 from fdd.config import FeaturesConfig, NetworkConfig
 from fdd.data import GroupedImages
-from fdd.networks import build_convnet
+from fdd.networks import build_network
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,8 @@ def embed_images(
     """Reference embeddings of a per-cell sample of ``data``: ``(features (M, D), index (M,))``."""
     generator = torch.Generator().manual_seed(config.embedder_seed)
     index = sample_cells(data, max_per_cell=config.max_per_cell, generator=generator)
-    net = build_convnet(
-        channels=data.image_shape[0], num_classes=data.num_classes, image_size=data.image_shape[1],
-        width=network.width, depth=network.resolved_depth(data.image_shape[1]), norm=network.norm, pooling=network.pooling,
+    net = build_network(
+        input_shape=data.image_shape, num_classes=data.num_classes, network=network,
         seed=config.embedder_seed, device=device,
     ).eval()
     subset = data.subset(index)

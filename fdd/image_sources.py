@@ -693,12 +693,15 @@ def user_files_digest(data: DataConfig, *, workspace: str | Path) -> str | None:
     """SHA-256 over the content of the user's own data files, or None for the published releases.
 
     For ``folder``: the CSV and every file under ``data.folder.images``; with ``data.idx_dir``:
-    every file of that folder. The ``ingest`` stage takes it as a parameter, so its cache key
+    every file of that folder; for ``adult``: ``data.tabular.csv`` and ``test_csv``. The ``ingest`` stage takes it as a parameter, so its cache key
     changes when these files do (the published releases are fixed and not re-hashed).
     Missing files are skipped here; ``ingest`` reports them.
     """
     workspace = Path(workspace)
-    if data.dataset == "folder" and data.folder.csv is not None and data.folder.images is not None:
+    tabular_files = [f for f in (data.tabular.csv, data.tabular.test_csv) if f is not None]
+    if data.dataset == "adult" and tabular_files:
+        files = [workspace / f for f in tabular_files]
+    elif data.dataset == "folder" and data.folder.csv is not None and data.folder.images is not None:
         files = [workspace / data.folder.csv] + sorted(p for p in (workspace / data.folder.images).rglob("*") if p.is_file())
     elif data.idx_dir is not None:
         files = sorted(p for p in (workspace / data.idx_dir).rglob("*") if p.is_file())

@@ -8,10 +8,14 @@ with one group per channel and affine parameters, as in the reference code.
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from fdd.config import NetworkConfig
 
 Norm = Literal["instancenorm", "batchnorm", "none"]
 Pooling = Literal["avgpooling", "maxpooling", "none"]
@@ -19,6 +23,7 @@ NORMS: tuple[str, ...] = ("instancenorm", "batchnorm", "none")
 POOLINGS: tuple[str, ...] = ("avgpooling", "maxpooling", "none")
 
 ERR_CHOICE = "{name} must be one of {allowed}; got {value!r}"
+ERR_MLP_DEPTH = "network.architecture='mlp' needs an integer network.depth (hidden layers, 1..8); got 'auto'"
 ERR_POSITIVE = "{name} must be a positive integer; got {value!r}"
 ERR_TOO_DEEP = (
     "depth={depth} pooling layers shrink a {size}x{size} image below one pixel; "
@@ -169,3 +174,35 @@ def reset_parameters_(net: nn.Module, *, generator: torch.Generator | None = Non
             if isinstance(module, nn.BatchNorm2d):
                 module.reset_running_stats()
     return net
+
+
+def build_network(
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    network: NetworkConfig,
+    seed: int | None = None,
+    device: torch.device | str | None = None,
+) -> nn.Module:
+    """The network of ``network.architecture`` for inputs of shape ``(C, H, W)``.
+
+    The ConvNet's depth is ``network.resolved_depth(W)`` (``'auto'`` follows the image side).
+
+    ``"convnet"``: :class:`ConvNet` on ``C`` x ``H`` x ``H`` images; ``"mlp"``:
+    :class:`fdd.mlp.MLP` on the ``C * H * W`` flattened values (tabular rows are stored
+    as ``(F, 1, 1)``). Both expose ``embed`` (the penultimate features) and ``forward``.
+    """
+    from fdd.mlp import build_mlp
+
+    if network.architecture == "mlp":
+        if network.depth == "auto":
+            raise ValueError(ERR_MLP_DEPTH)
+        return build_mlp(
+            in_features=math.prod(input_shape), num_classes=num_classes, width=network.width,
+            depth=network.depth, norm=network.norm, seed=seed, device=device,
+        )
+    return build_convnet(
+        channels=input_shape[0], num_classes=num_classes, image_size=input_shape[1],
+        width=network.width, depth=network.resolved_depth(input_shape[-1]), norm=network.norm,
+        pooling=network.pooling, seed=seed, device=device,
+    )

@@ -81,3 +81,25 @@ def save_figure(fig: Figure) -> bytes:
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
     return buffer.getvalue()
+
+
+def synthetic_rows(synthetic: SyntheticSet, *, feature_names: Sequence[str] = (), title: str = "") -> Figure:
+    """Synthetic tabular rows (``(N, F, 1, 1)``, standardised space) as a rows x features heatmap.
+
+    Rows are sorted by class; colour is the standardised value clipped to [-3, 3].
+    """
+    order = torch.argsort(synthetic.labels, stable=True)
+    values = synthetic.images.float().flatten(1)[order].clamp(-3, 3).numpy()
+    labels = synthetic.labels[order].numpy()
+    fig, ax = plt.subplots(figsize=(min(0.12 * values.shape[1] + 3, 16), min(0.18 * values.shape[0] + 2.5, 12)))
+    image = ax.imshow(values, vmin=-3, vmax=3, cmap="coolwarm", aspect="auto", interpolation="nearest")
+    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    ax.set_yticks(starts, labels=[synthetic.class_names[labels[s]] for s in starts])
+    if feature_names and len(feature_names) == values.shape[1] and values.shape[1] <= 40:
+        ax.set_xticks(range(values.shape[1]), labels=list(feature_names), rotation=90)
+    else:
+        ax.set_xlabel("feature")
+    ax.set_title(title or f"synthetic rows ({synthetic.images_per_class} per class)")
+    fig.colorbar(image, ax=ax, label="standardised value")
+    fig.tight_layout()
+    return fig

@@ -30,7 +30,7 @@ from fdd.augment import DSAConfig, DSADraw, apply_dsa, draw_dsa
 from fdd.config import NetworkConfig, SynthesisConfig
 from fdd.data import GroupedImages, SyntheticSet, atomic_save
 from fdd.dm import dm_loss
-from fdd.networks import ConvNet, build_convnet, reset_parameters_
+from fdd.networks import ConvNet, build_network, reset_parameters_
 
 ERR_MODE = "mode must be one of {allowed}; got {value!r}"
 ERR_CLASS_EMPTY = (
@@ -274,10 +274,8 @@ class DMSynthesizer:
         self.syn_images = syn_images.detach().clone().requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.syn_images], lr=config.lr_img, momentum=config.momentum)
         self.dsa = DSAConfig() if config.dsa else None
-        self.net = build_convnet(
-            channels=train.image_shape[0], num_classes=train.num_classes, image_size=train.image_shape[1],
-            width=network.width, depth=network.resolved_depth(train.image_shape[1]), norm=network.norm, pooling=network.pooling,
-            device=device,
+        self.net = build_network(
+            input_shape=train.image_shape, num_classes=train.num_classes, network=network, device=device
         )
         self.warmup_epochs = config.resolved_warmup_epochs() if mode == "cobra" else 0
         self.iteration = 0

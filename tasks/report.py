@@ -90,15 +90,18 @@ def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...],
     separation = pd.read_csv(root / "data/features/separation.csv")
     diagnostics = pd.read_csv(root / "data/barycenters/classes.csv")
     timing = {m: json.loads((root / "data/synthetic" / m / "timing.json").read_text()) for m in modes}
+    unit = "rows" if "feature_names" in dataset else "images"  # tabular data (docs/tabular.md)
+    net_name = "MLP" if config.network.architecture == "mlp" else "ConvNet"
     sections = [
         "# Fair dataset distillation report",
         f"Dataset **{dataset['dataset']}** ({dataset.get('description') or str(dataset['bias']) + ' bias'}; "
         f"{dataset['train_images']} train / "
-        f"{dataset['test_images']} test images; source: {dataset['source']}). Backbone "
-        f"**{config.synthesis.backbone.upper()}**, {config.synthesis.ipc} images per class, "
-        f"{config.synthesis.iterations} iterations, ConvNet width {config.network.width}"
+        f"{dataset['test_images']} test {unit}; source: {dataset['source']}). Backbone "
+        f"**{config.synthesis.backbone.upper()}**, {config.synthesis.ipc} {unit} per class, "
+        f"{config.synthesis.iterations} iterations, {net_name} width {config.network.width}"
         + (f", depth {config.network.resolved_depth(dataset['image_shape'][-1])} on "
-           f"{dataset['image_shape'][-2]}x{dataset['image_shape'][-1]} images." if "image_shape" in dataset else ".")
+           f"{dataset['image_shape'][-2]}x{dataset['image_shape'][-1]} images."
+           if "image_shape" in dataset and unit == "images" else ".")
         + f"\n\nClasses: {', '.join(dataset['class_names'])}. Protected groups: {', '.join(dataset['group_names'])}.",
         "## Results (mean ± std over evaluation seeds)",
         table.to_markdown(index=False),

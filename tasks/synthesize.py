@@ -9,9 +9,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from fdd.config import NetworkConfig, SynthesisConfig
+from fdd.config import TABULAR_DATASETS, NetworkConfig, SynthesisConfig
 from fdd.data import GroupedImages
-from fdd.plots import save_figure, synthetic_grid
+from fdd.plots import save_figure, synthetic_grid, synthetic_rows
 from fdd.synthesis import synthesize
 from tasks.base import (
     artifact_key,
@@ -73,7 +73,11 @@ def synthesize_set(
     result.synthetic.save(out / "synthetic.pt")
     losses = pd.DataFrame({"iteration": range(1, len(result.losses) + 1), "loss": result.losses})
     atomic_write_text(out / "losses.csv", losses.to_csv(index=False))
-    atomic_write_bytes(out / "grid.png", save_figure(synthetic_grid(result.synthetic, title=f"{mode}: synthetic set")))
+    if dataset["dataset"] in TABULAR_DATASETS:  # rows: a rows x features heatmap instead of an image grid
+        figure = synthetic_rows(result.synthetic, feature_names=dataset.get("feature_names", ()), title=f"{mode}: synthetic rows")
+    else:
+        figure = synthetic_grid(result.synthetic, title=f"{mode}: synthetic set")
+    atomic_write_bytes(out / "grid.png", save_figure(figure))
     timing = {"seconds": result.seconds, "seconds_per_iteration": result.seconds_per_iteration, "device": str(device)}
     atomic_write_text(out / "timing.json", json.dumps(timing, indent=2) + "\n")
     logger.info("%s: %d iterations in %.1f s (%.3f s/iteration)", mode, synthesis.iterations, result.seconds, result.seconds_per_iteration)
