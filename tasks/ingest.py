@@ -24,11 +24,26 @@ def ingest(workspace: str, data: DataConfig, raw_digest: str | None = None) -> l
     """
     root = Path(workspace)
     out = stage_dir(workspace, "ingest")
+    unit, extra = "images", {}
     if data.dataset in TABULAR_DATASETS:
-        return _ingest_tabular(root, out, data)
-    if data.dataset in IMAGE_DATASETS:
+        tab = data.tabular
+        frames = load_adult_frames(
+            root=root / data.root, download=data.download,
+            csv=None if tab.csv is None else root / tab.csv,
+            test_csv=None if tab.test_csv is None else root / tab.test_csv,
+            test_fraction=tab.test_fraction, protected=tab.protected, seed=data.seed,
+        )
+        splits = encode_adult(
+            frames.train, frames.test, protected=tab.protected, group_feature=tab.group_feature,
+            missing=tab.missing, source=frames.source,
+        )  # rows encoded as (N, F, 1, 1) tensors (fdd/adult.py)
+        source, bias, unit = frames.source, tab.protected, "rows"
+        description = f"protected: {tab.protected}; {len(splits.feature_names)} features"
+        extra = {"feature_names": list(splits.feature_names)}
+    elif data.dataset in IMAGE_DATASETS:
         splits = prepare_image_dataset(data, workspace=root)
-        source, description = splits.source, splits.description
+        source, description, bias = splits.source, splits.description, None
+        extra = {"image_shape": list(splits.train.image_shape)}
     else:
         if data.idx_dir is not None:
             raw = load_idx_folder(root / data.idx_dir)
@@ -43,8 +58,9 @@ def ingest(workspace: str, data: DataConfig, raw_digest: str | None = None) -> l
             seed=data.seed,
             shading=data.shading,
         )
-        source = raw.source
+        source, bias = raw.source, data.bias
         description = f"{data.bias} colour bias ({data.shading} shading), train correlation {data.train_correlation}"
+        extra = {"image_shape": list(splits.train.image_shape)}
     test = splits.test
     if data.test_limit is not None and data.test_limit < len(test):
         test = stratified_subset(test, size=data.test_limit, seed=data.seed)
@@ -53,7 +69,7 @@ def ingest(workspace: str, data: DataConfig, raw_digest: str | None = None) -> l
     test.save(test_path)
     summary = {
         "dataset": data.dataset,
-        "bias": data.bias if data.dataset not in IMAGE_DATASETS else None,
+        "bias": bias,
         "description": description,
         "source": source,
         "train_images": len(splits.train),
@@ -62,57 +78,15 @@ def ingest(workspace: str, data: DataConfig, raw_digest: str | None = None) -> l
         "test_digest": test.digest(),
         "class_names": list(splits.train.class_names),
         "group_names": list(splits.train.group_names),
-        "image_shape": list(splits.train.image_shape),
+        **extra,
     }
     atomic_write_json(out / "dataset.json", summary)
-    run_logger().info("ingested %s (%s): %d train / %d test images", data.dataset, source, len(splits.train), len(test))
+    run_logger().info("ingested %s (%s): %d train / %d test %s", data.dataset, source, len(splits.train), len(test), unit)
     publish_markdown(
         "ingest",
         f"# Dataset\n\n{data.dataset} ({description}), source: {source}\n\n"
-        f"{len(splits.train)} train images, {len(test)} test images; classes {list(splits.train.class_names)}, "
+        f"{len(splits.train)} train {unit}, {len(test)} test {unit}; classes {list(splits.train.class_names)}, "
         f"groups {list(splits.train.group_names)}\n",
-        "dataset summary",
-    )
-    return [train_path, test_path, out / "dataset.json"]
-
-
-def _ingest_tabular(root: Path, out: Path, data: DataConfig) -> list[Path]:
-    """Adult: rows encoded as ``(N, F, 1, 1)`` tensors (see ``fdd/adult.py``), same outputs as images."""
-    tab = data.tabular
-    frames = load_adult_frames(
-        root=root / data.root, download=data.download,
-        csv=None if tab.csv is None else root / tab.csv, test_csv=None if tab.test_csv is None else root / tab.test_csv,
-        test_fraction=tab.test_fraction, protected=tab.protected, seed=data.seed,
-    )
-    splits = encode_adult(
-        frames.train, frames.test, protected=tab.protected, group_feature=tab.group_feature, missing=tab.missing,
-        source=frames.source,
-    )
-    test = splits.test
-    if data.test_limit is not None and data.test_limit < len(test):
-        test = stratified_subset(test, size=data.test_limit, seed=data.seed)
-    train_path, test_path = out / "train.pt", out / "test.pt"
-    splits.train.save(train_path)
-    test.save(test_path)
-    summary = {
-        "dataset": data.dataset,
-        "bias": tab.protected,
-        "source": frames.source,
-        "train_images": len(splits.train),
-        "test_images": len(test),
-        "train_digest": splits.train.digest(),
-        "test_digest": test.digest(),
-        "class_names": list(splits.train.class_names),
-        "group_names": list(splits.train.group_names),
-        "feature_names": list(splits.feature_names),
-    }
-    atomic_write_json(out / "dataset.json", summary)
-    run_logger().info("ingested %s (%s): %d train / %d test rows, %d features", data.dataset, frames.source,
-                      len(splits.train), len(test), len(splits.feature_names))
-    publish_markdown(
-        "ingest",
-        f"# Dataset\n\n{data.dataset} (protected: {tab.protected}), source: {frames.source}\n\n"
-        f"{len(splits.train)} train rows, {len(test)} test rows, {len(splits.feature_names)} features\n",
         "dataset summary",
     )
     return [train_path, test_path, out / "dataset.json"]
