@@ -224,8 +224,9 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> DataConfig:
-        for section in IMAGE_DATASETS:
-            if section in self.model_fields_set and section != self.dataset:
+        for section in IMAGE_DATASETS:  # a non-default sub-section of another dataset is a mistake
+            value = getattr(self, section)
+            if section != self.dataset and value != type(value)():
                 raise ValueError(ERR_OTHER_DATASET_SECTION.format(section=section, dataset=self.dataset))
         if self.idx_dir is not None and self.dataset not in COLORED_DATASETS:
             raise ValueError(ERR_IDX_DIR_DATASET.format(allowed=list(COLORED_DATASETS), dataset=self.dataset))
