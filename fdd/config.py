@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 Dataset = Literal["cmnist", "cfmnist"]
 Bias = Literal["foreground", "background"]
-Mode = Literal["vanilla", "fairdd", "cobra"]
+Mode = Literal["vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures"]
 Backbone = Literal["dm"]
-MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra")
+MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures")
 
 ERR_OUTSIDE_WORKSPACE = (
     "{field} must be a relative path inside the workspace (no leading '/', no '..'); got {value!r}"
@@ -123,11 +123,20 @@ class SynthesisConfig(_Section):
     batch_real: int = Field(600, ge=1, le=100_000)
     lr_img: float = Field(1.0, gt=0)
     momentum: float = Field(0.5, ge=0, lt=1)
-    init: Literal["real", "noise"] = "real"
+    init: Literal["real", "noise", "barycenter", "stratified"] = Field(
+        "real",
+        description="real: random real images; noise: N(0,1) pixels; barycenter: real images nearest to the "
+        "support of the uniform W2 barycenter of the groups (fdd/initialisation.py); stratified: "
+        "real images drawn round-robin over the groups",
+    )
     dsa: bool = True
     warmup_epochs: int | None = Field(
         None, ge=0, description="cobra's embedder training epochs; None: 10 / 50 / 100 by IPC"
     )
+    w2_solver: Literal["emd", "sinkhorn"] = Field(
+        "emd", description="cobra-w2: exact OT (POT network simplex, CPU) or debiased Sinkhorn (batched, on the device)"
+    )
+    w2_reg: float = Field(0.05, gt=0, description="cobra-w2 with sinkhorn: epsilon relative to the mean cost")
     warmup_lr: float = Field(0.01, gt=0)
     warmup_batch: int = Field(256, ge=1)
     warmup_momentum: float = Field(0.9, ge=0, lt=1)
