@@ -14,7 +14,7 @@ import json
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Dataset = Literal["cmnist", "cfmnist"]
 Bias = Literal["foreground", "background"]
@@ -25,6 +25,7 @@ MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures
 ERR_OUTSIDE_WORKSPACE = (
     "{field} must be a relative path inside the workspace (no leading '/', no '..'); got {value!r}"
 )
+ERR_NOISE_SUM = "data.group_noise: flip_fraction + hide_fraction must be at most 1; got {flip} + {hide}"
 ERR_DUPLICATE_MODES = "synthesis.modes lists {dupes} more than once; list each of {allowed} at most once"
 
 
@@ -43,6 +44,20 @@ class RuntimeConfig(_Section):
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="'auto' picks CUDA when present")
     seed: int = Field(0, ge=0)
     num_threads: int | None = Field(None, ge=1, description="torch intra-op threads on CPU")
+
+
+class GroupNoiseConfig(_Section):
+    """Imperfect group labels in the training split (``fdd/group_noise.py``); the test split is untouched."""
+
+    flip_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of train samples moved to another group")
+    hide_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of train samples whose group becomes -1")
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> GroupNoiseConfig:
+        if self.flip_fraction + self.hide_fraction > 1.0:
+            raise ValueError(ERR_NOISE_SUM.format(flip=self.flip_fraction, hide=self.hide_fraction))
+        return self
 
 
 class DataConfig(_Section):
@@ -64,6 +79,7 @@ class DataConfig(_Section):
     test_limit: int | None = Field(
         None, ge=100, description="keep only this many test images (stratified by class); None keeps all"
     )
+    group_noise: GroupNoiseConfig = GroupNoiseConfig()
 
     @field_validator("root")
     @classmethod

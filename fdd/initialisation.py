@@ -65,7 +65,7 @@ def candidate_indices(train: GroupedImages, *, max_per_cell: int, generator: tor
     g = train.num_groups
     labels, groups = train.labels.cpu(), train.groups.cpu()
     labelled = groups >= 0
-    cell = torch.where(labelled, labels * g + groups, labels * g + g)  # unknown group: a spare cell per class
+    cell = labels * (g + 1) + torch.where(labelled, groups, g)  # unknown group: a spare cell per class
     keys = _random_keys(len(train), generator)
     order = torch.argsort(cell.double() * 2.0 + keys)
     sorted_cell = cell[order]
