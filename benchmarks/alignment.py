@@ -103,6 +103,7 @@ def main() -> int:
     parser.add_argument("--num-eval", type=int, default=5)
     parser.add_argument("--eval-epochs", type=int, default=1500)
     parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the embedding network (GPU)")
     parser.add_argument("--test-limit", type=int, default=None, help="stratified test subset (quick runs)")
     parser.add_argument("--flip", type=float, default=0.0, help="share of train group labels flipped")
     parser.add_argument("--hide", type=float, default=0.0, help="share of train group labels hidden (-1)")
@@ -136,7 +137,7 @@ def main() -> int:
             config = SynthesisConfig(
                 modes=(mode,), ipc=args.ipc, iterations=args.iterations, batch_real=args.batch_real, init=init,
                 warmup_epochs=args.warmup_epochs, w2_solver=args.w2_solver, w2_reg=args.w2_reg,
-                log_every=max(args.iterations // 5, 1), checkpoint_every=0,
+                log_every=max(args.iterations // 5, 1), checkpoint_every=0, compile=args.compile,
             )
             coverage = init_coverage(train, mode=mode, config=config, network=network, seed=args.seed, device=args.device)
             start = time.perf_counter()
