@@ -143,8 +143,9 @@ def main() -> int:
             start = time.perf_counter()
             result = synthesize(
                 train, mode=mode, config=config, network=network, seed=args.seed, device=args.device,
-                progress=lambda it, loss, m=mode: print(f"  {dataset} {m}:{init} {it}/{args.iterations} loss {loss:.3f}",
-                                                        flush=True),
+                progress=lambda it, loss, d=dataset, m=mode, i=init: print(
+                    f"  {d} {m}:{i} {it}/{args.iterations} loss {loss:.3f}", flush=True
+                ),
             )
             synth_s = time.perf_counter() - start
             start = time.perf_counter()
@@ -172,7 +173,7 @@ def main() -> int:
                 f"Command: `python benchmarks/alignment.py {' '.join(sys.argv[1:])}`"
             )
             atomic_write(out / f"alignment_{tag}.csv", lambda h, f=frame: h.write(f.to_csv(index=False).encode()))
-            atomic_write(out / f"alignment_{tag}.md", lambda h, f=frame: h.write(to_markdown(f, header).encode()))
+            atomic_write(out / f"alignment_{tag}.md", lambda h, f=frame, t=header: h.write(to_markdown(f, t).encode()))
     return 0
 
 

@@ -220,7 +220,7 @@ def _w2_sinkhorn(cells: _Cells, reg: float) -> Tensor:
     from ot.batch import solve_batch
 
     cost = cells.padded_cost  # (C*G, k, W)
-    num_cells, k, width = cost.shape
+    num_cells, k, _ = cost.shape
     num_groups = num_cells // cells.syn.shape[0]
     mask = cells.mask.to(cost.dtype)
     b = mask / cells.counts.clamp_min(1).unsqueeze(1).to(cost.dtype)
@@ -238,7 +238,7 @@ def _w2_sinkhorn(cells: _Cells, reg: float) -> Tensor:
     return cross - 0.5 * self_syn.repeat_interleave(num_groups)
 
 
-def _bures(cells: _Cells, real_features: Tensor, real_labels: Tensor, real_groups: Tensor, num_groups: int) -> Tensor:
+def _bures(cells: _Cells, num_groups: int) -> Tensor:
     """Bures-Wasserstein :math:`W_2^2` between the Gaussian fits of each cell and its class's synthetic set."""
     syn = cells.syn  # (C, k, D)
     num_classes, k, _ = syn.shape
@@ -321,7 +321,7 @@ def alignment_loss(
     real_features = real_features.to(syn.dtype)
     if mode == "cobra-bures":
         cells = _cells(real_features, real_labels, real_groups, syn, num_groups=num_groups, cost=False)
-        per_cell = _bures(cells, real_features, real_labels, real_groups, num_groups)
+        per_cell = _bures(cells, num_groups)
     else:
         cells = _cells(real_features, real_labels, real_groups, syn, num_groups=num_groups, cost=True)
         per_cell = _w2_emd(cells) if solver == "emd" else _w2_sinkhorn(cells, reg)

@@ -38,7 +38,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal, get_args
 
-import numpy as np
 import torch
 from torch import Tensor
 

@@ -109,7 +109,7 @@ def test_losses_treat_unknown_groups_as_documented(mode):
     hidden = torch.zeros(60, dtype=torch.bool)
     hidden[::7] = True
     noisy = torch.where(hidden, torch.full_like(groups, -1), groups)
-    kw = dict(num_classes=3, num_groups=2, mode=mode)
+    kw = {"num_classes": 3, "num_groups": 2, "mode": mode}
     got = dm_loss(real, labels, noisy, syn, syn_labels, **kw)
     if mode == "vanilla":  # pooled mean: unknown-group samples count
         expected = dm_loss(real, labels, groups, syn, syn_labels, **kw)
