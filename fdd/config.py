@@ -153,6 +153,9 @@ class SynthesisConfig(_Section):
         "emd", description="cobra-w2: exact OT (POT network simplex, CPU) or debiased Sinkhorn (batched, on the device)"
     )
     w2_reg: float = Field(0.05, gt=0, description="cobra-w2 with sinkhorn: epsilon relative to the mean cost")
+    w2_reduction: Literal["sum", "mean"] = Field(
+        "sum", description="cobra-w2/-bures: sum over groups (FairDD's scale, default) or mean (1/G weights); same minimiser"
+    )
     warmup_lr: float = Field(0.01, gt=0)
     warmup_batch: int = Field(256, ge=1)
     warmup_momentum: float = Field(0.9, ge=0, lt=1)

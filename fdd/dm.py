@@ -40,7 +40,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from fdd.alignment import ALIGNMENT_MODES, W2Solver, alignment_loss
+from fdd.alignment import ALIGNMENT_MODES, Reduction, W2Solver, alignment_loss
 from fdd.barycenter import cell_statistics, mean_barycenter
 
 MatchingMode = Literal["vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures"]
@@ -70,6 +70,7 @@ def dm_loss(
     mode: MatchingMode,
     solver: W2Solver = "emd",
     reg: float = 0.05,
+    reduction: Reduction = "sum",
 ) -> Tensor:
     """The DM matching loss of ``mode``, summed over classes (see the module docstring).
 
@@ -84,8 +85,8 @@ def dm_loss(
     syn_labels : Tensor, shape (N_syn,)
     num_classes, num_groups : int
     mode : {"vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures"}
-    solver, reg
-        ``cobra-w2`` only: see :func:`fdd.alignment.alignment_loss`.
+    solver, reg, reduction
+        ``cobra-w2`` / ``cobra-bures`` only: see :func:`fdd.alignment.alignment_loss`.
 
     Returns
     -------
@@ -99,7 +100,7 @@ def dm_loss(
     if mode in ALIGNMENT_MODES:
         return alignment_loss(
             real_features, real_labels, real_groups, syn_features, syn_labels, num_classes=num_classes,
-            num_groups=num_groups, mode=mode, solver=solver, reg=reg, validate=False,
+            num_groups=num_groups, mode=mode, solver=solver, reg=reg, reduction=reduction, validate=False,
         )
     syn_means = class_means(syn_features, syn_labels, num_classes=num_classes)  # (C, D)
     if mode == "vanilla":  # pooled class mean: every real sample, labelled or not

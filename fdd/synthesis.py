@@ -301,7 +301,7 @@ class DMSynthesizer:
         loss = dm_loss(
             real_features, real_labels, self.real_groups[index], syn_features, self.syn_labels,
             num_classes=train.num_classes, num_groups=train.num_groups, mode=self.mode,
-            solver=config.w2_solver, reg=config.w2_reg,
+            solver=config.w2_solver, reg=config.w2_reg, reduction=config.w2_reduction,
         )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

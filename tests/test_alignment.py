@@ -48,6 +48,8 @@ def naive(real, labels, groups, syn, syn_labels, num_classes, num_groups, distan
 
 
 def loss(real, labels, groups, syn, syn_labels, mode, num_classes=3, num_groups=3, **kw):
+    """The formula's 1/G_c weights unless the test asks for another reduction."""
+    kw.setdefault("reduction", "mean")
     return alignment_loss(real, labels, groups, syn, syn_labels, num_classes=num_classes, num_groups=num_groups,
                           mode=mode, **kw)
 
@@ -103,6 +105,25 @@ def test_mean_term_reduces_to_cobra_barycenter(mode):
     torch.testing.assert_close(cobra, (s[0] - b).abs().sum())
     g_cobra, = torch.autograd.grad(cobra, s)
     torch.testing.assert_close(g_cobra[0], torch.sign(s[0] - b).detach())
+    # reduction="sum" (the default scale) is G times the objective: exactly the fairdd loss
+    summed = loss(means, labels, groups, s, s_labels, mode, num_classes=1, num_groups=4, reduction="sum")
+    fairdd = dm_loss(means, labels, groups, s, s_labels, num_classes=1, num_groups=4, mode="fairdd")
+    torch.testing.assert_close(summed, fairdd)
+    torch.testing.assert_close(summed, 4 * got)
+
+
+@pytest.mark.parametrize("mode", A.ALIGNMENT_MODES)
+def test_sum_reduction_is_unweighted_sum_over_present_groups(mode):
+    real, labels, groups, syn, syn_labels = batch(13, unlabelled=4)
+    distance = pot_w2 if mode == "cobra-w2" else pot_bures
+    expected = torch.zeros((), dtype=F64)
+    for c in range(3):
+        for g in range(3):
+            cell = (labels == c) & (groups == g)
+            if bool(cell.any()):
+                expected = expected + distance(syn[syn_labels == c], real[cell])
+    got = alignment_loss(real, labels, groups, syn, syn_labels, num_classes=3, num_groups=3, mode=mode)  # default
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", A.ALIGNMENT_MODES)
@@ -192,6 +213,8 @@ def test_bad_input_errors():
     real, labels, groups, syn, syn_labels = batch(12)
     with pytest.raises(ValueError, match=A.ERR_MODE.format(allowed=A.ALIGNMENT_MODES, value="cobra").replace("(", r"\(").replace(")", r"\)")):
         loss(real, labels, groups, syn, syn_labels, "cobra")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        loss(real, labels, groups, syn, syn_labels, "cobra-w2", reduction="none")
     with pytest.raises(ValueError, match="solver must be one of"):
         loss(real, labels, groups, syn, syn_labels, "cobra-w2", solver="exact")
     with pytest.raises(ValueError, match="reg must be a finite number > 0"):
