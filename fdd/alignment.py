@@ -243,7 +243,12 @@ def _w2_sinkhorn(cells: _Cells, reg: float) -> Tensor:
     # padded slots: zero mass and a large cost, so they carry no plan and no NaN
     big = cost.detach().max() * 10 + 1
     cost_padded = torch.where(cells.mask.unsqueeze(1), cost, big)
-    cross = solve_batch(cost_padded, reg=eps, a=a, b=b, method="log_sinkhorn", grad="envelope").value
+    present = torch.nonzero(cells.counts > 0).flatten()  # empty cells have no feasible plan: not solved
+    cross = cost.new_zeros(num_cells).index_put(
+        (present,),
+        solve_batch(cost_padded[present], reg=eps, a=a[present], b=b[present], method="log_sinkhorn",
+                    grad="envelope").value,
+    )
     syn = cells.syn
     syn_cost = (syn.unsqueeze(2) - syn.unsqueeze(1)).pow(2).sum(-1)  # (C, k, k)
     a_syn = syn.new_full(syn.shape[:2], 1.0 / k)
