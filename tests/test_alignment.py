@@ -184,12 +184,12 @@ def test_sinkhorn_close_to_emd_and_debiased():
     assert float(grad_biased.abs().max()) > 1e-4  # 1000x the debiased residual
 
 
-def test_sinkhorn_with_empty_cells_is_finite():
+@pytest.mark.parametrize(("mode", "solver"), [("cobra-w2", "emd"), ("cobra-w2", "sinkhorn"), ("cobra-bures", "emd")])
+def test_empty_cells_give_finite_values_and_gradients(mode, solver):
     real, labels, groups, syn, syn_labels = batch(14, num_groups=4, n_real=30)
     groups[labels == 0] = 0  # class 0: groups 1-3 empty
     for reduction in ("sum", "mean"):
-        value = loss(real, labels, groups, syn, syn_labels, "cobra-w2", num_groups=4, solver="sinkhorn",
-                     reduction=reduction)
+        value = loss(real, labels, groups, syn, syn_labels, mode, num_groups=4, solver=solver, reduction=reduction)
         grad, = torch.autograd.grad(value, syn)
         assert torch.isfinite(value) and torch.isfinite(grad).all()
 
