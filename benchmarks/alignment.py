@@ -100,6 +100,8 @@ def main() -> int:
     parser.add_argument("--warmup-epochs", type=int, default=None)
     parser.add_argument("--w2-solver", choices=["emd", "sinkhorn"], default="emd")
     parser.add_argument("--w2-reg", type=float, default=0.05)
+    parser.add_argument("--w2-reduction", choices=["sum", "mean"], default="sum")
+    parser.add_argument("--lr-img", type=float, default=1.0)
     parser.add_argument("--num-eval", type=int, default=5)
     parser.add_argument("--eval-epochs", type=int, default=1500)
     parser.add_argument("--width", type=int, default=128)
@@ -137,6 +139,7 @@ def main() -> int:
             config = SynthesisConfig(
                 modes=(mode,), ipc=args.ipc, iterations=args.iterations, batch_real=args.batch_real, init=init,
                 warmup_epochs=args.warmup_epochs, w2_solver=args.w2_solver, w2_reg=args.w2_reg,
+                w2_reduction=args.w2_reduction, lr_img=args.lr_img,
                 log_every=max(args.iterations // 5, 1), checkpoint_every=0, compile=args.compile,
             )
             coverage = init_coverage(train, mode=mode, config=config, network=network, seed=args.seed, device=args.device)
@@ -154,7 +157,7 @@ def main() -> int:
             row = {
                 "dataset": dataset, "bias": args.bias, "ipc": args.ipc, "mode": mode, "init": init,
                 "flip": args.flip, "hide": args.hide, "iterations": args.iterations, "batch_real": args.batch_real,
-                "w2_solver": args.w2_solver, "num_eval": args.num_eval, "eval_epochs": args.eval_epochs,
+                "w2_solver": args.w2_solver, "w2_reduction": args.w2_reduction, "lr_img": args.lr_img, "num_eval": args.num_eval, "eval_epochs": args.eval_epochs,
                 "width": args.width, "seed": args.seed, "device": device_name, "torch": torch.__version__,
                 "synthesis_s": synth_s, "s_per_iteration": result.seconds_per_iteration,
                 "audit_s": time.perf_counter() - start, "init_groups_per_class": coverage,
@@ -166,7 +169,8 @@ def main() -> int:
             header = (
                 f"# Alignment benchmark ({device_name}, torch {torch.__version__})\n\n"
                 f"{args.bias} bias, IPC {args.ipc}, {args.iterations} iterations, batch_real {args.batch_real}, "
-                f"ConvNet width {args.width}, w2_solver {args.w2_solver}; audit: {args.num_eval} x {args.eval_epochs} "
+                f"ConvNet width {args.width}, lr_img {args.lr_img}, w2_solver {args.w2_solver}, "
+                f"w2_reduction {args.w2_reduction}; audit: {args.num_eval} x {args.eval_epochs} "
                 f"epochs; test images: {len(test)}; group noise: flip {args.flip}, hide {args.hide}. "
                 "Metrics in %, mean +/- std over the evaluations. init_groups_per_class: distinct groups among "
                 "each class's initial images (mean over classes).\n\n"
