@@ -25,13 +25,14 @@ IMAGE_DATASETS: tuple[str, ...] = ("cifar10s", "celeba", "utkface", "bffhq", "fo
 #: Datasets of rows rather than images (stored as (N, F, 1, 1) tensors; see fdd/adult.py).
 TABULAR_DATASETS: tuple[str, ...] = ("adult",)
 Bias = Literal["foreground", "background"]
-Mode = Literal["vanilla", "fairdd", "cobra"]
+Mode = Literal["vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures"]
 Backbone = Literal["dm"]
-MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra")
+MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures")
 
 ERR_OUTSIDE_WORKSPACE = (
     "{field} must be a relative path inside the workspace (no leading '/', no '..'); got {value!r}"
 )
+ERR_NOISE_SUM = "data.group_noise: flip_fraction + hide_fraction must be at most 1; got {flip} + {hide}"
 ERR_DUPLICATE_MODES = "synthesis.modes lists {dupes} more than once; list each of {allowed} at most once"
 ERR_OTHER_DATASET_SECTION = (
     "data.{section} is set but data.dataset is {dataset!r}; data.{section} only applies to "
@@ -162,6 +163,20 @@ class TabularConfig(_Section):
         return _inside_workspace(value, f"data.tabular.{info.field_name}")
 
 
+class GroupNoiseConfig(_Section):
+    """Imperfect group labels in the training split (``fdd/group_noise.py``); the test split is untouched."""
+
+    flip_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of train samples moved to another group")
+    hide_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of train samples whose group becomes -1")
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> GroupNoiseConfig:
+        if self.flip_fraction + self.hide_fraction > 1.0:
+            raise ValueError(ERR_NOISE_SUM.format(flip=self.flip_fraction, hide=self.hide_fraction))
+        return self
+
+
 class DataConfig(_Section):
     """Dataset ingestion (the ``ingest`` stage)."""
 
@@ -204,6 +219,7 @@ class DataConfig(_Section):
     utkface: UTKFaceConfig = UTKFaceConfig()
     bffhq: BFFHQConfig = BFFHQConfig()
     folder: FolderConfig = FolderConfig()
+    group_noise: GroupNoiseConfig = GroupNoiseConfig()
 
     @field_validator("root")
     @classmethod
@@ -308,10 +324,22 @@ class SynthesisConfig(_Section):
     batch_real: int = Field(600, ge=1, le=100_000)
     lr_img: float = Field(1.0, gt=0)
     momentum: float = Field(0.5, ge=0, lt=1)
-    init: Literal["real", "noise"] = "real"
+    init: Literal["real", "noise", "barycenter", "stratified"] = Field(
+        "real",
+        description="real: random real images; noise: N(0,1) pixels; barycenter: real images nearest to the "
+        "support of the uniform W2 barycenter of the groups (fdd/initialisation.py); stratified: "
+        "real images drawn round-robin over the groups",
+    )
     dsa: bool = True
     warmup_epochs: int | None = Field(
         None, ge=0, description="cobra's embedder training epochs; None: 10 / 50 / 100 by IPC"
+    )
+    w2_solver: Literal["emd", "sinkhorn"] = Field(
+        "emd", description="cobra-w2: exact OT (POT network simplex, CPU) or debiased Sinkhorn (batched, on the device)"
+    )
+    w2_reg: float = Field(0.05, gt=0, description="cobra-w2 with sinkhorn: epsilon relative to the mean cost")
+    w2_reduction: Literal["sum", "mean"] = Field(
+        "sum", description="cobra-w2/-bures: sum over groups (FairDD's scale, default) or mean (1/G weights); same minimiser"
     )
     warmup_lr: float = Field(0.01, gt=0)
     warmup_batch: int = Field(256, ge=1)

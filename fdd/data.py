@@ -27,6 +27,11 @@ ERR_INDEX_RANGE = (
     "{name} must lie in [0, {limit}) (one entry of {names_field} per id); "
     "got values in [{low}, {high}]"
 )
+UNKNOWN_GROUP = -1  # group id of a sample whose protected group is hidden (fdd/group_noise.py)
+ERR_GROUP_RANGE = (
+    "groups must lie in [0, {limit}) (one entry of group_names per id) or be -1 (unknown group); "
+    "got values in [{low}, {high}]"
+)
 ERR_EMPTY = "a grouped image set needs at least one image; got N=0"
 ERR_NAMES_EMPTY = "{name} must name at least one {what}; got an empty tuple"
 ERR_NORM_LENGTH = "{name} must have one entry per channel (C={channels}); got {value}"
@@ -34,13 +39,15 @@ ERR_STD_POSITIVE = "std must be positive for every channel; got {value}"
 ERR_FILE_FORMAT = "{path} is not a {kind} file: missing keys {missing}"
 
 
-def _check_index(name: str, values: Tensor, n: int, limit: int, names_field: str) -> None:
+def _check_index(name: str, values: Tensor, n: int, limit: int, names_field: str, *, unknown_ok: bool = False) -> None:
     if values.dim() != 1 or values.shape[0] != n:
         raise ValueError(ERR_INDEX_SHAPE.format(name=name, n=n, shape=tuple(values.shape)))
     if values.dtype.is_floating_point or values.dtype == torch.bool or values.is_complex():
         raise ValueError(ERR_INDEX_DTYPE.format(name=name, dtype=values.dtype))
     low, high = int(values.min()), int(values.max())
-    if low < 0 or high >= limit:
+    if unknown_ok and (low < UNKNOWN_GROUP or high >= limit):
+        raise ValueError(ERR_GROUP_RANGE.format(limit=limit, low=low, high=high))
+    if not unknown_ok and (low < 0 or high >= limit):
         raise ValueError(
             ERR_INDEX_RANGE.format(
                 name=name, limit=limit, names_field=names_field, low=low, high=high
@@ -105,7 +112,9 @@ class GroupedImages:
     labels : Tensor, shape (N,)
         Class ids in ``[0, len(class_names))``.
     groups : Tensor, shape (N,)
-        Protected-group ids in ``[0, len(group_names))``.
+        Protected-group ids in ``[0, len(group_names))``, or ``-1`` (:data:`UNKNOWN_GROUP`)
+        where the group is hidden (training splits with ``data.group_noise``; the losses
+        and stages that need groups skip such samples, see ``docs/alignment.md``).
     class_names, group_names : tuple of str
         Human-readable names; they flow into every table and plot.
     mean, std : tuple of float, length C
@@ -134,7 +143,7 @@ class GroupedImages:
             if not getattr(self, name):
                 raise ValueError(ERR_NAMES_EMPTY.format(name=name, what=what))
         _check_index("labels", self.labels, n, len(self.class_names), "class_names")
-        _check_index("groups", self.groups, n, len(self.group_names), "group_names")
+        _check_index("groups", self.groups, n, len(self.group_names), "group_names", unknown_ok=True)
         object.__setattr__(self, "labels", self.labels.long())
         object.__setattr__(self, "groups", self.groups.long())
         _check_normalisation(self.mean, self.std, self.images.shape[1])

@@ -17,6 +17,15 @@ where ``m_{c,g}`` is the mean embedding of the real images of class ``c`` and gr
 the same function the barycenters stage uses. Everything is computed for all classes
 at once with scatter operations: no Python loop over classes or groups.
 
+The distributional modes ``cobra-w2`` and ``cobra-bures`` align the whole synthetic
+feature cloud with the uniform :math:`W_2` barycenter of the group distributions; they
+are computed by :func:`fdd.alignment.alignment_loss` (see there for the math).
+
+Real samples whose group is unknown (group id ``-1``, see :mod:`fdd.group_noise`) count
+in the pooled class mean of ``vanilla`` (which needs no group), and are left out of the
+group means of ``fairdd``, ``cobra``, ``cobra-w2`` and ``cobra-bures`` (a class whose
+batch holds no labelled sample contributes nothing in those modes).
+
 References
 ----------
 Zhao & Bilen, "Dataset Condensation with Distribution Matching", WACV 2023.
@@ -31,10 +40,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from fdd.alignment import ALIGNMENT_MODES, Reduction, W2Solver, alignment_loss
 from fdd.barycenter import cell_statistics, mean_barycenter
 
-MatchingMode = Literal["vanilla", "fairdd", "cobra"]
-MATCHING_MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra")
+MatchingMode = Literal["vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures"]
+MEAN_MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra")  # first-moment matching (this module)
+MATCHING_MODES: tuple[str, ...] = MEAN_MODES + ALIGNMENT_MODES
+WARMUP_MODES: tuple[str, ...] = ("cobra", "cobra-w2", "cobra-bures")  # train the embedder before matching
 ERR_MODE = "mode must be one of {allowed}; got {value!r}"
 ERR_DIM = "real and synthetic embeddings must have the same feature size; got {real} and {syn}"
 
@@ -56,6 +68,9 @@ def dm_loss(
     num_classes: int,
     num_groups: int,
     mode: MatchingMode,
+    solver: W2Solver = "emd",
+    reg: float = 0.05,
+    reduction: Reduction = "sum",
 ) -> Tensor:
     """The DM matching loss of ``mode``, summed over classes (see the module docstring).
 
@@ -64,11 +79,14 @@ def dm_loss(
     real_features : Tensor, shape (N_real, D)
         Embeddings of the real batch (all classes together).
     real_labels, real_groups : Tensor, shape (N_real,)
+        Class ids; group ids in ``[0, num_groups)`` or ``-1`` (unknown, see above).
     syn_features : Tensor, shape (N_syn, D)
         Embeddings of the synthetic images; gradients flow through them.
     syn_labels : Tensor, shape (N_syn,)
     num_classes, num_groups : int
-    mode : {"vanilla", "fairdd", "cobra"}
+    mode : {"vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures"}
+    solver, reg, reduction
+        ``cobra-w2`` / ``cobra-bures`` only: see :func:`fdd.alignment.alignment_loss`.
 
     Returns
     -------
@@ -79,10 +97,26 @@ def dm_loss(
         raise ValueError(ERR_MODE.format(allowed=MATCHING_MODES, value=mode))
     if real_features.shape[1] != syn_features.shape[1]:
         raise ValueError(ERR_DIM.format(real=real_features.shape[1], syn=syn_features.shape[1]))
+    if mode in ALIGNMENT_MODES:
+        return alignment_loss(
+            real_features, real_labels, real_groups, syn_features, syn_labels, num_classes=num_classes,
+            num_groups=num_groups, mode=mode, solver=solver, reg=reg, reduction=reduction, validate=False,
+        )
     syn_means = class_means(syn_features, syn_labels, num_classes=num_classes)  # (C, D)
-    stats = cell_statistics(
-        real_features, real_labels, real_groups, num_classes=num_classes, num_groups=num_groups,
+    if mode == "vanilla":  # pooled class mean: every real sample, labelled or not
+        counts = torch.bincount(real_labels, minlength=num_classes)
+        has_real = (counts > 0).to(syn_means.dtype).unsqueeze(1)
+        target = class_means(real_features, real_labels, num_classes=num_classes)
+        return ((target - syn_means) * has_real).pow(2).sum()
+    # unknown groups (-1) go to a spare group column, dropped: no device sync
+    spare = torch.where(real_groups < 0, torch.full_like(real_groups, num_groups), real_groups)
+    full = cell_statistics(
+        real_features, real_labels, spare, num_classes=num_classes, num_groups=num_groups + 1,
         validate=False,  # built by the synthesis loop; checking would sync the device
+    )
+    stats = type(full)(
+        sums=full.sums[:, :num_groups], counts=full.counts[:, :num_groups], means=full.means[:, :num_groups],
+        present=full.present[:, :num_groups],
     )
     has_real = (stats.counts.sum(dim=1) > 0).to(syn_means.dtype)  # (C,)
     if mode == "fairdd":
@@ -90,9 +124,6 @@ def dm_loss(
         per_cell = diff.pow(2).sum(dim=2) * stats.present.to(diff.dtype)
         return per_cell.sum()
     safe_counts = stats.counts + (1 - has_real).unsqueeze(1)  # empty classes: any weights, masked below
-    weights = "proportional" if mode == "vanilla" else "uniform"
-    target = mean_barycenter(stats.means, safe_counts, weights=weights, validate=False)  # (C, D)
+    target = mean_barycenter(stats.means, safe_counts, weights="uniform", validate=False)  # (C, D)
     diff = (target - syn_means) * has_real.unsqueeze(1)
-    if mode == "vanilla":
-        return diff.pow(2).sum()
     return diff.abs().sum()

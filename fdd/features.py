@@ -99,7 +99,12 @@ def embed_images(
 def group_features(
     data: GroupedImages, *, config: FeaturesConfig, network: NetworkConfig, device: torch.device | str = "cpu"
 ) -> GroupFeatures:
-    """Per-cell embedding statistics of ``data`` under the reference embedder."""
+    """Per-cell embedding statistics of ``data`` under the reference embedder.
+
+    Samples with an unknown group (id -1, :mod:`fdd.group_noise`) are left out.
+    """
+    if bool((data.groups < 0).any()):
+        data = data.subset(data.groups >= 0)
     features, index = embed_images(data, config=config, network=network, device=device)
     labels, groups = data.labels[index].to(features.device), data.groups[index].to(features.device)
     stats = cell_statistics(features, labels, groups, num_classes=data.num_classes, num_groups=data.num_groups)

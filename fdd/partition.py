@@ -43,9 +43,13 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 
 
 def cell_counts(data: GroupedImages) -> np.ndarray:
-    """Counts :math:`n_{k,g}` as an int64 array of shape (num_classes, num_groups)."""
+    """Counts :math:`n_{k,g}` as an int64 array of shape (num_classes, num_groups).
+
+    Samples with an unknown group (id -1, :mod:`fdd.group_noise`) are not counted.
+    """
     labels = data.labels.detach().to("cpu", torch.int64)
     groups = data.groups.detach().to("cpu", torch.int64)
+    labels, groups = labels[groups >= 0], groups[groups >= 0]
     flat = torch.bincount(labels * data.num_groups + groups, minlength=data.num_classes * data.num_groups)
     return flat.view(data.num_classes, data.num_groups).numpy()
 

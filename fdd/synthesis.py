@@ -89,17 +89,32 @@ def initial_synthetic_images(
     init: str,
     generator: torch.Generator,
     device: torch.device,
+    network: NetworkConfig | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Initial synthetic images (normalised space) and labels, ``ipc`` per class.
 
     ``init='real'`` takes ``ipc`` distinct random real images of each class (as the
-    reference code does); ``init='noise'`` draws standard normal pixels.
+    reference code does); ``init='noise'`` draws standard normal pixels;
+    ``'stratified'`` and ``'barycenter'`` choose real images covering the groups
+    (:mod:`fdd.initialisation`; ``barycenter`` embeds with a random ConvNet of ``network``).
     """
     c = train.num_classes
     labels = torch.arange(c, device=device).repeat_interleave(ipc)
     if init == "noise":
         shape = (c * ipc, *train.image_shape)
         return torch.randn(shape, generator=generator, device=device), labels
+    if init in ("stratified", "barycenter"):
+        from fdd.initialisation import covering_indices
+
+        embed = None
+        if init == "barycenter":
+            net = network or NetworkConfig()
+            seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
+            embed = build_network(
+                input_shape=train.image_shape, num_classes=c, network=net, seed=seed, device=device,
+            ).eval().embed
+        index = covering_indices(train, ipc=ipc, method=init, generator=generator, embed=embed, device=device)
+        return train.subset(index).normalized(device), labels
     counts = torch.bincount(train.labels, minlength=c)
     for k in range(c):
         if int(counts[k]) < ipc:
@@ -269,7 +284,7 @@ class DMSynthesizer:
         self.real_groups = train.groups.to(device)
         self.sampler = ClassSampler(self.real_labels, num_classes=train.num_classes)
         syn_images, self.syn_labels = initial_synthetic_images(
-            train, ipc=config.ipc, init=config.init, generator=self.generator, device=device
+            train, ipc=config.ipc, init=config.init, generator=self.generator, device=device, network=network
         )
         self.syn_images = syn_images.detach().clone().requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.syn_images], lr=config.lr_img, momentum=config.momentum)
@@ -277,7 +292,9 @@ class DMSynthesizer:
         self.net = build_network(
             input_shape=train.image_shape, num_classes=train.num_classes, network=network, device=device
         )
-        self.warmup_epochs = config.resolved_warmup_epochs() if mode == "cobra" else 0
+        from fdd.dm import WARMUP_MODES
+
+        self.warmup_epochs = config.resolved_warmup_epochs() if mode in WARMUP_MODES else 0
         self.iteration = 0
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         if config.channels_last:
@@ -340,6 +357,7 @@ class DMSynthesizer:
         loss = dm_loss(
             real_features, real_labels, self.real_groups[index], syn_features, self.syn_labels,
             num_classes=train.num_classes, num_groups=train.num_groups, mode=self.mode,
+            solver=config.w2_solver, reg=config.w2_reg, reduction=config.w2_reduction,
         )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

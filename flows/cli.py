@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from fdd.config import MODES
 from flows.lock import WorkspaceBusyError, workspace_lock
 from flows.settings import configure_environment
 
@@ -69,13 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", parents=[common], help="run the comparison pipeline (all modes in synthesis.modes)")
     distill = sub.add_parser("distill", parents=[common], help="run the pipeline for one mode")
-    distill.add_argument("--mode", required=True, choices=["vanilla", "fairdd", "cobra"])
+    distill.add_argument("--mode", required=True, choices=list(MODES))
     data = sub.add_parser("data", help="dataset commands")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     data_sub.add_parser("fetch", parents=[common], help="acquire and prepare the dataset (stage ingest)")
     one = sub.add_parser("stage", parents=[common], help="run one stage without Prefect (dvc.yaml uses this)")
     one.add_argument("name", choices=["ingest", "partition", "features", "barycenters", "synthesize", "audit", "report"])
-    one.add_argument("--mode", choices=["vanilla", "fairdd", "cobra"])
+    one.add_argument("--mode", choices=list(MODES))
     show = sub.add_parser("show", parents=[common], help="print the last comparison table")
     del show
     sub.add_parser("sweep", parents=[common], help="run the sweep grid (sweep section) on a Dask cluster")

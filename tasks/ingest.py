@@ -9,6 +9,7 @@ from fdd.colored import build_colored
 from fdd.config import IMAGE_DATASETS, TABULAR_DATASETS, DataConfig
 from fdd.data import stratified_subset
 from fdd.image_sources import prepare_image_dataset
+from fdd.group_noise import perturb_groups
 from fdd.sources import load_idx_folder, load_raw
 from tasks.base import atomic_write_json, publish_markdown, run_logger, stage, stage_dir
 
@@ -64,8 +65,15 @@ def ingest(workspace: str, data: DataConfig, raw_digest: str | None = None) -> l
     test = splits.test
     if data.test_limit is not None and data.test_limit < len(test):
         test = stratified_subset(test, size=data.test_limit, seed=data.seed)
+    train, noise = splits.train, {}
+    if data.group_noise.flip_fraction or data.group_noise.hide_fraction:  # train split only
+        noisy = perturb_groups(
+            train, flip_fraction=data.group_noise.flip_fraction, hide_fraction=data.group_noise.hide_fraction,
+            seed=data.group_noise.seed,
+        )
+        train, noise = noisy.data, noisy.summary()
     train_path, test_path = out / "train.pt", out / "test.pt"
-    splits.train.save(train_path)
+    train.save(train_path)
     test.save(test_path)
     summary = {
         "dataset": data.dataset,
@@ -74,11 +82,12 @@ def ingest(workspace: str, data: DataConfig, raw_digest: str | None = None) -> l
         "source": source,
         "train_images": len(splits.train),
         "test_images": len(test),
-        "train_digest": splits.train.digest(),
+        "train_digest": train.digest(),
         "test_digest": test.digest(),
         "class_names": list(splits.train.class_names),
         "group_names": list(splits.train.group_names),
         **extra,
+        **noise,
     }
     atomic_write_json(out / "dataset.json", summary)
     run_logger().info("ingested %s (%s): %d train / %d test %s", data.dataset, source, len(splits.train), len(test), unit)

@@ -86,12 +86,12 @@ def test_index_out_of_range(field):
     good = make_grouped()
     bad = getattr(good, field).clone()
     bad[5] = 7
-    with pytest.raises(ValueError, match=message_regex(D.ERR_INDEX_RANGE)) as info:
+    with pytest.raises(ValueError, match=message_regex(D.ERR_INDEX_RANGE if field == "labels" else D.ERR_GROUP_RANGE)) as info:
         make_grouped(**{field: bad})
     assert field in str(info.value) and "7" in str(info.value)
     bad = getattr(good, field).clone()
-    bad[0] = -1
-    with pytest.raises(ValueError, match=message_regex(D.ERR_INDEX_RANGE)):
+    bad[0] = -1 if field == "labels" else -2  # groups may be -1 (unknown group), never below
+    with pytest.raises(ValueError, match=message_regex(D.ERR_INDEX_RANGE if field == "labels" else D.ERR_GROUP_RANGE)):
         make_grouped(**{field: bad})
 
 

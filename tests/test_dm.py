@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fdd.dm import MATCHING_MODES, class_means, dm_loss
+from fdd.dm import MEAN_MODES, class_means, dm_loss
 
 PROPERTY = settings(max_examples=25, deadline=None)
 
@@ -51,7 +51,7 @@ def loss(real, labels, groups, syn, syn_labels, num_classes=3, num_groups=3, mod
 # --------------------------------------------------------------------------- values vs naive loops
 
 
-@pytest.mark.parametrize("mode", MATCHING_MODES)
+@pytest.mark.parametrize("mode", MEAN_MODES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_loss_equals_naive_loop(mode, seed):
     real, labels, groups, syn, syn_labels = batch(seed)
@@ -63,7 +63,7 @@ def test_loss_equals_naive_loop(mode, seed):
 
 @PROPERTY
 @given(seed=st.integers(0, 2**31 - 1), num_classes=st.integers(1, 4), num_groups=st.integers(1, 4),
-       n_real=st.integers(4, 30), ipc=st.integers(1, 3), mode=st.sampled_from(MATCHING_MODES))
+       n_real=st.integers(4, 30), ipc=st.integers(1, 3), mode=st.sampled_from(MEAN_MODES))
 def test_loss_equals_naive_loop_property(seed, num_classes, num_groups, n_real, ipc, mode):
     n_real = max(n_real, num_classes)
     real, labels, groups, syn, syn_labels = batch(seed, num_classes, num_groups, 3, n_real, ipc)
@@ -133,7 +133,7 @@ def test_fairdd_gradient_equals_group_count_times_barycenter_gradient(seed):
     assert not torch.allclose(grad_van, grad_ref / torch.tensor(group_counts, dtype=syn.dtype)[syn_labels].unsqueeze(1))
 
 
-@pytest.mark.parametrize("mode", MATCHING_MODES)
+@pytest.mark.parametrize("mode", MEAN_MODES)
 def test_gradient_matches_naive_loop_and_no_grad_to_real(mode):
     real, labels, groups, syn, syn_labels = batch(5)
     syn_a = syn.clone().requires_grad_(True)
@@ -173,7 +173,7 @@ def test_missing_groups_use_barycenter_over_present_groups():
     assert float(dm_loss(real, labels, groups, syn, syn_labels, mode="vanilla", **kw)) == pytest.approx(16.25)
 
 
-@pytest.mark.parametrize("mode", MATCHING_MODES)
+@pytest.mark.parametrize("mode", MEAN_MODES)
 def test_class_without_real_images_contributes_nothing(mode):
     real, labels, groups, syn, syn_labels = batch(7, num_classes=3)
     keep = labels != 1
@@ -250,7 +250,7 @@ def test_errors():
         loss(real, labels, groups, syn[:, :3], syn_labels, mode="vanilla")
 
 
-@pytest.mark.parametrize("mode", MATCHING_MODES)
+@pytest.mark.parametrize("mode", MEAN_MODES)
 def test_float32_output_dtype(mode):
     real, labels, groups, syn, syn_labels = batch(0, dtype=torch.float32)
     out = loss(real, labels, groups, syn, syn_labels, mode=mode)
