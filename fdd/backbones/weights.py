@@ -1,0 +1,77 @@
+"""Per-sample weights that turn group-aware targets into weighted sums over a real batch.
+
+Gradients and mean features are linear in the per-sample weights, so the targets of
+the three modes are weighted sums over the real batch of a class ``c``:
+
+.. math::
+
+    \\text{vanilla:}\\quad w_i = \\frac{1}{n_c}, \\qquad
+    \\text{cobra:}\\quad w_i = \\frac{1}{G_c\\, n_{c, g(i)}}, \\qquad
+    \\text{fairdd (one row per group } g\\text{):}\\quad w_{g,i} = \\frac{[g(i) = g]}{n_{c,g}}
+
+where ``n_{c,g}`` counts the batch's images of class ``c`` and group ``g`` and ``G_c``
+the groups present. The cobra weights give each present group the same total weight
+``1 / G_c`` whatever its size: the layer-wise mean over groups of per-group targets
+(the uniform barycenter of their first moments) in one weighted sum.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+ERR_MODE = "mode must be one of {allowed}; got {value!r}"
+WEIGHTED_MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra")
+
+
+def cell_weights(groups: Tensor, valid: Tensor, *, num_groups: int, mode: str) -> tuple[Tensor, Tensor]:
+    """Weights of each class's real batch for ``mode`` (see the module docstring).
+
+    Parameters
+    ----------
+    groups : Tensor, shape (C, B)
+        Group id of every image of the per-class batches.
+    valid : Tensor, shape (C, B), bool
+        Which entries are real draws (``False``: padding of a small class).
+    num_groups : int
+    mode : {"vanilla", "fairdd", "cobra"}
+
+    Returns
+    -------
+    weights : Tensor, shape (C, K, B)
+        ``K = 1`` for vanilla and cobra, ``K = num_groups`` for fairdd. Every row sums
+        to 1 over ``B`` unless its (class, group) cell is empty (then 0).
+    present : Tensor, shape (C, K), bool
+        Rows with at least one image.
+    """
+    if mode not in WEIGHTED_MODES:
+        raise ValueError(ERR_MODE.format(allowed=WEIGHTED_MODES, value=mode))
+    v = valid.float()
+    one_hot = torch.nn.functional.one_hot(groups, num_groups).float() * v.unsqueeze(2)  # (C, B, G)
+    counts = one_hot.sum(dim=1)  # (C, G)
+    if mode == "vanilla":
+        n = v.sum(dim=1, keepdim=True)  # (C, 1)
+        return (v / n.clamp_min(1)).unsqueeze(1), n > 0
+    if mode == "fairdd":
+        weights = one_hot.transpose(1, 2) / counts.clamp_min(1).unsqueeze(2)  # (C, G, B)
+        return weights, counts > 0
+    present_groups = (counts > 0).sum(dim=1, keepdim=True).float()  # G_c, (C, 1)
+    per_sample_count = torch.gather(counts, 1, groups)  # n_{c, g(i)}, (C, B)
+    weights = v / (present_groups * per_sample_count).clamp_min(1)
+    return weights.unsqueeze(1), present_groups > 0
+
+
+def group_balanced_weights(labels: Tensor, groups: Tensor, *, num_classes: int, num_groups: int) -> Tensor:
+    """Per-image weights ``n_c / (G_c n_{c,g})`` of a whole labelled set, shape (N,).
+
+    Inside every class ``c`` each present group gets the same total weight ``n_c / G_c``
+    and the class keeps its total ``n_c`` (its share of the data), so the weighted risk
+    :math:`\\frac{1}{N}\\sum_i w_i \\ell_i` is the class-prior-weighted mean over classes of
+    the uniform average of the per-group risks. The weights average to 1.
+    """
+    cell = labels * num_groups + groups
+    counts = torch.bincount(cell, minlength=num_classes * num_groups).view(num_classes, num_groups)
+    present = (counts > 0).sum(dim=1)  # G_c
+    class_total = counts.sum(dim=1)
+    per_image = class_total[labels].double() / (present[labels] * counts[labels, groups]).double()
+    return per_image.to(torch.float32)
