@@ -364,7 +364,7 @@ class MTTConfig(_Section):
     syn_lr_init: float = Field(0.01, gt=0, description="initial student learning rate (lr_teacher in MTT)")
 
     @model_validator(mode="after")
-    def _trajectory_long_enough(self) -> "MTTConfig":
+    def _trajectory_long_enough(self) -> MTTConfig:
         if self.max_start_epoch + self.expert_epochs > self.train_epochs:
             raise ValueError(ERR_MTT_EPOCHS.format(
                 start=self.max_start_epoch, span=self.expert_epochs, train=self.train_epochs))
@@ -434,7 +434,7 @@ class SynthesisConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _modes_of_backbone(self) -> "SynthesisConfig":
+    def _modes_of_backbone(self) -> SynthesisConfig:
         allowed = BACKBONE_MODES.get(self.backbone, MODES)
         bad = [m for m in self.modes if m not in allowed]
         if bad:

@@ -128,7 +128,7 @@ def test_class_gradients_match_per_class_per_group_autograd(mode):
     names = matched_parameters(net)
     params = {n: p.detach() for n, p in net.named_parameters()}
     valid = torch.ones_like(group, dtype=torch.bool)
-    weights, present = cell_weights(group, valid, num_groups=2, mode=mode)
+    weights, _ = cell_weights(group, valid, num_groups=2, mode=mode)
     got = class_gradients(net, params, names, real, labels, weights.double())
     for c in range(3):
         per_group = [_naive_grads(net, names, real[c][group[c] == g], labels[c][group[c] == g]) for g in (0, 1)]

@@ -73,7 +73,7 @@ def cafe_loss(
     """
     if mode not in MATCHING_MODES:
         raise ValueError(ERR_MODE.format(allowed=MATCHING_MODES, value=mode))
-    n_layers, dim = real_features.shape[1:]
+    dim = real_features.shape[2]
     syn_means = class_means(syn_features.flatten(1), syn_labels, num_classes=num_classes)  # (C, L*D)
     stats = cell_statistics(
         real_features.flatten(1), real_labels, real_groups, num_classes=num_classes, num_groups=num_groups,

@@ -99,6 +99,8 @@ def class_gradients(
     images: Tensor,
     labels: Tensor,
     weights: Tensor,
+    *,
+    chunk_size: int | None = None,
 ) -> list[Tensor]:
     """Gradients of weighted cross-entropies, for every class and weight row at once.
 
@@ -119,6 +121,9 @@ def class_gradients(
         when they require grad.
     labels : Tensor, shape (C, B)
     weights : Tensor, shape (C, K, B)
+    chunk_size : int, optional
+        Classes per vectorised call (``torch.func.vmap``'s ``chunk_size``): bounds the
+        memory of the ``K`` simultaneous pull-backs (``None``: all classes at once).
 
     Returns
     -------
@@ -135,7 +140,7 @@ def class_gradients(
         _, pullback = vjp(losses, wrt)
         return vmap(pullback)(w)[0]
 
-    grads = vmap(one_class)(images, labels, weights)
+    grads = vmap(one_class, chunk_size=chunk_size)(images, labels, weights)
     return [grads[n] for n in names]
 
 
@@ -210,8 +215,10 @@ class DCSynthesizer(OuterInnerSynthesizer):
         real, syn = self.siamese(real, real_labels, syn, syn_labels)
         params = {n: p.detach() for n, p in self.net.named_parameters()}
         weights, present = cell_weights(real_groups, valid, num_groups=self.train.num_groups, mode=self.mode)
+        rows = weights.shape[1]  # fairdd: one pull-back per group; bound the classes done together
+        chunk = None if rows == 1 else max(1, c // rows)
         with torch.no_grad():
-            target = class_gradients(self.net, params, self.param_names, real, real_labels, weights)
+            target = class_gradients(self.net, params, self.param_names, real, real_labels, weights, chunk_size=chunk)
         per_class = syn.shape[0] // c
         syn_weights = torch.full((c, 1, per_class), 1.0 / per_class, device=self.device)
         syn_grads = class_gradients(
