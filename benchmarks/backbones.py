@@ -10,7 +10,8 @@ and audits every synthetic set with ``--num-eval`` evaluations. Needs only torch
 torchvision, numpy, pandas and pydantic (no Prefect or DVC). After every cell it rewrites
 ``<out>/backbones_<device>.md`` and ``.csv`` atomically, so a run cut short keeps the
 cells it finished. ``--iterations`` takes one number for every backbone or
-``backbone=N`` pairs; ``--train-limit`` / ``--test-limit`` shrink the data for a CPU smoke run.
+``backbone=N`` pairs; ``--train-limit`` / ``--test-limit`` shrink the data for a CPU smoke run;
+``--append`` adds to an existing table (several shorter runs, e.g. one per backbone).
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", help="file stem (default: backbones_<device>)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the cells of an existing <name>.csv (same backbone/mode cells are replaced)")
     parser.add_argument("--cache-dir", default="data/cache/experts", help="where MTT's expert trajectories are kept")
     args = parser.parse_args()
     backbones = args.backbones.split(",")
@@ -116,6 +119,8 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    if args.append and (out / f"{stem}.csv").exists():
+        rows = pd.read_csv(out / f"{stem}.csv").to_dict("records")
     for backbone in backbones:
         for mode in args.modes.split(","):
             settings = dict(RECOMMENDED[backbone])
@@ -136,11 +141,11 @@ def main() -> int:
             audited = audit_synthetic(result.synthetic, test, config=audit, network=network, device=args.device)
             audit_s = time.perf_counter() - start
             s = audited.summary
-            rows.append({
-                "backbone": backbone, "mode": mode, "iterations": n_iter, "ipc": args.ipc,
-                "synthesis_s": synth_s, "s_per_iteration": result.seconds_per_iteration, "audit_s": audit_s,
+            rows = [r for r in rows if (r["backbone"], r["mode"]) != (backbone, mode)] + [{
+                "backbone": backbone, "mode": mode, "iterations": n_iter, "ipc": args.ipc, "synthesis_s": synth_s,
+                "s_per_iteration": result.seconds_per_iteration, "audit_s": audit_s,
                 **{f"{k}_{stat}": s[k][stat] for k in ("accuracy", "deo_m", "deo_a") for stat in ("mean", "std")},
-            })
+            }]
             print(rows[-1], flush=True)
             header = (
                 f"# Backbones x modes: {args.dataset} {args.bias}, IPC {args.ipc}\n\n"
@@ -149,7 +154,7 @@ def main() -> int:
                 f"(mean ± std). Train images: {len(train)}, test images: {len(test)}. Settings per backbone: "
                 f"`fdd.backbones.RECOMMENDED` with the iterations shown. s/iteration includes MTT's expert "
                 f"training when its trajectories were not cached.\n\n"
-                f"    python benchmarks/backbones.py {' '.join(sys.argv[1:])}\n\n"
+                f"Last command: `python benchmarks/backbones.py {' '.join(sys.argv[1:])}`\n\n"
             )
             markdown = (header + table(rows) + "\n").encode()
             csv = pd.DataFrame(rows).to_csv(index=False).encode()

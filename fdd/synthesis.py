@@ -317,7 +317,7 @@ class Synthesizer:
         )
         from fdd.dm import WARMUP_MODES
 
-        self.warmup_epochs = config.resolved_warmup_epochs() if mode in WARMUP_MODES else 0
+        self.warmup_epochs = config.resolved_warmup_epochs() if mode in WARMUP_MODES and config.backbone == "dm" else 0
         self.iteration = 0
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         if config.channels_last:

@@ -395,3 +395,18 @@ def test_backbone_through_the_pipeline_stages(tiny_workspace, backbone):
         assert 0.0 <= metrics["accuracy"] <= 100.0 and 0.0 <= metrics["deo_m"] <= 100.0
     if backbone == "mtt":  # the expert trajectories are kept next to the synthetic set
         assert list((tiny_workspace / "data/synthetic/cobra").glob("experts-balanced_weights-*.pt"))
+
+
+def test_backbone_presets_validate_and_match_the_recommended_settings():
+    from pathlib import Path
+
+    from fdd.backbones import RECOMMENDED
+    from flows.pipeline import load_config
+
+    root = Path(__file__).resolve().parent.parent
+    for backbone in ("dc", "idc", "cafe", "mtt"):
+        cfg = load_config(root / "params.yaml", preset=root / f"presets/{backbone}.yaml").synthesis
+        assert cfg.backbone == backbone and cfg.modes == ("vanilla", "fairdd", "cobra")
+        for key, value in RECOMMENDED[backbone].items():
+            if key != "batch_real" or backbone != "mtt":  # MTT draws no real batches
+                assert getattr(cfg, key) == value, (backbone, key)
