@@ -187,6 +187,7 @@ class OuterInnerSynthesizer(Synthesizer):
         reset_parameters_(self.net, generator=self.generator)
         total = torch.zeros((), device=self.device)
         for outer in range(self.outer_loop):
+            self.net.requires_grad_(False)  # the pixel loss must not accumulate into the network's .grad
             loss = self.matching_loss()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -200,7 +201,6 @@ class OuterInnerSynthesizer(Synthesizer):
                     momentum=0.0, weight_decay=0.0, batch_size=self.settings.batch_train, dsa=self.dsa,
                     generator=self.generator,
                 )
-        self.net.requires_grad_(False)
         self.iteration += 1
         return total / self.outer_loop
 
