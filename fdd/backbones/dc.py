@@ -25,8 +25,10 @@ gradients, is the gradient of one group-balanced weighted loss
 (:func:`fdd.backbones.weights.cell_weights`), so it costs one backward pass; fairdd needs
 one backward pass per group. All classes (and groups) are batched: the network is
 evaluated functionally (:func:`torch.func.functional_call`) under :func:`torch.func.vmap`
-over classes, and the per-group gradients are one :func:`torch.func.vjp` pull-back
-vmapped over the groups' weight vectors, sharing one forward pass per class.
+over classes (one weighted pull-back per class, :func:`torch.func.vjp`); fairdd's
+per-group gradients come from per-image gradients (:func:`torch.func.grad` vmapped over
+the images) contracted with the groups' weight vectors, so the backward work does not
+grow with the number of groups.
 
 Schedule (DC): each outer iteration draws a fresh network; ``outer_loop`` times, the
 matching loss of all classes is summed and one SGD step is taken on the synthetic
@@ -45,7 +47,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, vjp, vmap
+from torch.func import functional_call, grad, vjp, vmap
 
 from fdd.augment import draw_dsa
 from fdd.backbones.weights import cell_weights
@@ -123,7 +125,9 @@ def class_gradients(
     weights : Tensor, shape (C, K, B)
     chunk_size : int, optional
         Classes per vectorised call (``torch.func.vmap``'s ``chunk_size``): bounds the
-        memory of the ``K`` simultaneous pull-backs (``None``: all classes at once).
+        memory (``None``: all classes at once). With ``K > 1`` the gradients are taken per
+        image (memory ``chunk_size * B`` times the matched parameters) and contracted
+        with the weights.
 
     Returns
     -------
@@ -132,16 +136,34 @@ def class_gradients(
     """
     fixed = {n: p for n, p in params.items() if n not in names}
     wrt = {n: params[n] for n in names}
+    classes, rows, batch = weights.shape
+    if rows == 1:  # one weighted loss per class: one pull-back per class, classes vmapped
 
-    def one_class(x: Tensor, y: Tensor, w: Tensor) -> dict[str, Tensor]:
-        def losses(p: dict[str, Tensor]) -> Tensor:
-            return F.cross_entropy(functional_call(net, {**fixed, **p}, (x,)), y, reduction="none")
+        def one_class(x: Tensor, y: Tensor, w: Tensor) -> dict[str, Tensor]:
+            def losses(p: dict[str, Tensor]) -> Tensor:
+                return F.cross_entropy(functional_call(net, {**fixed, **p}, (x,)), y, reduction="none")
 
-        _, pullback = vjp(losses, wrt)
-        return vmap(pullback)(w)[0]
+            _, pullback = vjp(losses, wrt)
+            return pullback(w[0])[0]
 
-    grads = vmap(one_class, chunk_size=chunk_size)(images, labels, weights)
-    return [grads[n] for n in names]
+        grads = vmap(one_class, chunk_size=chunk_size)(images, labels, weights)
+        return [grads[n].unsqueeze(1) for n in names]
+
+    # several weight rows (fairdd's groups): per-image gradients once, then one contraction
+    # per layer; K pull-backs would cost K times the backward pass
+    def one_image(p: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(functional_call(net, {**fixed, **p}, (x.unsqueeze(0),)), y.unsqueeze(0))
+
+    chunk = None if chunk_size is None else chunk_size * batch
+    per_image = vmap(grad(one_image), in_dims=(None, 0, 0), chunk_size=chunk)(
+        wrt, images.flatten(0, 1), labels.flatten()
+    )
+    return [
+        torch.einsum("ckb,cbp->ckp", weights, per_image[n].reshape(classes, batch, -1)).reshape(
+            classes, rows, *wrt[n].shape
+        )
+        for n in names
+    ]
 
 
 class OuterInnerSynthesizer(Synthesizer):
@@ -215,8 +237,8 @@ class DCSynthesizer(OuterInnerSynthesizer):
         real, syn = self.siamese(real, real_labels, syn, syn_labels)
         params = {n: p.detach() for n, p in self.net.named_parameters()}
         weights, present = cell_weights(real_groups, valid, num_groups=self.train.num_groups, mode=self.mode)
-        rows = weights.shape[1]  # fairdd: one pull-back per group; bound the classes done together
-        chunk = None if rows == 1 else max(1, c // rows)
+        # fairdd: per-image gradients of about 2 classes' batches held at once bound the memory
+        chunk = None if weights.shape[1] == 1 else 2
         with torch.no_grad():
             target = class_gradients(self.net, params, self.param_names, real, real_labels, weights, chunk_size=chunk)
         per_class = syn.shape[0] // c
