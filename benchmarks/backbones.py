@@ -95,6 +95,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", help="file stem (default: backbones_<device>)")
+    parser.add_argument("--compile", action="store_true", help="synthesis.compile (DM)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="synthesis.cuda_graph: DM's cobra warm-up and DC/IDC/CAFE's inner loop as CUDA graphs")
     parser.add_argument("--append", action="store_true",
                         help="keep the cells of an existing <name>.csv (same backbone/mode cells are replaced)")
     parser.add_argument("--cache-dir", default="data/cache/experts", help="where MTT's expert trajectories are kept")
@@ -128,7 +131,8 @@ def main() -> int:
                 settings["iterations"] = iterations[backbone]
             n_iter = int(settings["iterations"])
             config = SynthesisConfig(
-                backbone=backbone, modes=(mode,), ipc=args.ipc, log_every=max(n_iter // 5, 1), **settings
+                backbone=backbone, modes=(mode,), ipc=args.ipc, log_every=max(n_iter // 5, 1),
+                compile=args.compile, cuda_graph=args.cuda_graph, **settings
             )
             start = time.perf_counter()
             result = synthesize(

@@ -410,3 +410,17 @@ def test_backbone_presets_validate_and_match_the_recommended_settings():
         for key, value in RECOMMENDED[backbone].items():
             if key != "batch_real" or backbone != "mtt":  # MTT draws no real batches
                 assert getattr(cfg, key) == value, (backbone, key)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backbone", ["dc", "cafe"])
+def test_captured_inner_loop_matches_eager_on_cuda(backbone):
+    data = tiny_data()
+    runs = {}
+    for graph in (False, True):
+        cfg = backbone_config(backbone, iterations=2, cuda_graph=graph)
+        loop = build_synthesizer(data, mode="cobra", config=cfg, network=TINY_NET, seed=0, device="cuda")
+        assert (loop.captured_inner is not None) == graph
+        runs[graph] = ([float(loop.step()) for _ in range(2)], loop.syn_images.detach().cpu())
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)
+    assert torch.allclose(runs[True][1], runs[False][1], atol=1e-4)

@@ -33,7 +33,10 @@ grow with the number of groups.
 Schedule (DC): each outer iteration draws a fresh network; ``outer_loop`` times, the
 matching loss of all classes is summed and one SGD step is taken on the synthetic
 pixels, and between two such steps the network is trained for ``inner_loop`` epochs on
-the current synthetic set (SGD ``lr_net``, no momentum, DSA).
+the current synthetic set (SGD ``lr_net``, no momentum, DSA); with
+``synthesis.cuda_graph`` on a CUDA device that training is one captured CUDA graph
+(:class:`fdd.cuda_graph.CapturedTraining`, the same computation without the launch cost
+of its ``inner_loop`` tiny steps).
 
 References
 ----------
@@ -184,6 +187,15 @@ class OuterInnerSynthesizer(Synthesizer):
         self.settings = settings
         self.outer_loop, self.inner_loop = settings.resolved_loops(self.config.ipc)
         self.param_names = matched_parameters(self.net)
+        self.captured_inner = None
+        if self.config.cuda_graph and self.device.type == "cuda" and self.inner_loop and self.outer_loop > 1:
+            from fdd.cuda_graph import CapturedTraining  # imports fdd.synthesis too
+
+            images, labels = self.training_set()
+            self.captured_inner = CapturedTraining(
+                self.net, image_shape=tuple(images.shape), labels=labels, epochs=self.inner_loop,
+                batch_size=settings.batch_train, lr=settings.lr_net, momentum=0.0, weight_decay=0.0, dsa=self.dsa,
+            )
 
     def matching_loss(self) -> Tensor:
         """The loss of one outer loop, summed over classes, differentiable in the pixels."""
@@ -218,6 +230,9 @@ class OuterInnerSynthesizer(Synthesizer):
             if outer + 1 < self.outer_loop and self.inner_loop:
                 images, labels = self.training_set()
                 self.net.requires_grad_(True)
+                if self.captured_inner is not None:  # the same training replayed as one CUDA graph
+                    self.captured_inner.run(images.detach(), generator=self.generator)
+                    continue
                 train_network(
                     self.net, images.detach(), labels, epochs=self.inner_loop, lr=self.settings.lr_net,
                     momentum=0.0, weight_decay=0.0, batch_size=self.settings.batch_train, dsa=self.dsa,
