@@ -1,7 +1,7 @@
 """Every backbone x mode on one biased dataset: Acc / DEO_M / DEO_A over evaluations.
 
     python benchmarks/backbones.py --device cuda --data-root data/raw \\
-        --iterations dm=300,dc=20,idc=20,cafe=40,mtt=200 --eval-epochs 300
+        --iterations dm=300,dc=10,idc=10,cafe=10,mtt=200 --eval-epochs 300 --cuda-graph
 
 Distils C-MNIST (foreground by default) at IPC 10 with each backbone (DM, DC, IDC, CAFE,
 MTT) in each mode (vanilla, fairdd, cobra), using each backbone's published settings
@@ -88,6 +88,7 @@ def main() -> int:
     parser.add_argument("--num-eval", type=int, default=5)
     parser.add_argument("--eval-epochs", type=int, default=1000)
     parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--batch-real", type=int, help="real images per class per matching step (default: RECOMMENDED)")
     parser.add_argument("--train-limit", type=int, help="stratified subset of the train split (CPU smoke runs)")
     parser.add_argument("--test-limit", type=int, help="stratified subset of the test split")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -129,6 +130,8 @@ def main() -> int:
             settings = dict(RECOMMENDED[backbone])
             if iterations[backbone] is not None:
                 settings["iterations"] = iterations[backbone]
+            if args.batch_real is not None:
+                settings["batch_real"] = args.batch_real
             n_iter = int(settings["iterations"])
             config = SynthesisConfig(
                 backbone=backbone, modes=(mode,), ipc=args.ipc, log_every=max(n_iter // 5, 1),
