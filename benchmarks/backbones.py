@@ -17,6 +17,7 @@ cells it finished. ``--iterations`` takes one number for every backbone or
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import re
 import sys
@@ -99,6 +100,8 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="synthesis.compile (DM)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="synthesis.cuda_graph: DM's cobra warm-up and DC/IDC/CAFE's inner loop as CUDA graphs")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a backbone setting, e.g. dc.inner_loop=10 or mtt.num_experts=2 (repeatable)")
     parser.add_argument("--append", action="store_true",
                         help="keep the cells of an existing <name>.csv (same backbone/mode cells are replaced)")
     parser.add_argument("--cache-dir", default="data/cache/experts", help="where MTT's expert trajectories are kept")
@@ -108,6 +111,13 @@ def main() -> int:
     if unknown:
         raise SystemExit(f"--backbones: unknown {unknown}; known {list(RECOMMENDED)}")
     iterations = per_backbone(args.iterations, backbones, "iterations")
+    sections: dict[str, dict] = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if section not in ("dc", "idc", "cafe", "mtt") or not name or not value:
+            raise SystemExit(f"--set: expected dc|idc|cafe|mtt.KEY=VALUE; got {item!r}")
+        sections.setdefault(section, {})[name] = json.loads(value)
 
     raw = load_raw(RAW[args.dataset], root=args.data_root, download=False)
     splits = build_colored(raw, bias=args.bias, seed=0)
@@ -135,7 +145,7 @@ def main() -> int:
             n_iter = int(settings["iterations"])
             config = SynthesisConfig(
                 backbone=backbone, modes=(mode,), ipc=args.ipc, log_every=max(n_iter // 5, 1),
-                compile=args.compile, cuda_graph=args.cuda_graph, **settings
+                compile=args.compile, cuda_graph=args.cuda_graph, **sections, **settings
             )
             start = time.perf_counter()
             result = synthesize(
