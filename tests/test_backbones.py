@@ -413,7 +413,7 @@ def test_backbone_presets_validate_and_match_the_recommended_settings():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("backbone", ["dc", "cafe"])
+@pytest.mark.parametrize("backbone", ["dc", "idc", "cafe"])
 def test_captured_inner_loop_matches_eager_on_cuda(backbone):
     data = tiny_data()
     runs = {}

@@ -64,8 +64,8 @@ class IDCSynthesizer(DCSynthesizer):
     section = "idc"
 
     def __init__(self, *args, **kwargs) -> None:
+        self.factor = f = kwargs["config"].idc.factor  # set first: the base class may decode (CUDA graph shapes)
         super().__init__(*args, **kwargs)
-        self.factor = f = self.settings.factor
         height, width = self.train.image_shape[1:]
         if height % f or width % f:
             raise ValueError(ERR_FACTOR.format(factor=f, height=height, width=width))
