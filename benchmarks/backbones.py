@@ -82,6 +82,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=sorted(RAW), default="cmnist")
     parser.add_argument("--bias", choices=["foreground", "background"], default="foreground")
+    parser.add_argument("--shading", choices=["binary", "intensity"], default="binary")
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--backbones", default="dm,dc,idc,cafe,mtt")
     parser.add_argument("--modes", default="vanilla,fairdd,cobra")
@@ -120,7 +121,7 @@ def main() -> int:
         sections.setdefault(section, {})[name] = json.loads(value)
 
     raw = load_raw(RAW[args.dataset], root=args.data_root, download=False)
-    splits = build_colored(raw, bias=args.bias, seed=0)
+    splits = build_colored(raw, bias=args.bias, seed=0, shading=args.shading)
     train, test = splits.train, splits.test
     if args.train_limit:
         train = stratified_subset(train, size=args.train_limit, seed=args.seed)
