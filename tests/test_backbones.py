@@ -424,3 +424,21 @@ def test_captured_inner_loop_matches_eager_on_cuda(backbone):
         runs[graph] = ([float(loop.step()) for _ in range(2)], loop.syn_images.detach().cpu())
     assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)
     assert torch.allclose(runs[True][1], runs[False][1], atol=1e-4)
+
+
+@pytest.mark.parametrize("objective", ["plain", "balanced_weights"])
+def test_mtt_expert_step_minimises_the_group_balanced_risk(objective):
+    """One full-batch epoch: theta_1 = theta_0 - lr * grad of mean(w_i * l_i), w = n_c / (G_c n_cg) for cobra."""
+    data = tiny_data(per_cell=(7, 2))  # imbalanced groups: balancing changes the step
+    settings = parse_config({"synthesis": {"mtt": {
+        "num_experts": 1, "train_epochs": 3, "max_start_epoch": 1, "expert_epochs": 2, "expert_batch": 1000,
+        "lr_teacher": 0.1}}}).synthesis.mtt
+    traj = MTT.train_experts(data, objective=objective, settings=settings, network=TINY_NET, dsa=None, seed=0)
+    net = build_convnet(channels=3, num_classes=3, image_size=8, width=8, depth=2)
+    theta = traj[0, 0].clone().requires_grad_(True)
+    losses = F.cross_entropy(torch.func.functional_call(net, MTT.unflatten(net, theta), (data.normalized(),)),
+                             data.labels, reduction="none")
+    weights = group_balanced_weights(data.labels, data.groups, num_classes=3, num_groups=2)
+    loss = (losses * weights).mean() if objective == "balanced_weights" else losses.mean()
+    (grad,) = torch.autograd.grad(loss, theta)
+    assert torch.allclose(traj[0, 1], traj[0, 0] - 0.1 * grad, atol=1e-6)
