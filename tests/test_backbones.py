@@ -250,9 +250,9 @@ def test_cafe_loss_per_mode_against_loops():
     for c in range(2):
         s = syn.detach()[syn_labels == c].mean(0)
         means = [real[(labels == c) & (groups == g)].mean(0) for g in (0, 1)]
-        expected["vanilla"] += float(((real[labels == c].mean(0) - s) ** 2).mean(-1).sum())
-        expected["fairdd"] += sum(float(((m - s) ** 2).mean(-1).sum()) for m in means)
-        expected["cobra"] += float((((means[0] + means[1]) / 2 - s) ** 2).mean(-1).sum())
+        expected["vanilla"] += float(((real[labels == c].mean(0) - s) ** 2).sum())
+        expected["fairdd"] += sum(float(((m - s) ** 2).sum()) for m in means)
+        expected["cobra"] += float((((means[0] + means[1]) / 2 - s) ** 2).sum())
     for m in MODES:
         assert float(losses[m]) == pytest.approx(expected[m], rel=1e-9), m
     # sum_g ||m_g - s||^2 = G ||b - s||^2 + const: fairdd's gradient is G times cobra's

@@ -37,13 +37,14 @@ from fdd.synthesis import DMSynthesizer, Synthesizer
 ERR_BACKBONE = "synthesis.backbone must be one of {allowed}; got {value!r}"
 
 # The published schedule of each backbone (METHOD.md section 2; MTT: the MTT paper's
-# learning rates, a short schedule of our own): synthesis settings that differ from
+# learning rates, a short schedule of our own; CAFE: lr_img calibrated, see fdd.backbones.cafe):
+# synthesis settings that differ from
 # SynthesisConfig's DM defaults. presets/<backbone>.yaml and benchmarks/backbones.py use them.
 RECOMMENDED: dict[str, dict[str, object]] = {
     "dm": {"iterations": 2600, "batch_real": 600, "lr_img": 1.0, "momentum": 0.5},
     "dc": {"iterations": 1000, "batch_real": 256, "lr_img": 0.1, "momentum": 0.5},
     "idc": {"iterations": 1000, "batch_real": 256, "lr_img": 0.1, "momentum": 0.5},
-    "cafe": {"iterations": 1000, "batch_real": 256, "lr_img": 0.1, "momentum": 0.5},
+    "cafe": {"iterations": 1000, "batch_real": 256, "lr_img": 30.0, "momentum": 0.5},
     "mtt": {"iterations": 1000, "batch_real": 256, "lr_img": 100.0, "momentum": 0.5},
 }
 

@@ -2,20 +2,25 @@
 
 The features of layer ``l`` are the output of conv block ``l`` of the ConvNet, averaged
 over the spatial positions (``width`` values per image). Per class, the mean synthetic
-feature of every layer is matched with the mean squared error to a target from the real
-batch, and the layers are summed:
+feature of every layer is matched with the squared error (MSE with sum reduction) to a
+target from the real batch, and the layers are summed:
 
 .. math::
 
-    \\text{vanilla:}\\ & \\sum_c \\sum_l \\mathrm{MSE}(\\bar m^l_c, s^l_c) \\\\
-    \\text{fairdd:}\\ & \\sum_c \\sum_{g \\in P_c} \\sum_l \\mathrm{MSE}(m^l_{c,g}, s^l_c) \\\\
-    \\text{cobra:}\\ & \\sum_c \\sum_l \\mathrm{MSE}\\Bigl(\\frac{1}{|P_c|}\\sum_{g\\in P_c} m^l_{c,g},\\ s^l_c\\Bigr)
+    \\text{vanilla:}\\ & \\sum_c \\sum_l \\mathrm{SE}(\\bar m^l_c, s^l_c) \\\\
+    \\text{fairdd:}\\ & \\sum_c \\sum_{g \\in P_c} \\sum_l \\mathrm{SE}(m^l_{c,g}, s^l_c) \\\\
+    \\text{cobra:}\\ & \\sum_c \\sum_l \\mathrm{SE}\\Bigl(\\frac{1}{|P_c|}\\sum_{g\\in P_c} m^l_{c,g},\\ s^l_c\\Bigr)
 
-(pooled mean ``\\bar m`` weighted by group sizes; per-layer features averaged uniformly over
+(``SE(a, b) = ||a - b||^2``; pooled mean ``\\bar m`` weighted by group sizes; per-layer features averaged uniformly over
 the groups present for cobra). All classes and groups in one scatter
 (:func:`fdd.barycenter.cell_statistics`), as in :mod:`fdd.dm`. The schedule is DC's
 (fresh network, ``outer_loop`` pixel steps, ``inner_loop`` network epochs on the
 synthetic set between them).
+
+The features are small (spatial means after instance norm), so the pixel gradients are
+about a thousandth of DC's: ``fdd.backbones.RECOMMENDED`` pairs CAFE with ``lr_img`` 30
+(our calibration: per-step pixel updates of the order of DC's at 0.1, measured at width
+128), not DC's 0.1.
 
 CAFE's discrimination term (classifying real features by the synthetic class centroids)
 is **not** included: only the layer-wise alignment loss is optimised.
@@ -73,7 +78,6 @@ def cafe_loss(
     """
     if mode not in MATCHING_MODES:
         raise ValueError(ERR_MODE.format(allowed=MATCHING_MODES, value=mode))
-    dim = real_features.shape[2]
     syn_means = class_means(syn_features.flatten(1), syn_labels, num_classes=num_classes)  # (C, L*D)
     stats = cell_statistics(
         real_features.flatten(1), real_labels, real_groups, num_classes=num_classes, num_groups=num_groups,
@@ -82,11 +86,11 @@ def cafe_loss(
     has_real = (stats.counts.sum(dim=1) > 0).to(syn_means.dtype)
     if mode == "fairdd":
         diff = (stats.means - syn_means.unsqueeze(1)) * stats.present.to(syn_means.dtype).unsqueeze(2)
-        return diff.pow(2).sum() / dim
+        return diff.pow(2).sum()
     safe_counts = stats.counts + (1 - has_real).unsqueeze(1)
     weights = "proportional" if mode == "vanilla" else "uniform"
     target = mean_barycenter(stats.means, safe_counts, weights=weights, validate=False)
-    return ((target - syn_means) * has_real.unsqueeze(1)).pow(2).sum() / dim
+    return ((target - syn_means) * has_real.unsqueeze(1)).pow(2).sum()
 
 
 class CAFESynthesizer(OuterInnerSynthesizer):
