@@ -370,6 +370,10 @@ def test_config_errors_for_backbones():
         parse_config({"synthesis": {"mtt": {"max_start_epoch": 5}}})
     with pytest.raises(ConfigError, match="synthesis.dc.outer"):
         parse_config({"synthesis": {"dc": {"outer": 3}}})
+    for backbone in ("cafe", "idc"):
+        with pytest.raises(ValueError, match="network.architecture must be 'convnet', got 'mlp'"):
+            build_synthesizer(tiny_data(), mode="vanilla", config=backbone_config(backbone),
+                              network=NetworkConfig(architecture="mlp", width=8, depth=1, norm="none"), seed=0)
     with pytest.raises(ValueError, match="idc.factor=3 must divide the image size 8x8"):
         build_synthesizer(tiny_data(), mode="vanilla", config=tiny_config(backbone="idc", idc={"factor": 3}),
                           network=TINY_NET, seed=0)

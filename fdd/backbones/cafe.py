@@ -40,6 +40,10 @@ from fdd.barycenter import cell_statistics, mean_barycenter
 from fdd.dm import MATCHING_MODES, class_means
 
 ERR_MODE = "mode must be one of {allowed}; got {value!r}"
+ERR_ARCHITECTURE = (
+    "backbone {backbone!r} works on the ConvNet's conv blocks and image tiles; network.architecture must be "
+    "'convnet', got {value!r}"
+)
 
 
 def layer_features(net: nn.Module, x: Tensor) -> Tensor:
@@ -97,6 +101,11 @@ class CAFESynthesizer(OuterInnerSynthesizer):
     """The CAFE backbone (module docstring)."""
 
     section = "cafe"
+
+    def __init__(self, *args, **kwargs) -> None:
+        if kwargs["network"].architecture != "convnet":
+            raise ValueError(ERR_ARCHITECTURE.format(backbone="cafe", value=kwargs["network"].architecture))
+        super().__init__(*args, **kwargs)
 
     def matching_loss(self) -> Tensor:
         real, real_labels, real_groups, valid = self.real_batch()

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fdd.backbones.cafe import ERR_ARCHITECTURE
 from fdd.backbones.dc import DCSynthesizer
 from fdd.synthesis import initial_synthetic_images
 
@@ -64,6 +65,8 @@ class IDCSynthesizer(DCSynthesizer):
     section = "idc"
 
     def __init__(self, *args, **kwargs) -> None:
+        if kwargs["network"].architecture != "convnet":
+            raise ValueError(ERR_ARCHITECTURE.format(backbone="idc", value=kwargs["network"].architecture))
         self.factor = f = kwargs["config"].idc.factor  # set first: the base class may decode (CUDA graph shapes)
         super().__init__(*args, **kwargs)
         height, width = self.train.image_shape[1:]

@@ -57,7 +57,7 @@ from fdd.backbones.dc import ERR_BATCHNORM
 from fdd.backbones.weights import group_balanced_weights
 from fdd.config import MTTConfig, NetworkConfig
 from fdd.data import GroupedImages, atomic_save
-from fdd.networks import build_convnet, reset_parameters_
+from fdd.networks import build_network, reset_parameters_
 from fdd.synthesis import Synthesizer
 
 ExpertObjective = Literal["plain", "balanced_weights", "balanced_sampling"]
@@ -96,7 +96,7 @@ def train_experts(
 ) -> Tensor:
     """Train ``settings.num_experts`` ConvNets on ``train``; return their trajectories.
 
-    Each expert: a fresh ConvNet, SGD (``lr_teacher``, no momentum, no weight decay),
+    Each expert: a fresh network of ``network`` (:func:`fdd.networks.build_network`), SGD (``lr_teacher``, no momentum, no weight decay),
     batches of ``expert_batch`` with training-time DSA, ``train_epochs`` epochs; the
     parameters are recorded at the start and after every epoch. ``objective`` is one of
     ``plain`` (mean cross-entropy), ``balanced_weights`` (each image's loss weighted by
@@ -117,10 +117,7 @@ def train_experts(
         train.labels, train.groups, num_classes=train.num_classes, num_groups=train.num_groups
     ).to(device)
     n = images.shape[0]
-    net = build_convnet(
-        channels=train.image_shape[0], num_classes=train.num_classes, image_size=train.image_shape[1],
-        width=network.width, depth=network.depth, norm=network.norm, pooling=network.pooling, device=device,
-    )
+    net = build_network(input_shape=train.image_shape, num_classes=train.num_classes, network=network, device=device)
     trajectories = []
     for _ in range(settings.num_experts):  # a handful of experts, each a full training run
         reset_parameters_(net, generator=generator)
