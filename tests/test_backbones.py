@@ -446,3 +446,22 @@ def test_mtt_expert_step_minimises_the_group_balanced_risk(objective):
     loss = (losses * weights).mean() if objective == "balanced_weights" else losses.mean()
     (grad,) = torch.autograd.grad(loss, theta)
     assert torch.allclose(traj[0, 1], traj[0, 0] - 0.1 * grad, atol=1e-6)
+
+
+def test_unknown_groups_count_for_vanilla_and_are_left_out_of_group_targets():
+    groups = torch.tensor([[0, 0, -1, 1]])
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    w, _ = cell_weights(groups, valid, num_groups=2, mode="vanilla")
+    assert torch.allclose(w[0, 0], torch.full((4,), 0.25))
+    w, _ = cell_weights(groups, valid, num_groups=2, mode="cobra")
+    assert torch.allclose(w[0, 0], torch.tensor([0.25, 0.25, 0.0, 0.5]))
+    w, present = cell_weights(groups, valid, num_groups=2, mode="fairdd")
+    assert torch.allclose(w[0], torch.tensor([[0.5, 0.5, 0, 0], [0, 0, 0, 1.0]])) and present.all()
+    bw = group_balanced_weights(torch.tensor([0, 0, 0, 0]), groups[0], num_classes=1, num_groups=2)
+    assert torch.allclose(bw, torch.tensor([0.75, 0.75, 0.0, 1.5]))  # 3 labelled: 1.5 per group
+    real = torch.randn(4, 2, 3, dtype=torch.float64)
+    syn = torch.zeros(1, 2, 3, dtype=torch.float64)
+    got = cafe_loss(real, torch.zeros(4, dtype=torch.long), groups[0], syn, torch.tensor([0]), num_classes=1,
+                    num_groups=2, mode="cobra")
+    target = (real[:2].mean(0) + real[3]) / 2
+    assert float(got) == pytest.approx(float((target ** 2).sum()))

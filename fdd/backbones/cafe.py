@@ -37,9 +37,10 @@ from torch import Tensor, nn
 
 from fdd.backbones.dc import OuterInnerSynthesizer
 from fdd.barycenter import cell_statistics, mean_barycenter
-from fdd.dm import MATCHING_MODES, class_means
+from fdd.dm import class_means
 
 ERR_MODE = "mode must be one of {allowed}; got {value!r}"
+CAFE_MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra")
 ERR_ARCHITECTURE = (
     "backbone {backbone!r} works on the ConvNet's conv blocks and image tiles; network.architecture must be "
     "'convnet', got {value!r}"
@@ -80,20 +81,26 @@ def cafe_loss(
     num_classes, num_groups : int
     mode : {"vanilla", "fairdd", "cobra"}
     """
-    if mode not in MATCHING_MODES:
-        raise ValueError(ERR_MODE.format(allowed=MATCHING_MODES, value=mode))
+    if mode not in CAFE_MODES:
+        raise ValueError(ERR_MODE.format(allowed=CAFE_MODES, value=mode))
     syn_means = class_means(syn_features.flatten(1), syn_labels, num_classes=num_classes)  # (C, L*D)
-    stats = cell_statistics(
-        real_features.flatten(1), real_labels, real_groups, num_classes=num_classes, num_groups=num_groups,
+    if mode == "vanilla":  # pooled class mean: every real image, labelled or not
+        has = (torch.bincount(real_labels, minlength=num_classes) > 0).to(syn_means.dtype).unsqueeze(1)
+        target = class_means(real_features.flatten(1), real_labels, num_classes=num_classes)
+        return ((target - syn_means) * has).pow(2).sum()
+    # unknown groups (-1) go to a spare group column, dropped (as in fdd.dm)
+    spare = torch.where(real_groups < 0, torch.full_like(real_groups, num_groups), real_groups)
+    full = cell_statistics(
+        real_features.flatten(1), real_labels, spare, num_classes=num_classes, num_groups=num_groups + 1,
         validate=False,
     )
-    has_real = (stats.counts.sum(dim=1) > 0).to(syn_means.dtype)
+    means, counts, present = full.means[:, :num_groups], full.counts[:, :num_groups], full.present[:, :num_groups]
+    has_real = (counts.sum(dim=1) > 0).to(syn_means.dtype)
     if mode == "fairdd":
-        diff = (stats.means - syn_means.unsqueeze(1)) * stats.present.to(syn_means.dtype).unsqueeze(2)
+        diff = (means - syn_means.unsqueeze(1)) * present.to(syn_means.dtype).unsqueeze(2)
         return diff.pow(2).sum()
-    safe_counts = stats.counts + (1 - has_real).unsqueeze(1)
-    weights = "proportional" if mode == "vanilla" else "uniform"
-    target = mean_barycenter(stats.means, safe_counts, weights=weights, validate=False)
+    safe_counts = counts + (1 - has_real).unsqueeze(1)
+    target = mean_barycenter(means, safe_counts, weights="uniform", validate=False)
     return ((target - syn_means) * has_real.unsqueeze(1)).pow(2).sum()
 
 

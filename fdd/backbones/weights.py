@@ -10,7 +10,8 @@ the three modes are weighted sums over the real batch of a class ``c``:
     \\text{fairdd (one row per group } g\\text{):}\\quad w_{g,i} = \\frac{[g(i) = g]}{n_{c,g}}
 
 where ``n_{c,g}`` counts the batch's images of class ``c`` and group ``g`` and ``G_c``
-the groups present. The cobra weights give each present group the same total weight
+the groups present. Images of unknown group (``-1``, :mod:`fdd.group_noise`) count in
+vanilla's pooled batch and are left out of the group targets, as in :mod:`fdd.dm`. The cobra weights give each present group the same total weight
 ``1 / G_c`` whatever its size: the layer-wise mean over groups of per-group targets
 (the uniform barycenter of their first moments) in one weighted sum.
 """
@@ -47,17 +48,21 @@ def cell_weights(groups: Tensor, valid: Tensor, *, num_groups: int, mode: str) -
     if mode not in WEIGHTED_MODES:
         raise ValueError(ERR_MODE.format(allowed=WEIGHTED_MODES, value=mode))
     v = valid.float()
-    one_hot = torch.nn.functional.one_hot(groups, num_groups).float() * v.unsqueeze(2)  # (C, B, G)
-    counts = one_hot.sum(dim=1)  # (C, G)
-    if mode == "vanilla":
+    if mode == "vanilla":  # the pooled class batch: every image, labelled or not
         n = v.sum(dim=1, keepdim=True)  # (C, 1)
         return (v / n.clamp_min(1)).unsqueeze(1), n > 0
+    # unknown groups (-1) go to a spare column that is dropped: left out of the group targets
+    spare = torch.where(groups < 0, torch.full_like(groups, num_groups), groups)
+    one_hot = torch.nn.functional.one_hot(spare, num_groups + 1).float()[..., :num_groups] * v.unsqueeze(2)
+    counts = one_hot.sum(dim=1)  # (C, G)
     if mode == "fairdd":
         weights = one_hot.transpose(1, 2) / counts.clamp_min(1).unsqueeze(2)  # (C, G, B)
         return weights, counts > 0
     present_groups = (counts > 0).sum(dim=1, keepdim=True).float()  # G_c, (C, 1)
-    per_sample_count = torch.gather(counts, 1, groups)  # n_{c, g(i)}, (C, B)
-    weights = v / (present_groups * per_sample_count).clamp_min(1)
+    padded = torch.cat([counts, torch.zeros_like(counts[:, :1])], dim=1)
+    per_sample_count = torch.gather(padded, 1, spare)  # n_{c, g(i)}; 0 for unknown groups
+    labelled = v * (groups >= 0).float()
+    weights = labelled / (present_groups * per_sample_count).clamp_min(1)
     return weights.unsqueeze(1), present_groups > 0
 
 
@@ -69,9 +74,11 @@ def group_balanced_weights(labels: Tensor, groups: Tensor, *, num_classes: int, 
     :math:`\\frac{1}{N}\\sum_i w_i \\ell_i` is the class-prior-weighted mean over classes of
     the uniform average of the per-group risks. The weights average to 1.
     """
-    cell = labels * num_groups + groups
-    counts = torch.bincount(cell, minlength=num_classes * num_groups).view(num_classes, num_groups)
+    labelled = groups >= 0  # unknown groups (-1) get weight 0: they belong to no group's risk
+    safe = groups.clamp_min(0)
+    cell = labels * num_groups + safe
+    counts = torch.bincount(cell[labelled], minlength=num_classes * num_groups).view(num_classes, num_groups)
     present = (counts > 0).sum(dim=1)  # G_c
     class_total = counts.sum(dim=1)
-    per_image = class_total[labels].double() / (present[labels] * counts[labels, groups]).double()
-    return per_image.to(torch.float32)
+    per_image = class_total[labels].double() / (present[labels] * counts[labels, safe]).clamp_min(1).double()
+    return torch.where(labelled, per_image, 0.0).to(torch.float32)
