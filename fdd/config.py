@@ -26,8 +26,11 @@ IMAGE_DATASETS: tuple[str, ...] = ("cifar10s", "celeba", "utkface", "bffhq", "fo
 TABULAR_DATASETS: tuple[str, ...] = ("adult",)
 Bias = Literal["foreground", "background"]
 Mode = Literal["vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures"]
-Backbone = Literal["dm"]
+Backbone = Literal["dm", "dc", "idc", "cafe", "mtt"]
+BACKBONES: tuple[str, ...] = ("dm", "dc", "idc", "cafe", "mtt")
 MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures")
+# modes each backbone implements; a backbone missing here implements every mode of MODES
+BACKBONE_MODES: dict[str, tuple[str, ...]] = {b: ("vanilla", "fairdd", "cobra") for b in ("dc", "idc", "cafe", "mtt")}
 
 ERR_OUTSIDE_WORKSPACE = (
     "{field} must be a relative path inside the workspace (no leading '/', no '..'); got {value!r}"
@@ -42,6 +45,11 @@ ERR_IDX_DIR_DATASET = "data.idx_dir only applies to the datasets {allowed}; data
 ERR_COLORED_SIZE = "data.image_size must be 32 (or null) for {dataset!r}: C-MNIST images are 28x28 padded to 32x32; got {size}"
 ERR_NORM_PAIR = "data.mean and data.std must be given together (3 values each, one per RGB channel); got mean={mean}, std={std}"
 ERR_FOLDER_PATHS = "data.dataset 'folder' needs data.folder.csv and data.folder.images (paths inside the workspace); got csv={csv!r}, images={images!r}"
+ERR_BACKBONE_MODES = "synthesis.backbone={backbone!r} supports modes {allowed}; synthesis.modes lists {bad}"
+ERR_MTT_EPOCHS = (
+    "synthesis.mtt: max_start_epoch ({start}) + expert_epochs ({span}) must not exceed train_epochs ({train}), "
+    "the length of the saved expert trajectories"
+)
 
 
 ERR_TABULAR_SETTINGS = (
@@ -314,8 +322,57 @@ class BarycenterConfig(_Section):
     max_iter: int = Field(50, ge=1)
 
 
+class GradientMatchingConfig(_Section):
+    """DC's schedule (METHOD.md section 2): outer loops of matching, inner loops of network training.
+
+    ``None`` loops follow the IPC: 1 -> (1, 1), <= 10 -> (10, 50), <= 50 -> (50, 10), else (100, 10).
+    """
+
+    outer_loop: int | None = Field(None, ge=1, description="matching steps per fresh network; None: by IPC")
+    inner_loop: int | None = Field(None, ge=0, description="network epochs on the synthetic set between them")
+    lr_net: float = Field(0.01, gt=0, description="SGD learning rate of the inner-loop network training")
+    batch_train: int = Field(256, ge=1, description="batch size of the inner-loop network training")
+
+    def resolved_loops(self, ipc: int) -> tuple[int, int]:
+        """(outer_loop, inner_loop) of DC for ``ipc`` unless set explicitly."""
+        outer, inner = (1, 1) if ipc == 1 else (10, 50) if ipc <= 10 else (50, 10) if ipc <= 50 else (100, 10)
+        return (self.outer_loop or outer, inner if self.inner_loop is None else self.inner_loop)
+
+
+class IDCConfig(GradientMatchingConfig):
+    """IDC: DC on a multi-formation decoding of the stored images."""
+
+    factor: int = Field(2, ge=1, le=8, description="each stored image decodes into factor**2 images")
+
+
+class CAFEConfig(GradientMatchingConfig):
+    """CAFE: layer-wise feature alignment with DC's outer/inner schedule."""
+
+
+class MTTConfig(_Section):
+    """MTT: trajectory matching against expert networks trained on the real data."""
+
+    num_experts: int = Field(3, ge=1, le=100)
+    train_epochs: int = Field(6, ge=1, description="epochs of each expert trajectory (saved after every epoch)")
+    lr_teacher: float = Field(0.01, gt=0)
+    expert_batch: int = Field(256, ge=1)
+    expert_epochs: int = Field(2, ge=1, description="M: the student matches the expert M epochs ahead")
+    max_start_epoch: int = Field(4, ge=1, description="start epochs are drawn from [0, max_start_epoch)")
+    syn_steps: int = Field(20, ge=1, description="N: unrolled student steps on the synthetic set")
+    batch_syn: int | None = Field(None, ge=1, description="synthetic mini-batch of a student step; None: all")
+    lr_lr: float = Field(1e-5, gt=0, description="SGD learning rate of the learnable student learning rate")
+    syn_lr_init: float = Field(0.01, gt=0, description="initial student learning rate (lr_teacher in MTT)")
+
+    @model_validator(mode="after")
+    def _trajectory_long_enough(self) -> MTTConfig:
+        if self.max_start_epoch + self.expert_epochs > self.train_epochs:
+            raise ValueError(ERR_MTT_EPOCHS.format(
+                start=self.max_start_epoch, span=self.expert_epochs, train=self.train_epochs))
+        return self
+
+
 class SynthesisConfig(_Section):
-    """Synthetic-set optimisation (DM backbone; METHOD.md section 2)."""
+    """Synthetic-set optimisation (METHOD.md section 2); ``dc`` / ``idc`` / ``cafe`` / ``mtt`` hold backbone settings."""
 
     backbone: Backbone = "dm"
     modes: tuple[Mode, ...] = ("vanilla", "cobra")
@@ -361,6 +418,10 @@ class SynthesisConfig(_Section):
     checkpoint_every: int = Field(
         50, ge=0, description="save a resumable checkpoint every N iterations (0: never; also on SIGTERM/SIGINT)"
     )
+    dc: GradientMatchingConfig = GradientMatchingConfig()
+    idc: IDCConfig = IDCConfig()
+    cafe: CAFEConfig = CAFEConfig()
+    mtt: MTTConfig = MTTConfig()
 
     @field_validator("modes")
     @classmethod
@@ -371,6 +432,14 @@ class SynthesisConfig(_Section):
         if not value:
             raise ValueError(f"synthesis.modes must list at least one of {list(MODES)}")
         return value
+
+    @model_validator(mode="after")
+    def _modes_of_backbone(self) -> SynthesisConfig:
+        allowed = BACKBONE_MODES.get(self.backbone, MODES)
+        bad = [m for m in self.modes if m not in allowed]
+        if bad:
+            raise ValueError(ERR_BACKBONE_MODES.format(backbone=self.backbone, allowed=list(allowed), bad=bad))
+        return self
 
     def resolved_warmup_epochs(self) -> int:
         if self.warmup_epochs is not None:

@@ -1,6 +1,10 @@
-"""The synthetic-set optimisation loop (DM backbone, vanilla / fairdd / cobra modes).
+"""The synthetic-set optimisation loop shared by every backbone, and the DM backbone.
 
-One outer iteration (METHOD.md section 2):
+:class:`Synthesizer` holds what every backbone shares (data, initialisation, optimiser,
+generator, checkpoint state); :func:`synthesize` drives any backbone with checkpoints,
+resume and progress; the other backbones live in :mod:`fdd.backbones`.
+
+One outer iteration of DM (METHOD.md section 2):
 
 1. re-draw the embedding network's parameters (a fresh random ConvNet);
 2. cobra only: train it for ``K`` epochs on the current synthetic set (SGD, DSA),
@@ -80,6 +84,21 @@ class ClassSampler:
         if b <= self.smallest_class:  # every class fills its batch: no ragged mask, no device sync
             return chosen.flatten()
         return chosen[torch.arange(b, device=chosen.device) < self.counts.unsqueeze(1)]
+
+    def sample_padded(self, batch: int, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """Indices as a (C, b) matrix, ``b = min(batch, largest class)``, and its validity mask.
+
+        The same draw as :meth:`sample` (same generator use); a class with fewer than
+        ``b`` images fills its row's tail with repeats marked ``False`` in the mask, so
+        per-class work can be batched as one (C, b) tensor.
+        """
+        b = min(batch, self.index.shape[1])
+        keys = torch.rand(self.index.shape, generator=generator, device=self.index.device)
+        keys = keys.masked_fill(~self.valid, 2.0)
+        picks = keys.topk(b, dim=1, largest=False).indices  # (C, b)
+        chosen = torch.gather(self.index, 1, picks)
+        valid = torch.arange(b, device=chosen.device) < self.counts.unsqueeze(1)
+        return torch.where(valid, chosen, chosen[:, :1]), valid
 
 
 def initial_synthetic_images(
@@ -242,10 +261,14 @@ class SynthesisResult:
     seconds_per_iteration: float = 0.0
 
 
-class DMSynthesizer:
-    """The DM synthesis loop as an object: :meth:`step` runs one outer iteration.
+class Synthesizer:
+    """What every backbone shares: the real data on the device, the class sampler, the
+    initial synthetic set and its optimiser, the run's generator, the matching network,
+    checkpoint state and the finished :class:`SyntheticSet`.
 
-    :func:`synthesize` drives it; benchmarks time :meth:`step` directly.
+    A backbone (DM, DC, IDC, CAFE, MTT; :mod:`fdd.backbones`) is a subclass whose
+    :meth:`step` runs one outer iteration of its loss and schedule and returns the loss;
+    :func:`synthesize` drives any of them; benchmarks time :meth:`step` directly.
 
     Parameters
     ----------
@@ -294,7 +317,7 @@ class DMSynthesizer:
         )
         from fdd.dm import WARMUP_MODES
 
-        self.warmup_epochs = config.resolved_warmup_epochs() if mode in WARMUP_MODES else 0
+        self.warmup_epochs = config.resolved_warmup_epochs() if mode in WARMUP_MODES and config.backbone == "dm" else 0
         self.iteration = 0
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         if config.channels_last:
@@ -318,6 +341,52 @@ class DMSynthesizer:
                 epochs=self.warmup_epochs, batch_size=config.warmup_batch, lr=config.warmup_lr, momentum=config.warmup_momentum,
                 weight_decay=config.warmup_weight_decay, dsa=self.dsa, forward=self.forward, augment=self.augment,
             )
+
+    def step(self) -> Tensor:
+        """One outer iteration; returns the matching loss (a 0-d tensor on the device)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit for bit: images, optimiser, RNG, iteration."""
+        return {
+            "syn_images": self.syn_images.detach().cpu().clone(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state().cpu(),
+            "iteration": self.iteration,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.syn_images.copy_(state["syn_images"].to(self.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"].to(self.generator.get_state().device))
+        self.iteration = int(state["iteration"])
+
+    def training_set(self) -> tuple[Tensor, Tensor]:
+        """The images a model trains on and their labels (the stored ones; IDC decodes them)."""
+        return self.syn_images, self.syn_labels
+
+    def synthetic_set(self, provenance: dict | None = None) -> SyntheticSet:
+        images, labels = self.training_set()
+        return SyntheticSet(
+            images=images.detach().cpu(),
+            labels=labels.cpu(),
+            class_names=self.train.class_names,
+            mean=self.train.mean,
+            std=self.train.std,
+            provenance={
+                "backbone": self.config.backbone,
+                "mode": self.mode,
+                "ipc": self.config.ipc,
+                "iterations": self.iteration,
+                "seed": self.seed,
+                **(provenance or {}),
+            },
+        )
+
+
+class DMSynthesizer(Synthesizer):
+    """The DM backbone: :meth:`step` runs one outer iteration of distribution matching."""
 
     def step(self) -> Tensor:
         """One outer iteration; returns the matching loss (a 0-d tensor on the device)."""
@@ -364,39 +433,6 @@ class DMSynthesizer:
         self.optimizer.step()
         self.iteration += 1
         return loss.detach()
-
-    def state_dict(self) -> dict:
-        """Everything needed to continue bit for bit: images, optimiser, RNG, iteration."""
-        return {
-            "syn_images": self.syn_images.detach().cpu().clone(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state().cpu(),
-            "iteration": self.iteration,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        with torch.no_grad():
-            self.syn_images.copy_(state["syn_images"].to(self.device))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"].to(self.generator.get_state().device))
-        self.iteration = int(state["iteration"])
-
-    def synthetic_set(self, provenance: dict | None = None) -> SyntheticSet:
-        return SyntheticSet(
-            images=self.syn_images.detach().cpu(),
-            labels=self.syn_labels.cpu(),
-            class_names=self.train.class_names,
-            mean=self.train.mean,
-            std=self.train.std,
-            provenance={
-                "backbone": self.config.backbone,
-                "mode": self.mode,
-                "ipc": self.config.ipc,
-                "iterations": self.iteration,
-                "seed": self.seed,
-                **(provenance or {}),
-            },
-        )
 
 
 def _fingerprint(train: GroupedImages, mode: str, config: SynthesisConfig, network: NetworkConfig, seed: int) -> str:
@@ -447,10 +483,11 @@ def synthesize(
     provenance: dict | None = None,
     progress: ProgressCallback | None = None,
     checkpoint: str | Path | None = None,
+    cache_dir: str | Path | None = None,
 ) -> SynthesisResult:
-    """Distil ``train`` into ``config.ipc`` synthetic images per class with DM in ``mode``.
+    """Distil ``train`` into ``config.ipc`` synthetic images per class with ``config.backbone`` in ``mode``.
 
-    Parameters are those of :class:`DMSynthesizer`, plus
+    Parameters are those of :class:`Synthesizer`, plus
 
     provenance : dict, optional
         Recorded in the returned :class:`SyntheticSet` (config and data hashes).
@@ -462,8 +499,14 @@ def synthesize(
         exists and was made by the same data, mode, seed and settings, the run resumes
         from it and ends with the same result as an uninterrupted run (bit for bit on
         the CPU with the same number of threads, where the kernels are deterministic). It is removed when the run ends.
+    cache_dir : path, optional
+        Where a backbone keeps reusable artifacts between runs (MTT's expert trajectories).
     """
-    loop = DMSynthesizer(train, mode=mode, config=config, network=network, seed=seed, device=device)
+    from fdd.backbones import build_synthesizer  # the backbones subclass Synthesizer: imported late
+
+    loop = build_synthesizer(
+        train, mode=mode, config=config, network=network, seed=seed, device=device, cache_dir=cache_dir
+    )
     losses = torch.zeros(config.iterations, device=loop.device)
     fingerprint = _fingerprint(train, mode, config, network, seed) if checkpoint is not None else ""
     if checkpoint is not None and Path(checkpoint).exists():

@@ -68,6 +68,7 @@ def synthesize_set(
         },
         progress=report_progress,
         checkpoint=out / "checkpoint.pt",
+        cache_dir=out,  # MTT's expert trajectories (experts-*.pt), reused by later runs
     )
     bar.close()
     result.synthetic.save(out / "synthetic.pt")

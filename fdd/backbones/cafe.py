@@ -1,0 +1,128 @@
+"""CAFE: layer-wise feature alignment in the vanilla, FairDD and COBRA modes.
+
+The features of layer ``l`` are the output of conv block ``l`` of the ConvNet, averaged
+over the spatial positions (``width`` values per image). Per class, the mean synthetic
+feature of every layer is matched with the squared error (MSE with sum reduction) to a
+target from the real batch, and the layers are summed:
+
+.. math::
+
+    \\text{vanilla:}\\ & \\sum_c \\sum_l \\mathrm{SE}(\\bar m^l_c, s^l_c) \\\\
+    \\text{fairdd:}\\ & \\sum_c \\sum_{g \\in P_c} \\sum_l \\mathrm{SE}(m^l_{c,g}, s^l_c) \\\\
+    \\text{cobra:}\\ & \\sum_c \\sum_l \\mathrm{SE}\\Bigl(\\frac{1}{|P_c|}\\sum_{g\\in P_c} m^l_{c,g},\\ s^l_c\\Bigr)
+
+(``SE(a, b) = ||a - b||^2``; pooled mean ``\\bar m`` weighted by group sizes; per-layer features averaged uniformly over
+the groups present for cobra). All classes and groups in one scatter
+(:func:`fdd.barycenter.cell_statistics`), as in :mod:`fdd.dm`. The schedule is DC's
+(fresh network, ``outer_loop`` pixel steps, ``inner_loop`` network epochs on the
+synthetic set between them).
+
+The features are small (spatial means after instance norm), so the pixel gradients are
+about a thousandth of DC's: ``fdd.backbones.RECOMMENDED`` pairs CAFE with ``lr_img`` 30
+(our calibration: per-step pixel updates of the order of DC's at 0.1, measured at width
+128), not DC's 0.1.
+
+CAFE's discrimination term (classifying real features by the synthetic class centroids)
+is **not** included: only the layer-wise alignment loss is optimised.
+
+References
+----------
+Wang et al., "CAFE: Learning to Condense Dataset by Aligning Features", CVPR 2022.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fdd.backbones.dc import OuterInnerSynthesizer
+from fdd.barycenter import cell_statistics, mean_barycenter
+from fdd.dm import class_means
+
+ERR_MODE = "mode must be one of {allowed}; got {value!r}"
+CAFE_MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra")
+ERR_ARCHITECTURE = (
+    "backbone {backbone!r} works on the ConvNet's conv blocks and image tiles; network.architecture must be "
+    "'convnet', got {value!r}"
+)
+
+
+def layer_features(net: nn.Module, x: Tensor) -> Tensor:
+    """Spatially averaged output of every conv block of a :class:`~fdd.networks.ConvNet`, (N, depth, width)."""
+    outputs = []
+    blocks = list(net.features)
+    for start in range(0, len(blocks), 4):  # conv, norm, relu, pool
+        for layer in blocks[start : start + 4]:
+            x = layer(x)
+        outputs.append(x.mean(dim=(2, 3)))
+    return torch.stack(outputs, dim=1)
+
+
+def cafe_loss(
+    real_features: Tensor,
+    real_labels: Tensor,
+    real_groups: Tensor,
+    syn_features: Tensor,
+    syn_labels: Tensor,
+    *,
+    num_classes: int,
+    num_groups: int,
+    mode: str,
+) -> Tensor:
+    """The CAFE alignment loss of ``mode`` (module docstring), summed over classes and layers.
+
+    Parameters
+    ----------
+    real_features : Tensor, shape (N_real, L, D)
+        Per-layer features of the real batch.
+    real_labels, real_groups : Tensor, shape (N_real,)
+    syn_features : Tensor, shape (N_syn, L, D)
+    syn_labels : Tensor, shape (N_syn,)
+    num_classes, num_groups : int
+    mode : {"vanilla", "fairdd", "cobra"}
+    """
+    if mode not in CAFE_MODES:
+        raise ValueError(ERR_MODE.format(allowed=CAFE_MODES, value=mode))
+    syn_means = class_means(syn_features.flatten(1), syn_labels, num_classes=num_classes)  # (C, L*D)
+    if mode == "vanilla":  # pooled class mean: every real image, labelled or not
+        has = (torch.bincount(real_labels, minlength=num_classes) > 0).to(syn_means.dtype).unsqueeze(1)
+        target = class_means(real_features.flatten(1), real_labels, num_classes=num_classes)
+        return ((target - syn_means) * has).pow(2).sum()
+    # unknown groups (-1) go to a spare group column, dropped (as in fdd.dm)
+    spare = torch.where(real_groups < 0, torch.full_like(real_groups, num_groups), real_groups)
+    full = cell_statistics(
+        real_features.flatten(1), real_labels, spare, num_classes=num_classes, num_groups=num_groups + 1,
+        validate=False,
+    )
+    means, counts, present = full.means[:, :num_groups], full.counts[:, :num_groups], full.present[:, :num_groups]
+    has_real = (counts.sum(dim=1) > 0).to(syn_means.dtype)
+    if mode == "fairdd":
+        diff = (means - syn_means.unsqueeze(1)) * present.to(syn_means.dtype).unsqueeze(2)
+        return diff.pow(2).sum()
+    safe_counts = counts + (1 - has_real).unsqueeze(1)
+    target = mean_barycenter(means, safe_counts, weights="uniform", validate=False)
+    return ((target - syn_means) * has_real.unsqueeze(1)).pow(2).sum()
+
+
+class CAFESynthesizer(OuterInnerSynthesizer):
+    """The CAFE backbone (module docstring)."""
+
+    section = "cafe"
+
+    def __init__(self, *args, **kwargs) -> None:
+        if kwargs["network"].architecture != "convnet":
+            raise ValueError(ERR_ARCHITECTURE.format(backbone="cafe", value=kwargs["network"].architecture))
+        super().__init__(*args, **kwargs)
+
+    def matching_loss(self) -> Tensor:
+        real, real_labels, real_groups, valid = self.real_batch()
+        syn, syn_labels = self.training_set()
+        real, syn = self.siamese(real, real_labels, syn, syn_labels)
+        keep = valid.flatten()
+        with torch.no_grad():
+            real_features = layer_features(self.net, real.flatten(0, 1)[keep])
+        syn_features = layer_features(self.net, syn)
+        return cafe_loss(
+            real_features, real_labels.flatten()[keep], real_groups.flatten()[keep], syn_features, syn_labels,
+            num_classes=self.train.num_classes, num_groups=self.train.num_groups, mode=self.mode,
+        )
