@@ -192,8 +192,8 @@ def paint(images: Tensor, groups: Tensor, *, bias: Bias, shading: str = "binary"
     :math:`c` (foreground) or black (background). With ``shading="intensity"`` the grey level
     :math:`x` scales the colour:
 
-    .. math:: \text{foreground: } \lfloor x\, c / 255 \rfloor, \qquad
-              \text{background: } \lfloor (255 - x)\, c / 255 \rfloor
+    .. math:: \\text{foreground: } \\lfloor x\\, c / 255 \\rfloor, \\qquad
+              \\text{background: } \\lfloor (255 - x)\\, c / 255 \\rfloor
 
     which keeps the texture of Fashion-MNIST items (the foreground formula is what the public
     C-FMNIST builder of the FairDD line of work computes; binarising discards texture).

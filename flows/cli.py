@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from fdd.config import MODES
+from fdd.config import MODES, PipelineConfig
 from flows.lock import WorkspaceBusyError, workspace_lock
 from flows.settings import configure_environment
 
@@ -132,6 +132,20 @@ def _serve(config: Any, workspace: str, args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_command(config: PipelineConfig, args: argparse.Namespace) -> None:
+    """What the command adds to the configuration, validated before anything runs."""
+    from fdd.config import parse_config
+
+    if args.command == "sweep":
+        from flows.sweep import sweep_cell_configs
+
+        sweep_cell_configs(config)
+    elif args.command == "distill" or (args.command == "stage" and args.mode is not None):
+        raw = config.model_dump(mode="json")
+        raw["synthesis"]["modes"] = [args.mode]
+        parse_config(raw)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     workspace = str(Path(args.workspace).resolve())
@@ -158,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         presets = [_preset_path(p) for p in args.preset]
         config = load_config(args.params, preset=[p for p in presets if p is not None], overrides=_overrides(args.overrides))
+        _check_command(config, args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

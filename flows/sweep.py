@@ -29,7 +29,7 @@ import torch
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from fdd.config import PipelineConfig, SweepConfig, parse_config
+from fdd.config import ConfigError, DataConfig, PipelineConfig, SweepConfig, parse_config
 from flows.pipeline import resolve_device, stage_call
 from tasks.base import (
     atomic_write_text,
@@ -44,6 +44,9 @@ SWEEP_DIR = "data/sweep"
 CELL_KEYS: tuple[str, ...] = ("dataset", "ipc", "backbone", "mode", "seed")
 METRICS: tuple[str, ...] = ("accuracy", "deo_m", "deo_a", "worst_group_accuracy")
 ERR_NO_PREPARED = "cell {cell} has no prepared data at {path}; the dataset's ingest must run first"
+ERR_SWEEP_CELLS = (
+    "{count} of the {total} sweep cells do not validate (fix the sweep or data sections; nothing was run):\n{problems}"
+)
 
 
 def sweep_cells(sweep: SweepConfig) -> list[dict[str, Any]]:
@@ -67,26 +70,53 @@ def cell_config(config: PipelineConfig, cell: dict[str, Any]) -> PipelineConfig:
     return parse_config(raw)
 
 
+def sweep_cell_configs(config: PipelineConfig) -> list[tuple[dict[str, Any], PipelineConfig]]:
+    """Every cell of the grid with its validated configuration, or one error naming every bad cell.
+
+    The whole grid is checked before anything runs, so a sweep never stops half-way on a
+    cell whose dataset, backbone and mode do not go together.
+    """
+    cells, problems = [], []
+    for cell in sweep_cells(config.sweep):
+        try:
+            cells.append((cell, cell_config(config, cell)))
+        except ConfigError as exc:
+            reasons = [line.strip(" -").split(" (got {")[0] for line in str(exc).splitlines() if line.startswith("  - ")]
+            problems.append(f"  - {cell['dataset']}-{cell_id(cell)}: {'; '.join(reasons) or str(exc)}")
+    if problems:
+        raise ConfigError(ERR_SWEEP_CELLS.format(count=len(problems), total=len(problems) + len(cells),
+                                                 problems="\n".join(problems)))
+    return cells
+
+
 def _link(link: Path, target: Path) -> None:
-    """A symlink ``link -> target`` (replacing a stale one)."""
+    """A symlink ``link -> target`` (replacing a stale one); nothing when ``link`` already leads there."""
     link.parent.mkdir(parents=True, exist_ok=True)
-    if link.is_symlink() and link.resolve() == target.resolve():
+    if link.exists() and link.resolve() == target.resolve():
         return
     if link.is_symlink():
         link.unlink()
     if link.exists():
         raise FileExistsError(f"{link} exists and is not a link to {target}; remove it")
-    os.symlink(target.resolve(), link, target_is_directory=True)
+    os.symlink(target.resolve(), link, target_is_directory=target.is_dir())
+
+
+def user_paths(data: DataConfig) -> list[str]:
+    """The workspace-relative paths a dataset reads: raw folder, idx folder, the user's CSVs and images."""
+    candidates = (data.root, data.idx_dir, data.folder.csv, data.folder.images, data.tabular.csv, data.tabular.test_csv)
+    return [p for p in candidates if p]
 
 
 def dataset_workspace(workspace: str, config: PipelineConfig, dataset: str) -> Path:
-    """``data/sweep/<dataset>``, with the raw-data folders of ``workspace`` linked in."""
+    """``data/sweep/<dataset>``, with every data path of ``workspace`` linked in (same relative paths)."""
     root = Path(workspace).resolve()
     folder = root / SWEEP_DIR / dataset
     folder.mkdir(parents=True, exist_ok=True)
-    for rel in filter(None, (config.data.root, config.data.idx_dir)):
-        (root / rel).mkdir(parents=True, exist_ok=True)
-        _link(folder / rel, root / rel)
+    for rel in sorted(user_paths(config.data), key=lambda p: len(Path(p).parts)):  # parents first
+        if rel in (config.data.root, config.data.idx_dir):
+            (root / rel).mkdir(parents=True, exist_ok=True)
+        if (root / rel).exists():  # a missing user file is reported by ingest, by name
+            _link(folder / rel, root / rel)
     return folder
 
 
@@ -165,24 +195,26 @@ def _sweep_body(config: PipelineConfig, workspace: str, local_gpus: int) -> pd.D
 
     import dask
 
-    from tasks.ingest import ingest
-
     sweep = config.sweep
     device = resolve_device(config.runtime.device)
+    configured = sweep_cell_configs(config)
     futures = []
     for dataset in sweep.datasets:
         home = dataset_workspace(workspace, config, dataset)
-        data = config.data.model_copy(update={"dataset": dataset})
-        call_stage(ingest, workspace=str(home), data=data)
-        for cell in (c for c in sweep_cells(sweep) if c["dataset"] == dataset):
+        cells = [(cell, cell_cfg) for cell, cell_cfg in configured if cell["dataset"] == dataset]
+        # the flow's own ingest wiring: the cache key covers the user's files (raw_digest)
+        ingest_task, kwargs = stage_call(
+            "ingest", None, config=cells[0][1], workspace=str(home), device=device, modes=(),
+            outputs=lambda _folder: {},
+        )
+        call_stage(ingest_task, **kwargs)
+        for cell, cell_cfg in cells:
             name = cell_id(cell)
             cell_home = home / "cells" / name
             _link(cell_home / "data/prepared", home / "data/prepared")
             # one GPU per cell on a local multi-GPU cluster (its workers each hold GPU=1)
             with dask.annotate(resources={"GPU": 1}) if local_gpus else contextlib.nullcontext():
-                futures.append(run_cell.submit(
-                    f"{dataset}-{name}", cell, cell_config(config, cell), str(cell_home), device, local_gpus
-                ))
+                futures.append(run_cell.submit(f"{dataset}-{name}", cell, cell_cfg, str(cell_home), device, local_gpus))
     rows = [future.result() for future in futures]
     return pd.DataFrame(rows)
 
@@ -225,5 +257,6 @@ def write_tables(cells: pd.DataFrame, workspace: str) -> dict[str, Any]:
 
 
 def run_sweep(config: PipelineConfig, workspace: str = ".") -> dict[str, Any]:
-    """Run :func:`sweep_flow` (the entry point of ``fdd sweep``)."""
+    """Check every cell, then run :func:`sweep_flow` (the entry point of ``fdd sweep``)."""
+    sweep_cell_configs(config)
     return sweep_flow(config, workspace=workspace)

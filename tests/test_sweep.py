@@ -127,3 +127,44 @@ def test_two_cell_sweep_on_a_local_dask_cluster(tiny_workspace: Path, tmp_path_f
     assert summary.loc[0, "accuracy_std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
     markdown = (tiny_workspace / "data/sweep/summary.md").read_text()
     assert "accuracy_mean" in markdown and "cobra" in markdown
+
+
+def test_a_grid_with_bad_cells_is_refused_before_anything_runs(tiny_workspace: Path) -> None:
+    """adult needs the MLP and no DSA: its cells fail validation, and nothing is written."""
+    from flows import cli
+    from flows.sweep import ERR_SWEEP_CELLS, sweep_cell_configs
+
+    overrides = {"sweep": {"datasets": ["cmnist", "adult"], "ipcs": [2], "backbones": ["dm"], "modes": ["vanilla", "cobra"],
+                           "seeds": [0]}}
+    config = load_config(tiny_workspace / "params.yaml", overrides=overrides)
+    with pytest.raises(ConfigError, match=ERR_SWEEP_CELLS.split("{")[1].split("}")[1].split("(")[0]) as info:
+        sweep_cell_configs(config)
+    message = str(info.value)
+    assert message.startswith("2 of the 4 sweep cells")
+    assert "adult-ipc2-dm-vanilla-seed0" in message and "adult-ipc2-dm-cobra-seed0" in message
+    assert "cmnist-ipc" not in message and "data.dataset is 'adult'" in message  # the reason is named
+    before = sorted(p.relative_to(tiny_workspace) for p in tiny_workspace.rglob("*"))
+    code = cli.main(["sweep", "--params", str(tiny_workspace / "params.yaml"), "--workspace", str(tiny_workspace),
+                     "--set", "sweep.datasets=[cmnist, adult]", "--set", "sweep.ipcs=[2]"])
+    assert code == 2
+    assert sorted(p.relative_to(tiny_workspace) for p in tiny_workspace.rglob("*")) == before  # nothing written
+
+
+def test_dataset_workspace_links_every_user_path(tmp_path: Path) -> None:
+    """A sweep's per-dataset folder sees the user's CSV and images at the same relative paths,
+    and the ingest cache key computed there covers the same file contents."""
+    from fdd.image_sources import user_files_digest
+    from flows.sweep import dataset_workspace
+
+    (tmp_path / "mine/images/a").mkdir(parents=True)
+    (tmp_path / "mine/images/a/x.png").write_bytes(b"not really a png")
+    (tmp_path / "mine/labels.csv").write_text("path,label,group\na/x.png,cat,g1\n")
+    config = parse_config({"data": {"dataset": "folder", "folder": {"csv": "mine/labels.csv", "images": "mine/images"}}})
+    home = dataset_workspace(str(tmp_path), config, "folder")
+    assert (home / "mine/labels.csv").read_text() == (tmp_path / "mine/labels.csv").read_text()
+    assert (home / "mine/images/a/x.png").read_bytes() == b"not really a png"
+    digest = user_files_digest(config.data, workspace=home)
+    assert digest is not None and digest == user_files_digest(config.data, workspace=tmp_path)
+    (tmp_path / "mine/labels.csv").write_text("path,label,group\na/x.png,dog,g2\n")
+    assert user_files_digest(config.data, workspace=home) != digest  # an edit reaches the cache key
+    assert dataset_workspace(str(tmp_path), config, "folder") == home  # idempotent: links already there
