@@ -46,6 +46,10 @@ ERR_COLORED_SIZE = "data.image_size must be 32 (or null) for {dataset!r}: C-MNIS
 ERR_NORM_PAIR = "data.mean and data.std must be given together (3 values each, one per RGB channel); got mean={mean}, std={std}"
 ERR_FOLDER_PATHS = "data.dataset 'folder' needs data.folder.csv and data.folder.images (paths inside the workspace); got csv={csv!r}, images={images!r}"
 ERR_BACKBONE_MODES = "synthesis.backbone={backbone!r} supports modes {allowed}; synthesis.modes lists {bad}"
+ERR_IDC_INIT = (
+    "synthesis.backbone='idc' supports synthesis.init 'real' or 'noise' (it encodes factor^2 real images per "
+    "stored image); got {init!r}"
+)
 ERR_MTT_EPOCHS = (
     "synthesis.mtt: max_start_epoch ({start}) + expert_epochs ({span}) must not exceed train_epochs ({train}), "
     "the length of the saved expert trajectories"
@@ -389,7 +393,8 @@ class SynthesisConfig(_Section):
     )
     dsa: bool = True
     warmup_epochs: int | None = Field(
-        None, ge=0, description="cobra's embedder training epochs; None: 10 / 50 / 100 by IPC"
+        None, ge=0,
+        description="DM in cobra, cobra-w2 and cobra-bures: embedder training epochs before matching; None: 10 / 50 / 100 by IPC",
     )
     w2_solver: Literal["emd", "sinkhorn"] = Field(
         "emd", description="cobra-w2: exact OT (POT network simplex, CPU) or debiased Sinkhorn (batched, on the device)"
@@ -411,8 +416,9 @@ class SynthesisConfig(_Section):
     cuda_graph: bool = Field(
         False,
         description=(
-            "cobra: replay the embedder warm-up as one captured CUDA graph (fdd.cuda_graph); applies on CUDA "
-            "devices with the synthetic set in one warm-up batch, fp32 and contiguous format; CPU runs ignore it"
+            "replay the DM embedder warm-up (cobra, cobra-w2, cobra-bures) and the DC / IDC / CAFE inner loop as "
+            "one captured CUDA graph (fdd.cuda_graph); applies on CUDA devices with fp32 and contiguous format; "
+            "CPU runs ignore it"
         ),
     )
     checkpoint_every: int = Field(
@@ -439,6 +445,8 @@ class SynthesisConfig(_Section):
         bad = [m for m in self.modes if m not in allowed]
         if bad:
             raise ValueError(ERR_BACKBONE_MODES.format(backbone=self.backbone, allowed=list(allowed), bad=bad))
+        if self.backbone == "idc" and self.init not in ("real", "noise"):
+            raise ValueError(ERR_IDC_INIT.format(init=self.init))
         return self
 
     def resolved_warmup_epochs(self) -> int:

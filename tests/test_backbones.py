@@ -370,6 +370,10 @@ def test_config_errors_for_backbones():
         parse_config({"synthesis": {"mtt": {"max_start_epoch": 5}}})
     with pytest.raises(ConfigError, match="synthesis.dc.outer"):
         parse_config({"synthesis": {"dc": {"outer": 3}}})
+    for init in ("stratified", "barycenter"):
+        with pytest.raises(ConfigError, match=f"supports synthesis.init 'real' or 'noise' .*got '{init}'"):
+            parse_config({"synthesis": {"backbone": "idc", "init": init}})
+    assert parse_config({"synthesis": {"backbone": "idc", "init": "noise"}}).synthesis.init == "noise"
     for backbone in ("cafe", "idc"):
         with pytest.raises(ValueError, match="network.architecture must be 'convnet', got 'mlp'"):
             build_synthesizer(tiny_data(), mode="vanilla", config=backbone_config(backbone),

@@ -157,3 +157,14 @@ def test_shipped_params_and_presets_validate() -> None:
     cfmnist = load_config(root / "params.yaml", preset=[root / "presets/cfmnist.yaml", root / "presets/full.yaml"])
     assert (cfmnist.data.dataset, cfmnist.data.shading, cfmnist.synthesis.iterations) == ("cfmnist", "intensity", 2600)
     assert quick.data.shading == "binary"
+
+
+def test_distill_with_a_mode_the_backbone_lacks_exits_2_and_writes_nothing(tiny_workspace: Path, capsys) -> None:
+    from flows import cli
+
+    before = sorted(p.relative_to(tiny_workspace) for p in tiny_workspace.rglob("*"))
+    code = cli.main(["distill", "--mode", "cobra-w2", "--params", str(tiny_workspace / "params.yaml"),
+                     "--workspace", str(tiny_workspace), "--set", "synthesis.backbone=dc"])
+    assert code == 2
+    assert "cobra-w2" in capsys.readouterr().err
+    assert sorted(p.relative_to(tiny_workspace) for p in tiny_workspace.rglob("*")) == before
