@@ -41,6 +41,12 @@ ERR_OTHER_DATASET_SECTION = (
     "data.{section} is set but data.dataset is {dataset!r}; data.{section} only applies to "
     "data.dataset: {section} (remove it, or set data.dataset: {section})"
 )
+ERR_NOT_FOR_DATASET = (
+    "data.{key} only applies to the datasets {allowed}; data.dataset is {dataset!r} (remove data.{key}, "
+    "or choose one of those datasets)"
+)
+#: data keys that only the colour-biased datasets read (tasks/ingest.py -> fdd.colored).
+COLORED_KEYS: tuple[str, ...] = ("bias", "shading", "train_correlation", "test_correlation", "num_confusing_colors")
 ERR_IDX_DIR_DATASET = "data.idx_dir only applies to the datasets {allowed}; data.dataset is {dataset!r}"
 ERR_COLORED_SIZE = "data.image_size must be 32 (or null) for {dataset!r}: C-MNIST images are 28x28 padded to 32x32; got {size}"
 ERR_NORM_PAIR = "data.mean and data.std must be given together (3 values each, one per RGB channel); got mean={mean}, std={std}"
@@ -256,6 +262,14 @@ class DataConfig(_Section):
             value = getattr(self, section)
             if section != self.dataset and value != type(value)():
                 raise ValueError(ERR_OTHER_DATASET_SECTION.format(section=section, dataset=self.dataset))
+        if self.dataset not in COLORED_DATASETS:  # settings the chosen dataset would silently ignore
+            for key in COLORED_KEYS:
+                if getattr(self, key) != type(self).model_fields[key].default:
+                    raise ValueError(ERR_NOT_FOR_DATASET.format(key=key, allowed=list(COLORED_DATASETS), dataset=self.dataset))
+        if self.dataset not in IMAGE_DATASETS and self.mean is not None:
+            raise ValueError(ERR_NOT_FOR_DATASET.format(key="mean", allowed=list(IMAGE_DATASETS), dataset=self.dataset))
+        if self.dataset not in TABULAR_DATASETS and self.tabular != TabularConfig():
+            raise ValueError(ERR_NOT_FOR_DATASET.format(key="tabular", allowed=list(TABULAR_DATASETS), dataset=self.dataset))
         if self.idx_dir is not None and self.dataset not in COLORED_DATASETS:
             raise ValueError(ERR_IDX_DIR_DATASET.format(allowed=list(COLORED_DATASETS), dataset=self.dataset))
         if self.dataset in COLORED_DATASETS and self.image_size not in (None, 32):

@@ -311,6 +311,12 @@ def test_folder_bad_csv_is_named(tmp_path: Path) -> None:
         ({"dataset": "celeba", "mean": [0.5, 0.5, 0.5], "std": [1, 0, 1]}, "data.std must be positive"),
         ({"dataset": "utkface", "utkface": {"age_edges": [40, 20]}}, "strictly increasing"),
         ({"dataset": "imagenet"}, "data.dataset"),
+        # settings the chosen dataset would silently ignore
+        ({"dataset": "cifar10s", "bias": "background"}, "data.bias only applies to the datasets ['cmnist', 'cfmnist']"),
+        ({"dataset": "adult", "shading": "intensity"}, "data.shading only applies to the datasets"),
+        ({"dataset": "celeba", "train_correlation": 0.5}, "data.train_correlation only applies to the datasets"),
+        ({"dataset": "cmnist", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}, "data.mean only applies to the datasets"),
+        ({"dataset": "cmnist", "tabular": {"protected": "race"}}, "data.tabular only applies to the datasets ['adult']"),
     ],
 )
 def test_bad_dataset_configs_are_rejected(raw: dict, message: str) -> None:
