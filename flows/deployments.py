@@ -47,7 +47,14 @@ def deployment_config(config: PipelineConfig, schedule: ScheduleConfig) -> Pipel
     raw = deep_merge(config.model_dump(mode="json"), schedule.parameters)
     raw["schedules"] = []
     try:
-        return parse_config(raw)
+        merged = parse_config(raw)
+        if schedule.flow == "distill":  # the mode the run will use must suit the backbone
+            parse_config({**raw, "synthesis": {**raw["synthesis"], "modes": [schedule.mode or "cobra"]}})
+        if schedule.flow == "sweep":
+            from flows.sweep import sweep_cell_configs
+
+            sweep_cell_configs(merged)
+        return merged
     except ConfigError as exc:
         raise ConfigError(ERR_BAD_PARAMETERS.format(name=schedule.name, error=exc)) from None
 

@@ -58,6 +58,10 @@ def test_bad_schedules_are_named(tmp_path: Path) -> None:
     bad = parse_config({"schedules": [{**SCHEDULE, "parameters": {"synthesis": {"ipc": 0}}}]})
     with pytest.raises(ConfigError, match=ERR_BAD_PARAMETERS.split("{error}")[0].format(name="test-cobra").replace("[", r"\[").replace("]", r"\]")):
         deployment_parameters(bad, bad.schedules[0], str(tmp_path))
+    # a distill schedule whose mode the backbone lacks is refused when the deployments are built
+    wrong_mode = parse_config({"schedules": [{**SCHEDULE, "mode": "cobra-w2", "parameters": {"synthesis": {"backbone": "dc"}}}]})
+    with pytest.raises(ConfigError, match="synthesis.backbone='dc' supports modes"):
+        build_deployments(wrong_mode, str(tmp_path))
     for broken, key in (({**SCHEDULE, "cron": "0 3 * *"}, "cron"), ({**SCHEDULE, "flow": "train"}, "flow"),
                         ({**SCHEDULE, "extra": 1}, "extra"), ({**SCHEDULE, "timezone": "Mars/Base"}, "timezone")):
         with pytest.raises(ConfigError, match=f"schedules.0.{key}"):
