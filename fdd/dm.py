@@ -102,6 +102,30 @@ def dm_loss(
             real_features, real_labels, real_groups, syn_features, syn_labels, num_classes=num_classes,
             num_groups=num_groups, mode=mode, solver=solver, reg=reg, reduction=reduction, validate=False,
         )
+    return mean_matching_loss(
+        real_features, real_labels, real_groups, syn_features, syn_labels, num_classes=num_classes,
+        num_groups=num_groups, mode=mode, barycenter_distance="l1",
+    )
+
+
+def mean_matching_loss(
+    real_features: Tensor,
+    real_labels: Tensor,
+    real_groups: Tensor,
+    syn_features: Tensor,
+    syn_labels: Tensor,
+    *,
+    num_classes: int,
+    num_groups: int,
+    mode: str,
+    barycenter_distance: Literal["l1", "squared"],
+) -> Tensor:
+    """The first-moment losses of the module docstring, for features of shape (N, D).
+
+    ``barycenter_distance`` is cobra's distance to :math:`b_c`: ``"l1"`` (COBRA-DM) or
+    ``"squared"`` (squared L2, as CAFE matches its layer features). ``mode`` is one of
+    :data:`MEAN_MODES`; callers check it.
+    """
     syn_means = class_means(syn_features, syn_labels, num_classes=num_classes)  # (C, D)
     if mode == "vanilla":  # pooled class mean: every real sample, labelled or not
         counts = torch.bincount(real_labels, minlength=num_classes)
@@ -114,16 +138,13 @@ def dm_loss(
         real_features, real_labels, spare, num_classes=num_classes, num_groups=num_groups + 1,
         validate=False,  # built by the synthesis loop; checking would sync the device
     )
-    stats = type(full)(
-        sums=full.sums[:, :num_groups], counts=full.counts[:, :num_groups], means=full.means[:, :num_groups],
-        present=full.present[:, :num_groups],
-    )
-    has_real = (stats.counts.sum(dim=1) > 0).to(syn_means.dtype)  # (C,)
+    means, counts, present = full.means[:, :num_groups], full.counts[:, :num_groups], full.present[:, :num_groups]
+    has_real = (counts.sum(dim=1) > 0).to(syn_means.dtype)  # (C,)
     if mode == "fairdd":
-        diff = stats.means - syn_means.unsqueeze(1)  # (C, G, D)
-        per_cell = diff.pow(2).sum(dim=2) * stats.present.to(diff.dtype)
+        diff = means - syn_means.unsqueeze(1)  # (C, G, D)
+        per_cell = diff.pow(2).sum(dim=2) * present.to(diff.dtype)
         return per_cell.sum()
-    safe_counts = stats.counts + (1 - has_real).unsqueeze(1)  # empty classes: any weights, masked below
-    target = mean_barycenter(stats.means, safe_counts, weights="uniform", validate=False)  # (C, D)
+    safe_counts = counts + (1 - has_real).unsqueeze(1)  # empty classes: any weights, masked below
+    target = mean_barycenter(means, safe_counts, weights="uniform", validate=False)  # (C, D)
     diff = (target - syn_means) * has_real.unsqueeze(1)
-    return diff.abs().sum()
+    return diff.abs().sum() if barycenter_distance == "l1" else diff.pow(2).sum()

@@ -36,8 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from fdd.backbones.dc import OuterInnerSynthesizer
-from fdd.barycenter import cell_statistics, mean_barycenter
-from fdd.dm import class_means
+from fdd.dm import mean_matching_loss
 
 ERR_MODE = "mode must be one of {allowed}; got {value!r}"
 CAFE_MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra")
@@ -83,25 +82,10 @@ def cafe_loss(
     """
     if mode not in CAFE_MODES:
         raise ValueError(ERR_MODE.format(allowed=CAFE_MODES, value=mode))
-    syn_means = class_means(syn_features.flatten(1), syn_labels, num_classes=num_classes)  # (C, L*D)
-    if mode == "vanilla":  # pooled class mean: every real image, labelled or not
-        has = (torch.bincount(real_labels, minlength=num_classes) > 0).to(syn_means.dtype).unsqueeze(1)
-        target = class_means(real_features.flatten(1), real_labels, num_classes=num_classes)
-        return ((target - syn_means) * has).pow(2).sum()
-    # unknown groups (-1) go to a spare group column, dropped (as in fdd.dm)
-    spare = torch.where(real_groups < 0, torch.full_like(real_groups, num_groups), real_groups)
-    full = cell_statistics(
-        real_features.flatten(1), real_labels, spare, num_classes=num_classes, num_groups=num_groups + 1,
-        validate=False,
+    return mean_matching_loss(
+        real_features.flatten(1), real_labels, real_groups, syn_features.flatten(1), syn_labels,
+        num_classes=num_classes, num_groups=num_groups, mode=mode, barycenter_distance="squared",
     )
-    means, counts, present = full.means[:, :num_groups], full.counts[:, :num_groups], full.present[:, :num_groups]
-    has_real = (counts.sum(dim=1) > 0).to(syn_means.dtype)
-    if mode == "fairdd":
-        diff = (means - syn_means.unsqueeze(1)) * present.to(syn_means.dtype).unsqueeze(2)
-        return diff.pow(2).sum()
-    safe_counts = counts + (1 - has_real).unsqueeze(1)
-    target = mean_barycenter(means, safe_counts, weights="uniform", validate=False)
-    return ((target - syn_means) * has_real.unsqueeze(1)).pow(2).sum()
 
 
 class CAFESynthesizer(OuterInnerSynthesizer):
