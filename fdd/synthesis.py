@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.profiler import record_function
 
 from fdd.augment import DSAConfig, DSADraw, apply_dsa, draw_dsa
 from fdd.config import NetworkConfig, SynthesisConfig
@@ -390,11 +391,20 @@ class DMSynthesizer(Synthesizer):
 
     def step(self) -> Tensor:
         """One outer iteration; returns the matching loss (a 0-d tensor on the device)."""
-        train, config, generator, net = self.train, self.config, self.generator, self.net
-        reset_parameters_(net, generator=generator)
+        reset_parameters_(self.net, generator=self.generator)
+        with record_function("fdd.warmup"):
+            self._warm_up()
+        with record_function("fdd.match"):
+            loss = self._match()
+        self.iteration += 1
+        return loss.detach()
+
+    def _warm_up(self) -> None:
+        """cobra modes: train the freshly drawn embedder on the synthetic set (step 2)."""
+        config, net = self.config, self.net
         if self.captured_warmup is not None:
             net.requires_grad_(True)
-            self.captured_warmup.run(self.syn_images.detach(), generator=generator)
+            self.captured_warmup.run(self.syn_images.detach(), generator=self.generator)
         elif self.warmup_epochs:
             net.requires_grad_(True)
             with self.autocast:
@@ -402,8 +412,12 @@ class DMSynthesizer(Synthesizer):
                     net, self.syn_images.detach().contiguous(memory_format=self.memory_format), self.syn_labels,
                     epochs=self.warmup_epochs, lr=config.warmup_lr, momentum=config.warmup_momentum,
                     weight_decay=config.warmup_weight_decay, batch_size=config.warmup_batch, dsa=self.dsa,
-                    generator=generator, forward=self.forward, augment=self.augment,
+                    generator=self.generator, forward=self.forward, augment=self.augment,
                 )
+
+    def _match(self) -> Tensor:
+        """Steps 3 and 4: embed a real batch and the synthetic set, match, update the pixels."""
+        train, config, generator, net = self.train, self.config, self.generator, self.net
         net.requires_grad_(False)
         net.train()
         index = self.sampler.sample(config.batch_real, generator=generator)
@@ -431,8 +445,7 @@ class DMSynthesizer(Synthesizer):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.iteration += 1
-        return loss.detach()
+        return loss
 
 
 def _fingerprint(train: GroupedImages, mode: str, config: SynthesisConfig, network: NetworkConfig, seed: int) -> str:
