@@ -9,7 +9,8 @@ Measures, on the given device and in one run (so the numbers compare as ratios):
     a device synchronisation around each);
 (b) the same for the naive per-class, per-group loop of ``naive_reference.py``;
 (c) the time to evaluate one synthetic set with ``--num-eval`` models of ``--epochs``
-    epochs, stacked (``train_stacked``) and one by one.
+    epochs: stacked (``train_stacked``), optionally compiled and replayed as a CUDA
+    graph per epoch (``--audit-variants``), and one by one.
 
 Writes ``bench_<device>.csv`` and ``bench_<device>.md`` with the machine and versions.
 Needs torch, torchvision, numpy, pandas (and pydantic for fdd.config).
@@ -74,7 +75,11 @@ def main() -> int:
     parser.add_argument("--naive-iterations", type=int, default=10)
     parser.add_argument("--num-eval", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=1500)
-    parser.add_argument("--skip-naive-eval", action="store_true")
+    parser.add_argument("--skip-naive-eval", action="store_true", help="skip the one-by-one audit")
+    parser.add_argument(
+        "--audit-variants", default="stacked,stacked+compile+graph",
+        help="comma list of audit variants: stacked, with +compile and/or +graph (CUDA graph per epoch)",
+    )
     parser.add_argument("--variants", default="fp32", help="comma list of fp32, bf16, cl (channels-last), compile, graph (cobra warm-up as a CUDA graph), and +-joins")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-audit", action="store_true")
@@ -117,16 +122,21 @@ def main() -> int:
                 print(row, flush=True)
                 if ipc == 10 and mode == "cobra":
                     synthetic = fast.synthetic_set()
-    for stacked in (True, False):
-        if args.skip_audit or (not stacked and args.skip_naive_eval):
-            continue
-        audit = AuditConfig(num_eval=args.num_eval, epochs=args.epochs, stack_models=stacked)
+    audits = [] if args.skip_audit else [v for v in args.audit_variants.split(",") if v]
+    if not args.skip_audit and not args.skip_naive_eval:
+        audits.append("one-by-one")
+    for variant in audits:
+        parts = set(variant.split("+"))
+        audit = AuditConfig(
+            num_eval=args.num_eval, epochs=args.epochs, stack_models="one-by-one" not in parts,
+            compile="compile" in parts, cuda_graph="graph" in parts,
+        )
         sync(device)
         start = time.perf_counter()
         audit_synthetic(synthetic, test, config=audit, network=network, device=device)
         sync(device)
         rows.append({
-            "what": f"audit: {args.num_eval} models x {args.epochs} epochs + test ({'stacked' if stacked else 'one by one'})",
+            "what": f"audit: {args.num_eval} models x {args.epochs} epochs + test", "variant": variant,
             "ipc": 10, "mode": "cobra", "fdd_s": time.perf_counter() - start,
         })
         print(rows[-1], flush=True)

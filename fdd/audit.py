@@ -15,6 +15,7 @@ about as cheap as one on a GPU.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from fdd.augment import DSAConfig, apply_dsa, draw_dsa
+from fdd.augment import DSAConfig, DSADraw, apply_dsa, draw_dsa
 from fdd.config import AuditConfig, NetworkConfig
 from fdd.data import GroupedImages, SyntheticSet
 from fdd.metrics import FairnessReport, fairness_report, summarize_runs
@@ -46,6 +47,9 @@ ERR_STACK_BUFFERS = (
 )
 
 
+STACKED_DRAW_SLOTS = 2**20  # DSA parameters drawn at once: a chunk of epochs of about 50 MB
+
+
 def train_stacked(
     nets: list[ConvNet],
     images: Tensor,
@@ -59,17 +63,27 @@ def train_stacked(
     dsa: DSAConfig | None,
     generator: torch.Generator | None,
     lr_decay_epoch: int | None = None,
+    compile: bool = False,
+    cuda_graph: bool = False,
 ) -> list[ConvNet]:
     """Train several networks of one architecture at once, as one vectorised model.
 
     The parameters of the ``M`` networks are stacked (:func:`torch.func.stack_module_state`)
     and the forward pass is vectorised with :func:`torch.func.vmap`, so each step runs
     ``M`` models in one set of kernels. Each model keeps its own batch order and its own
-    training-time DSA draw (one family per model and step, per-image parameters); the
+    training-time DSA draw (one family per model and batch, per-image parameters); the
     loss is the sum of the models' mean cross-entropies, so the gradient of each model
     is exactly its own. SGD with momentum and weight decay is element-wise, hence the
     same as training the models one by one. Needs parameter-only networks (no
     batch-norm running statistics).
+
+    The random choices (batch orders, DSA parameters) are drawn up front for chunks of
+    epochs; an epoch then reads its share through two small device tensors, so every
+    epoch runs the same kernels. ``compile`` applies :func:`torch.compile` to the
+    vectorised forward pass and DSA (fused kernels, forward and backward);
+    ``cuda_graph`` (CUDA only) runs the first epochs eagerly, then captures one epoch
+    as a CUDA graph (:class:`fdd.cuda_graph.CapturedStep`; one more for the decayed
+    learning rate) and replays it for the others.
     """
     m, n = len(nets), images.shape[0]
     params, buffers = stack_module_state(nets)
@@ -81,37 +95,65 @@ def train_stacked(
         return functional_call(template, p, (x,))
 
     forward = vmap(one_model)
+    augment = apply_dsa
+    if compile:
+        forward, augment = torch.compile(forward), torch.compile(apply_dsa)
+    device = images.device
     optimizer = torch.optim.SGD(list(params.values()), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    one_batch = n <= batch_size
-    fixed = torch.arange(n, device=images.device).expand(m, n)  # every model sees the whole set
-    predrawn = None
-    if dsa is not None and one_batch and epochs > 0:
-        # draw every epoch's DSA parameters at once (one family per model and epoch)
-        predrawn = draw_dsa(
-            epochs * m * n, image_size=tuple(images.shape[-2:]), config=dsa, family_block=n,
-            generator=generator, device=images.device,
-        )
-    for epoch in range(epochs):
-        order = fixed if one_batch else torch.rand(m, n, generator=generator, device=images.device).argsort(dim=1)
-        for start in range(0, n, batch_size):
-            idx = order[:, start : start + batch_size]  # (M, b)
+    block = min(n, batch_size)
+    starts = list(range(0, n, block))
+    per_epoch = len(starts) * m * block  # DSA slots of one epoch: model i's batch j reads one family block
+    offsets = (torch.arange(m, device=device) * block).unsqueeze(1) + torch.arange(block, device=device)  # (M, block)
+    chunk = max(1, min(epochs, STACKED_DRAW_SLOTS // max(per_epoch, 1)))
+    # what an epoch reads: its batch orders and the first slot of its DSA parameters
+    order = torch.arange(n, device=device).expand(m, n).contiguous()
+    draws: DSADraw | None = None  # one chunk's DSA parameters, refilled in place
+
+    def run_epoch(order: Tensor, slot_base: Tensor) -> None:
+        for j, start in enumerate(starts):
+            idx = order[:, start : start + block]  # (M, b)
             b = idx.shape[1]
             x = images[idx.reshape(-1)]  # (M*b, C, H, W)
             y = labels[idx]  # (M, b)
-            slots = torch.arange(m * b, device=x.device)
-            if predrawn is not None:
-                x = apply_dsa(x, slots + epoch * m * n, predrawn, config=dsa)
-            elif dsa is not None:
-                draw = draw_dsa(
-                    m * b, image_size=tuple(x.shape[-2:]), config=dsa, family_block=b,
-                    generator=generator, device=x.device,
-                )
-                x = apply_dsa(x, slots, draw, config=dsa)
+            if draws is not None:
+                slots = (offsets[:, :b] + (slot_base + j * m * block)).reshape(-1)
+                x = augment(x, slots, draws, config=dsa)
             logits = forward(params, x.view(m, b, *x.shape[1:]))  # (M, b, classes)
             loss = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1)) * m
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+
+    graphed = {}  # learning rate -> CapturedStep
+    step = run_epoch
+    for epoch in range(epochs):
+        if epoch % chunk == 0:  # draw the next chunk of epochs
+            count = min(chunk, epochs - epoch)
+            orders = None
+            if len(starts) > 1:
+                orders = torch.rand(count, m, n, generator=generator, device=device).argsort(dim=2)
+            if dsa is not None:
+                fresh = draw_dsa(
+                    count * per_epoch, image_size=tuple(images.shape[-2:]), config=dsa, family_block=block,
+                    generator=generator, device=device,
+                )
+                if draws is None:
+                    draws = fresh
+                else:  # same tensors (a captured epoch reads them), refilled; a shorter last chunk fills a prefix
+                    with torch.no_grad():
+                        for f in dataclasses.fields(DSADraw):
+                            getattr(draws, f.name)[: count * per_epoch].copy_(getattr(fresh, f.name))
+        if orders is not None:
+            order = orders[epoch % chunk]
+        slot_base = torch.full((), (epoch % chunk) * per_epoch, dtype=torch.long, device=device)
+        if cuda_graph and device.type == "cuda":
+            rate = optimizer.param_groups[0]["lr"]
+            if rate not in graphed:
+                from fdd.cuda_graph import CapturedStep
+
+                graphed[rate] = CapturedStep(run_epoch, device=device, eager_calls=0 if graphed else 3)
+            step = graphed[rate]
+        step(order, slot_base)
         if lr_decay_epoch is not None and epoch == lr_decay_epoch:
             for group in optimizer.param_groups:
                 group["lr"] *= 0.1
@@ -190,7 +232,9 @@ def audit_synthetic(
     generator = torch.Generator(device=device)
     generator.manual_seed(seeds[0])
     if config.stack_models and network.norm != "batchnorm" and len(nets) > 1:
-        train_stacked(nets, images, labels, generator=generator, **schedule)
+        train_stacked(
+            nets, images, labels, generator=generator, compile=config.compile, cuda_graph=config.cuda_graph, **schedule
+        )
     else:
         for seed, net in zip(seeds, nets):
             generator.manual_seed(seed)

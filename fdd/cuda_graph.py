@@ -1,22 +1,27 @@
-"""The COBRA warm-up as one captured CUDA graph.
+"""Training and synthesis steps captured as CUDA graphs and replayed.
 
-In cobra mode every outer iteration trains a freshly drawn ConvNet for ``K`` epochs on
-the current synthetic set before matching (``K = 10`` at IPC 10). With the synthetic set
-in one batch that is ``K`` tiny SGD steps whose cost on a GPU is kernel launches, not
-arithmetic: about 4 ms a step on an H100/H200 for well under 1 ms of work.
+On a GPU, the small steps of this field (ten SGD steps on 100 synthetic images, one
+epoch of five stacked evaluation models) cost kernel launches more than arithmetic. A
+CUDA graph records a step's kernels once and replays them with one launch.
 
-:class:`CapturedTraining` records the whole warm-up (``K`` forward passes with DSA,
-backward passes and SGD updates of a *fresh* optimiser, over every batch of every
-epoch) once with
-:func:`torch.cuda.graph` and replays it every iteration. The replay launches the same
-kernels on the same memory, so it computes what :func:`fdd.synthesis.train_network`
-computes eagerly, bit for bit. Random draws stay outside the graph: the caller draws the
-DSA parameters with its own generator and :meth:`CapturedTraining.run` copies them into
-the graph's static inputs, so the random stream is the same as without the graph.
+- :class:`CapturedStep` runs a function of fixed-shape tensors eagerly for its first
+  calls (real work that also warms up cuDNN, the allocator and ``torch.compile``), then
+  captures it once and replays it from then on. Each call copies its inputs into the
+  graph's static copies; random draws therefore stay outside the graph, drawn by the
+  caller from its own generator, so the random stream is the one of the eager code.
+  The DM synthesis step (:class:`fdd.synthesis.DMSynthesizer`) and an epoch of the
+  stacked audit training (:func:`fdd.audit.train_stacked`) use it.
+- :class:`CapturedTraining` is ``train_network`` on a network that is re-drawn
+  between calls (COBRA's per-iteration embedder warm-up, DC's inner loop): captured
+  once after throw-away warm-up runs, whose effect on the weights is undone.
 
-Requirements: a CUDA device, fixed shapes (the synthetic set has a fixed size), and a network whose parameters are re-drawn *in place* between
-iterations (:func:`fdd.networks.reset_parameters_`), since the graph reads and updates
-those very tensors.
+A replay launches the same kernels on the same memory, so it computes what the eager
+code computes; differences come only from the kernels cuDNN picks inside a capture
+(observed in the 7th digit).
+
+Requirements: a CUDA device, fixed shapes, no host synchronisation inside the captured
+function, and state that is updated *in place* (parameters re-drawn with
+:func:`fdd.networks.reset_parameters_`, optimiser buffers created before capture).
 """
 
 from __future__ import annotations
@@ -27,11 +32,109 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from fdd.augment import DSAConfig, DSADraw
+from fdd.augment import DSAConfig
 from fdd.synthesis import draw_training_plan, train_network
 
 ERR_DEVICE = "CUDA-graph training needs a CUDA device; got {device}"
 ERR_SHAPE = "CUDA-graph training was captured for {field} of shape {expected}; got {got}"
+ERR_INPUTS = "a captured step was recorded for inputs {expected}; got {got}"
+
+
+def _tensors(value: object) -> list[Tensor]:
+    """The tensors inside ``value``: a tensor, ``None``, a dataclass, tuple or list of them."""
+    if value is None:
+        return []
+    if isinstance(value, Tensor):
+        return [value]
+    if dataclasses.is_dataclass(value):
+        return [t for f in dataclasses.fields(value) for t in _tensors(getattr(value, f.name))]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors(item)]
+    return []  # plain numbers and strings are part of the captured code, not inputs
+
+
+def _signature(value: object) -> list[tuple]:
+    return [(tuple(t.shape), t.dtype, t.device) for t in _tensors(value)]
+
+
+def _clone(value: object) -> object:
+    """A copy of ``value`` with every tensor cloned (the graph's static inputs)."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(value, **{f.name: _clone(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init})
+    if isinstance(value, (tuple, list)):
+        return type(value)(_clone(item) for item in value)
+    return value
+
+
+def capture(body: Callable[[], object], *, device: torch.device, eager_runs: int = 0, pool=None):
+    """Run ``body()`` ``eager_runs`` times on a side stream, then capture one call.
+
+    Returns ``(graph, output of the captured call)``. The eager runs do their work
+    (callers either want it or undo it); capturing runs nothing. ``pool`` shares the
+    memory pool of another graph that never runs at the same time.
+    """
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(eager_runs):
+            body()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = body()
+    return graph, out
+
+
+class CapturedStep:
+    """``fn(*inputs)``: eager for the first ``eager_calls`` calls, then one CUDA graph.
+
+    Parameters
+    ----------
+    fn : callable
+        A function of fixed-shape tensors (or dataclasses / tuples holding them, or
+        ``None``) that launches device work only: no host synchronisation, no change of
+        shapes between calls, state updated in place. Its output is a tensor or ``None``.
+    device : torch.device
+        The CUDA device.
+    eager_calls : int
+        Calls run eagerly (on a side stream, as :func:`torch.cuda.graph` asks of the
+        warm-up) before the capture. They are real calls: their results are kept.
+
+    Each later call copies the inputs into the static copies the graph reads and replays
+    it; the output is a fresh copy of the graph's output tensor.
+    """
+
+    def __init__(self, fn: Callable[..., Tensor | None], *, device: torch.device, eager_calls: int = 3) -> None:
+        if device.type != "cuda":
+            raise ValueError(ERR_DEVICE.format(device=device))
+        self.fn, self.device, self.eager_calls = fn, device, eager_calls
+        self.calls = 0
+        self.graph = None
+        self.static_inputs: tuple = ()
+        self.static_output: Tensor | None = None
+
+    def __call__(self, *inputs: object) -> Tensor | None:
+        self.calls += 1
+        if self.graph is None and self.calls <= self.eager_calls:
+            current = torch.cuda.current_stream(self.device)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                out = self.fn(*inputs)
+            current.wait_stream(side)
+            return out
+        if self.graph is None:
+            self.static_inputs = _clone(inputs)
+            self.graph, self.static_output = capture(lambda: self.fn(*self.static_inputs), device=self.device)
+        elif _signature(inputs) != _signature(self.static_inputs):
+            raise ValueError(ERR_INPUTS.format(expected=_signature(self.static_inputs), got=_signature(inputs)))
+        with torch.no_grad():
+            for static, value in zip(_tensors(self.static_inputs), _tensors(inputs)):
+                static.copy_(value)
+        self.graph.replay()
+        return None if self.static_output is None else self.static_output.detach().clone()
 
 
 class CapturedTraining:
@@ -96,17 +199,9 @@ class CapturedTraining:
                 **extra,
             )
 
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(warmup_runs):
-                body()
-        torch.cuda.current_stream(device).wait_stream(side)
         for p in net.parameters():
             p.grad = None
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            body()
+        self.graph, _ = capture(body, device=device, eager_runs=warmup_runs)
         with torch.no_grad():  # capturing ran nothing, but the warm-up runs changed the weights
             for p, value in zip(net.parameters(), saved):
                 p.copy_(value)
@@ -128,9 +223,6 @@ class CapturedTraining:
                 images.shape[0], epochs=self.epochs, batch_size=self.batch_size,
                 image_size=tuple(images.shape[-2:]), dsa=self.dsa, generator=generator, device=images.device,
             )
-            if self.plan.orders is not None:
-                self.plan.orders.copy_(fresh.orders)
-            if self.plan.dsa is not None:
-                for field in dataclasses.fields(DSADraw):
-                    getattr(self.plan.dsa, field.name).copy_(getattr(fresh.dsa, field.name))
+            for static, value in zip(_tensors(self.plan), _tensors(fresh)):
+                static.copy_(value)
         self.graph.replay()

@@ -330,19 +330,6 @@ class Synthesizer:
         self.embed = torch.compile(self.net.embed) if config.compile else self.net.embed
         self.forward = torch.compile(self.net) if config.compile else self.net
         self.augment = torch.compile(apply_dsa) if config.compile else apply_dsa
-        self.captured_warmup = None
-        if (
-            config.cuda_graph and self.warmup_epochs and device.type == "cuda"
-            and config.precision == "fp32" and not config.channels_last
-        ):
-            from fdd.cuda_graph import CapturedTraining
-
-            self.captured_warmup = CapturedTraining(
-                self.net, image_shape=tuple(self.syn_images.shape), labels=self.syn_labels,
-                epochs=self.warmup_epochs, batch_size=config.warmup_batch, lr=config.warmup_lr, momentum=config.warmup_momentum,
-                weight_decay=config.warmup_weight_decay, dsa=self.dsa, forward=self.forward, augment=self.augment,
-            )
-
     def step(self) -> Tensor:
         """One outer iteration; returns the matching loss (a 0-d tensor on the device)."""
         raise NotImplementedError
@@ -387,48 +374,113 @@ class Synthesizer:
 
 
 class DMSynthesizer(Synthesizer):
-    """The DM backbone: :meth:`step` runs one outer iteration of distribution matching."""
+    """The DM backbone: :meth:`step` runs one outer iteration of distribution matching.
+
+    With ``synthesis.cuda_graph`` on a CUDA device (fp32, contiguous format), a
+    first-moment mode (vanilla, fairdd, cobra) and a real batch every class can fill,
+    the whole iteration after the random draws (warm-up, real batch, embedding, loss,
+    pixel update) is one :class:`fdd.cuda_graph.CapturedStep`: the first iterations run
+    eagerly, then the graph is replayed. The draws (network, warm-up plan, real batch,
+    DSA) are made first, in the eager code's order, from the run's generator.
+    Otherwise only the cobra warm-up is captured (:class:`fdd.cuda_graph.CapturedTraining`).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        config, device = self.config, self.device
+        self.captured_step = self.captured_warmup = None
+        if self._whole_step_capturable():
+            from fdd.cuda_graph import CapturedStep
+
+            self.captured_step = CapturedStep(self._warm_up_and_match, device=device)
+        elif (
+            config.cuda_graph and self.warmup_epochs and device.type == "cuda"
+            and config.precision == "fp32" and not config.channels_last
+        ):
+            from fdd.cuda_graph import CapturedTraining
+
+            self.captured_warmup = CapturedTraining(
+                self.net, image_shape=tuple(self.syn_images.shape), labels=self.syn_labels,
+                epochs=self.warmup_epochs, batch_size=config.warmup_batch, lr=config.warmup_lr,
+                momentum=config.warmup_momentum, weight_decay=config.warmup_weight_decay, dsa=self.dsa,
+                forward=self.forward, augment=self.augment,
+            )
+
+    def _whole_step_capturable(self) -> bool:
+        from fdd.dm import MEAN_MODES
+
+        config = self.config
+        return (
+            config.cuda_graph and self.device.type == "cuda" and config.precision == "fp32"
+            and not config.channels_last and self.mode in MEAN_MODES
+            and config.batch_real <= self.sampler.smallest_class  # fixed real-batch shape
+        )
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.captured_step is not None:  # the graph holds the old optimiser buffers: capture again
+            from fdd.cuda_graph import CapturedStep
+
+            self.captured_step = CapturedStep(self._warm_up_and_match, device=self.device)
 
     def step(self) -> Tensor:
         """One outer iteration; returns the matching loss (a 0-d tensor on the device)."""
-        reset_parameters_(self.net, generator=self.generator)
-        with record_function("fdd.warmup"):
-            self._warm_up()
-        with record_function("fdd.match"):
-            loss = self._match()
+        config, generator = self.config, self.generator
+        reset_parameters_(self.net, generator=generator)
+        plan = None
+        if self.warmup_epochs and self.captured_warmup is None:
+            n = self.syn_images.shape[0]
+            plan = draw_training_plan(
+                n, epochs=self.warmup_epochs, batch_size=config.warmup_batch,
+                image_size=tuple(self.syn_images.shape[-2:]), dsa=self.dsa, generator=generator, device=self.device,
+            )
+        elif self.captured_warmup is not None:
+            with record_function("fdd.warmup"):
+                self.net.requires_grad_(True)
+                self.captured_warmup.run(self.syn_images.detach(), generator=generator)
+        index = self.sampler.sample(config.batch_real, generator=generator)
+        draw = None
+        if self.dsa is not None:
+            draw = draw_dsa(
+                self.train.num_classes, image_size=self.train.image_shape[1:], config=self.dsa,
+                generator=generator, device=self.device,
+            )
+        run = self.captured_step if self.captured_step is not None else self._warm_up_and_match
+        loss = run(plan, index, draw)
         self.iteration += 1
         return loss.detach()
 
-    def _warm_up(self) -> None:
+    def _warm_up_and_match(self, plan: TrainingPlan | None, index: Tensor, draw: DSADraw | None) -> Tensor:
+        """Steps 2-4 from drawn randomness: ``plan`` for the warm-up, ``index`` and
+        ``draw`` for the real batch and its siamese augmentation."""
+        with record_function("fdd.warmup"):
+            if plan is not None:
+                self._warm_up(plan)
+        with record_function("fdd.match"):
+            return self._match(index, draw)
+
+    def _warm_up(self, plan: TrainingPlan) -> None:
         """cobra modes: train the freshly drawn embedder on the synthetic set (step 2)."""
         config, net = self.config, self.net
-        if self.captured_warmup is not None:
-            net.requires_grad_(True)
-            self.captured_warmup.run(self.syn_images.detach(), generator=self.generator)
-        elif self.warmup_epochs:
-            net.requires_grad_(True)
-            with self.autocast:
-                train_network(
-                    net, self.syn_images.detach().contiguous(memory_format=self.memory_format), self.syn_labels,
-                    epochs=self.warmup_epochs, lr=config.warmup_lr, momentum=config.warmup_momentum,
-                    weight_decay=config.warmup_weight_decay, batch_size=config.warmup_batch, dsa=self.dsa,
-                    generator=self.generator, forward=self.forward, augment=self.augment,
-                )
+        net.requires_grad_(True)
+        with self.autocast:
+            train_network(
+                net, self.syn_images.detach().contiguous(memory_format=self.memory_format), self.syn_labels,
+                epochs=self.warmup_epochs, lr=config.warmup_lr, momentum=config.warmup_momentum,
+                weight_decay=config.warmup_weight_decay, batch_size=config.warmup_batch, dsa=self.dsa,
+                generator=None, forward=self.forward, augment=self.augment, plan=plan,
+            )
 
-    def _match(self) -> Tensor:
-        """Steps 3 and 4: embed a real batch and the synthetic set, match, update the pixels."""
-        train, config, generator, net = self.train, self.config, self.generator, self.net
+    def _match(self, index: Tensor, draw: DSADraw | None) -> Tensor:
+        """Steps 3 and 4: embed the real batch ``index`` and the synthetic set, match,
+        update the pixels; returns the loss."""
+        train, config, net = self.train, self.config, self.net
         net.requires_grad_(False)
         net.train()
-        index = self.sampler.sample(config.batch_real, generator=generator)
         real = self.real_images[index]
         real_labels = self.real_labels[index]
         syn = self.syn_images
-        if self.dsa is not None:
-            draw = draw_dsa(
-                train.num_classes, image_size=train.image_shape[1:], config=self.dsa,
-                generator=generator, device=self.device,
-            )
+        if draw is not None:
             real = self.augment(real, real_labels, draw, config=self.dsa)
             syn = self.augment(syn, self.syn_labels, draw, config=self.dsa)
         if self.config.channels_last:
@@ -445,7 +497,7 @@ class DMSynthesizer(Synthesizer):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return loss
+        return loss.detach()
 
 
 def _fingerprint(train: GroupedImages, mode: str, config: SynthesisConfig, network: NetworkConfig, seed: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -222,29 +223,61 @@ def test_train_stacked_with_shuffling_and_dsa_trains_each_model():
     assert all(torch.equal(p, q) for p, q in zip(again[1].parameters(), nets[1].parameters()))
 
 
-def test_train_stacked_dsa_one_family_per_model_and_step(monkeypatch):
+@pytest.mark.parametrize("draw_slots", [2**20, 150])  # every epoch in one draw; chunks of 2 epochs
+def test_train_stacked_dsa_one_family_per_model_and_step(monkeypatch, draw_slots):
     from fdd.augment import DSAConfig
 
     data = quadrant_data(per_cell=4, seed=0)  # 24 images, batches of 8
-    draws = []
-    real_draw = A.draw_dsa
+    draws, used = [], []
+    real_draw, real_apply = A.draw_dsa, A.apply_dsa
 
-    def spy(*args, **kwargs):
+    def spy_draw(*args, **kwargs):
         out = real_draw(*args, **kwargs)
-        draws.append(out)
+        draws.append(dataclasses.replace(out, **{f.name: getattr(out, f.name).clone() for f in dataclasses.fields(out)}))
         return out
 
-    monkeypatch.setattr(A, "draw_dsa", spy)
+    def spy_apply(x, slots, draw, **kwargs):
+        used.append((len(draws) - 1, slots.clone()))
+        return real_apply(x, slots, draw, **kwargs)
+
+    monkeypatch.setattr(A, "draw_dsa", spy_draw)
+    monkeypatch.setattr(A, "apply_dsa", spy_apply)
+    monkeypatch.setattr(A, "STACKED_DRAW_SLOTS", draw_slots)
     A.train_stacked(fresh_nets(3), data.normalized(), data.labels, epochs=3, lr=0.01, momentum=0.9, weight_decay=0.0,
                     batch_size=8, dsa=DSAConfig(), generator=torch.Generator().manual_seed(0))
-    assert len(draws) == 3 * 3  # epochs x batches
+    per_epoch = 3 * 3 * 8  # batches x models x batch size
+    chunks = [3] if draw_slots > 3 * per_epoch else [2, 1]
+    assert [d.num_slots for d in draws] == [c * per_epoch for c in chunks]
+    assert len(used) == 3 * 3  # epochs x batches
     mixed = 0
-    for draw in draws:
-        per_model = draw.family.view(3, 8)
-        assert bool((per_model == per_model[:, :1]).all())  # one family per model in a step
-        mixed += int(per_model[:, 0].unique().numel() > 1)
-        assert draw.brightness.unique().numel() == 24  # per-image parameters
+    seen: dict[int, set] = {}
+    for chunk, slots in used:
+        draw = draws[chunk]  # (a copy: later chunks are copied into the first draw's tensors)
+        assert int(slots.max()) < draw.num_slots
+        family = draw.family[slots].view(3, 8)
+        assert bool((family == family[:, :1]).all())  # one family per model in a step
+        mixed += int(family[:, 0].unique().numel() > 1)
+        assert draw.brightness[slots].unique().numel() == 24  # per-image parameters
+        chunk_seen = seen.setdefault(chunk, set())
+        assert chunk_seen.isdisjoint(slots.tolist())  # no slot is read twice within a chunk
+        chunk_seen.update(slots.tolist())
     assert mixed > 0  # models draw their families independently
+
+
+def test_train_stacked_graph_switch_is_ignored_on_the_cpu():
+    from fdd.augment import DSAConfig
+    from fdd.cuda_graph import CapturedStep
+
+    data = quadrant_data(per_cell=4, seed=0)
+    trained = []
+    for graph in (False, True):
+        nets = fresh_nets(2)
+        A.train_stacked(nets, data.normalized(), data.labels, epochs=3, lr=0.01, momentum=0.9, weight_decay=0.0,
+                        batch_size=8, dsa=DSAConfig(), generator=torch.Generator().manual_seed(0), cuda_graph=graph)
+        trained.append([p.detach() for n in nets for p in n.parameters()])
+    assert all(torch.equal(p, q) for p, q in zip(*trained))
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        CapturedStep(lambda: None, device=torch.device("cpu"))
 
 
 def test_train_stacked_rejects_batchnorm():

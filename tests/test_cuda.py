@@ -55,13 +55,13 @@ def test_cuda_graph_warmup_is_the_eager_warmup(dsa: bool) -> None:
     """The replayed graph computes what the eager warm-up computes (up to the kernels
     cuDNN picks inside a capture: observed differences are in the 7th digit)."""
     data = _data()
-    config = SynthesisConfig(ipc=2, iterations=4, batch_real=8, warmup_epochs=3, dsa=dsa)
+    config = SynthesisConfig(ipc=2, iterations=7, batch_real=8, warmup_epochs=3, dsa=dsa)
     eager = synthesize(data, mode="cobra", config=config, network=NET, seed=0, device="cuda")
     graphed = synthesize(data, mode="cobra", config=config.model_copy(update={"cuda_graph": True}),
                          network=NET, seed=0, device="cuda")
     torch.testing.assert_close(eager.synthetic.images, graphed.synthetic.images, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.tensor(eager.losses), torch.tensor(graphed.losses), rtol=1e-5, atol=0)
-    assert graphed.synthetic.provenance["iterations"] == 4
+    assert graphed.synthetic.provenance["iterations"] == 7
 
 
 def test_cuda_graph_with_compiled_forward_matches_eager() -> None:
@@ -98,3 +98,93 @@ def test_captured_training_trains_like_train_network(batch_size: int) -> None:
             assert torch.equal(p, q) and not torch.equal(p, b)
     with pytest.raises(ValueError, match="captured for images of shape"):
         captured.run(images[:4], generator=None)
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "fairdd", "cobra"])
+def test_whole_step_graph_matches_eager_and_resumes(mode: str) -> None:
+    """3 eager iterations, then the captured step replayed; a state loaded mid-run is
+    captured again and continues like the uninterrupted run."""
+    from fdd.synthesis import DMSynthesizer
+
+    data = _data()
+    config = SynthesisConfig(modes=(mode,), ipc=2, iterations=1, batch_real=8, warmup_epochs=2)
+
+    def loop(graph: bool) -> DMSynthesizer:
+        return DMSynthesizer(data, mode=mode, config=config.model_copy(update={"cuda_graph": graph}),
+                             network=NET, seed=0, device="cuda")
+
+    eager, graphed = loop(False), loop(True)
+    assert eager.captured_step is None and graphed.captured_step is not None
+    eager_losses = torch.stack([eager.step() for _ in range(9)])
+    graphed_losses = torch.stack([graphed.step() for _ in range(5)])
+    assert graphed.captured_step.graph is not None  # replays from the 4th iteration on
+    resumed = loop(True)
+    resumed.load_state_dict(graphed.state_dict())
+    graphed_losses = torch.cat([graphed_losses, torch.stack([resumed.step() for _ in range(4)])])
+    assert resumed.captured_step.graph is not None
+    torch.testing.assert_close(graphed_losses, eager_losses, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(resumed.syn_images, eager.syn_images, rtol=1e-4, atol=1e-5)
+    assert resumed.iteration == eager.iteration == 9
+
+
+def test_whole_step_graph_falls_back_when_a_class_cannot_fill_the_batch() -> None:
+    from fdd.synthesis import DMSynthesizer
+
+    data = _data(n_per_class=6)  # batch_real 8 > 6 images: ragged real batch, no fixed shape
+    config = SynthesisConfig(ipc=2, iterations=1, batch_real=8, warmup_epochs=2, cuda_graph=True)
+    loop = DMSynthesizer(data, mode="cobra", config=config, network=NET, seed=0, device="cuda")
+    assert loop.captured_step is None and loop.captured_warmup is not None
+    assert torch.isfinite(torch.stack([loop.step() for _ in range(3)])).all()
+
+
+def test_captured_step_replays_fn_on_new_inputs() -> None:
+    from fdd.cuda_graph import CapturedStep
+
+    state = torch.zeros(4, device="cuda")
+
+    def fn(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        state.add_(x * scale)  # in-place state, as a training step has
+        return state.sum()
+
+    step = CapturedStep(fn, device=torch.device("cuda"), eager_calls=2)
+    outs = [step(torch.full((4,), float(i), device="cuda"), torch.tensor(2.0, device="cuda")) for i in range(1, 6)]
+    assert step.graph is not None
+    assert [float(o) for o in outs] == [8.0, 24.0, 48.0, 80.0, 120.0]  # 4 * 2 * (1 + ... + i)
+    with pytest.raises(ValueError, match="recorded for inputs"):
+        step(torch.zeros(3, device="cuda"), torch.tensor(1.0, device="cuda"))
+
+
+@pytest.mark.parametrize("compile", [False, True])
+@pytest.mark.parametrize("batch_size", [12, 5])  # one batch; three batches (5 + 5 + 2) with shuffling
+def test_stacked_audit_graph_trains_like_eager(compile: bool, batch_size: int) -> None:
+    from fdd.audit import train_stacked
+    from fdd.augment import DSAConfig
+    from fdd.networks import build_convnet
+
+    images = torch.randn(12, 3, 16, 16, device="cuda")
+    labels = torch.arange(3, device="cuda").repeat_interleave(4)
+
+    def trained(graph: bool, compiled: bool) -> list:
+        nets = [build_convnet(channels=3, num_classes=3, image_size=16, width=8, depth=2, seed=s, device="cuda")
+                for s in range(3)]
+        train_stacked(nets, images, labels, epochs=9, lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=batch_size,
+                      dsa=DSAConfig(), generator=torch.Generator("cuda").manual_seed(0), lr_decay_epoch=5,
+                      compile=compiled, cuda_graph=graph)
+        return [p.detach() for net in nets for p in net.parameters()]
+
+    reference = trained(False, False)
+    tolerance = dict(rtol=1e-3, atol=1e-4) if compile else dict(rtol=1e-4, atol=1e-5)
+    for p, q in zip(trained(True, compile), reference):
+        torch.testing.assert_close(p, q, **tolerance)
+
+
+def test_audit_with_compiled_graphed_models_on_cuda() -> None:
+    data = _data()
+    result = synthesize(data, mode="cobra", config=SynthesisConfig(ipc=2, iterations=2, batch_real=8, warmup_epochs=1),
+                        network=NET, seed=0, device="cuda")
+    config = AuditConfig(num_eval=3, epochs=6, batch_size=4)
+    plain = audit_synthetic(result.synthetic, data, config=config, network=NET, device="cuda")
+    fast = audit_synthetic(result.synthetic, data, config=config.model_copy(update={"compile": True, "cuda_graph": True}),
+                           network=NET, device="cuda")
+    assert len(fast.reports) == 3
+    assert abs(fast.summary["accuracy"]["mean"] - plain.summary["accuracy"]["mean"]) <= 100 / data.labels.numel() * 3
