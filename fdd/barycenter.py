@@ -403,6 +403,16 @@ def _resolve_group_weights(
 # --------------------------------------------------------------------------- statistics
 
 
+def index_counts(index: Tensor, size: int) -> Tensor:
+    """``torch.bincount(index, minlength=size)`` for ids known to lie in ``[0, size)``.
+
+    Unlike :func:`torch.bincount`, which reads the largest id back to the host to size
+    its output, this never synchronises with the device, so it can run inside a
+    captured CUDA graph (:mod:`fdd.cuda_graph`) and keeps the launch queue full.
+    """
+    return torch.zeros(size, dtype=torch.long, device=index.device).scatter_add_(0, index.long(), torch.ones_like(index, dtype=torch.long))
+
+
 def cell_statistics(
     features: Tensor,
     labels: Tensor,
@@ -421,7 +431,7 @@ def cell_statistics(
         \Sigma_{c,g} = \frac{1}{n_{c,g}} \sum_i [y_i = c][a_i = g]\,
         (x_i - m_{c,g})(x_i - m_{c,g})^\top
 
-    One ``index_add`` and one ``bincount`` over the flattened cell index
+    One ``index_add`` and one :func:`index_counts` over the flattened cell index
     :math:`c G + g`; no Python loop over classes or groups. Differentiable with
     respect to ``features``. The outputs follow the device and dtype of ``features``.
 
@@ -470,7 +480,7 @@ def cell_statistics(
     dim = features.shape[1]
     cell = labels.long() * num_groups + groups.long()
     sums = features.new_zeros((num_cells, dim)).index_add(0, cell, features)
-    counts_int = torch.bincount(cell, minlength=num_cells)
+    counts_int = index_counts(cell, num_cells)
     counts = counts_int.to(features.dtype)
     present = counts_int > 0
     means = sums / counts.clamp_min(1).unsqueeze(-1)

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from fdd.alignment import ALIGNMENT_MODES, Reduction, W2Solver, alignment_loss
-from fdd.barycenter import cell_statistics, mean_barycenter
+from fdd.barycenter import cell_statistics, index_counts, mean_barycenter
 
 MatchingMode = Literal["vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures"]
 MEAN_MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra")  # first-moment matching (this module)
@@ -54,7 +54,7 @@ ERR_DIM = "real and synthetic embeddings must have the same feature size; got {r
 def class_means(features: Tensor, labels: Tensor, *, num_classes: int) -> Tensor:
     """Mean feature per class, shape (num_classes, D); zeros for absent classes."""
     sums = features.new_zeros(num_classes, features.shape[1]).index_add_(0, labels, features)
-    counts = torch.bincount(labels, minlength=num_classes).to(features.dtype).clamp_min(1)
+    counts = index_counts(labels, num_classes).to(features.dtype).clamp_min(1)
     return sums / counts.unsqueeze(1)
 
 
@@ -128,7 +128,7 @@ def mean_matching_loss(
     """
     syn_means = class_means(syn_features, syn_labels, num_classes=num_classes)  # (C, D)
     if mode == "vanilla":  # pooled class mean: every real sample, labelled or not
-        counts = torch.bincount(real_labels, minlength=num_classes)
+        counts = index_counts(real_labels, num_classes)
         has_real = (counts > 0).to(syn_means.dtype).unsqueeze(1)
         target = class_means(real_features, real_labels, num_classes=num_classes)
         return ((target - syn_means) * has_real).pow(2).sum()

@@ -385,3 +385,12 @@ def test_validation_errors():
         gaussian_barycenter(torch.zeros(2, 2), torch.eye(2).expand(2, 2, 2), weights="proportional")
     with pytest.raises(ValueError, match=re.escape("means must have shape (G, D) and covariances shape (G, D, D)")):
         gaussian_barycenter(torch.zeros(2, 2), torch.eye(3).expand(2, 3, 3))
+
+
+def test_index_counts_is_bincount_without_a_host_read():
+    from fdd.barycenter import index_counts
+
+    ids = torch.tensor([3, 0, 3, 5, 3, 0])
+    assert torch.equal(index_counts(ids, 7), torch.bincount(ids, minlength=7))
+    assert index_counts(ids, 7).dtype == torch.long
+    assert torch.equal(index_counts(torch.zeros(0, dtype=torch.long), 3), torch.zeros(3, dtype=torch.long))
