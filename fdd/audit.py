@@ -97,7 +97,8 @@ def train_stacked(
     forward = vmap(one_model)
     augment = apply_dsa
     if compile:
-        forward, augment = torch.compile(forward), torch.compile(apply_dsa)
+        # one specialised build per batch shape, made in the eager epochs before any capture
+        forward, augment = torch.compile(forward, dynamic=False), torch.compile(apply_dsa, dynamic=False)
     device = images.device
     optimizer = torch.optim.SGD(list(params.values()), lr=lr, momentum=momentum, weight_decay=weight_decay)
     block = min(n, batch_size)

@@ -327,9 +327,11 @@ class Synthesizer:
         self.autocast = torch.autocast(
             device_type=device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"
         )
-        self.embed = torch.compile(self.net.embed) if config.compile else self.net.embed
-        self.forward = torch.compile(self.net) if config.compile else self.net
-        self.augment = torch.compile(apply_dsa) if config.compile else apply_dsa
+        # dynamic=False: one specialised build per input shape (real batch, synthetic set), all
+        # made in the first, eager iterations; a CUDA-graph capture must not trigger a rebuild
+        self.embed = torch.compile(self.net.embed, dynamic=False) if config.compile else self.net.embed
+        self.forward = torch.compile(self.net, dynamic=False) if config.compile else self.net
+        self.augment = torch.compile(apply_dsa, dynamic=False) if config.compile else apply_dsa
     def step(self) -> Tensor:
         """One outer iteration; returns the matching loss (a 0-d tensor on the device)."""
         raise NotImplementedError
