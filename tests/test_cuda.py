@@ -66,7 +66,7 @@ def test_cuda_graph_warmup_is_the_eager_warmup(dsa: bool) -> None:
 
 def test_cuda_graph_with_compiled_forward_matches_eager() -> None:
     data = _data()
-    config = SynthesisConfig(ipc=2, iterations=3, batch_real=8, warmup_epochs=2)
+    config = SynthesisConfig(ipc=2, iterations=6, batch_real=8, warmup_epochs=2)  # 3 eager, then captured
     eager = synthesize(data, mode="cobra", config=config, network=NET, seed=0, device="cuda")
     both = synthesize(data, mode="cobra", config=config.model_copy(update={"cuda_graph": True, "compile": True}),
                       network=NET, seed=0, device="cuda")
