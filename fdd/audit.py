@@ -63,7 +63,6 @@ def train_stacked(
     dsa: DSAConfig | None,
     generator: torch.Generator | None,
     lr_decay_epoch: int | None = None,
-    compile: bool = False,
     cuda_graph: bool = False,
 ) -> list[ConvNet]:
     """Train several networks of one architecture at once, as one vectorised model.
@@ -79,9 +78,7 @@ def train_stacked(
 
     The random choices (batch orders, DSA parameters) are drawn up front for chunks of
     epochs; an epoch then reads its share through two small device tensors, so every
-    epoch runs the same kernels. ``compile`` applies :func:`torch.compile` to the
-    vectorised forward pass and DSA (fused kernels, forward and backward);
-    ``cuda_graph`` (CUDA only) runs the first epochs eagerly, then captures one epoch
+    epoch runs the same kernels. ``cuda_graph`` (CUDA only) runs the first epochs eagerly, then captures one epoch
     as a CUDA graph (:class:`fdd.cuda_graph.CapturedStep`; one more for the decayed
     learning rate) and replays it for the others.
     """
@@ -95,10 +92,6 @@ def train_stacked(
         return functional_call(template, p, (x,))
 
     forward = vmap(one_model)
-    augment = apply_dsa
-    if compile:
-        # one specialised build per batch shape, made in the eager epochs before any capture
-        forward, augment = torch.compile(forward, dynamic=False), torch.compile(apply_dsa, dynamic=False)
     device = images.device
     optimizer = torch.optim.SGD(list(params.values()), lr=lr, momentum=momentum, weight_decay=weight_decay)
     block = min(n, batch_size)
@@ -118,7 +111,7 @@ def train_stacked(
             y = labels[idx]  # (M, b)
             if draws is not None:
                 slots = (offsets[:, :b] + (slot_base + j * m * block)).reshape(-1)
-                x = augment(x, slots, draws, config=dsa)
+                x = apply_dsa(x, slots, draws, config=dsa)
             logits = forward(params, x.view(m, b, *x.shape[1:]))  # (M, b, classes)
             loss = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1)) * m
             optimizer.zero_grad(set_to_none=True)
@@ -234,7 +227,7 @@ def audit_synthetic(
     generator.manual_seed(seeds[0])
     if config.stack_models and network.norm != "batchnorm" and len(nets) > 1:
         train_stacked(
-            nets, images, labels, generator=generator, compile=config.compile, cuda_graph=config.cuda_graph, **schedule
+            nets, images, labels, generator=generator, cuda_graph=config.cuda_graph, **schedule
         )
     else:
         for seed, net in zip(seeds, nets):

@@ -484,9 +484,6 @@ class AuditConfig(_Section):
     stack_models: bool = Field(
         True, description="train the num_eval networks together as one vectorised model (torch.func)"
     )
-    compile: bool = Field(
-        False, description="torch.compile the stacked models' forward pass and DSA (stack_models only; pays on GPUs)"
-    )
     cuda_graph: bool = Field(
         False,
         description="replay each epoch of the stacked training as one captured CUDA graph "

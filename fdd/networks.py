@@ -39,9 +39,25 @@ def _norm_layer(norm: str, width: int) -> nn.Module:
     return nn.Identity()
 
 
+class AvgPool2x2(nn.Module):
+    """``nn.AvgPool2d(kernel_size=2, stride=2)`` as a reshape and a mean.
+
+    The same values (an odd last row or column is dropped, as the pooling layer drops
+    it; sums of four in another order, so equal to rounding), but the backward pass is an
+    element-wise broadcast instead of PyTorch's ``avg_pool2d_backward`` kernel, which
+    took 16% of the kernel time of an evaluation epoch on an H200
+    (``benchmarks/results/profile_cuda_h200_before_whole_step.md``).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[-2] // 2, x.shape[-1] // 2
+        x = x[..., : 2 * height, : 2 * width]
+        return x.unflatten(-1, (width, 2)).unflatten(-3, (height, 2)).mean(dim=(-3, -1))
+
+
 def _pool_layer(pooling: str) -> nn.Module:
     if pooling == "avgpooling":
-        return nn.AvgPool2d(kernel_size=2, stride=2)
+        return AvgPool2x2()
     if pooling == "maxpooling":
         return nn.MaxPool2d(kernel_size=2, stride=2)
     return nn.Identity()

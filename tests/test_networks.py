@@ -35,7 +35,7 @@ def test_reference_architecture_layers():
     net = ConvNet(channels=3, num_classes=10, image_size=32)
     convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
     norms = [m for m in net.features if isinstance(m, nn.GroupNorm)]
-    pools = [m for m in net.features if isinstance(m, nn.AvgPool2d)]
+    pools = [m for m in net.features if isinstance(m, N.AvgPool2x2)]
     relus = [m for m in net.features if isinstance(m, nn.ReLU)]
     assert len(convs) == len(norms) == len(pools) == len(relus) == 3
     assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) and c.out_channels == 128 for c in convs)
@@ -67,7 +67,7 @@ def test_instancenorm_normalises_each_channel_per_image():
 
 
 @pytest.mark.parametrize(
-    "pooling, cls, dim", [("avgpooling", nn.AvgPool2d, 8 * 2 * 2), ("maxpooling", nn.MaxPool2d, 8 * 2 * 2), ("none", nn.Identity, 8 * 8 * 8)]
+    "pooling, cls, dim", [("avgpooling", N.AvgPool2x2, 8 * 2 * 2), ("maxpooling", nn.MaxPool2d, 8 * 2 * 2), ("none", nn.Identity, 8 * 8 * 8)]
 )
 def test_pooling_choices(pooling, cls, dim):
     net = small(pooling=pooling)
@@ -202,3 +202,17 @@ def test_reset_parameters_returns_net_and_no_grad_tracking():
     out = reset_parameters_(net, generator=torch.Generator().manual_seed(0))
     assert out is net
     assert all(p.grad_fn is None and p.requires_grad for p in net.parameters())
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 9)])
+def test_avg_pool_2x2_equals_torch_avg_pool(size):
+    from fdd.networks import AvgPool2x2
+
+    x = torch.randn(3, 4, *size, requires_grad=True)
+    ours, theirs = AvgPool2x2()(x), nn.AvgPool2d(kernel_size=2, stride=2)(x)
+    assert ours.shape == theirs.shape == (3, 4, size[0] // 2, size[1] // 2)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    weights = torch.randn_like(ours)
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), x)
+    (grad_theirs,) = torch.autograd.grad((torch.nn.functional.avg_pool2d(x, 2, 2) * weights).sum(), x)
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-6, atol=1e-6)
