@@ -93,6 +93,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="cmnist,cfmnist")
     parser.add_argument("--bias", choices=["foreground", "background"], default="foreground")
+    parser.add_argument("--shading", choices=["binary", "intensity"], default="binary",
+                        help="colouring of the digits/garments (data.shading; presets/cfmnist.yaml uses intensity)")
     parser.add_argument("--variants", default="cobra:real,cobra-w2:real,cobra-bures:real,cobra:barycenter,cobra-w2:barycenter")
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--iterations", type=int, default=2600)
@@ -129,7 +131,7 @@ def main() -> int:
     rows: list[dict] = []
     for dataset in args.datasets.split(","):
         raw = load_raw(RAW[dataset], root=args.data_root, download=args.download)
-        splits = build_colored(raw, bias=args.bias, seed=0)
+        splits = build_colored(raw, bias=args.bias, seed=0, shading=args.shading)
         train, test = splits.train, splits.test
         if args.test_limit is not None and args.test_limit < len(test):
             test = stratified_subset(test, size=args.test_limit, seed=0)
