@@ -45,9 +45,11 @@ def main() -> int:
     print("# Full-length reproduction (DM backbone, ConvNet-3 width 128)\n")
     print(f"Machine: {'; '.join(devices)}. Schedule: 2600 iterations, batch_real 600, init real, DSA, "
           "5 evaluations of 1500 epochs (stacked), seed 0, `--compile`. s/iteration includes compilation "
-          "and progress logging. The H100 rows ran before the DSA pre-drawing change and without the CUDA "
-          "graph; the H200 row (C-MNIST FG IPC 50 cobra) and the C-FMNIST `intensity` rows (H100) ran on the current "
-          "code with `--compile --cuda-graph`. Rows without `intensity` binarise the images at 128 as METHOD.md "
+          "and progress logging. Code versions: the C-MNIST FG IPC 10 cobra row ran on 2026-11-27 with the "
+          "whole iteration replayed as one CUDA graph and the reshape-mean pooling (H100); the C-MNIST FG IPC 50 "
+          "cobra row (H200) and the C-FMNIST `intensity` rows (H100) ran with only the cobra warm-up captured; the "
+          "other H100 rows ran before the DSA pre-drawing change, without CUDA graphs. All of them "
+          "ran with `--compile` (and `--cuda-graph` where graphs existed). Rows without `intensity` binarise the images at 128 as METHOD.md "
           "states; `intensity` scales the colour by the grey level, as the public C-FMNIST builder of the "
           "FairDD line of work does (`data.shading`).\n")
     print(pd.DataFrame(rows).to_markdown(index=False))

@@ -430,8 +430,9 @@ class SynthesisConfig(_Section):
     cuda_graph: bool = Field(
         False,
         description=(
-            "replay the DM embedder warm-up (cobra, cobra-w2, cobra-bures) and the DC / IDC / CAFE inner loop as "
-            "one captured CUDA graph (fdd.cuda_graph); applies on CUDA devices with fp32 and contiguous format; "
+            "replay captured CUDA graphs (fdd.cuda_graph): DM in vanilla / fairdd / cobra, each whole iteration "
+            "after the first three (when every class fills batch_real); DM in cobra-w2 / cobra-bures, the embedder "
+            "warm-up; DC / IDC / CAFE, the inner loop. Applies on CUDA devices with fp32 and contiguous format; "
             "CPU runs ignore it"
         ),
     )
