@@ -469,3 +469,20 @@ def test_unknown_groups_count_for_vanilla_and_are_left_out_of_group_targets():
                     num_groups=2, mode="cobra")
     target = (real[:2].mean(0) + real[3]) / 2
     assert float(got) == pytest.approx(float((target ** 2).sum()))
+
+
+def test_cafe_fairdd_is_cobra_times_the_groups_present():
+    """Squared distance: sum_g ||m_g - s||^2 = |P_c| ||b - s||^2 + const, so FairDD's
+    gradient is |P_c| times COBRA's, class by class (docs/backbones.md)."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1])
+    groups = torch.tensor([0, 1, 2, 2, 0, 0, 1, 1, 1])  # class 0: 3 groups present, class 1: 2
+    real = torch.randn(9, 2, 4, generator=g)
+    syn = torch.randn(4, 2, 4, generator=g, requires_grad=True)
+    syn_labels = torch.tensor([0, 0, 1, 1])
+    grads = {}
+    for mode in ("fairdd", "cobra"):
+        loss = cafe_loss(real, labels, groups, syn, syn_labels, num_classes=2, num_groups=3, mode=mode)
+        (grads[mode],) = torch.autograd.grad(loss, syn)
+    present = torch.tensor([3.0, 3.0, 2.0, 2.0]).view(4, 1, 1)
+    torch.testing.assert_close(grads["fairdd"], present * grads["cobra"])
