@@ -80,7 +80,7 @@ def main() -> int:
         "--audit-variants", default="stacked,stacked+graph",
         help="comma list of audit variants: stacked, stacked+graph (each epoch replayed as a CUDA graph)",
     )
-    parser.add_argument("--variants", default="fp32", help="comma list of fp32, bf16, cl (channels-last), compile, graph (cobra warm-up as a CUDA graph), and +-joins")
+    parser.add_argument("--variants", default="fp32", help="comma list of fp32, bf16, cl (channels-last), compile, graph (synthesis.cuda_graph: each DM iteration as one CUDA graph), and +-joins")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-audit", action="store_true")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")

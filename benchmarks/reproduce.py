@@ -44,7 +44,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1500)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--cuda-graph", action="store_true", help="cobra warm-up as one CUDA graph")
+    parser.add_argument("--cuda-graph", action="store_true", help="synthesis.cuda_graph: each DM iteration replayed as one CUDA graph")
     parser.add_argument(
         "--checkpoint-dir", default=None,
         help="resumable checkpoints here (written every 100 iterations and on SIGTERM); a rerun continues them",
