@@ -332,6 +332,7 @@ class Synthesizer:
         self.embed = torch.compile(self.net.embed, dynamic=False) if config.compile else self.net.embed
         self.forward = torch.compile(self.net, dynamic=False) if config.compile else self.net
         self.augment = torch.compile(apply_dsa, dynamic=False) if config.compile else apply_dsa
+
     def step(self) -> Tensor:
         """One outer iteration; returns the matching loss (a 0-d tensor on the device)."""
         raise NotImplementedError
