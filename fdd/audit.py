@@ -145,7 +145,9 @@ def train_stacked(
             if rate not in graphed:
                 from fdd.cuda_graph import CapturedStep
 
-                graphed[rate] = CapturedStep(run_epoch, device=device, eager_calls=0 if graphed else 3)
+                graphed[rate] = CapturedStep(
+                    run_epoch, device=device, eager_calls=0 if graphed else 3, what="audit epoch", setting="audit.cuda_graph"
+                )
             step = graphed[rate]
         step(order, slot_base)
         if lr_decay_epoch is not None and epoch == lr_decay_epoch:

@@ -38,6 +38,10 @@ from fdd.synthesis import draw_training_plan, train_network
 ERR_DEVICE = "CUDA-graph training needs a CUDA device; got {device}"
 ERR_SHAPE = "CUDA-graph training was captured for {field} of shape {expected}; got {got}"
 ERR_INPUTS = "a captured step was recorded for inputs {expected}; got {got}"
+ERR_CAPTURE = (
+    "capturing one {what} as a CUDA graph failed ({error}); set {setting}: false to run it eagerly "
+    "(same results, slower), and please report the error"
+)
 
 
 def _tensors(value: object) -> list[Tensor]:
@@ -101,15 +105,27 @@ class CapturedStep:
     eager_calls : int
         Calls run eagerly (on a side stream, as :func:`torch.cuda.graph` asks of the
         warm-up) before the capture. They are real calls: their results are kept.
+    what, setting : str
+        Named in the error if the capture fails: what was captured and the setting
+        that turns the capture off.
 
     Each later call copies the inputs into the static copies the graph reads and replays
     it; the output is a fresh copy of the graph's output tensor.
     """
 
-    def __init__(self, fn: Callable[..., Tensor | None], *, device: torch.device, eager_calls: int = 3) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Tensor | None],
+        *,
+        device: torch.device,
+        eager_calls: int = 3,
+        what: str = "step",
+        setting: str = "synthesis.cuda_graph",
+    ) -> None:
         if device.type != "cuda":
             raise ValueError(ERR_DEVICE.format(device=device))
         self.fn, self.device, self.eager_calls = fn, device, eager_calls
+        self.what, self.setting = what, setting
         self.calls = 0
         self.graph = None
         self.static_inputs: tuple = ()
@@ -127,7 +143,10 @@ class CapturedStep:
             return out
         if self.graph is None:
             self.static_inputs = _clone(inputs)
-            self.graph, self.static_output = capture(lambda: self.fn(*self.static_inputs), device=self.device)
+            try:
+                self.graph, self.static_output = capture(lambda: self.fn(*self.static_inputs), device=self.device)
+            except RuntimeError as error:
+                raise RuntimeError(ERR_CAPTURE.format(what=self.what, error=error, setting=self.setting)) from error
         elif _signature(inputs) != _signature(self.static_inputs):
             raise ValueError(ERR_INPUTS.format(expected=_signature(self.static_inputs), got=_signature(inputs)))
         with torch.no_grad():

@@ -395,7 +395,7 @@ class DMSynthesizer(Synthesizer):
         if self._whole_step_capturable():
             from fdd.cuda_graph import CapturedStep
 
-            self.captured_step = CapturedStep(self._warm_up_and_match, device=device)
+            self.captured_step = CapturedStep(self._warm_up_and_match, device=device, what="DM iteration")
         elif (
             config.cuda_graph and self.warmup_epochs and device.type == "cuda"
             and config.precision == "fp32" and not config.channels_last
@@ -424,7 +424,7 @@ class DMSynthesizer(Synthesizer):
         if self.captured_step is not None:  # the graph holds the old optimiser buffers: capture again
             from fdd.cuda_graph import CapturedStep
 
-            self.captured_step = CapturedStep(self._warm_up_and_match, device=self.device)
+            self.captured_step = CapturedStep(self._warm_up_and_match, device=self.device, what="DM iteration")
 
     def step(self) -> Tensor:
         """One outer iteration; returns the matching loss (a 0-d tensor on the device)."""

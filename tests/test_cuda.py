@@ -185,3 +185,17 @@ def test_audit_with_graphed_models_on_cuda() -> None:
                            network=NET, device="cuda")
     assert len(fast.reports) == 3
     assert abs(fast.summary["accuracy"]["mean"] - plain.summary["accuracy"]["mean"]) <= 100 / data.labels.numel() * 3
+
+
+def test_a_failed_capture_names_the_setting_that_turns_it_off() -> None:
+    """Last in the file: a failed capture may leave the CUDA context unusable for later tests."""
+    from fdd.cuda_graph import CapturedStep
+
+    def reads_back(x: torch.Tensor) -> torch.Tensor:
+        return x * float(x.sum())  # a host read: not capturable
+
+    step = CapturedStep(reads_back, device=torch.device("cuda"), eager_calls=1, what="audit epoch",
+                        setting="audit.cuda_graph")
+    step(torch.ones(3, device="cuda"))  # eager
+    with pytest.raises(RuntimeError, match="capturing one audit epoch as a CUDA graph failed.*audit.cuda_graph: false"):
+        step(torch.ones(3, device="cuda"))
