@@ -197,5 +197,5 @@ def test_a_failed_capture_names_the_setting_that_turns_it_off() -> None:
     step = CapturedStep(reads_back, device=torch.device("cuda"), eager_calls=1, what="audit epoch",
                         setting="audit.cuda_graph")
     step(torch.ones(3, device="cuda"))  # eager
-    with pytest.raises(RuntimeError, match="capturing one audit epoch as a CUDA graph failed.*audit.cuda_graph: false"):
+    with pytest.raises(RuntimeError, match="(?s)capturing one audit epoch as a CUDA graph failed.*audit.cuda_graph: false"):
         step(torch.ones(3, device="cuda"))
