@@ -72,12 +72,11 @@ def _clone(value: object) -> object:
     return value
 
 
-def capture(body: Callable[[], object], *, device: torch.device, eager_runs: int = 0, pool=None):
+def capture(body: Callable[[], object], *, device: torch.device, eager_runs: int = 0):
     """Run ``body()`` ``eager_runs`` times on a side stream, then capture one call.
 
     Returns ``(graph, output of the captured call)``. The eager runs do their work
-    (callers either want it or undo it); capturing runs nothing. ``pool`` shares the
-    memory pool of another graph that never runs at the same time.
+    (callers either want it or undo it); capturing runs nothing.
     """
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
@@ -86,7 +85,7 @@ def capture(body: Callable[[], object], *, device: torch.device, eager_runs: int
             body()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    with torch.cuda.graph(graph):
         out = body()
     return graph, out
 
