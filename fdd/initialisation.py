@@ -59,8 +59,10 @@ def _random_keys(n: int, generator: torch.Generator) -> Tensor:
 
 
 def candidate_indices(train: GroupedImages, *, max_per_cell: int, generator: torch.Generator) -> Tensor:
-    """At most ``max_per_cell`` random images of every labelled (class, group) cell, plus, for
-    classes without any labelled image, their images (index into ``train``, sorted)."""
+    """At most ``max_per_cell`` random images of every (class, group) cell, the spare cell of
+    each class's unknown-group images included (index into ``train``, sorted). Unknown-group
+    candidates are chosen only where a class has too few labelled ones
+    (:func:`stratified_indices` ranks them last)."""
     g = train.num_groups
     labels, groups = train.labels.cpu(), train.groups.cpu()
     labelled = groups >= 0
@@ -71,10 +73,7 @@ def candidate_indices(train: GroupedImages, *, max_per_cell: int, generator: tor
     counts = torch.bincount(sorted_cell, minlength=train.num_classes * (g + 1))
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(len(train)) - starts[sorted_cell]
-    class_labelled = torch.bincount(labels[labelled], minlength=train.num_classes) > 0
-    spare = sorted_cell % (g + 1) == g
-    keep = torch.where(spare, ~class_labelled[labels[order]], rank < max_per_cell)
-    return torch.sort(order[keep]).values
+    return torch.sort(order[rank < max_per_cell]).values
 
 
 def stratified_indices(

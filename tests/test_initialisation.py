@@ -117,6 +117,21 @@ def test_unlabelled_never_chosen_unless_class_has_no_labels():
         assert bool((noisy.labels[index].view(3, 4)[2] == 2).all())
 
 
+@pytest.mark.parametrize("method", I.COVERING_INITS)
+def test_class_with_few_labelled_images_fills_up_with_its_own_unknown_ones(method):
+    """Class 0 has 3 labelled images and 20 of unknown group; ipc 5 takes 2 of the unknown
+    ones, never images of another class."""
+    data = imbalanced(majority=20, minority=1)
+    groups = data.groups.clone()
+    groups[(data.labels == 0) & (data.groups == 0)] = -1  # class 0: only its 3 minority images keep a group
+    noisy = GroupedImages(images=data.images, labels=data.labels, groups=groups, class_names=data.class_names,
+                          group_names=data.group_names, mean=data.mean, std=data.std)
+    for ipc in (5, 23):
+        index = covering_indices(noisy, ipc=ipc, method=method, generator=gen(), embed=embedder(noisy))
+        assert torch.equal(noisy.labels[index], torch.arange(3).repeat_interleave(ipc))
+        assert int((groups[index[:ipc]] >= 0).sum()) == 3  # every labelled image of class 0, then unknown ones
+
+
 @pytest.mark.parametrize("init", ["stratified", "barycenter"])
 def test_synthesis_init_option(init):
     data = imbalanced()
