@@ -152,7 +152,9 @@ def read_adult(handle: str | os.PathLike[str] | IO[bytes], *, header: bool, sour
     missing = [c for c in (*NUMERIC_COLUMNS, *CATEGORICAL_COLUMNS, TARGET_COLUMN) if c not in frame.columns]
     if missing:
         raise ValueError(ERR_COLUMNS.format(source=source, missing=missing, required=list(ADULT_COLUMNS)))
-    frame = frame.apply(lambda col: col.str.strip() if col.dtype == object else col)
+    # every column is text (dtype=str; pandas 3 makes it StringDtype, not object): strip all,
+    # then a padded "?" is missing too
+    frame = frame.apply(lambda col: col.str.strip()).replace(MISSING, np.nan)
     frame[TARGET_COLUMN] = frame[TARGET_COLUMN].str.rstrip(".")
     return frame
 

@@ -91,6 +91,15 @@ def test_read_uci_format_strips_spaces_missing_comment_and_label_dot() -> None:
     assert frame["sex"].tolist() == ["Male", "Female"]
 
 
+def test_read_csv_strips_trailing_spaces_and_padded_question_marks() -> None:
+    header = ",".join(ADULT_COLUMNS)
+    row = "25 ,Private ,226802,11th,7,Never-married,? ,Own-child,Black,Male ,0,0,40,United-States,<=50K. "
+    frame = read_adult(io.BytesIO(f"{header}\n{row}\n".encode()), header=True)
+    assert frame["sex"].tolist() == ["Male"] and frame["age"].tolist() == ["25"]
+    assert frame["income"].tolist() == ["<=50K"]
+    assert pd.isna(frame["occupation"].iloc[0])
+
+
 def test_encode_standardises_with_train_statistics_and_one_hot_encodes() -> None:
     train, test = adult_table(200, seed=1), adult_table(80, seed=2)
     test.loc[test.index[0], "workclass"] = "Never-worked"  # unseen in training: all-zero block

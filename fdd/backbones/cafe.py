@@ -23,7 +23,7 @@ about a thousandth of DC's: ``fdd.backbones.RECOMMENDED`` pairs CAFE with ``lr_i
 128), not DC's 0.1.
 
 With the squared distance, FairDD and COBRA have the same minimiser and direction:
-:math:`\sum_{g \in P_c} \lVert m_{c,g} - s_c \rVert^2 = |P_c| \lVert b_c - s_c \rVert^2 + \text{const}`,
+:math:`\\sum_{g \\in P_c} \\lVert m_{c,g} - s_c \\rVert^2 = |P_c| \\lVert b_c - s_c \\rVert^2 + \\text{const}`,
 so FairDD's pixel gradient is :math:`|P_c|` times COBRA's, class by class. In CAFE the two
 modes differ only by that per-class step size (COBRA-DM's L1 distance is what makes the
 modes differ in DM).
