@@ -133,17 +133,14 @@ def _serve(config: Any, workspace: str, args: argparse.Namespace) -> int:
 
 
 def _check_command(config: PipelineConfig, args: argparse.Namespace) -> None:
-    """What the command adds to the configuration, validated before anything runs."""
-    from fdd.config import parse_config
+    """What the command adds to the configuration, validated before anything runs (without
+    importing Prefect: its settings are read at import, before the workspace sets them)."""
+    from flows.configuration import sweep_cell_configs, with_modes
 
     if args.command == "sweep":
-        from flows.sweep import sweep_cell_configs
-
         sweep_cell_configs(config)
     elif args.command == "distill" or (args.command == "stage" and args.mode is not None):
-        raw = config.model_dump(mode="json")
-        raw["synthesis"]["modes"] = [args.mode]
-        parse_config(raw)
+        with_modes(config, [args.mode])
 
 
 def main(argv: list[str] | None = None) -> int:

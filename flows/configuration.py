@@ -6,13 +6,19 @@ writes (no Prefect home, no workspace folder, no lock).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fdd.config import ConfigError, PipelineConfig, deep_merge, parse_config
+from fdd.config import ConfigError, PipelineConfig, SweepConfig, deep_merge, parse_config
+
+CELL_KEYS: tuple[str, ...] = ("dataset", "ipc", "backbone", "mode", "seed")
+ERR_SWEEP_CELLS = (
+    "{count} of the {total} sweep cells do not validate (fix the sweep or data sections; nothing was run):\n{problems}"
+)
 
 
 def load_config(
@@ -37,3 +43,48 @@ def load_config(
     return parse_config(raw)
 
 
+def with_modes(config: PipelineConfig, modes: Sequence[str]) -> PipelineConfig:
+    """``config`` distilling only ``modes``, validated again (a mode must suit the backbone)."""
+    raw = config.model_dump(mode="json")
+    raw["synthesis"]["modes"] = list(modes)
+    return parse_config(raw)
+
+
+def sweep_cells(sweep: SweepConfig) -> list[dict[str, Any]]:
+    """Every cell of the grid, in the order dataset, ipc, backbone, mode, seed."""
+    grid = itertools.product(sweep.datasets, sweep.ipcs, sweep.backbones, sweep.modes, sweep.seeds)
+    return [dict(zip(CELL_KEYS, values)) for values in grid]
+
+
+def cell_id(cell: dict[str, Any]) -> str:
+    """A folder name for a cell, e.g. ``ipc10-dm-cobra-seed0``."""
+    return f"ipc{cell['ipc']}-{cell['backbone']}-{cell['mode']}-seed{cell['seed']}"
+
+
+def cell_config(config: PipelineConfig, cell: dict[str, Any]) -> PipelineConfig:
+    """``config`` with the cell's dataset, IPC, backbone, mode and seed."""
+    raw = config.model_dump(mode="json")
+    raw["data"]["dataset"] = cell["dataset"]
+    raw["synthesis"].update(ipc=cell["ipc"], backbone=cell["backbone"], modes=[cell["mode"]])
+    raw["runtime"]["seed"] = cell["seed"]
+    raw["audit"]["seed"] = cell["seed"]
+    return parse_config(raw)
+
+
+def sweep_cell_configs(config: PipelineConfig) -> list[tuple[dict[str, Any], PipelineConfig]]:
+    """Every cell of the grid with its validated configuration, or one error naming every bad cell.
+
+    The whole grid is checked before anything runs, so a sweep never stops half-way on a
+    cell whose dataset, backbone and mode do not go together.
+    """
+    cells, problems = [], []
+    for cell in sweep_cells(config.sweep):
+        try:
+            cells.append((cell, cell_config(config, cell)))
+        except ConfigError as exc:
+            reasons = [line.strip(" -").split(" (got {")[0] for line in str(exc).splitlines() if line.startswith("  - ")]
+            problems.append(f"  - {cell['dataset']}-{cell_id(cell)}: {'; '.join(reasons) or str(exc)}")
+    if problems:
+        raise ConfigError(ERR_SWEEP_CELLS.format(count=len(problems), total=len(problems) + len(cells),
+                                                 problems="\n".join(problems)))
+    return cells

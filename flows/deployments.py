@@ -32,6 +32,7 @@ from fdd.config import (
     deep_merge,
     parse_config,
 )
+from flows.configuration import sweep_cell_configs, with_modes
 
 ERR_NO_SCHEDULES = (
     "{params} has no schedules: add a 'schedules' section (a list of name, flow, cron, timezone, "
@@ -49,10 +50,8 @@ def deployment_config(config: PipelineConfig, schedule: ScheduleConfig) -> Pipel
     try:
         merged = parse_config(raw)
         if schedule.flow == "distill":  # the mode the run will use must suit the backbone
-            parse_config({**raw, "synthesis": {**raw["synthesis"], "modes": [schedule.mode or "cobra"]}})
+            with_modes(merged, [schedule.mode or "cobra"])
         if schedule.flow == "sweep":
-            from flows.sweep import sweep_cell_configs
-
             sweep_cell_configs(merged)
         return merged
     except ConfigError as exc:

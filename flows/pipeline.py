@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from prefect import flow
 
-from fdd.config import ConfigError, PipelineConfig, parse_config
+from fdd.config import ConfigError, PipelineConfig
 from fdd.image_sources import user_files_digest
-from flows.configuration import load_config  # noqa: F401  (re-exported for callers of the flows)
+from flows.configuration import load_config, with_modes  # noqa: F401  (load_config re-exported for callers of the flows)
 from tasks.audit import audit_set
 from tasks.base import STAGE_FOLDERS, call_stage
 from tasks.barycenters import compute_barycenters
@@ -131,8 +131,7 @@ def compare_flow(config: PipelineConfig, workspace: str = ".") -> dict[str, Any]
 @flow(name="fdd-distill", log_prints=True)
 def distill_flow(config: PipelineConfig, mode: str = "cobra", workspace: str = ".") -> dict[str, Any]:
     """Distil with one fairness mode and audit the result."""
-    single = config.model_copy(update={"synthesis": config.synthesis.model_copy(update={"modes": (mode,)})})
-    return run_stages(parse_config(single.model_dump(mode="json")), workspace, (mode,))
+    return run_stages(with_modes(config, (mode,)), workspace, (mode,))
 
 
 def _manifest(workspace: str, folder: str) -> dict[str, str]:

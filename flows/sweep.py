@@ -18,7 +18,6 @@ to the dataset's, so the stage tasks write each cell's files apart.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from pathlib import Path
@@ -29,7 +28,8 @@ import torch
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from fdd.config import ConfigError, DataConfig, PipelineConfig, SweepConfig, parse_config
+from fdd.config import DataConfig, PipelineConfig, SweepConfig
+from flows.configuration import CELL_KEYS, cell_id, sweep_cell_configs  # the grid is read without Prefect
 from flows.pipeline import resolve_device, stage_call
 from tasks.base import (
     atomic_write_text,
@@ -41,52 +41,8 @@ from tasks.base import (
 )
 
 SWEEP_DIR = "data/sweep"
-CELL_KEYS: tuple[str, ...] = ("dataset", "ipc", "backbone", "mode", "seed")
 METRICS: tuple[str, ...] = ("accuracy", "deo_m", "deo_a", "worst_group_accuracy")
 ERR_NO_PREPARED = "cell {cell} has no prepared data at {path}; the dataset's ingest must run first"
-ERR_SWEEP_CELLS = (
-    "{count} of the {total} sweep cells do not validate (fix the sweep or data sections; nothing was run):\n{problems}"
-)
-
-
-def sweep_cells(sweep: SweepConfig) -> list[dict[str, Any]]:
-    """Every cell of the grid, in the order dataset, ipc, backbone, mode, seed."""
-    grid = itertools.product(sweep.datasets, sweep.ipcs, sweep.backbones, sweep.modes, sweep.seeds)
-    return [dict(zip(CELL_KEYS, values)) for values in grid]
-
-
-def cell_id(cell: dict[str, Any]) -> str:
-    """A folder name for a cell, e.g. ``ipc10-dm-cobra-seed0``."""
-    return f"ipc{cell['ipc']}-{cell['backbone']}-{cell['mode']}-seed{cell['seed']}"
-
-
-def cell_config(config: PipelineConfig, cell: dict[str, Any]) -> PipelineConfig:
-    """``config`` with the cell's dataset, IPC, backbone, mode and seed."""
-    raw = config.model_dump(mode="json")
-    raw["data"]["dataset"] = cell["dataset"]
-    raw["synthesis"].update(ipc=cell["ipc"], backbone=cell["backbone"], modes=[cell["mode"]])
-    raw["runtime"]["seed"] = cell["seed"]
-    raw["audit"]["seed"] = cell["seed"]
-    return parse_config(raw)
-
-
-def sweep_cell_configs(config: PipelineConfig) -> list[tuple[dict[str, Any], PipelineConfig]]:
-    """Every cell of the grid with its validated configuration, or one error naming every bad cell.
-
-    The whole grid is checked before anything runs, so a sweep never stops half-way on a
-    cell whose dataset, backbone and mode do not go together.
-    """
-    cells, problems = [], []
-    for cell in sweep_cells(config.sweep):
-        try:
-            cells.append((cell, cell_config(config, cell)))
-        except ConfigError as exc:
-            reasons = [line.strip(" -").split(" (got {")[0] for line in str(exc).splitlines() if line.startswith("  - ")]
-            problems.append(f"  - {cell['dataset']}-{cell_id(cell)}: {'; '.join(reasons) or str(exc)}")
-    if problems:
-        raise ConfigError(ERR_SWEEP_CELLS.format(count=len(problems), total=len(problems) + len(cells),
-                                                 problems="\n".join(problems)))
-    return cells
 
 
 def _link(link: Path, target: Path) -> None:

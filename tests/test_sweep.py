@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -23,14 +24,8 @@ from fdd.config import (
     parse_config,
 )
 from flows.configuration import load_config
-from flows.sweep import (
-    _task_runner,
-    cell_config,
-    cell_id,
-    run_sweep,
-    summarize,
-    sweep_cells,
-)
+from flows.configuration import cell_config, cell_id, sweep_cells
+from flows.sweep import _task_runner, run_sweep, summarize
 
 
 def test_grid_is_the_product_of_the_axes() -> None:
@@ -132,7 +127,7 @@ def test_two_cell_sweep_on_a_local_dask_cluster(tiny_workspace: Path, tmp_path_f
 def test_a_grid_with_bad_cells_is_refused_before_anything_runs(tiny_workspace: Path) -> None:
     """adult needs the MLP and no DSA: its cells fail validation, and nothing is written."""
     from flows import cli
-    from flows.sweep import ERR_SWEEP_CELLS, sweep_cell_configs
+    from flows.configuration import ERR_SWEEP_CELLS, sweep_cell_configs
 
     overrides = {"sweep": {"datasets": ["cmnist", "adult"], "ipcs": [2], "backbones": ["dm"], "modes": ["vanilla", "cobra"],
                            "seeds": [0]}}
@@ -168,3 +163,23 @@ def test_dataset_workspace_links_every_user_path(tmp_path: Path) -> None:
     (tmp_path / "mine/labels.csv").write_text("path,label,group\na/x.png,dog,g2\n")
     assert user_files_digest(config.data, workspace=home) != digest  # an edit reaches the cache key
     assert dataset_workspace(str(tmp_path), config, "folder") == home  # idempotent: links already there
+
+
+def test_sweep_checks_do_not_import_prefect_before_the_workspace_sets_it_up():
+    """Prefect reads its settings (home, result persistence) when imported; `fdd sweep` checks
+    its grid before configure_environment, so the check must stay free of Prefect."""
+    import subprocess
+    import sys
+
+    code = (
+        "import argparse, sys\n"
+        "from flows import cli\n"
+        "from flows.configuration import load_config\n"
+        "cli._check_command(load_config('params.yaml'), argparse.Namespace(command='sweep'))\n"
+        "cli._check_command(load_config('params.yaml'), argparse.Namespace(command='distill', mode='cobra'))\n"
+        "print('prefect' in sys.modules)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(root)}, check=True)
+    assert out.stdout.strip() == "False"
