@@ -77,14 +77,10 @@ class ClassSampler:
 
     def sample(self, batch: int, *, generator: torch.Generator | None = None) -> Tensor:
         """Indices, class-major: ``min(batch, n_c)`` distinct images of every class ``c``."""
-        b = min(batch, self.index.shape[1])
-        keys = torch.rand(self.index.shape, generator=generator, device=self.index.device)
-        keys = keys.masked_fill(~self.valid, 2.0)
-        picks = keys.topk(b, dim=1, largest=False).indices  # (C, b)
-        chosen = torch.gather(self.index, 1, picks)
-        if b <= self.smallest_class:  # every class fills its batch: no ragged mask, no device sync
-            return chosen.flatten()
-        return chosen[torch.arange(b, device=chosen.device) < self.counts.unsqueeze(1)]
+        index, valid = self.sample_padded(batch, generator=generator)
+        if index.shape[1] <= self.smallest_class:  # every class fills its batch: no ragged mask, no device sync
+            return index.flatten()
+        return index[valid]
 
     def sample_padded(self, batch: int, *, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Indices as a (C, b) matrix, ``b = min(batch, largest class)``, and its validity mask.
