@@ -114,6 +114,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fdd.barycenter import index_counts
+
 AlignmentMode = Literal["cobra-w2", "cobra-bures"]
 W2Solver = Literal["emd", "sinkhorn"]
 Reduction = Literal["sum", "mean"]
@@ -163,7 +165,7 @@ def _class_dots(rows: Tensor, cls: Tensor, syn: Tensor) -> Tensor:
     classes' synthetic points.
     """
     num_classes = syn.shape[0]
-    counts = torch.bincount(cls, minlength=num_classes)
+    counts = index_counts(cls, num_classes)
     starts = torch.cumsum(counts, 0) - counts
     position = torch.arange(cls.shape[0], device=cls.device) - starts[cls]
     width = max(int(counts.max()), 1) if cls.numel() else 1
@@ -185,7 +187,7 @@ def _cells(
     labelled = real_groups >= 0
     # unlabelled samples go to a spare cell num_cells, dropped below (no device sync)
     cell = torch.where(labelled, real_labels * num_groups + real_groups, torch.full_like(real_labels, num_cells))
-    counts_all = torch.bincount(cell, minlength=num_cells + 1)
+    counts_all = index_counts(cell, num_cells + 1)
     order = torch.argsort(cell, stable=True)
     sorted_cell = cell[order]
     starts = torch.cumsum(counts_all, 0) - counts_all
