@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from fdd.augment import DSAConfig, DSADraw, apply_dsa, draw_dsa
+from fdd.augment import DSAConfig, DSADraw, apply_dsa
 from fdd.config import AuditConfig, NetworkConfig
 from fdd.data import GroupedImages, SyntheticSet
 from fdd.metrics import FairnessReport, fairness_report, summarize_runs
 from fdd.networks import ConvNet, build_network
-from fdd.synthesis import train_network
+from fdd.synthesis import draw_training_plan, train_network
 
 ERR_SHAPE_MISMATCH = (
     "the synthetic images have shape {syn} per image but the test images have {test}; "
@@ -77,7 +77,7 @@ def train_stacked(
     batch-norm running statistics).
 
     The random choices (batch orders, DSA parameters) are drawn up front for chunks of
-    epochs; an epoch then reads its share through two small device tensors, so every
+    epochs, as one :func:`fdd.synthesis.draw_training_plan` of ``count x M`` runs; an epoch then reads its share through two small device tensors, so every
     epoch runs the same kernels. ``cuda_graph`` (CUDA only) runs the first epochs eagerly, then captures one epoch
     as a CUDA graph (:class:`fdd.cuda_graph.CapturedStep`; one more for the decayed
     learning rate) and replays it for the others.
@@ -102,6 +102,7 @@ def train_stacked(
     # what an epoch reads: its batch orders and the first slot of its DSA parameters
     order = torch.arange(n, device=device).expand(m, n).contiguous()
     draws: DSADraw | None = None  # one chunk's DSA parameters, refilled in place
+    slot_bases = torch.arange(chunk, device=device) * per_epoch  # first DSA slot of each epoch of a chunk
 
     def run_epoch(order: Tensor, slot_base: Tensor) -> None:
         for j, start in enumerate(starts):
@@ -121,25 +122,23 @@ def train_stacked(
     graphed = {}  # learning rate -> CapturedStep
     step = run_epoch
     for epoch in range(epochs):
-        if epoch % chunk == 0:  # draw the next chunk of epochs
+        if epoch % chunk == 0:  # draw the next chunk of epochs: one training plan of count x M runs
             count = min(chunk, epochs - epoch)
-            orders = None
-            if len(starts) > 1:
-                orders = torch.rand(count, m, n, generator=generator, device=device).argsort(dim=2)
-            if dsa is not None:
-                fresh = draw_dsa(
-                    count * per_epoch, image_size=tuple(images.shape[-2:]), config=dsa, family_block=block,
-                    generator=generator, device=device,
-                )
+            plan = draw_training_plan(
+                n, epochs=count * m, batch_size=batch_size, image_size=tuple(images.shape[-2:]), dsa=dsa,
+                generator=generator, device=device,
+            )
+            orders = None if plan.orders is None else plan.orders.view(count, m, n)
+            if plan.dsa is not None:
                 if draws is None:
-                    draws = fresh
+                    draws = plan.dsa
                 else:  # same tensors (a captured epoch reads them), refilled; a shorter last chunk fills a prefix
                     with torch.no_grad():
                         for f in dataclasses.fields(DSADraw):
-                            getattr(draws, f.name)[: count * per_epoch].copy_(getattr(fresh, f.name))
+                            getattr(draws, f.name)[: count * per_epoch].copy_(getattr(plan.dsa, f.name))
         if orders is not None:
             order = orders[epoch % chunk]
-        slot_base = torch.full((), (epoch % chunk) * per_epoch, dtype=torch.long, device=device)
+        slot_base = slot_bases[epoch % chunk]
         if cuda_graph and device.type == "cuda":
             rate = optimizer.param_groups[0]["lr"]
             if rate not in graphed:

@@ -228,8 +228,10 @@ def test_train_stacked_dsa_one_family_per_model_and_step(monkeypatch, draw_slots
     from fdd.augment import DSAConfig
 
     data = quadrant_data(per_cell=4, seed=0)  # 24 images, batches of 8
+    import fdd.synthesis as S  # train_stacked draws its chunks with draw_training_plan
+
     draws, used = [], []
-    real_draw, real_apply = A.draw_dsa, A.apply_dsa
+    real_draw, real_apply = S.draw_dsa, A.apply_dsa
 
     def spy_draw(*args, **kwargs):
         out = real_draw(*args, **kwargs)
@@ -240,7 +242,7 @@ def test_train_stacked_dsa_one_family_per_model_and_step(monkeypatch, draw_slots
         used.append((len(draws) - 1, slots.clone()))
         return real_apply(x, slots, draw, **kwargs)
 
-    monkeypatch.setattr(A, "draw_dsa", spy_draw)
+    monkeypatch.setattr(S, "draw_dsa", spy_draw)
     monkeypatch.setattr(A, "apply_dsa", spy_apply)
     monkeypatch.setattr(A, "STACKED_DRAW_SLOTS", draw_slots)
     A.train_stacked(fresh_nets(3), data.normalized(), data.labels, epochs=3, lr=0.01, momentum=0.9, weight_decay=0.0,
