@@ -108,11 +108,14 @@ class CAFESynthesizer(OuterInnerSynthesizer):
         real, real_labels, real_groups, valid = self.real_batch()
         syn, syn_labels = self.training_set()
         real, syn = self.siamese(real, real_labels, syn, syn_labels)
-        keep = valid.flatten()
+        real, real_labels, real_groups = real.flatten(0, 1), real_labels.flatten(), real_groups.flatten()
+        if self.config.batch_real > self.sampler.smallest_class:  # ragged rows: drop the padding (syncs)
+            keep = valid.flatten()
+            real, real_labels, real_groups = real[keep], real_labels[keep], real_groups[keep]
         with torch.no_grad():
-            real_features = layer_features(self.net, real.flatten(0, 1)[keep])
+            real_features = layer_features(self.net, real)
         syn_features = layer_features(self.net, syn)
         return cafe_loss(
-            real_features, real_labels.flatten()[keep], real_groups.flatten()[keep], syn_features, syn_labels,
+            real_features, real_labels, real_groups, syn_features, syn_labels,
             num_classes=self.train.num_classes, num_groups=self.train.num_groups, mode=self.mode,
         )

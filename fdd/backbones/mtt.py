@@ -208,15 +208,17 @@ class MTTSynthesizer(Synthesizer):
 
     def step(self) -> Tensor:
         s, g = self.settings, self.generator
-        expert = int(torch.randint(self.trajectories.shape[0], (1,), generator=g, device=self.device))
-        start_epoch = int(torch.randint(s.max_start_epoch, (1,), generator=g, device=self.device))
-        start = self.trajectories[expert, start_epoch]
-        target = self.trajectories[expert, start_epoch + s.expert_epochs]
+        # drawn and used on the device: no host read per iteration
+        expert = torch.randint(self.trajectories.shape[0], (1,), generator=g, device=self.device)
+        start_epoch = torch.randint(s.max_start_epoch, (1,), generator=g, device=self.device)
+        start = self.trajectories[expert, start_epoch].squeeze(0)
+        target = self.trajectories[expert, start_epoch + s.expert_epochs].squeeze(0)
         images, labels = self.training_set()
         n = images.shape[0]
         batch = min(s.batch_syn or n, n)
         theta = start.clone().requires_grad_(True)
         student = theta
+        slots = torch.arange(batch, device=self.device)
         for _ in range(s.syn_steps):
             idx = torch.randperm(n, generator=g, device=self.device)[:batch]
             x = images[idx]
@@ -225,7 +227,7 @@ class MTTSynthesizer(Synthesizer):
                     batch, image_size=tuple(x.shape[-2:]), config=self.dsa, shared_family=True,
                     generator=g, device=self.device,
                 )
-                x = self.augment(x, torch.arange(batch, device=self.device), draw, config=self.dsa)
+                x = self.augment(x, slots, draw, config=self.dsa)
             ce = F.cross_entropy(functional_call(self.net, unflatten(self.net, student), (x,)), labels[idx])
             grad = torch.autograd.grad(ce, student, create_graph=True)[0]
             student = student - self.syn_lr * grad
