@@ -640,8 +640,8 @@ def _describe(error: dict[str, Any]) -> str:
     where = ".".join(str(p) for p in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"unknown key '{where}' (not a setting of this section)"
-    if not error["loc"]:  # a check across sections (model validator): its message names the keys
-        return f"{where}: {error['msg']}"
+    if not error["loc"] or isinstance(error.get("input"), dict):  # a check across keys (model validator) of
+        return f"{where}: {error['msg']}"  # the top level or one section: its message names the keys
     received = error.get("input")
     return f"'{where}': {error['msg']} (got {received!r})"
 

@@ -173,3 +173,11 @@ def test_section_digest_stable_and_sensitive():
     assert a.digest() == b.digest() and len(a.digest()) == 64
     assert a.digest() != c.digest()
     assert parse_config({}).digest() != parse_config({"audit": {"seed": 1}}).digest()
+
+
+def test_a_check_across_one_sections_keys_names_them_without_echoing_the_section():
+    with pytest.raises(ConfigError) as info:
+        parse_config({"synthesis": {"backbone": "mtt", "mtt": {"max_start_epoch": 5, "expert_epochs": 3, "train_epochs": 6}}})
+    message = str(info.value)
+    assert "max_start_epoch (5) + expert_epochs (3) must not exceed train_epochs (6)" in message
+    assert "(got {" not in message
