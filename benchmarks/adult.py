@@ -156,7 +156,7 @@ def render(frame: pd.DataFrame, args: argparse.Namespace, device_name: str, sour
         lines += [f"## Protected attribute: {protected} ({'2' if protected == 'sex' else '5'} groups)", ""]
         table = []
         cells = part.groupby(["ipc", "mode"])
-        for (ipc, mode), cell in sorted(cells, key=lambda kv: (-1 if kv[0][1] == "full real train split" else kv[0][0], order[kv[0][1]])):
+        for (ipc, mode), cell in sorted(cells, key=lambda kv: (-1 if kv[0][1] == "full real train split" else kv[0][0], order.get(kv[0][1], len(order)))):
             full = mode == "full real train split"
             row = {"rows per class": "all" if full else ipc, "mode": mode, "seeds": len(cell)}
             for key in METRICS:
