@@ -176,9 +176,12 @@ def _sweep_body(config: PipelineConfig, workspace: str, local_gpus: int) -> pd.D
 
 
 @flow(name="fdd-sweep-grid", log_prints=True)
-def grid_flow(config: PipelineConfig, workspace: str = ".") -> dict[str, Any]:
-    """The cells of ``config.sweep`` on this flow's task runner, then the tables."""
-    cells = _sweep_body(config, workspace, _local_gpus(config))
+def grid_flow(config: PipelineConfig, workspace: str = ".", local_gpus: int = 0) -> dict[str, Any]:
+    """The cells of ``config.sweep`` on this flow's task runner, then the tables.
+
+    ``local_gpus``: GPUs of the local Dask cluster the runner started (one per cell), 0 otherwise.
+    """
+    cells = _sweep_body(config, workspace, local_gpus)
     return write_tables(cells, workspace)
 
 
@@ -189,14 +192,8 @@ def sweep_flow(config: PipelineConfig, workspace: str = ".") -> dict[str, Any]:
     The grid runs as a subflow whose task runner is ``prefect-dask``'s
     ``DaskTaskRunner``, so the flow uses Dask however it is started (CLI or deployment).
     """
-    runner, _ = _task_runner(config.sweep, resolve_device(config.runtime.device))
-    return grid_flow.with_options(task_runner=runner)(config, workspace=workspace)
-
-
-def _local_gpus(config: PipelineConfig) -> int:
-    if config.sweep.address:
-        return 0
-    return torch.cuda.device_count() if resolve_device(config.runtime.device) == "cuda" else 0
+    runner, local_gpus = _task_runner(config.sweep, resolve_device(config.runtime.device))
+    return grid_flow.with_options(task_runner=runner)(config, workspace=workspace, local_gpus=local_gpus)
 
 
 def write_tables(cells: pd.DataFrame, workspace: str) -> dict[str, Any]:
