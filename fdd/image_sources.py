@@ -478,11 +478,12 @@ def load_celeba(data: DataConfig, *, root: Path, image_size: int) -> ImageSplits
             raise DatasetFilesError(ERR_MISSING.format(
                 dataset="celeba", path=missing[0],
                 expected=f"every image listed in {CELEBA_ATTR} under {folder / CELEBA_IMAGES} ({len(missing)} missing)"))
-        images = read_images(paths, size=image_size, crop=cfg.crop)
         labels = torch.tensor(rows[cfg.target].to_numpy(), dtype=torch.int64)
+        if split == "train":  # before decoding tens of thousands of images
+            _check_train_classes("celeba", labels, classes)
+        images = read_images(paths, size=image_size, crop=cfg.crop)
         groups = torch.tensor(rows[cfg.group].to_numpy(), dtype=torch.int64)
         splits.append(_grouped(images, labels, groups, classes, group_names, norm))
-    _check_train_classes("celeba", splits[0].labels, classes)
     return ImageSplits(
         train=splits[0], test=splits[1], source=f"CelebA files in {folder}",
         description=f"target {cfg.target}, group {cfg.group}; centre crop {cfg.crop}, resized to {image_size}",
