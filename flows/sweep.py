@@ -168,6 +168,8 @@ def _sweep_body(config: PipelineConfig, workspace: str, local_gpus: int) -> pd.D
             name = cell_id(cell)
             cell_home = home / "cells" / name
             _link(cell_home / "data/prepared", home / "data/prepared")
+            (home / "data/cache").mkdir(parents=True, exist_ok=True)
+            _link(cell_home / "data/cache", home / "data/cache")  # MTT experts shared by the dataset's cells
             # one GPU per cell on a local multi-GPU cluster (its workers each hold GPU=1)
             with dask.annotate(resources={"GPU": 1}) if local_gpus else contextlib.nullcontext():
                 futures.append(run_cell.submit(f"{dataset}-{name}", cell, cell_cfg, str(cell_home), device, local_gpus))

@@ -25,6 +25,9 @@ from tasks.base import (
 )
 
 
+EXPERTS_CACHE = "data/cache/experts"
+
+
 @stage("synthesize")
 def synthesize_set(
     workspace: str,
@@ -68,7 +71,8 @@ def synthesize_set(
         },
         progress=report_progress,
         checkpoint=out / "checkpoint.pt",
-        cache_dir=out,  # MTT's expert trajectories (experts-*.pt), reused by later runs
+        # MTT's expert trajectories (experts-*.pt), reused by later runs: outside the DVC-tracked output
+        cache_dir=root / EXPERTS_CACHE,
     )
     bar.close()
     result.synthetic.save(out / "synthetic.pt")
