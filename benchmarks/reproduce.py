@@ -29,6 +29,7 @@ from fdd.sources import load_raw  # noqa: E402
 from fdd.synthesis import SynthesisInterrupted, synthesize  # noqa: E402
 
 RAW = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
+DEFAULT_ITERATIONS, DEFAULT_BATCH_REAL = 2600, 600  # the COBRA-DM schedule (METHOD.md); other schedules get their own file
 
 
 def main() -> int:
@@ -38,8 +39,8 @@ def main() -> int:
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--shading", choices=["binary", "intensity"], default="binary")
     parser.add_argument("--modes", default="vanilla,fairdd,cobra")
-    parser.add_argument("--iterations", type=int, default=2600)
-    parser.add_argument("--batch-real", type=int, default=600)
+    parser.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS)
+    parser.add_argument("--batch-real", type=int, default=DEFAULT_BATCH_REAL)
     parser.add_argument("--num-eval", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=1500)
     parser.add_argument("--width", type=int, default=128)
@@ -68,6 +69,8 @@ def main() -> int:
             checkpoint_every=100,
         )
         name = f"{args.dataset}_{args.bias}_ipc{args.ipc}_{mode}" + ("_intensity" if args.shading == "intensity" else "")
+        if (args.iterations, args.batch_real) != (DEFAULT_ITERATIONS, DEFAULT_BATCH_REAL):  # keeps the default run's file
+            name += f"_{args.iterations}x{args.batch_real}"
         checkpoint = Path(args.checkpoint_dir) / f"{name}.ckpt" if args.checkpoint_dir else None
         saved = Path(args.checkpoint_dir) / f"{name}.synthetic.pt" if args.checkpoint_dir else None
         if saved is not None and saved.exists():  # synthesised by an earlier call: audit only
