@@ -65,8 +65,10 @@ def device_label(device: str) -> str:
 def table(rows: list[dict]) -> str:
     """A GitHub markdown table (written by hand: pandas' to_markdown needs tabulate)."""
     frame = pd.DataFrame(rows)
+    recommended_lr = frame["backbone"].map(lambda b: RECOMMENDED[b]["lr_img"])  # rows written before lr_img was kept
+    lr_img = frame["lr_img"].fillna(recommended_lr) if "lr_img" in frame else recommended_lr
     show = pd.DataFrame({
-        "backbone": frame["backbone"], "mode": frame["mode"], "iterations": frame["iterations"],
+        "backbone": frame["backbone"], "mode": frame["mode"], "iterations": frame["iterations"], "lr_img": lr_img,
         "Acc": [f"{a:.2f}±{s:.2f}" for a, s in zip(frame["accuracy_mean"], frame["accuracy_std"])],
         "DEO_M": [f"{a:.2f}±{s:.2f}" for a, s in zip(frame["deo_m_mean"], frame["deo_m_std"])],
         "DEO_A": [f"{a:.2f}±{s:.2f}" for a, s in zip(frame["deo_a_mean"], frame["deo_a_std"])],
@@ -91,6 +93,7 @@ def main() -> int:
     parser.add_argument("--eval-epochs", type=int, default=1000)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--batch-real", type=int, help="real images per class per matching step (default: RECOMMENDED)")
+    parser.add_argument("--lr-img", type=float, help="pixel learning rate for every cell (default: RECOMMENDED)")
     parser.add_argument("--train-limit", type=int, help="stratified subset of the train split (CPU smoke runs)")
     parser.add_argument("--test-limit", type=int, help="stratified subset of the test split")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -143,6 +146,8 @@ def main() -> int:
                 settings["iterations"] = iterations[backbone]
             if args.batch_real is not None:
                 settings["batch_real"] = args.batch_real
+            if args.lr_img is not None:
+                settings["lr_img"] = args.lr_img
             n_iter = int(settings["iterations"])
             config = SynthesisConfig(
                 backbone=backbone, modes=(mode,), ipc=args.ipc, log_every=max(n_iter // 5, 1),
@@ -160,7 +165,8 @@ def main() -> int:
             audit_s = time.perf_counter() - start
             s = audited.summary
             rows = [r for r in rows if (r["backbone"], r["mode"]) != (backbone, mode)] + [{
-                "backbone": backbone, "mode": mode, "iterations": n_iter, "ipc": args.ipc, "synthesis_s": synth_s,
+                "backbone": backbone, "mode": mode, "iterations": n_iter, "lr_img": float(settings["lr_img"]), "ipc": args.ipc,
+                "synthesis_s": synth_s,
                 "s_per_iteration": result.seconds_per_iteration, "audit_s": audit_s,
                 **{f"{k}_{stat}": s[k][stat] for k in ("accuracy", "deo_m", "deo_a") for stat in ("mean", "std")},
             }]
