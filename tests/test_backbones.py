@@ -401,7 +401,7 @@ def test_backbone_through_the_pipeline_stages(tiny_workspace, backbone):
         run_single_stage("audit", config, ws, mode)
         metrics = json.loads((tiny_workspace / f"data/audit/{mode}/metrics.json").read_text())
         assert 0.0 <= metrics["accuracy"] <= 100.0 and 0.0 <= metrics["deo_m"] <= 100.0
-    if backbone == "mtt":  # the expert trajectories are kept next to the synthetic set
+    if backbone == "mtt":  # the expert trajectories are kept in the workspace cache, outside the DVC output
         assert list((tiny_workspace / "data/cache/experts").glob("experts-balanced_weights-*.pt"))
         assert not list((tiny_workspace / "data/synthetic/cobra").glob("experts-*.pt"))  # not in the DVC output
 
