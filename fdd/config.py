@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -24,6 +24,7 @@ COLORED_DATASETS: tuple[str, ...] = ("cmnist", "cfmnist")
 IMAGE_DATASETS: tuple[str, ...] = ("cifar10s", "celeba", "utkface", "bffhq", "folder")
 #: Datasets of rows rather than images (stored as (N, F, 1, 1) tensors; see fdd/adult.py).
 TABULAR_DATASETS: tuple[str, ...] = ("adult",)
+DATASETS: tuple[str, ...] = get_args(Dataset)
 Bias = Literal["foreground", "background"]
 Mode = Literal["vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures"]
 Backbone = Literal["dm", "dc", "idc", "cafe", "mtt"]
@@ -494,6 +495,15 @@ class AuditConfig(_Section):
 
 SWEEP_AXES: tuple[str, ...] = ("datasets", "ipcs", "backbones", "modes", "seeds")
 ERR_EMPTY_AXIS = "sweep.{axis} must list at least one value"
+ERR_SWEEP_DATASET = (
+    "sweep.datasets lists {unknown}, which is neither a dataset ({datasets}) nor a name in sweep.variants "
+    "({variants})"
+)
+SWEEP_AXES: tuple[str, ...] = ("datasets", "ipcs", "backbones", "modes", "seeds")
+ERR_COMPUTE_ONLY_AXIS = "sweep.compute_only names {axis!r}; its keys must be among {axes}"
+ERR_COMPUTE_ONLY_VALUE = "sweep.compute_only.{axis} lists {outside}, which sweep.{axis} does not ({allowed})"
+ERR_VARIANT_NAME = "sweep.variants names {names} are dataset names; give each variant a name of its own (e.g. cmnist-bg)"
+ERR_VARIANT_DATASET = "sweep.variants.{name} must set dataset (one of {datasets}), e.g. {{dataset: cmnist, bias: background}}"
 ERR_DUPLICATE_AXIS = "sweep.{axis} lists {dupes} more than once; list each value at most once"
 ERR_BAD_CRON = "schedules[{name}].cron {value!r} is not a 5-field cron expression (minute hour day month weekday): {reason}"
 ERR_BAD_TIMEZONE = "schedules[{name}].timezone {value!r} is not an IANA time zone name (e.g. 'UTC', 'Europe/Paris')"
@@ -513,7 +523,15 @@ class SweepConfig(_Section):
     :math:`\\sigma = \\sqrt{\\frac1{S-1}\\sum_s (m_s-\\bar m)^2}` (sample std, blank for one seed).
     """
 
-    datasets: tuple[Dataset, ...] = ("cmnist",)
+    datasets: tuple[str, ...] = Field(
+        ("cmnist",),
+        description="dataset names, or names of sweep.variants (a data-section override each, e.g. a bias)",
+    )
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="named data-section overrides, e.g. {cmnist-bg: {dataset: cmnist, bias: background}}; "
+        "a sweep.datasets entry that names one distils the data section merged with it",
+    )
     ipcs: tuple[int, ...] = (10,)
     backbones: tuple[Backbone, ...] = ("dm",)
     modes: tuple[Mode, ...] = ("vanilla", "cobra")
@@ -525,6 +543,49 @@ class SweepConfig(_Section):
     address: str | None = Field(
         None, description="scheduler address of an existing Dask cluster (e.g. tcp://10.0.0.5:8786); None starts a local one"
     )
+    records: str | None = Field(
+        None,
+        description="folder (inside the workspace) of one JSON record per finished cell; a cell whose record "
+        "matches its settings is not computed again, and the summary is built from the records (commit them "
+        "to carry results across machines)",
+    )
+    compute_only: dict[str, tuple[Any, ...]] | None = Field(
+        None,
+        description="compute only the missing cells on these axes, e.g. {ipcs: [10], datasets: [cmnist-bg]}; "
+        "the other cells come from sweep.records or are reported as not run (for time-boxed runs)",
+    )
+    paper_table: str | None = Field(
+        None,
+        description="CSV path (inside the workspace) for the comparison with the published DM table "
+        "(fdd.reproduction); a markdown rendering is written beside it",
+    )
+
+    @field_validator("records", "paper_table")
+    @classmethod
+    def _inside_workspace(cls, value: str | None, info: Any) -> str | None:
+        return _inside_workspace(value, f"sweep.{info.field_name}")
+
+    @model_validator(mode="after")
+    def _known_datasets(self) -> SweepConfig:
+        known = set(DATASETS) | set(self.variants)
+        unknown = [d for d in self.datasets if d not in known]
+        if unknown:
+            raise ValueError(ERR_SWEEP_DATASET.format(unknown=unknown, datasets=list(DATASETS),
+                                                      variants=sorted(self.variants)))
+        clash = sorted(set(self.variants) & set(DATASETS))
+        if clash:
+            raise ValueError(ERR_VARIANT_NAME.format(names=clash))
+        for axis, values in (self.compute_only or {}).items():
+            allowed = getattr(self, axis, None) if axis in SWEEP_AXES else None
+            if allowed is None:
+                raise ValueError(ERR_COMPUTE_ONLY_AXIS.format(axis=axis, axes=list(SWEEP_AXES)))
+            outside = [v for v in values if v not in allowed]
+            if outside:
+                raise ValueError(ERR_COMPUTE_ONLY_VALUE.format(axis=axis, outside=outside, allowed=list(allowed)))
+        for name, override in self.variants.items():
+            if not override.get("dataset"):
+                raise ValueError(ERR_VARIANT_DATASET.format(name=name, datasets=list(DATASETS)))
+        return self
 
     @field_validator("datasets", "ipcs", "backbones", "modes", "seeds")
     @classmethod

@@ -197,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
 
                 result = run_sweep(config, workspace=workspace)
                 print((Path(workspace) / SWEEP_DIR / "summary.md").read_text())
-                print(f"{result['cells']} cells ({result['computed']} computed, the rest cached) in "
-                      f"{time.perf_counter() - start:.0f} s; table: {result['summary']}")
+                print(f"{result['cells']} cells ({result['computed']} computed, the rest cached or recorded; "
+                      f"{result['not_run']} not run) in {time.perf_counter() - start:.0f} s; table: {result['summary']}")
+                if "paper_table" in result:
+                    print(f"published-table comparison: {result['paper_table']}")
                 return 0
             if args.command == "distill":
                 pipeline.distill_flow(config, mode=args.mode, workspace=workspace)

@@ -62,9 +62,13 @@ def cell_id(cell: dict[str, Any]) -> str:
 
 
 def cell_config(config: PipelineConfig, cell: dict[str, Any]) -> PipelineConfig:
-    """``config`` with the cell's dataset, IPC, backbone, mode and seed."""
+    """``config`` with the cell's dataset (or ``sweep.variants`` entry), IPC, backbone, mode and seed."""
     raw = config.model_dump(mode="json")
-    raw["data"]["dataset"] = cell["dataset"]
+    variant = config.sweep.variants.get(cell["dataset"])
+    if variant is None:
+        raw["data"]["dataset"] = cell["dataset"]
+    else:
+        raw["data"] = deep_merge(raw["data"], variant)
     raw["synthesis"].update(ipc=cell["ipc"], backbone=cell["backbone"], modes=[cell["mode"]])
     raw["runtime"]["seed"] = cell["seed"]
     raw["audit"]["seed"] = cell["seed"]

@@ -19,7 +19,9 @@ from tasks.base import (
     stage_dir,
 )
 
-HEADLINE = ("accuracy", "deo_m", "deo_a", "worst_group_accuracy")
+#: metrics.json's figures (mean over evaluations, and ``<name>_std``); suff_m / suff_a are the
+#: max and mean sufficiency (precision) gaps of fdd.metrics.
+HEADLINE = ("accuracy", "deo_m", "deo_a", "worst_group_accuracy", "suff_m", "suff_a")
 
 
 @stage("audit")

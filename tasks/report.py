@@ -26,6 +26,7 @@ COLUMNS = {
     "deo_m": "DEO_M (%)",
     "deo_a": "DEO_A (%)",
     "worst_group_accuracy": "worst-group acc (%)",
+    "suff_m": "suff gap (%)",
 }
 
 
@@ -35,7 +36,8 @@ def comparison_table(metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
     for mode, values in metrics.items():
         row = {"mode": mode}
         for key, label in COLUMNS.items():
-            row[label] = f"{values[key]:.2f} ± {values[key + '_std']:.2f}"
+            if key in values:  # metrics.json of an older fdd has no sufficiency gap
+                row[label] = f"{values[key]:.2f} ± {values[key + '_std']:.2f}"
         row["evaluations"] = values["num_eval"]
         rows.append(row)
     return pd.DataFrame(rows)

@@ -61,9 +61,10 @@ def test_bad_sweep_settings_are_named(sweep: dict, message: str) -> None:
 def test_summary_mean_and_sample_std_over_seeds() -> None:
     cells = pd.DataFrame(
         [{"dataset": "cmnist", "ipc": 1, "backbone": "dm", "mode": "cobra", "seed": s,
-          "accuracy": a, "deo_m": 10.0 * s, "deo_a": 1.0, "worst_group_accuracy": 5.0} for s, a in ((0, 50.0), (1, 60.0), (2, 70.0))]
+          "accuracy": a, "deo_m": 10.0 * s, "deo_a": 1.0, "worst_group_accuracy": 5.0, "suff_m": 4.0 + s,
+          "suff_a": 2.0} for s, a in ((0, 50.0), (1, 60.0), (2, 70.0))]
         + [{"dataset": "cmnist", "ipc": 1, "backbone": "dm", "mode": "vanilla", "seed": 0,
-            "accuracy": 40.0, "deo_m": 3.0, "deo_a": 2.0, "worst_group_accuracy": 1.0}]
+            "accuracy": 40.0, "deo_m": 3.0, "deo_a": 2.0, "worst_group_accuracy": 1.0, "suff_m": 9.0, "suff_a": 3.0}]
     )
     summary = summarize(cells).set_index("mode")
     assert summary.loc["cobra", "seeds"] == 3 and summary.loc["vanilla", "seeds"] == 1
@@ -71,6 +72,7 @@ def test_summary_mean_and_sample_std_over_seeds() -> None:
     assert summary.loc["cobra", "accuracy_std"] == pytest.approx(10.0)  # sample std of 50, 60, 70
     assert summary.loc["cobra", "deo_m_std"] == pytest.approx(10.0)
     assert summary.loc["cobra", "deo_a_std"] == 0.0
+    assert summary.loc["cobra", "suff_m_mean"] == pytest.approx(5.0) and summary.loc["cobra", "suff_m_std"] == 1.0
     assert math.isnan(summary.loc["vanilla", "accuracy_std"]) and summary.loc["vanilla", "accuracy_mean"] == 40.0
 
 
@@ -100,7 +102,8 @@ def test_two_cell_sweep_on_a_local_dask_cluster(tiny_workspace: Path, tmp_path_f
     with prefect_test_harness(server_startup_timeout=120):
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_LOCAL_STORAGE_PATH: storage}):
             first = run_sweep(config, workspace=ws)
-            assert first == {"cells": 2, "computed": 2, "summary": str(tiny_workspace / "data/sweep/summary.csv")}
+            assert first == {"cells": 2, "computed": 2, "not_run": 0,
+                             "summary": str(tiny_workspace / "data/sweep/summary.csv")}
             home = tiny_workspace / "data/sweep/cmnist/cells"
             synthetic = {s: home / f"ipc2-dm-cobra-seed{s}" / "data/synthetic/cobra/synthetic.pt" for s in (0, 1)}
             stamps = {s: p.stat().st_mtime_ns for s, p in synthetic.items()}
@@ -113,7 +116,7 @@ def test_two_cell_sweep_on_a_local_dask_cluster(tiny_workspace: Path, tmp_path_f
     assert set(cells["worker"].astype(str)) <= {"0", "1"}  # ran on the local cluster's two Dask workers
     per_cell = {s: json.loads((home / f"ipc2-dm-cobra-seed{s}" / "data/audit/cobra/metrics.json").read_text()) for s in (0, 1)}
     for _, row in cells.iterrows():
-        for metric in ("accuracy", "deo_m", "deo_a", "worst_group_accuracy"):
+        for metric in ("accuracy", "deo_m", "deo_a", "worst_group_accuracy", "suff_m", "suff_a"):
             assert row[metric] == pytest.approx(per_cell[row["seed"]][metric])
     summary = pd.read_csv(tiny_workspace / "data/sweep/summary.csv")
     assert len(summary) == 1 and summary.loc[0, "seeds"] == 2
@@ -183,3 +186,80 @@ def test_sweep_checks_do_not_import_prefect_before_the_workspace_sets_it_up():
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(root)}, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_records_let_a_time_boxed_sweep_resume_and_feed_the_paper_table(
+    tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """compute_only runs part of the grid; the next run takes those cells from their committed
+    records (no data prepared for them), computes the rest, and reruns a cell whose record
+    was made with other settings. The paper table covers the whole grid each time."""
+    storage = tmp_path_factory.mktemp("prefect-results")
+    sweep = {"datasets": ["cmnist-fg", "cmnist-bg"], "ipcs": [2], "backbones": ["dm"], "modes": ["cobra"],
+             "seeds": [0, 1], "n_workers": 1, "processes": False,
+             "variants": {"cmnist-fg": {"dataset": "cmnist", "bias": "foreground"},
+                          "cmnist-bg": {"dataset": "cmnist", "bias": "background"}},
+             "records": "results/cells", "paper_table": "results/paper_table.csv",
+             "compute_only": {"datasets": ["cmnist-bg"]}}
+    config = load_config(tiny_workspace / "params.yaml", overrides={"sweep": sweep})
+    ws = str(tiny_workspace)
+    records = tiny_workspace / "results/cells"
+    with prefect_test_harness(server_startup_timeout=120):
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_LOCAL_STORAGE_PATH: storage}):
+            first = run_sweep(config, workspace=ws)
+            assert (first["cells"], first["computed"], first["not_run"]) == (2, 2, 2)
+            assert sorted(p.name for p in records.iterdir()) == [
+                "cmnist-bg-ipc2-dm-cobra-seed0.json", "cmnist-bg-ipc2-dm-cobra-seed1.json"]
+            table = pd.read_csv(tiny_workspace / "results/paper_table.csv").set_index("bias")
+            assert table.loc["background", "seeds"] == 2 and table.loc["foreground", "verdict"] == "not run"
+            assert table.loc["background", "verdict"] == "unpublished"  # IPC 2 is not in the paper
+            record = json.loads((records / "cmnist-bg-ipc2-dm-cobra-seed0.json").read_text())
+            assert record["row"]["bias"] == "background" and record["config"]["data"]["bias"] == "background"
+            # the background cells' working folders are gone (a fresh machine): their records count
+            import shutil
+
+            shutil.rmtree(tiny_workspace / "data/sweep/cmnist-bg")
+            full = load_config(tiny_workspace / "params.yaml",
+                               overrides={"sweep": {**sweep, "compute_only": None}})
+            second = run_sweep(full, workspace=ws)
+            assert (second["cells"], second["computed"], second["not_run"]) == (4, 2, 0)
+            assert not (tiny_workspace / "data/sweep/cmnist-bg").exists()
+            # a record made with other settings does not count: that cell goes through its stages
+            # again (served here by their cache, since the settings did not really change) and its
+            # record is written anew
+            stale = records / "cmnist-fg-ipc2-dm-cobra-seed1.json"
+            payload = json.loads(stale.read_text())
+            stale.write_text(json.dumps({**payload, "fingerprint": "0" * 64}))
+            fresh = records / "cmnist-fg-ipc2-dm-cobra-seed0.json"
+            stamp = fresh.stat().st_mtime_ns
+            third = run_sweep(full, workspace=ws)
+            assert third["computed"] == 0 and json.loads(stale.read_text())["fingerprint"] == payload["fingerprint"]
+            assert fresh.stat().st_mtime_ns == stamp  # a matching record is left as it is
+    cells = pd.read_csv(tiny_workspace / "data/sweep/cells.csv")
+    assert len(cells) == 4 and set(cells["bias"]) == {"foreground", "background"}
+    table = pd.read_csv(tiny_workspace / "results/paper_table.csv").set_index("bias")
+    assert (table["seeds"] == 2).all()
+    bg = cells[cells["bias"] == "background"]
+    assert table.loc["background", "acc_mean"] == pytest.approx(bg["accuracy"].mean(), abs=0.01)
+    assert "paired over seeds" in (tiny_workspace / "results/paper_table.md").read_text()
+
+
+def test_sweep_variants_and_compute_only_are_validated() -> None:
+    with pytest.raises(ConfigError, match="neither a dataset"):
+        parse_config({"sweep": {"datasets": ["cmnist-bg"]}})
+    with pytest.raises(ConfigError, match="must set dataset"):
+        parse_config({"sweep": {"datasets": ["x"], "variants": {"x": {"bias": "background"}}}})
+    with pytest.raises(ConfigError, match="are dataset names"):
+        parse_config({"sweep": {"datasets": ["cmnist"], "variants": {"cmnist": {"dataset": "cmnist"}}}})
+    with pytest.raises(ConfigError, match="compute_only.ipcs lists \\[50\\]"):
+        parse_config({"sweep": {"ipcs": [10], "compute_only": {"ipcs": [50]}}})
+    with pytest.raises(ConfigError, match="its keys must be among"):
+        parse_config({"sweep": {"compute_only": {"bias": ["x"]}}})
+    with pytest.raises(ConfigError, match="inside the workspace"):
+        parse_config({"sweep": {"records": "/abs/cells"}})
+    config = parse_config({"data": {"shading": "intensity"}, "sweep": {
+        "datasets": ["cfm-bg"], "variants": {"cfm-bg": {"dataset": "cfmnist", "bias": "background"}}}})
+    cell = config_cell = sweep_cells(config.sweep)[0]
+    resolved = cell_config(config, config_cell)
+    assert cell["dataset"] == "cfm-bg"
+    assert (resolved.data.dataset, resolved.data.bias, resolved.data.shading) == ("cfmnist", "background", "intensity")
