@@ -22,6 +22,7 @@ with :math:`m = 9` spreads each class (almost) uniformly over the 10 colours.
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ COLORED_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
 COLORED_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
 ERR_BIAS = "bias must be one of {allowed}; got {value!r}"
-SHADINGS = ("binary", "intensity")
+SHADINGS = ("binary", "intensity", "reference")
 ERR_SHADING = "shading must be one of {allowed}; got {value!r}"
 ERR_CORRELATION = "{name} must be a real number in [0, 1]; got {value!r}"
 ERR_NUM_CONFUSING = (
@@ -185,6 +186,35 @@ def assign_colors(
     return groups
 
 
+@functools.lru_cache(maxsize=1)
+def reference_background_table() -> Tensor:
+    """The public C-FMNIST builder's background pixel for each (grey level, colour channel value).
+
+    The builder of the COBRA and FairDD code computes, per channel value :math:`c` and grey
+    level :math:`x`, in float32 and in this order,
+
+    .. math:: d = (255 - x) / 255, \\qquad v = \\big(255 + d\\,(c / 255 - 255)\\big) \\cdot 255
+
+    and casts :math:`v` to uint8. The start colour is 255 where 1 was meant, so
+    :math:`v = 255x + (255 - x)c/255` exceeds 255 for every :math:`x \\ge 1` and the cast
+    keeps its low byte: the result is :math:`\\lfloor v \\rfloor \\bmod 256`. Background pixels
+    (:math:`x = 0`) get the colour as intended; the garment becomes an inverted, almost
+    colour-neutral texture. The published C-FMNIST background numbers were measured on
+    these pixels, so ``shading="reference"`` reproduces them exactly, float32 rounding
+    included (the ops run eagerly on the CPU, never fused).
+
+    Returns
+    -------
+    Tensor, shape (256, 256), uint8
+        ``table[x, c]``.
+    """
+    x = torch.arange(256, dtype=torch.float32)[:, None]
+    c = torch.arange(256, dtype=torch.float32)[None, :]
+    d = (255.0 - x) / 255.0
+    v = (255.0 + d * (c / 255.0 - 255.0)) * 255.0
+    return (v.to(torch.int64) % 256).to(torch.uint8)
+
+
 def paint(images: Tensor, groups: Tensor, *, bias: Bias, shading: str = "binary") -> Tensor:
     """Pad 28x28 uint8 images to 32x32 and colour them.
 
@@ -197,6 +227,10 @@ def paint(images: Tensor, groups: Tensor, *, bias: Bias, shading: str = "binary"
 
     which keeps the texture of Fashion-MNIST items (the foreground formula is what the public
     C-FMNIST builder of the FairDD line of work computes; binarising discards texture).
+    ``shading="reference"`` is the public C-FMNIST builder's own output: the intensity
+    foreground, and for the background its overflowing formula
+    (:func:`reference_background_table`), on which the published C-FMNIST background
+    numbers were measured.
 
     Parameters
     ----------
@@ -204,7 +238,7 @@ def paint(images: Tensor, groups: Tensor, *, bias: Bias, shading: str = "binary"
     groups : Tensor, shape (N,)
         Colour index per image.
     bias : {"foreground", "background"}
-    shading : {"binary", "intensity"}
+    shading : {"binary", "intensity", "reference"}
 
     Returns
     -------
@@ -222,6 +256,9 @@ def paint(images: Tensor, groups: Tensor, *, bias: Bias, shading: str = "binary"
         return mask[:, None, :, :].to(torch.uint8) * colors[:, :, None, None]
     level = torch.zeros(n, OUTPUT_SIDE, OUTPUT_SIDE, dtype=torch.int32, device=images.device)
     level[:, PAD_OFFSET:, PAD_OFFSET:] = images.to(torch.int32)
+    if shading == "reference" and bias == "background":
+        table = reference_background_table().to(images.device)
+        return table[level[:, None, :, :], colors[:, :, None, None].to(torch.int64)]
     if bias == "background":
         level = 255 - level
     return (level[:, None, :, :] * colors[:, :, None, None].to(torch.int32) // 255).to(torch.uint8)
@@ -259,7 +296,7 @@ def colorize(
         Exactly one: the randomness of the per-class shuffle. Same seed, same split.
     class_names : sequence of str, optional
         Names of the classes; defaults to ``"0".."9"`` (as many as ``max(labels) + 1``).
-    shading : {"binary", "intensity"}
+    shading : {"binary", "intensity", "reference"}
         See :func:`paint`.
 
     Returns
@@ -335,7 +372,7 @@ def build_colored(
         all 9 other colours, so that it stays (nearly) balanced.
     seed : int
         One CPU generator seeded with it shuffles the train split, then the test split.
-    shading : {"binary", "intensity"}
+    shading : {"binary", "intensity", "reference"}
         See :func:`paint`.
 
     Returns

@@ -201,11 +201,13 @@ class DataConfig(_Section):
 
     dataset: Dataset = "cmnist"
     bias: Bias = "foreground"
-    shading: Literal["binary", "intensity"] = Field(
+    shading: Literal["binary", "intensity", "reference"] = Field(
         "binary",
         description=(
-            "C-MNIST / C-FMNIST pixels: 'binary' (x >= 128, as METHOD.md states) or 'intensity' (grey level "
-            "scales the colour, as the public FairDD-line C-FMNIST builder does; keeps Fashion-MNIST texture)"
+            "C-MNIST / C-FMNIST pixels: 'binary' (x >= 128, as METHOD.md states), 'intensity' (grey level "
+            "scales the colour, as the public FairDD-line C-FMNIST builder does; keeps Fashion-MNIST texture) or "
+            "'reference' (that builder's exact output: intensity foreground, and its uint8-overflowing background, "
+            "on which the published C-FMNIST background numbers were measured; fdd.colored.reference_background_table)"
         ),
     )
     train_correlation: float = Field(0.9, ge=0.0, le=1.0)
@@ -420,8 +422,10 @@ class SynthesisConfig(_Section):
     )
     warmup_lr: float = Field(0.01, gt=0)
     warmup_batch: int = Field(256, ge=1)
-    warmup_momentum: float = Field(0.9, ge=0, lt=1)
-    warmup_weight_decay: float = Field(5e-4, ge=0)
+    warmup_momentum: float = Field(
+        0.0, ge=0, lt=1, description="momentum of cobra's warm-up SGD (the reference code: plain SGD, 0)"
+    )
+    warmup_weight_decay: float = Field(0.0, ge=0, description="weight decay of cobra's warm-up SGD (reference: 0)")
     log_every: int = Field(10, ge=1)
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: embeddings under bfloat16 autocast (CUDA); losses stay in fp32"
