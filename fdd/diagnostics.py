@@ -24,7 +24,6 @@ from typing import Any
 import warnings
 
 import numpy as np
-import ot
 import pandas as pd
 import torch
 
@@ -48,6 +47,10 @@ class BarycenterDiagnostics:
 def _w2(samples: np.ndarray, support: np.ndarray) -> float:
     a = np.full(samples.shape[0], 1.0 / samples.shape[0])
     b = np.full(support.shape[0], 1.0 / support.shape[0])
+    # POT is imported here, as in fdd.barycenter: only the diagnostics need it, so the synthesis
+    # and the audit (a sweep's cells) run where POT is not installed, e.g. a bare GPU machine
+    import ot
+
     cost = ot.dist(samples, support)  # squared Euclidean
     return float(np.sqrt(max(ot.emd2(a, b, cost), 0.0)))
 
