@@ -79,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     one.add_argument("--mode", choices=list(MODES))
     show = sub.add_parser("show", parents=[common], help="print the last comparison table")
     del show
-    sub.add_parser("sweep", parents=[common], help="run the sweep grid (sweep section) on a Dask cluster")
+    sweep = sub.add_parser("sweep", parents=[common], help="run the sweep grid (sweep section) on a Dask cluster")
+    sweep.add_argument("--from-records", action="store_true",
+                       help="compute nothing: rebuild the tables from the cell records of sweep.records")
     serve = sub.add_parser("serve", parents=[common], help="serve the scheduled deployments of the schedules section")
     serve.add_argument("--only", action="append", default=[], metavar="NAME", help="serve only this schedule (repeatable)")
     serve.add_argument("--api-url", default=None,
@@ -135,10 +137,13 @@ def _serve(config: Any, workspace: str, args: argparse.Namespace) -> int:
 def _check_command(config: PipelineConfig, args: argparse.Namespace) -> None:
     """What the command adds to the configuration, validated before anything runs (without
     importing Prefect: its settings are read at import, before the workspace sets them)."""
-    from flows.configuration import sweep_cell_configs, with_modes
+    from fdd.config import ConfigError
+    from flows.configuration import ERR_NO_RECORDS, sweep_cell_configs, with_modes
 
     if args.command == "sweep":
         sweep_cell_configs(config)
+        if args.from_records and not config.sweep.records:
+            raise ConfigError(ERR_NO_RECORDS)
     elif args.command == "distill" or (args.command == "stage" and args.mode is not None):
         with_modes(config, [args.mode])
 
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "sweep":
                 from flows.sweep import SWEEP_DIR, run_sweep
 
-                result = run_sweep(config, workspace=workspace)
+                result = run_sweep(config, workspace=workspace, compute=not args.from_records)
                 print((Path(workspace) / SWEEP_DIR / "summary.md").read_text())
                 print(f"{result['cells']} cells ({result['computed']} computed, the rest cached or recorded; "
                       f"{result['not_run']} not run) in {time.perf_counter() - start:.0f} s; table: {result['summary']}")

@@ -16,6 +16,7 @@ import yaml
 from fdd.config import ConfigError, PipelineConfig, SweepConfig, deep_merge, parse_config
 
 CELL_KEYS: tuple[str, ...] = ("dataset", "ipc", "backbone", "mode", "seed")
+ERR_NO_RECORDS = "fdd sweep --from-records needs sweep.records (the folder of the cells' records); it is not set"
 ERR_SWEEP_CELLS = (
     "{count} of the {total} sweep cells do not validate (fix the sweep or data sections; nothing was run):\n{problems}"
 )

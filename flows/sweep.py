@@ -31,9 +31,9 @@ import torch
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from fdd.config import COLORED_DATASETS, DataConfig, PipelineConfig, SweepConfig
+from fdd.config import COLORED_DATASETS, ConfigError, DataConfig, PipelineConfig, SweepConfig
 from fdd.reproduction import MATCH_ACC, MATCH_DEO_M, paired_comparison, paper_table
-from flows.configuration import CELL_KEYS, cell_id, sweep_cell_configs  # the grid is read without Prefect
+from flows.configuration import CELL_KEYS, ERR_NO_RECORDS, cell_id, sweep_cell_configs  # the grid is read without Prefect
 from flows.pipeline import resolve_device, stage_call
 from tasks.base import (
     atomic_write_text,
@@ -160,12 +160,15 @@ def write_record(path: Path, row: dict[str, Any], fingerprint: str, config: Pipe
 def source_commit() -> str:
     """The git commit of the fdd source tree (with ``+dirty`` when it has uncommitted changes).
 
-    A copy of the tree without ``.git`` (e.g. on a GPU machine) names its commit in the
-    environment variable ``FDD_SOURCE_COMMIT``; otherwise ``unknown``.
+    The environment variable ``FDD_SOURCE_COMMIT``, when set, names it instead: a copy of the
+    tree shipped to another machine (e.g. a GPU machine) may carry no ``.git``, or a stale one.
+    Without either: ``unknown``.
     """
     root = Path(__file__).resolve().parent.parent
+    if os.environ.get("FDD_SOURCE_COMMIT"):
+        return os.environ["FDD_SOURCE_COMMIT"]
     if not (root / ".git").exists():
-        return os.environ.get("FDD_SOURCE_COMMIT", "unknown")
+        return "unknown"
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=10, check=True).stdout.strip()
@@ -245,7 +248,7 @@ def _task_runner(sweep: SweepConfig, device: str) -> tuple[Any, int]:
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs), gpus
 
 
-def _sweep_body(config: PipelineConfig, workspace: str, local_gpus: int) -> pd.DataFrame:
+def _sweep_body(config: PipelineConfig, workspace: str, local_gpus: int, compute: bool = True) -> pd.DataFrame:
     import contextlib
 
     import dask
@@ -263,7 +266,7 @@ def _sweep_body(config: PipelineConfig, workspace: str, local_gpus: int) -> pd.D
             recorded = read_record(record_path(records, dataset, cell), cell_fingerprint(cell_cfg)) if records else None
             if recorded is not None:
                 rows.append({**recorded, "cached": True})
-            elif selected(sweep, cell):
+            elif compute and selected(sweep, cell):
                 cells.append((cell, cell_cfg))
         if not cells:  # every cell of this dataset has its record: nothing to prepare
             continue
@@ -292,12 +295,13 @@ def _sweep_body(config: PipelineConfig, workspace: str, local_gpus: int) -> pd.D
 
 
 @flow(name="fdd-sweep-grid", log_prints=True)
-def grid_flow(config: PipelineConfig, workspace: str = ".", local_gpus: int = 0) -> dict[str, Any]:
+def grid_flow(config: PipelineConfig, workspace: str = ".", local_gpus: int = 0, compute: bool = True) -> dict[str, Any]:
     """The cells of ``config.sweep`` on this flow's task runner, then the tables.
 
     ``local_gpus``: GPUs of the local Dask cluster the runner started (one per cell), 0 otherwise.
+    ``compute=False`` builds the tables from ``sweep.records`` alone (nothing is computed).
     """
-    cells = _sweep_body(config, workspace, local_gpus)
+    cells = _sweep_body(config, workspace, local_gpus, compute)
     result = write_tables(cells, workspace, grid_size=len(sweep_cell_configs(config)))
     if config.sweep.paper_table:
         result["paper_table"] = write_paper_table(cells, config, workspace)
@@ -305,12 +309,14 @@ def grid_flow(config: PipelineConfig, workspace: str = ".", local_gpus: int = 0)
 
 
 @flow(name="fdd-sweep", log_prints=True)
-def sweep_flow(config: PipelineConfig, workspace: str = ".") -> dict[str, Any]:
+def sweep_flow(config: PipelineConfig, workspace: str = ".", compute: bool = True) -> dict[str, Any]:
     """Run every cell of ``config.sweep`` on Dask (a local cluster or ``sweep.address``).
 
     The grid runs as a subflow whose task runner is ``prefect-dask``'s
     ``DaskTaskRunner``, so the flow uses Dask however it is started (CLI or deployment).
     """
+    if not compute:  # the tables from the records: no cluster, no device
+        return grid_flow(config, workspace=workspace, compute=False)
     runner, local_gpus = _task_runner(config.sweep, resolve_device(config.runtime.device))
     return grid_flow.with_options(task_runner=runner)(config, workspace=workspace, local_gpus=local_gpus)
 
@@ -371,7 +377,13 @@ def write_paper_table(cells: pd.DataFrame, config: PipelineConfig, workspace: st
     return str(path)
 
 
-def run_sweep(config: PipelineConfig, workspace: str = ".") -> dict[str, Any]:
-    """Check every cell, then run :func:`sweep_flow` (the entry point of ``fdd sweep``)."""
+def run_sweep(config: PipelineConfig, workspace: str = ".", compute: bool = True) -> dict[str, Any]:
+    """Check every cell, then run :func:`sweep_flow` (the entry point of ``fdd sweep``).
+
+    ``compute=False`` (``fdd sweep --from-records``) only rebuilds the tables from the
+    committed records of ``sweep.records``; cells without one are reported as not run.
+    """
     sweep_cell_configs(config)
-    return sweep_flow(config, workspace=workspace)
+    if not compute and not config.sweep.records:
+        raise ConfigError(ERR_NO_RECORDS)
+    return sweep_flow(config, workspace=workspace, compute=compute)

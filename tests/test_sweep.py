@@ -235,6 +235,15 @@ def test_records_let_a_time_boxed_sweep_resume_and_feed_the_paper_table(
             third = run_sweep(full, workspace=ws)
             assert third["computed"] == 0 and json.loads(stale.read_text())["fingerprint"] == payload["fingerprint"]
             assert fresh.stat().st_mtime_ns == stamp  # a matching record is left as it is
+            # --from-records computes nothing: a cell without a record is reported as not run
+            (records / "cmnist-bg-ipc2-dm-cobra-seed1.json").unlink()
+            tables_only = run_sweep(full, workspace=ws, compute=False)
+            assert (tables_only["cells"], tables_only["computed"], tables_only["not_run"]) == (3, 0, 1)
+            assert not (records / "cmnist-bg-ipc2-dm-cobra-seed1.json").exists()
+            bg_only = pd.read_csv(tiny_workspace / "results/paper_table.csv").set_index("bias")
+            assert bg_only.loc["background", "seeds"] == 1
+            third = run_sweep(full, workspace=ws)  # the missing cell is computed again
+            assert third["not_run"] == 0
     cells = pd.read_csv(tiny_workspace / "data/sweep/cells.csv")
     assert len(cells) == 4 and set(cells["bias"]) == {"foreground", "background"}
     table = pd.read_csv(tiny_workspace / "results/paper_table.csv").set_index("bias")
