@@ -503,7 +503,6 @@ ERR_SWEEP_DATASET = (
     "sweep.datasets lists {unknown}, which is neither a dataset ({datasets}) nor a name in sweep.variants "
     "({variants})"
 )
-SWEEP_AXES: tuple[str, ...] = ("datasets", "ipcs", "backbones", "modes", "seeds")
 ERR_COMPUTE_ONLY_AXIS = "sweep.compute_only names {axis!r}; its keys must be among {axes}"
 ERR_COMPUTE_ONLY_VALUE = "sweep.compute_only.{axis} lists {outside}, which sweep.{axis} does not ({allowed})"
 ERR_VARIANT_NAME = "sweep.variants names {names} are dataset names; give each variant a name of its own (e.g. cmnist-bg)"
