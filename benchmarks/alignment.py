@@ -32,14 +32,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fdd.audit import audit_synthetic  # noqa: E402
-from fdd.colored import build_colored  # noqa: E402
+from fdd.fairness.audit import audit_synthetic  # noqa: E402
+from fdd.datasets.colored import build_colored  # noqa: E402
 from fdd.config import MODES, AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
-from fdd.data import stratified_subset  # noqa: E402
+from fdd.datasets.containers import stratified_subset  # noqa: E402
 from fdd.files import atomic_write  # noqa: E402
-from fdd.group_noise import perturb_groups  # noqa: E402
-from fdd.sources import load_raw  # noqa: E402
-from fdd.synthesis import DMSynthesizer, synthesize  # noqa: E402
+from fdd.datasets.group_noise import perturb_groups  # noqa: E402
+from fdd.datasets.sources import load_raw  # noqa: E402
+from fdd.distillation.synthesis import DMSynthesizer, synthesize  # noqa: E402
 
 RAW = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
 INITS = ("real", "noise", "stratified", "barycenter")

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fdd.augment import DSAConfig, apply_dsa, draw_dsa
-from fdd.networks import build_convnet
-from fdd.synthesis import train_network
+from fdd.distillation.augment import DSAConfig, apply_dsa, draw_dsa
+from fdd.models.networks import build_convnet
+from fdd.distillation.synthesis import train_network
 
 
 class NaiveDM:

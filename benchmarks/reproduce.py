@@ -21,12 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fdd.audit import audit_synthetic  # noqa: E402
-from fdd.colored import build_colored  # noqa: E402
-from fdd.data import SyntheticSet  # noqa: E402
+from fdd.fairness.audit import audit_synthetic  # noqa: E402
+from fdd.datasets.colored import build_colored  # noqa: E402
+from fdd.datasets.containers import SyntheticSet  # noqa: E402
 from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
-from fdd.sources import load_raw  # noqa: E402
-from fdd.synthesis import SynthesisInterrupted, synthesize  # noqa: E402
+from fdd.datasets.sources import load_raw  # noqa: E402
+from fdd.distillation.synthesis import SynthesisInterrupted, synthesize  # noqa: E402
 
 RAW = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
 DEFAULT_ITERATIONS, DEFAULT_BATCH_REAL = 2600, 600  # the COBRA-DM schedule (METHOD.md); other schedules get their own file

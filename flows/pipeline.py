@@ -18,7 +18,7 @@ import torch
 from prefect import flow
 
 from fdd.config import ConfigError, PipelineConfig
-from fdd.image_sources import user_files_digest
+from fdd.datasets.image_sources import user_files_digest
 from flows.configuration import load_config, with_modes  # noqa: F401  (load_config re-exported for callers of the flows)
 from tasks.audit import audit_set
 from tasks.base import STAGE_FOLDERS, call_stage

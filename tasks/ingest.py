@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fdd.adult import encode_adult, load_adult_frames
-from fdd.colored import build_colored
+from fdd.datasets.adult import encode_adult, load_adult_frames
+from fdd.datasets.colored import build_colored
 from fdd.config import IMAGE_DATASETS, TABULAR_DATASETS, DataConfig
-from fdd.data import stratified_subset
-from fdd.image_sources import prepare_image_dataset
-from fdd.group_noise import perturb_groups
-from fdd.sources import load_idx_folder, load_raw
+from fdd.datasets.containers import stratified_subset
+from fdd.datasets.image_sources import prepare_image_dataset
+from fdd.datasets.group_noise import perturb_groups
+from fdd.datasets.sources import load_idx_folder, load_raw
 from tasks.base import atomic_write_json, publish_markdown, run_logger, stage, stage_dir
 
 RAW_NAMES = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from fdd.config import PipelineConfig
-from fdd.plots import loss_curves, save_figure
+from fdd.report.plots import loss_curves, save_figure
 from tasks.base import (
     atomic_write_bytes,
     atomic_write_json,

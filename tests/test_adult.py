@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from fdd import adult
-from fdd.adult import (
+from fdd.datasets import adult
+from fdd.datasets.adult import (
     ADULT_COLUMNS,
     CLASS_NAMES,
     ERR_COLUMNS,
@@ -30,12 +30,12 @@ from fdd.adult import (
     load_adult_frames,
     read_adult,
 )
-from fdd.audit import train_stacked
+from fdd.fairness.audit import train_stacked
 from fdd.config import ERR_MLP_NORM, ConfigError, NetworkConfig, SynthesisConfig, parse_config
-from fdd.mlp import ERR_NORM, MLP, build_mlp
-from fdd.networks import ConvNet, build_network, reset_parameters_
-from fdd.sources import ChecksumError, DatasetUnavailableError, UnsafeArchiveError
-from fdd.synthesis import synthesize, train_network
+from fdd.models.mlp import ERR_NORM, MLP, build_mlp
+from fdd.models.networks import ConvNet, build_network, reset_parameters_
+from fdd.datasets.sources import ChecksumError, DatasetUnavailableError, UnsafeArchiveError
+from fdd.distillation.synthesis import synthesize, train_network
 
 ROOT = Path(__file__).resolve().parent.parent
 CATEGORIES = {

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fdd.config import ConfigError, PipelineConfig, parse_config
-from fdd.data import GroupedImages
+from fdd.datasets.containers import GroupedImages
 from flows import cli
 
 SECTIONS = {  # the mapping sections (``schedules``, a list of entries, is tested in test_server.py)

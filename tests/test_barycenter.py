@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fdd import barycenter as B
-from fdd.barycenter import (
+from fdd.transport import barycenter as B
+from fdd.transport.barycenter import (
     BarycenterConvergenceWarning,
     CellStatistics,
     ClassBarycenters,
@@ -388,7 +388,7 @@ def test_validation_errors():
 
 
 def test_index_counts_is_bincount_without_a_host_read():
-    from fdd.barycenter import index_counts
+    from fdd.transport.barycenter import index_counts
 
     ids = torch.tensor([3, 0, 3, 5, 3, 0])
     assert torch.equal(index_counts(ids, 7), torch.bincount(ids, minlength=7))

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from fdd.colored import (
+from fdd.datasets.colored import (
     COLOR_NAMES,
     COLORS,
     ERR_BIAS,
@@ -21,7 +21,7 @@ from fdd.colored import (
     build_colored,
     colorize,
 )
-from fdd.sources import RawSplits
+from fdd.datasets.sources import RawSplits
 
 
 def _labels(sizes: dict[int, int]) -> torch.Tensor:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fdd import data as D
-from fdd.data import GroupedImages, SyntheticSet, atomic_save, stratified_subset, tensor_digest
+from fdd.datasets import containers as D
+from fdd.datasets.containers import GroupedImages, SyntheticSet, atomic_save, stratified_subset, tensor_digest
 
 
 def make_grouped(n: int = 12, channels: int = 3, size: int = 4, num_classes: int = 3, num_groups: int = 2,

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fdd.dm import MEAN_MODES, class_means, dm_loss
+from fdd.distillation.dm import MEAN_MODES, class_means, dm_loss
 
 PROPERTY = settings(max_examples=25, deadline=None)
 

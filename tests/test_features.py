@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from fdd.config import BarycenterConfig, FeaturesConfig, NetworkConfig
-from fdd.data import GroupedImages
-from fdd.diagnostics import BarycenterDiagnostics, barycenter_diagnostics
-from fdd.features import GroupFeatures, embed_images, group_features, sample_cells, separation_table
-from fdd.networks import build_convnet
+from fdd.datasets.containers import GroupedImages
+from fdd.fairness.diagnostics import BarycenterDiagnostics, barycenter_diagnostics
+from fdd.fairness.features import GroupFeatures, embed_images, group_features, sample_cells, separation_table
+from fdd.models.networks import build_convnet
 
 TINY_NET = NetworkConfig(width=8, depth=2)
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from fdd.config import ConfigError, GroupNoiseConfig, parse_config
-from fdd.data import UNKNOWN_GROUP, GroupedImages
-from fdd.dm import dm_loss
-from fdd.group_noise import perturb_groups
-from fdd.partition import cell_counts
+from fdd.datasets.containers import UNKNOWN_GROUP, GroupedImages
+from fdd.distillation.dm import dm_loss
+from fdd.datasets.group_noise import perturb_groups
+from fdd.datasets.partition import cell_counts
 
 
 def dataset(n_per_cell: int = 25, num_classes: int = 3, num_groups: int = 4, seed: int = 0) -> GroupedImages:

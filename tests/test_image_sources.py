@@ -13,7 +13,7 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from fdd.config import ConfigError, DataConfig, parse_config
-from fdd.image_sources import (
+from fdd.datasets.image_sources import (
     CIFAR10S_GROUPS,
     DEFAULT_NORMALIZATION,
     ERR_CELEBA_ATTR,

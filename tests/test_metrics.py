@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fdd import metrics as M
-from fdd.metrics import (
+from fdd.fairness import metrics as M
+from fdd.fairness.metrics import (
     FairnessReport,
     RecallTable,
     fairness_report,

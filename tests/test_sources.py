@@ -17,8 +17,8 @@ import pytest
 import torch
 from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
-from fdd import sources
-from fdd.sources import (
+from fdd.datasets import sources
+from fdd.datasets.sources import (
     ERR_CHECKSUM,
     ERR_IDX_TYPE,
     ERR_NAME,

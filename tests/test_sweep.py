@@ -148,7 +148,7 @@ def test_a_grid_with_bad_cells_is_refused_before_anything_runs(tiny_workspace: P
 def test_dataset_workspace_links_every_user_path(tmp_path: Path) -> None:
     """A sweep's per-dataset folder sees the user's CSV and images at the same relative paths,
     and the ingest cache key computed there covers the same file contents."""
-    from fdd.image_sources import user_files_digest
+    from fdd.datasets.image_sources import user_files_digest
     from flows.sweep import dataset_workspace
 
     (tmp_path / "mine/images/a").mkdir(parents=True)

@@ -28,10 +28,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from fdd.barycenter import cell_statistics
+from fdd.transport.barycenter import cell_statistics
 from fdd.config import FeaturesConfig, NetworkConfig
-from fdd.data import GroupedImages
-from fdd.networks import build_network
+from fdd.datasets.containers import GroupedImages
+from fdd.models.networks import build_network
 
 
 @dataclass(frozen=True)

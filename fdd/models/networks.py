@@ -208,7 +208,7 @@ def build_network(
     :class:`fdd.mlp.MLP` on the ``C * H * W`` flattened values (tabular rows are stored
     as ``(F, 1, 1)``). Both expose ``embed`` (the penultimate features) and ``forward``.
     """
-    from fdd.mlp import build_mlp
+    from fdd.models.mlp import build_mlp
 
     if network.architecture == "mlp":
         if network.depth == "auto":

@@ -52,13 +52,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fdd.augment import DSAConfig, apply_dsa, draw_dsa
-from fdd.backbones.dc import ERR_BATCHNORM
-from fdd.backbones.weights import group_balanced_weights
+from fdd.distillation.augment import DSAConfig, apply_dsa, draw_dsa
+from fdd.distillation.backbones.dc import ERR_BATCHNORM
+from fdd.distillation.backbones.weights import group_balanced_weights
 from fdd.config import MTTConfig, NetworkConfig
-from fdd.data import GroupedImages, atomic_save
-from fdd.networks import build_network, reset_parameters_
-from fdd.synthesis import Synthesizer
+from fdd.datasets.containers import GroupedImages, atomic_save
+from fdd.models.networks import build_network, reset_parameters_
+from fdd.distillation.synthesis import Synthesizer
 
 ExpertObjective = Literal["plain", "balanced_weights", "balanced_sampling"]
 EXPERT_OBJECTIVES: tuple[str, ...] = ("plain", "balanced_weights", "balanced_sampling")

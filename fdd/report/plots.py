@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
-from fdd.data import SyntheticSet  # noqa: E402
+from fdd.datasets.containers import SyntheticSet  # noqa: E402
 
 
 def synthetic_grid(synthetic: SyntheticSet, *, max_per_class: int = 10, title: str = "") -> Figure:

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fdd.data import GroupedImages
-from fdd.sources import RawSplits
+from fdd.datasets.containers import GroupedImages
+from fdd.datasets.sources import RawSplits
 
 Bias = Literal["foreground", "background"]
 BIAS_CHOICES: tuple[str, ...] = get_args(Bias)

@@ -41,8 +41,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fdd.backbones.dc import OuterInnerSynthesizer
-from fdd.dm import mean_matching_loss
+from fdd.distillation.backbones.dc import OuterInnerSynthesizer
+from fdd.distillation.dm import mean_matching_loss
 
 ERR_MODE = "mode must be one of {allowed}; got {value!r}"
 CAFE_MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra")

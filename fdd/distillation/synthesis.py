@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.profiler import record_function
 
-from fdd.augment import DSAConfig, DSADraw, apply_dsa, draw_dsa
+from fdd.distillation.augment import DSAConfig, DSADraw, apply_dsa, draw_dsa
 from fdd.config import NetworkConfig, SynthesisConfig
-from fdd.data import GroupedImages, SyntheticSet, atomic_save
-from fdd.dm import dm_loss
-from fdd.networks import ConvNet, build_network, reset_parameters_
+from fdd.datasets.containers import GroupedImages, SyntheticSet, atomic_save
+from fdd.distillation.dm import dm_loss
+from fdd.models.networks import ConvNet, build_network, reset_parameters_
 
 ERR_MODE = "mode must be one of {allowed}; got {value!r}"
 ERR_CLASS_EMPTY = (
@@ -120,7 +120,7 @@ def initial_synthetic_images(
         shape = (c * ipc, *train.image_shape)
         return torch.randn(shape, generator=generator, device=device), labels
     if init in ("stratified", "barycenter"):
-        from fdd.initialisation import covering_indices
+        from fdd.distillation.initialisation import covering_indices
 
         embed = None
         if init == "barycenter":
@@ -291,7 +291,7 @@ class Synthesizer:
         seed: int,
         device: torch.device | str = "cpu",
     ) -> None:
-        from fdd.dm import MATCHING_MODES
+        from fdd.distillation.dm import MATCHING_MODES
 
         if mode not in MATCHING_MODES:
             raise ValueError(ERR_MODE.format(allowed=MATCHING_MODES, value=mode))
@@ -312,7 +312,7 @@ class Synthesizer:
         self.net = build_network(
             input_shape=train.image_shape, num_classes=train.num_classes, network=network, device=device
         )
-        from fdd.dm import WARMUP_MODES
+        from fdd.distillation.dm import WARMUP_MODES
 
         self.warmup_epochs = config.resolved_warmup_epochs() if mode in WARMUP_MODES and config.backbone == "dm" else 0
         self.iteration = 0
@@ -389,14 +389,14 @@ class DMSynthesizer(Synthesizer):
         config, device = self.config, self.device
         self.captured_step = self.captured_warmup = None
         if self._whole_step_capturable():
-            from fdd.cuda_graph import CapturedStep
+            from fdd.distillation.cuda_graph import CapturedStep
 
             self.captured_step = CapturedStep(self._warm_up_and_match, device=device, what="DM iteration")
         elif (
             config.cuda_graph and self.warmup_epochs and device.type == "cuda"
             and config.precision == "fp32" and not config.channels_last
         ):
-            from fdd.cuda_graph import CapturedTraining
+            from fdd.distillation.cuda_graph import CapturedTraining
 
             self.captured_warmup = CapturedTraining(
                 self.net, image_shape=tuple(self.syn_images.shape), labels=self.syn_labels,
@@ -406,7 +406,7 @@ class DMSynthesizer(Synthesizer):
             )
 
     def _whole_step_capturable(self) -> bool:
-        from fdd.dm import MEAN_MODES
+        from fdd.distillation.dm import MEAN_MODES
 
         config = self.config
         return (
@@ -418,7 +418,7 @@ class DMSynthesizer(Synthesizer):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         if self.captured_step is not None:  # the graph holds the old optimiser buffers: capture again
-            from fdd.cuda_graph import CapturedStep
+            from fdd.distillation.cuda_graph import CapturedStep
 
             self.captured_step = CapturedStep(self._warm_up_and_match, device=self.device, what="DM iteration")
 
@@ -566,7 +566,7 @@ def synthesize(
     cache_dir : path, optional
         Where a backbone keeps reusable artifacts between runs (MTT's expert trajectories).
     """
-    from fdd.backbones import build_synthesizer  # the backbones subclass Synthesizer: imported late
+    from fdd.distillation.backbones import build_synthesizer  # the backbones subclass Synthesizer: imported late
 
     loop = build_synthesizer(
         train, mode=mode, config=config, network=network, seed=seed, device=device, cache_dir=cache_dir

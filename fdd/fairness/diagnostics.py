@@ -28,7 +28,7 @@ import ot
 import pandas as pd
 import torch
 
-from fdd.barycenter import MissingGroupWarning, distances_to_targets, free_support_barycenter
+from fdd.transport.barycenter import MissingGroupWarning, distances_to_targets, free_support_barycenter
 from fdd.config import BarycenterConfig
 
 

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fdd.backbones.cafe import ERR_ARCHITECTURE
-from fdd.backbones.dc import DCSynthesizer
-from fdd.synthesis import initial_synthetic_images
+from fdd.distillation.backbones.cafe import ERR_ARCHITECTURE
+from fdd.distillation.backbones.dc import DCSynthesizer
+from fdd.distillation.synthesis import initial_synthetic_images
 
 ERR_FACTOR = "idc.factor={factor} must divide the image size {height}x{width}"
 

@@ -26,13 +26,13 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from fdd.backbones.cafe import CAFESynthesizer
-from fdd.backbones.dc import DCSynthesizer
-from fdd.backbones.idc import IDCSynthesizer
-from fdd.backbones.mtt import MTTSynthesizer
+from fdd.distillation.backbones.cafe import CAFESynthesizer
+from fdd.distillation.backbones.dc import DCSynthesizer
+from fdd.distillation.backbones.idc import IDCSynthesizer
+from fdd.distillation.backbones.mtt import MTTSynthesizer
 from fdd.config import NetworkConfig, SynthesisConfig
-from fdd.data import GroupedImages, SyntheticSet
-from fdd.synthesis import DMSynthesizer, Synthesizer
+from fdd.datasets.containers import GroupedImages, SyntheticSet
+from fdd.distillation.synthesis import DMSynthesizer, Synthesizer
 
 ERR_BACKBONE = "synthesis.backbone must be one of {allowed}; got {value!r}"
 

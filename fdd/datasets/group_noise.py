@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fdd.data import UNKNOWN_GROUP, GroupedImages
+from fdd.datasets.containers import UNKNOWN_GROUP, GroupedImages
 
 ERR_FRACTION = "{name} must be a number in [0, 1]; got {value!r}"
 ERR_FRACTION_SUM = (

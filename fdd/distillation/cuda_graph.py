@@ -32,8 +32,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from fdd.augment import DSAConfig
-from fdd.synthesis import draw_training_plan, train_network
+from fdd.distillation.augment import DSAConfig
+from fdd.distillation.synthesis import draw_training_plan, train_network
 
 ERR_DEVICE = "CUDA-graph training needs a CUDA device; got {device}"
 ERR_SHAPE = "CUDA-graph training was captured for {field} of shape {expected}; got {got}"

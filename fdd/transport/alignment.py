@@ -114,7 +114,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fdd.barycenter import index_counts
+from fdd.transport.barycenter import index_counts
 
 AlignmentMode = Literal["cobra-w2", "cobra-bures"]
 W2Solver = Literal["emd", "sinkhorn"]

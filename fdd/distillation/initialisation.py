@@ -41,7 +41,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from fdd.data import GroupedImages
+from fdd.datasets.containers import GroupedImages
 
 CoveringInit = Literal["stratified", "barycenter"]
 COVERING_INITS: tuple[str, ...] = get_args(CoveringInit)
@@ -110,7 +110,7 @@ def _assign_to_barycenter(features: Tensor, groups: Tensor, slot_groups: Tensor,
     """Positions (into ``features``) of one class's images nearest the barycenter atoms, group quotas kept."""
     from scipy.optimize import linear_sum_assignment
 
-    from fdd.barycenter import free_support_barycenter
+    from fdd.transport.barycenter import free_support_barycenter
 
     present = torch.unique(groups)
     clouds = [features[groups == gg] for gg in present]

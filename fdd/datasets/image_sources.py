@@ -57,7 +57,7 @@ from torchvision.datasets.utils import check_integrity
 from torchvision.transforms.v2 import functional as F
 
 from fdd.config import DataConfig
-from fdd.data import GroupedImages
+from fdd.datasets.containers import GroupedImages
 from fdd.files import sha256_file
 
 logger = logging.getLogger(__name__)

@@ -40,8 +40,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from fdd.alignment import ALIGNMENT_MODES, Reduction, W2Solver, alignment_loss
-from fdd.barycenter import cell_statistics, index_counts, mean_barycenter
+from fdd.transport.alignment import ALIGNMENT_MODES, Reduction, W2Solver, alignment_loss
+from fdd.transport.barycenter import cell_statistics, index_counts, mean_barycenter
 
 MatchingMode = Literal["vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures"]
 MEAN_MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra")  # first-moment matching (this module)

@@ -79,7 +79,7 @@ def build_mlp(
     As :func:`fdd.networks.build_convnet`: construction leaves the global random state
     untouched, and a seed draws the parameters from a private generator.
     """
-    from fdd.networks import reset_parameters_
+    from fdd.models.networks import reset_parameters_
 
     with torch.random.fork_rng(devices=[]):
         net = MLP(in_features=in_features, num_classes=num_classes, width=width, depth=depth, norm=norm)

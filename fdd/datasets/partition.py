@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fdd.data import GroupedImages
+from fdd.datasets.containers import GroupedImages
 
 PARTITION_COLUMNS: tuple[str, ...] = (
     "class",

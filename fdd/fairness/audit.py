@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from fdd.augment import DSAConfig, DSADraw, apply_dsa
+from fdd.distillation.augment import DSAConfig, DSADraw, apply_dsa
 from fdd.config import AuditConfig, NetworkConfig
-from fdd.data import GroupedImages, SyntheticSet
-from fdd.metrics import FairnessReport, fairness_report, summarize_runs
-from fdd.networks import ConvNet, build_network
-from fdd.synthesis import draw_training_plan, train_network
+from fdd.datasets.containers import GroupedImages, SyntheticSet
+from fdd.fairness.metrics import FairnessReport, fairness_report, summarize_runs
+from fdd.models.networks import ConvNet, build_network
+from fdd.distillation.synthesis import draw_training_plan, train_network
 
 ERR_SHAPE_MISMATCH = (
     "the synthetic images have shape {syn} per image but the test images have {test}; "
@@ -142,7 +142,7 @@ def train_stacked(
         if cuda_graph and device.type == "cuda":
             rate = optimizer.param_groups[0]["lr"]
             if rate not in graphed:
-                from fdd.cuda_graph import CapturedStep
+                from fdd.distillation.cuda_graph import CapturedStep
 
                 graphed[rate] = CapturedStep(
                     run_epoch, device=device, eager_calls=0 if graphed else 3, what="audit epoch", setting="audit.cuda_graph"
