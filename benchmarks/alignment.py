@@ -7,7 +7,7 @@
 Every variant ``MODE:INIT`` is distilled with the DM backbone (ConvNet-3 width 128, batch 600
 per class, DSA, the COBRA-DM schedule unless overridden) on the foreground-coloured dataset at
 the given IPC, then audited with ``--num-eval`` evaluations of ``--eval-epochs`` epochs.
-``--flip`` / ``--hide`` perturb the training groups (fdd/group_noise.py) for the robustness
+``--flip`` / ``--hide`` perturb the training groups (fdd/datasets/group_noise.py) for the robustness
 study. Uses fdd directly (torch, torchvision, numpy, pandas, pydantic and POT; no Prefect or
 DVC), reads MNIST / Fashion-MNIST from ``--data-root`` (no download by default).
 

@@ -5,7 +5,7 @@
 
 Distils C-MNIST (foreground by default) at IPC 10 with each backbone (DM, DC, IDC, CAFE,
 MTT) in each mode (vanilla, fairdd, cobra), using each backbone's published settings
-(``fdd.backbones.RECOMMENDED``; ConvNet-3 width 128, DSA, init real) unless overridden,
+(``fdd.distillation.backbones.RECOMMENDED``; ConvNet-3 width 128, DSA, init real) unless overridden,
 and audits every synthetic set with ``--num-eval`` evaluations. Needs only torch,
 torchvision, numpy, pandas and pydantic (no Prefect or DVC). After every cell it rewrites
 ``<out>/backbones_<device>.md`` and ``.csv`` atomically, so a run cut short keeps the
@@ -176,7 +176,7 @@ def main() -> int:
                 f"Machine: {machine}, torch {torch.__version__}. ConvNet-3 width {args.width}, DSA, init real, "
                 f"seed {args.seed}; each cell audited with {args.num_eval} evaluations of {args.eval_epochs} epochs "
                 f"(mean ± std). Train images: {len(train)}, test images: {len(test)}. Settings per backbone: "
-                f"`fdd.backbones.RECOMMENDED` with the iterations shown. s/iteration includes MTT's expert "
+                f"`fdd.distillation.backbones.RECOMMENDED` with the iterations shown. s/iteration includes MTT's expert "
                 f"training when its trajectories were not cached.\n\n"
                 f"Last command: `python benchmarks/backbones.py {' '.join(sys.argv[1:])}`\n\n"
             )

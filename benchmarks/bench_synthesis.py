@@ -4,7 +4,7 @@
 
 Measures, on the given device and in one run (so the numbers compare as ratios):
 
-(a) seconds per outer iteration of :class:`fdd.synthesis.DMSynthesizer` for each mode at
+(a) seconds per outer iteration of :class:`fdd.distillation.synthesis.DMSynthesizer` for each mode at
     IPC 10 and 50 (median of ``--iterations`` timed iterations after ``--warmup``, with
     a device synchronisation around each);
 (b) the same for the naive per-class, per-group loop of ``naive_reference.py``;

@@ -6,7 +6,7 @@ real batch with a numpy permutation, augments the class's real and synthetic ima
 one seeded DSA call each, and (fairdd / cobra) embeds each group's real images
 separately before combining the group means. This file reproduces that structure with
 fdd's own building blocks (ConvNet, DSA), so the only difference measured against
-:class:`fdd.synthesis.DMSynthesizer` is the batching.
+:class:`fdd.distillation.synthesis.DMSynthesizer` is the batching.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     python benchmarks/profile_step.py --device cuda --modes vanilla,cobra --out benchmarks/results
 
-For each mode, builds :class:`fdd.synthesis.DMSynthesizer` on C-MNIST (foreground) with
+For each mode, builds :class:`fdd.distillation.synthesis.DMSynthesizer` on C-MNIST (foreground) with
 the given variant (``compile``, ``graph``), warms it up, then records ``--steps`` steps
 with :mod:`torch.profiler` and prints (and writes, as ``profile_<tag>.md``):
 
@@ -11,7 +11,7 @@ with :mod:`torch.profiler` and prints (and writes, as ``profile_<tag>.md``):
 - the kernels with the most device time.
 
 With ``--audit-epochs`` it does the same for that many epochs of the stacked audit
-training (:func:`fdd.audit.train_stacked`). The numbers say whether a phase is bound by
+training (:func:`fdd.fairness.audit.train_stacked`). The numbers say whether a phase is bound by
 the GPU's work (device time close to wall time) or by launches (device time far below).
 """
 

@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 Dataset = Literal["cmnist", "cfmnist", "cifar10s", "celeba", "utkface", "bffhq", "folder", "adult"]
 #: The colour-biased digit datasets built from 28x28 grayscale sources (MNIST, Fashion-MNIST, idx_dir).
 COLORED_DATASETS: tuple[str, ...] = ("cmnist", "cfmnist")
-#: The datasets read from image files (fdd.image_sources); each has its own sub-section of ``data``.
+#: The datasets read from image files (fdd.datasets.image_sources); each has its own sub-section of ``data``.
 IMAGE_DATASETS: tuple[str, ...] = ("cifar10s", "celeba", "utkface", "bffhq", "folder")
-#: Datasets of rows rather than images (stored as (N, F, 1, 1) tensors; see fdd/adult.py).
+#: Datasets of rows rather than images (stored as (N, F, 1, 1) tensors; see fdd/datasets/adult.py).
 TABULAR_DATASETS: tuple[str, ...] = ("adult",)
 Bias = Literal["foreground", "background"]
 Mode = Literal["vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures"]
@@ -45,7 +45,7 @@ ERR_NOT_FOR_DATASET = (
     "data.{key} only applies to the datasets {allowed}; data.dataset is {dataset!r} (remove data.{key}, "
     "or choose one of those datasets)"
 )
-#: data keys that only the colour-biased datasets read (tasks/ingest.py -> fdd.colored).
+#: data keys that only the colour-biased datasets read (tasks/ingest.py -> fdd.datasets.colored).
 COLORED_KEYS: tuple[str, ...] = ("bias", "shading", "train_correlation", "test_correlation", "num_confusing_colors")
 ERR_IDX_DIR_DATASET = "data.idx_dir only applies to the datasets {allowed}; data.dataset is {dataset!r}"
 ERR_COLORED_SIZE = "data.image_size must be 32 (or null) for {dataset!r}: C-MNIST images are 28x28 padded to 32x32; got {size}"
@@ -156,7 +156,7 @@ class FolderConfig(_Section):
 class TabularConfig(_Section):
     """Tabular data (``data.dataset: adult``): protected attribute, files and preprocessing.
 
-    See ``fdd/adult.py`` and ``docs/tabular.md``: numeric columns are standardised with the
+    See ``fdd/datasets/adult.py`` and ``docs/tabular.md``: numeric columns are standardised with the
     train statistics, categorical ones one-hot encoded over the train categories.
     """
 
@@ -182,7 +182,7 @@ class TabularConfig(_Section):
 
 
 class GroupNoiseConfig(_Section):
-    """Imperfect group labels in the training split (``fdd/group_noise.py``); the test split is untouched."""
+    """Imperfect group labels in the training split (``fdd/datasets/group_noise.py``); the test split is untouched."""
 
     flip_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of train samples moved to another group")
     hide_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of train samples whose group becomes -1")
@@ -229,7 +229,7 @@ class DataConfig(_Section):
         "standard (32 for C-MNIST and CIFAR10-S, 64 for CelebA, UTKFace, BFFHQ and folder)",
     )
     mean: tuple[float, float, float] | None = Field(
-        None, description="per-channel normalisation mean; None: the dataset's standard (fdd.image_sources)"
+        None, description="per-channel normalisation mean; None: the dataset's standard (fdd.datasets.image_sources)"
     )
     std: tuple[float, float, float] | None = Field(None, description="per-channel normalisation std (with mean)")
     cifar10s: Cifar10sConfig = Cifar10sConfig()
@@ -402,7 +402,7 @@ class SynthesisConfig(_Section):
     init: Literal["real", "noise", "barycenter", "stratified"] = Field(
         "real",
         description="real: random real images; noise: N(0,1) pixels; barycenter: real images nearest to the "
-        "support of the uniform W2 barycenter of the groups (fdd/initialisation.py); stratified: "
+        "support of the uniform W2 barycenter of the groups (fdd/distillation/initialisation.py); stratified: "
         "real images drawn round-robin over the groups",
     )
     dsa: bool = True
@@ -430,7 +430,7 @@ class SynthesisConfig(_Section):
     cuda_graph: bool = Field(
         False,
         description=(
-            "replay captured CUDA graphs (fdd.cuda_graph): DM in vanilla / fairdd / cobra, each whole iteration "
+            "replay captured CUDA graphs (fdd.distillation.cuda_graph): DM in vanilla / fairdd / cobra, each whole iteration "
             "after the first three (when every class fills batch_real); DM in cobra-w2 / cobra-bures, the embedder "
             "warm-up; DC / IDC / CAFE, the inner loop. Applies on CUDA devices with fp32 and contiguous format; "
             "CPU runs ignore it"

@@ -20,7 +20,7 @@ RAW_NAMES = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
 def ingest(workspace: str, data: DataConfig, raw_digest: str | None = None) -> list[Path]:
     """Write ``data/ingest/{train,test}.pt`` (uint8 images, labels, group ids) and a summary.
 
-    ``raw_digest`` (:func:`fdd.image_sources.user_files_digest`) only enters the cache key:
+    ``raw_digest`` (:func:`fdd.datasets.image_sources.user_files_digest`) only enters the cache key:
     the stage reruns when the user's own files change.
     """
     root = Path(workspace)
@@ -37,7 +37,7 @@ def ingest(workspace: str, data: DataConfig, raw_digest: str | None = None) -> l
         splits = encode_adult(
             frames.train, frames.test, protected=tab.protected, group_feature=tab.group_feature,
             missing=tab.missing, source=frames.source,
-        )  # rows encoded as (N, F, 1, 1) tensors (fdd/adult.py)
+        )  # rows encoded as (N, F, 1, 1) tensors (fdd/datasets/adult.py)
         source, bias, unit = frames.source, tab.protected, "rows"
         description = f"protected: {tab.protected}; {len(splits.feature_names)} features"
         extra = {"feature_names": list(splits.feature_names)}

@@ -1,4 +1,4 @@
-"""Tests of fdd.alignment: the cobra-w2 / cobra-bures distributional alignment losses."""
+"""Tests of fdd.transport.alignment: the cobra-w2 / cobra-bures distributional alignment losses."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of fdd.audit: training fresh networks on a synthetic set and auditing them."""
+"""Tests of fdd.fairness.audit: training fresh networks on a synthetic set and auditing them."""
 
 from __future__ import annotations
 

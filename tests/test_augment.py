@@ -1,4 +1,4 @@
-"""Tests of fdd.augment: differentiable siamese augmentation, batched over slots."""
+"""Tests of fdd.distillation.augment: differentiable siamese augmentation, batched over slots."""
 
 from __future__ import annotations
 

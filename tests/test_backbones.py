@@ -1,4 +1,4 @@
-"""Tests of fdd.backbones: DC, IDC, CAFE and MTT losses, schedules, state, and their pipeline runs."""
+"""Tests of fdd.distillation.backbones: DC, IDC, CAFE and MTT losses, schedules, state, and their pipeline runs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of fdd.barycenter: cell statistics, first-moment and W2 barycenters."""
+"""Tests of fdd.transport.barycenter: cell statistics, first-moment and W2 barycenters."""
 
 from __future__ import annotations
 

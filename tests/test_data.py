@@ -1,4 +1,4 @@
-"""Tests of fdd.data: GroupedImages, SyntheticSet, atomic_save, stratified_subset."""
+"""Tests of fdd.datasets.containers: GroupedImages, SyntheticSet, atomic_save, stratified_subset."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of fdd.dm: the DM matching losses in vanilla, FairDD and COBRA modes."""
+"""Tests of fdd.distillation.dm: the DM matching losses in vanilla, FairDD and COBRA modes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of fdd.features (reference-embedder statistics) and fdd.diagnostics (barycenter distances)."""
+"""Tests of fdd.fairness.features (reference-embedder statistics) and fdd.fairness.diagnostics (barycenter distances)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of fdd.group_noise and of how unknown groups (-1) flow through the library."""
+"""Tests of fdd.datasets.group_noise and of how unknown groups (-1) flow through the library."""
 
 from __future__ import annotations
 

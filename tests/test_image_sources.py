@@ -1,4 +1,4 @@
-"""The image-benchmark loaders on tiny fixtures in the real on-disk formats (fdd.image_sources)."""
+"""The image-benchmark loaders on tiny fixtures in the real on-disk formats (fdd.datasets.image_sources)."""
 
 from __future__ import annotations
 

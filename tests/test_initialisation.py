@@ -1,4 +1,4 @@
-"""Tests of fdd.initialisation: group-covering starting images (stratified, barycenter)."""
+"""Tests of fdd.distillation.initialisation: group-covering starting images (stratified, barycenter)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of fdd.metrics: hand-computed cases, fairlearn agreement, edge cases, errors."""
+"""Tests of fdd.fairness.metrics: hand-computed cases, fairlearn agreement, edge cases, errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of fdd.networks: the ConvNet, build_convnet and reset_parameters_."""
+"""Tests of fdd.models.networks: the ConvNet, build_convnet and reset_parameters_."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of fdd.sources on tiny synthetic archives; nothing here touches the network."""
+"""Tests of fdd.datasets.sources on tiny synthetic archives; nothing here touches the network."""
 
 from __future__ import annotations
 

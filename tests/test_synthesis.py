@@ -1,4 +1,4 @@
-"""Tests of fdd.synthesis: the class sampler, initialisation, training and the DM loop."""
+"""Tests of fdd.distillation.synthesis: the class sampler, initialisation, training and the DM loop."""
 
 from __future__ import annotations
 

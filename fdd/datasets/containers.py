@@ -27,7 +27,7 @@ ERR_INDEX_RANGE = (
     "{name} must lie in [0, {limit}) (one entry of {names_field} per id); "
     "got values in [{low}, {high}]"
 )
-UNKNOWN_GROUP = -1  # group id of a sample whose protected group is hidden (fdd/group_noise.py)
+UNKNOWN_GROUP = -1  # group id of a sample whose protected group is hidden (fdd/datasets/group_noise.py)
 ERR_GROUP_RANGE = (
     "groups must lie in [0, {limit}) (one entry of group_names per id) or be -1 (unknown group); "
     "got values in [{low}, {high}]"

@@ -5,7 +5,7 @@ group annotations are partly wrong or partly missing. :func:`perturb_groups` pro
 such a set from a clean one, deterministically for a seed:
 
 - **hidden**: exactly :math:`n_h = \operatorname{round}(h N)` samples, drawn uniformly
-  without replacement, get the group id ``-1`` (:data:`fdd.data.UNKNOWN_GROUP`);
+  without replacement, get the group id ``-1`` (:data:`fdd.datasets.containers.UNKNOWN_GROUP`);
 - **flipped**: exactly :math:`n_f = \operatorname{round}(f N)` *other* samples (disjoint
   from the hidden ones, so :math:`f + h \le 1`) get a group drawn uniformly among the
   :math:`G - 1` groups different from their true one:

@@ -1,7 +1,7 @@
 """The image benchmarks beyond C-MNIST: CIFAR10-S, CelebA, UTKFace, BFFHQ and your own folder.
 
 Each loader reads a dataset from its usual on-disk layout under ``root`` and returns the
-train and test splits as :class:`~fdd.data.GroupedImages` (uint8, 3 x S x S, class and
+train and test splits as :class:`~fdd.datasets.containers.GroupedImages` (uint8, 3 x S x S, class and
 group names attached, so they reach every table and plot):
 
 ========== ============================================== ======================= ====================

@@ -45,7 +45,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 def cell_counts(data: GroupedImages) -> np.ndarray:
     """Counts :math:`n_{k,g}` as an int64 array of shape (num_classes, num_groups).
 
-    Samples with an unknown group (id -1, :mod:`fdd.group_noise`) are not counted.
+    Samples with an unknown group (id -1, :mod:`fdd.datasets.group_noise`) are not counted.
     """
     labels = data.labels.detach().to("cpu", torch.int64)
     groups = data.groups.detach().to("cpu", torch.int64)

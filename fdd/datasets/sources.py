@@ -124,7 +124,7 @@ ERR_UNAVAILABLE = (
     "Tried:\n{attempts}\n"
     "What you can do (any one):\n"
     "  - place the four uncompressed IDX files {files} under {raw_dir} "
-    "(their sha256 sums are in fdd.sources.SHA256_SUMS[{name!r}]);\n"
+    "(their sha256 sums are in fdd.datasets.sources.SHA256_SUMS[{name!r}]);\n"
     "  - run once on a machine with internet access with download=True "
     "(torchvision downloads them);\n"
     "  - {offline_hint}"

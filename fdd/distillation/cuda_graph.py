@@ -9,8 +9,8 @@ CUDA graph records a step's kernels once and replays them with one launch.
   captures it once and replays it from then on. Each call copies its inputs into the
   graph's static copies; random draws therefore stay outside the graph, drawn by the
   caller from its own generator, so the random stream is the one of the eager code.
-  The DM synthesis step (:class:`fdd.synthesis.DMSynthesizer`) and an epoch of the
-  stacked audit training (:func:`fdd.audit.train_stacked`) use it.
+  The DM synthesis step (:class:`fdd.distillation.synthesis.DMSynthesizer`) and an epoch of the
+  stacked audit training (:func:`fdd.fairness.audit.train_stacked`) use it.
 - :class:`CapturedTraining` is ``train_network`` on a network that is re-drawn
   between calls (COBRA's per-iteration embedder warm-up, DC's inner loop): captured
   once after throw-away warm-up runs, whose effect on the weights is undone.
@@ -21,7 +21,7 @@ code computes; differences come only from the kernels cuDNN picks inside a captu
 
 Requirements: a CUDA device, fixed shapes, no host synchronisation inside the captured
 function, and state that is updated *in place* (parameters re-drawn with
-:func:`fdd.networks.reset_parameters_`, optimiser buffers created before capture).
+:func:`fdd.models.networks.reset_parameters_`, optimiser buffers created before capture).
 """
 
 from __future__ import annotations
@@ -167,10 +167,10 @@ class CapturedTraining:
     labels : Tensor
         ``(N,)`` fixed labels on the CUDA device.
     epochs, lr, momentum, weight_decay : training schedule of
-        :func:`fdd.synthesis.train_network`.
+        :func:`fdd.distillation.synthesis.train_network`.
     dsa : DSAConfig or None
     forward, augment : callable, optional
-        Replacements for ``net(x)`` and :func:`fdd.augment.apply_dsa` inside the graph,
+        Replacements for ``net(x)`` and :func:`fdd.distillation.augment.apply_dsa` inside the graph,
         e.g. their ``torch.compile``-d versions (fused kernels capture like any others;
         the eager runs before capture compile them).
     warmup_runs : int
@@ -230,7 +230,7 @@ class CapturedTraining:
         """Train the network on ``images`` from its current parameters, in place.
 
         The batch orders and DSA parameters are drawn here from ``generator`` exactly as
-        :func:`fdd.synthesis.train_network` draws them (:func:`fdd.synthesis.draw_training_plan`),
+        :func:`fdd.distillation.synthesis.train_network` draws them (:func:`fdd.distillation.synthesis.draw_training_plan`),
         copied into the graph's static inputs, and the graph is replayed.
         """
         if tuple(images.shape) != tuple(self.images.shape):

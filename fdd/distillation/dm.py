@@ -13,15 +13,15 @@ All three compare, per class ``c``, the mean embedding of the class's synthetic 
 
 where ``m_{c,g}`` is the mean embedding of the real images of class ``c`` and group
 ``g`` in the batch and ``P_c`` the groups present in it. ``b_c`` is the uniform
-(imbalance-agnostic) first-moment barycenter of :func:`fdd.barycenter.mean_barycenter`,
+(imbalance-agnostic) first-moment barycenter of :func:`fdd.transport.barycenter.mean_barycenter`,
 the same function the barycenters stage uses. Everything is computed for all classes
 at once with scatter operations: no Python loop over classes or groups.
 
 The distributional modes ``cobra-w2`` and ``cobra-bures`` align the whole synthetic
 feature cloud with the uniform :math:`W_2` barycenter of the group distributions; they
-are computed by :func:`fdd.alignment.alignment_loss` (see there for the math).
+are computed by :func:`fdd.transport.alignment.alignment_loss` (see there for the math).
 
-Real samples whose group is unknown (group id ``-1``, see :mod:`fdd.group_noise`) count
+Real samples whose group is unknown (group id ``-1``, see :mod:`fdd.datasets.group_noise`) count
 in the pooled class mean of ``vanilla`` (which needs no group), and are left out of the
 group means of ``fairdd``, ``cobra``, ``cobra-w2`` and ``cobra-bures`` (a class whose
 batch holds no labelled sample contributes nothing in those modes).
@@ -86,7 +86,7 @@ def dm_loss(
     num_classes, num_groups : int
     mode : {"vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures"}
     solver, reg, reduction
-        ``cobra-w2`` / ``cobra-bures`` only: see :func:`fdd.alignment.alignment_loss`.
+        ``cobra-w2`` / ``cobra-bures`` only: see :func:`fdd.transport.alignment.alignment_loss`.
 
     Returns
     -------

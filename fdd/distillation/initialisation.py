@@ -18,7 +18,7 @@ starting images so that they cover the groups of each class:
     are embedded with a random ConvNet (drawn from the run's generator), and the
     free-support barycenter :math:`b_c = \arg\min_\nu \sum_g \frac{1}{G_c} W_2^2(\nu,
     \mu_{c,g})` with :math:`k` atoms :math:`x_1..x_k` is computed
-    (:func:`fdd.barycenter.free_support_barycenter`, POT). The atoms are then given to
+    (:func:`fdd.transport.barycenter.free_support_barycenter`, POT). The atoms are then given to
     the slots' groups by a linear assignment with cost
     :math:`\min_{i \in g_j} \lVert x_k - y_i \rVert^2`, and within each group the atoms
     are matched to distinct real images by a second linear assignment (nearest images

@@ -2,7 +2,7 @@
 
 :class:`Synthesizer` holds what every backbone shares (data, initialisation, optimiser,
 generator, checkpoint state); :func:`synthesize` drives any backbone with checkpoints,
-resume and progress; the other backbones live in :mod:`fdd.backbones`.
+resume and progress; the other backbones live in :mod:`fdd.distillation.backbones`.
 
 One outer iteration of DM (METHOD.md section 2):
 
@@ -11,7 +11,7 @@ One outer iteration of DM (METHOD.md section 2):
    then freeze it;
 3. draw ``batch_real`` real images per class on the device, augment the real batch and
    the synthetic set with one siamese DSA draw per class, embed both in **one**
-   forward pass each, and compute :func:`fdd.dm.dm_loss` for all classes at once;
+   forward pass each, and compute :func:`fdd.distillation.dm.dm_loss` for all classes at once;
 4. one SGD step (momentum) on the synthetic pixels.
 """
 
@@ -112,7 +112,7 @@ def initial_synthetic_images(
     ``init='real'`` takes ``ipc`` distinct random real images of each class (as the
     reference code does); ``init='noise'`` draws standard normal pixels;
     ``'stratified'`` and ``'barycenter'`` choose real images covering the groups
-    (:mod:`fdd.initialisation`; ``barycenter`` embeds with a random ConvNet of ``network``).
+    (:mod:`fdd.distillation.initialisation`; ``barycenter`` embeds with a random ConvNet of ``network``).
     """
     c = train.num_classes
     labels = torch.arange(c, device=device).repeat_interleave(ipc)
@@ -154,7 +154,7 @@ class TrainingPlan:
     ``B = min(N, batch_size)`` slots shares one family (one family per batch, per-image
     parameters, as the reference draws them). Drawing it all up front costs one call
     instead of one per step, and lets a captured CUDA graph
-    (:class:`fdd.cuda_graph.CapturedTraining`) replay the training with fresh draws.
+    (:class:`fdd.distillation.cuda_graph.CapturedTraining`) replay the training with fresh draws.
     """
 
     orders: Tensor | None
@@ -208,7 +208,7 @@ def train_network(
 
     The learning rate is multiplied by 0.1 once epoch ``lr_decay_epoch`` is done
     (the evaluation protocol's schedule); ``None`` keeps it constant. ``forward``
-    replaces ``net(x)`` and ``augment`` replaces :func:`fdd.augment.apply_dsa` (e.g.
+    replaces ``net(x)`` and ``augment`` replaces :func:`fdd.distillation.augment.apply_dsa` (e.g.
     ``torch.compile``-d versions). The batch orders and DSA parameters of all epochs
     are drawn first, in one :func:`draw_training_plan` call from ``generator``; this
     removes most of the per-step launch overhead on a GPU. ``plan`` passes such a
@@ -263,7 +263,7 @@ class Synthesizer:
     initial synthetic set and its optimiser, the run's generator, the matching network,
     checkpoint state and the finished :class:`SyntheticSet`.
 
-    A backbone (DM, DC, IDC, CAFE, MTT; :mod:`fdd.backbones`) is a subclass whose
+    A backbone (DM, DC, IDC, CAFE, MTT; :mod:`fdd.distillation.backbones`) is a subclass whose
     :meth:`step` runs one outer iteration of its loss and schedule and returns the loss;
     :func:`synthesize` drives any of them; benchmarks time :meth:`step` directly.
 
@@ -378,10 +378,10 @@ class DMSynthesizer(Synthesizer):
     With ``synthesis.cuda_graph`` on a CUDA device (fp32, contiguous format), a
     first-moment mode (vanilla, fairdd, cobra) and a real batch every class can fill,
     the whole iteration after the random draws (warm-up, real batch, embedding, loss,
-    pixel update) is one :class:`fdd.cuda_graph.CapturedStep`: the first iterations run
+    pixel update) is one :class:`fdd.distillation.cuda_graph.CapturedStep`: the first iterations run
     eagerly, then the graph is replayed. The draws (network, warm-up plan, real batch,
     DSA) are made first, in the eager code's order, from the run's generator.
-    Otherwise only the cobra warm-up is captured (:class:`fdd.cuda_graph.CapturedTraining`).
+    Otherwise only the cobra warm-up is captured (:class:`fdd.distillation.cuda_graph.CapturedTraining`).
     """
 
     def __init__(self, *args, **kwargs) -> None:

@@ -4,7 +4,7 @@ The protocol of METHOD.md section 2: for each of ``num_eval`` seeds, a fresh Con
 trained on the synthetic set (SGD with momentum and weight decay, batch 256, DSA on,
 learning rate x0.1 once epoch ``epochs // 2 + 1`` is done, ``epochs + 1`` epochs as in
 the reference's ``range(Epoch + 1)``), then predicts the real test split; the
-predictions go through :func:`fdd.metrics.fairness_report`. Results are the per-seed
+predictions go through :func:`fdd.fairness.metrics.fairness_report`. Results are the per-seed
 reports and their mean and standard deviation.
 
 With ``stack_models`` (the default) the ``num_eval`` networks are trained together as
@@ -77,9 +77,9 @@ def train_stacked(
     batch-norm running statistics).
 
     The random choices (batch orders, DSA parameters) are drawn up front for chunks of
-    epochs, as one :func:`fdd.synthesis.draw_training_plan` of ``count x M`` runs; an epoch then reads its share through two small device tensors, so every
+    epochs, as one :func:`fdd.distillation.synthesis.draw_training_plan` of ``count x M`` runs; an epoch then reads its share through two small device tensors, so every
     epoch runs the same kernels. ``cuda_graph`` (CUDA only) runs the first epochs eagerly, then captures one epoch
-    as a CUDA graph (:class:`fdd.cuda_graph.CapturedStep`; one more for the decayed
+    as a CUDA graph (:class:`fdd.distillation.cuda_graph.CapturedStep`; one more for the decayed
     learning rate) and replays it for the others.
     """
     m, n = len(nets), images.shape[0]

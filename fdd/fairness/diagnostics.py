@@ -64,7 +64,7 @@ def barycenter_diagnostics(
     Parameters
     ----------
     stats : mapping
-        The saved :class:`fdd.features.GroupFeatures` (``means``, ``population``,
+        The saved :class:`fdd.fairness.features.GroupFeatures` (``means``, ``population``,
         ``projected``, ``labels``, ``groups``).
     class_names, group_names : tuple of str
     config : BarycenterConfig

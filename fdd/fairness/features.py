@@ -101,7 +101,7 @@ def group_features(
 ) -> GroupFeatures:
     """Per-cell embedding statistics of ``data`` under the reference embedder.
 
-    Samples with an unknown group (id -1, :mod:`fdd.group_noise`) are left out.
+    Samples with an unknown group (id -1, :mod:`fdd.datasets.group_noise`) are left out.
     """
     if bool((data.groups < 0).any()):
         data = data.subset(data.groups >= 0)

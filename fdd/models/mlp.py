@@ -1,7 +1,7 @@
-"""A multilayer perceptron with the :class:`fdd.networks.ConvNet` interface, for tabular rows.
+"""A multilayer perceptron with the :class:`fdd.models.networks.ConvNet` interface, for tabular rows.
 
 Rows are stored as ``(N, F, 1, 1)`` tensors (``F`` features as the channels of a 1x1
-"image", see :mod:`fdd.adult`), so the data containers, the synthesis loop and the audit
+"image", see :mod:`fdd.datasets.adult`), so the data containers, the synthesis loop and the audit
 work on them unchanged; the MLP flattens its input. With ``depth`` hidden layers of
 ``width`` units,
 
@@ -12,9 +12,9 @@ work on them unchanged; the MLP flattens its input. With ``depth`` hidden layers
     \\operatorname{forward}(x) = W_{\\text{out}}\\, h_{\\text{depth}} + b_{\\text{out}}
 
 :meth:`MLP.embed` is the penultimate representation that DM matches, as for the ConvNet.
-It has parameters only (no normalisation buffers), so :func:`fdd.audit.train_stacked`
+It has parameters only (no normalisation buffers), so :func:`fdd.fairness.audit.train_stacked`
 trains several of them as one vectorised model, and
-:func:`fdd.networks.reset_parameters_` re-draws it as a fresh construction would.
+:func:`fdd.models.networks.reset_parameters_` re-draws it as a fresh construction would.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def build_mlp(
 ) -> MLP:
     """A freshly initialised :class:`MLP`, deterministic when ``seed`` is given.
 
-    As :func:`fdd.networks.build_convnet`: construction leaves the global random state
+    As :func:`fdd.models.networks.build_convnet`: construction leaves the global random state
     untouched, and a seed draws the parameters from a private generator.
     """
     from fdd.models.networks import reset_parameters_

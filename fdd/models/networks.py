@@ -205,7 +205,7 @@ def build_network(
     The ConvNet's depth is ``network.resolved_depth(W)`` (``'auto'`` follows the image side).
 
     ``"convnet"``: :class:`ConvNet` on ``C`` x ``H`` x ``H`` images; ``"mlp"``:
-    :class:`fdd.mlp.MLP` on the ``C * H * W`` flattened values (tabular rows are stored
+    :class:`fdd.models.mlp.MLP` on the ``C * H * W`` flattened values (tabular rows are stored
     as ``(F, 1, 1)``). Both expose ``embed`` (the penultimate features) and ``forward``.
     """
     from fdd.models.mlp import build_mlp

@@ -1,6 +1,6 @@
 r"""Distributional cross-group alignment: the ``cobra-w2`` and ``cobra-bures`` DM losses.
 
-COBRA (``cobra`` mode, :mod:`fdd.dm`) matches the mean synthetic embedding of each
+COBRA (``cobra`` mode, :mod:`fdd.distillation.dm`) matches the mean synthetic embedding of each
 class to the uniform *first-moment* barycenter of its groups. The losses here align the
 whole synthetic feature cloud with the uniform :math:`W_2` barycenter of the group
 feature distributions. Per class :math:`c`, with :math:`\nu_c` the empirical measure of
@@ -91,7 +91,7 @@ Two ways of computing it:
     all cells (:func:`torch.linalg.svdvals`, whose gradient is stable at repeated or zero
     singular values).
 
-Samples whose group is unknown (group id ``-1``, see :mod:`fdd.group_noise`) belong to no
+Samples whose group is unknown (group id ``-1``, see :mod:`fdd.datasets.group_noise`) belong to no
 cell and are left out of both losses.
 
 References

@@ -408,7 +408,7 @@ def index_counts(index: Tensor, size: int) -> Tensor:
 
     Unlike :func:`torch.bincount`, which reads the largest id back to the host to size
     its output, this never synchronises with the device, so it can run inside a
-    captured CUDA graph (:mod:`fdd.cuda_graph`) and keeps the launch queue full.
+    captured CUDA graph (:mod:`fdd.distillation.cuda_graph`) and keeps the launch queue full.
     """
     return torch.zeros(size, dtype=torch.long, device=index.device).scatter_add_(0, index.long(), torch.ones_like(index, dtype=torch.long))
 

@@ -2,19 +2,19 @@
 
 A backbone is a loss over a batch of real and synthetic data plus its schedule; the
 loop, checkpoints, resume, initialisation and logging are shared
-(:func:`fdd.synthesis.synthesize`). Every backbone is a subclass of
-:class:`fdd.synthesis.Synthesizer` implementing :meth:`~Backbone.step` (one outer
+(:func:`fdd.distillation.synthesis.synthesize`). Every backbone is a subclass of
+:class:`fdd.distillation.synthesis.Synthesizer` implementing :meth:`~Backbone.step` (one outer
 iteration; returns the loss) and, where it keeps more state than the synthetic pixels,
 their optimiser and the generator, extends :meth:`~Backbone.state_dict`.
 
 ========  ==========================================  ==========================
 backbone  loss                                        module
 ========  ==========================================  ==========================
-dm        mean embeddings of a random ConvNet         :mod:`fdd.synthesis`, :mod:`fdd.dm`
-dc        layer-wise gradient distance                :mod:`fdd.backbones.dc`
-idc       DC on multi-formation decoded images        :mod:`fdd.backbones.idc`
-cafe      layer-wise mean-feature MSE                 :mod:`fdd.backbones.cafe`
-mtt       normalised parameter-trajectory distance    :mod:`fdd.backbones.mtt`
+dm        mean embeddings of a random ConvNet         :mod:`fdd.distillation.synthesis`, :mod:`fdd.distillation.dm`
+dc        layer-wise gradient distance                :mod:`fdd.distillation.backbones.dc`
+idc       DC on multi-formation decoded images        :mod:`fdd.distillation.backbones.idc`
+cafe      layer-wise mean-feature MSE                 :mod:`fdd.distillation.backbones.cafe`
+mtt       normalised parameter-trajectory distance    :mod:`fdd.distillation.backbones.mtt`
 ========  ==========================================  ==========================
 """
 
@@ -37,7 +37,7 @@ from fdd.distillation.synthesis import DMSynthesizer, Synthesizer
 ERR_BACKBONE = "synthesis.backbone must be one of {allowed}; got {value!r}"
 
 # The published schedule of each backbone (METHOD.md section 2; MTT: the MTT paper's
-# learning rates, a short schedule of our own; CAFE: lr_img calibrated, see fdd.backbones.cafe):
+# learning rates, a short schedule of our own; CAFE: lr_img calibrated, see fdd.distillation.backbones.cafe):
 # synthesis settings that differ from
 # SynthesisConfig's DM defaults. presets/<backbone>.yaml and benchmarks/backbones.py use them.
 RECOMMENDED: dict[str, dict[str, object]] = {
@@ -50,7 +50,7 @@ RECOMMENDED: dict[str, dict[str, object]] = {
 
 
 class Backbone(Protocol):
-    """What :func:`fdd.synthesis.synthesize` needs from a backbone."""
+    """What :func:`fdd.distillation.synthesis.synthesize` needs from a backbone."""
 
     iteration: int
     device: torch.device
@@ -83,7 +83,7 @@ def build_synthesizer(
     device: torch.device | str = "cpu",
     cache_dir: str | Path | None = None,
 ) -> Backbone:
-    """The synthesizer of ``config.backbone`` (arguments as :class:`fdd.synthesis.Synthesizer`).
+    """The synthesizer of ``config.backbone`` (arguments as :class:`fdd.distillation.synthesis.Synthesizer`).
 
     ``cache_dir`` is where MTT keeps its expert trajectories; other backbones ignore it.
     """

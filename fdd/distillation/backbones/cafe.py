@@ -13,12 +13,12 @@ target from the real batch, and the layers are summed:
 
 (``SE(a, b) = ||a - b||^2``; pooled mean ``\\bar m`` weighted by group sizes; per-layer features averaged uniformly over
 the groups present for cobra). All classes and groups in one scatter
-(:func:`fdd.barycenter.cell_statistics`), as in :mod:`fdd.dm`. The schedule is DC's
+(:func:`fdd.transport.barycenter.cell_statistics`), as in :mod:`fdd.distillation.dm`. The schedule is DC's
 (fresh network, ``outer_loop`` pixel steps, ``inner_loop`` network epochs on the
 synthetic set between them).
 
 The features are small (spatial means after instance norm), so the pixel gradients are
-about a thousandth of DC's: ``fdd.backbones.RECOMMENDED`` pairs CAFE with ``lr_img`` 30
+about a thousandth of DC's: ``fdd.distillation.backbones.RECOMMENDED`` pairs CAFE with ``lr_img`` 30
 (our calibration: per-step pixel updates of the order of DC's at 0.1, measured at width
 128), not DC's 0.1.
 
@@ -53,7 +53,7 @@ ERR_ARCHITECTURE = (
 
 
 def layer_features(net: nn.Module, x: Tensor) -> Tensor:
-    """Spatially averaged output of every conv block of a :class:`~fdd.networks.ConvNet`, (N, depth, width)."""
+    """Spatially averaged output of every conv block of a :class:`~fdd.models.networks.ConvNet`, (N, depth, width)."""
     outputs = []
     blocks = list(net.features)
     for start in range(0, len(blocks), 4):  # conv, norm, relu, pool

@@ -22,7 +22,7 @@ skipped) and their output channels ``o`` (rows of the weight reshaped to
 
 with ``l`` the mean cross-entropy. The cobra target, a layer-wise mean of per-group mean
 gradients, is the gradient of one group-balanced weighted loss
-(:func:`fdd.backbones.weights.cell_weights`), so it costs one backward pass; fairdd needs
+(:func:`fdd.distillation.backbones.weights.cell_weights`), so it costs one backward pass; fairdd needs
 one backward pass per group. All classes (and groups) are batched: the network is
 evaluated functionally (:func:`torch.func.functional_call`) under :func:`torch.func.vmap`
 over classes (one weighted pull-back per class, :func:`torch.func.vjp`); fairdd's
@@ -35,7 +35,7 @@ matching loss of all classes is summed and one SGD step is taken on the syntheti
 pixels, and between two such steps the network is trained for ``inner_loop`` epochs on
 the current synthetic set (SGD ``lr_net``, no momentum, DSA); with
 ``synthesis.cuda_graph`` on a CUDA device that training is one captured CUDA graph
-(:class:`fdd.cuda_graph.CapturedTraining`, the same computation without the launch cost
+(:class:`fdd.distillation.cuda_graph.CapturedTraining`, the same computation without the launch cost
 of its ``inner_loop`` tiny steps).
 
 References

@@ -3,13 +3,13 @@
 Each stored ``H x W`` image holds ``f x f`` tiles of size ``H/f x W/f``; decoding cuts
 the tiles out and upsamples each back to ``H x W`` (bilinear), so ``ipc`` stored images
 per class train a model as ``ipc * f**2`` images (:func:`decode`). The storage budget
-stays ``ipc`` full-size images per class; the saved :class:`~fdd.data.SyntheticSet` is
+stays ``ipc`` full-size images per class; the saved :class:`~fdd.datasets.containers.SyntheticSet` is
 the decoded set, which is what a model trains on (``provenance["idc_factor"]`` records
 ``f``).
 
 Choices (documented differences from the IDC paper's code):
 
-- matching is DC's (:mod:`fdd.backbones.dc`): layer-wise distance, DC's outer/inner
+- matching is DC's (:mod:`fdd.distillation.backbones.dc`): layer-wise distance, DC's outer/inner
   schedule, and the same vanilla / fairdd / cobra targets, computed on the decoded
   synthetic set; the real batch stays at full resolution;
 - the inner loop trains the network on the decoded synthetic set, as DC does (IDC

@@ -24,7 +24,7 @@ per-group term of its own:
 - vanilla: experts minimise the plain mean cross-entropy over the real data (group
   sizes weigh the majority group in);
 - cobra: experts minimise the group-balanced risk, each image's loss weighted by
-  :math:`w_i = n_c / (G_c\\, n_{c,g})` (:func:`fdd.backbones.weights.group_balanced_weights`):
+  :math:`w_i = n_c / (G_c\\, n_{c,g})` (:func:`fdd.distillation.backbones.weights.group_balanced_weights`):
   inside every class each present group carries the same total weight, so the
   trajectories move toward the uniform barycenter of the group risks, independent of
   group sizes;
@@ -96,11 +96,11 @@ def train_experts(
 ) -> Tensor:
     """Train ``settings.num_experts`` ConvNets on ``train``; return their trajectories.
 
-    Each expert: a fresh network of ``network`` (:func:`fdd.networks.build_network`), SGD (``lr_teacher``, no momentum, no weight decay),
+    Each expert: a fresh network of ``network`` (:func:`fdd.models.networks.build_network`), SGD (``lr_teacher``, no momentum, no weight decay),
     batches of ``expert_batch`` with training-time DSA, ``train_epochs`` epochs; the
     parameters are recorded at the start and after every epoch. ``objective`` is one of
     ``plain`` (mean cross-entropy), ``balanced_weights`` (each image's loss weighted by
-    :func:`~fdd.backbones.weights.group_balanced_weights`) and ``balanced_sampling``
+    :func:`~fdd.distillation.backbones.weights.group_balanced_weights`) and ``balanced_sampling``
     (epochs of ``N`` images drawn with probability proportional to those weights).
 
     Returns

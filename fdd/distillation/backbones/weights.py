@@ -10,8 +10,8 @@ the three modes are weighted sums over the real batch of a class ``c``:
     \\text{fairdd (one row per group } g\\text{):}\\quad w_{g,i} = \\frac{[g(i) = g]}{n_{c,g}}
 
 where ``n_{c,g}`` counts the batch's images of class ``c`` and group ``g`` and ``G_c``
-the groups present. Images of unknown group (``-1``, :mod:`fdd.group_noise`) count in
-vanilla's pooled batch and are left out of the group targets, as in :mod:`fdd.dm`. The cobra weights give each present group the same total weight
+the groups present. Images of unknown group (``-1``, :mod:`fdd.datasets.group_noise`) count in
+vanilla's pooled batch and are left out of the group targets, as in :mod:`fdd.distillation.dm`. The cobra weights give each present group the same total weight
 ``1 / G_c`` whatever its size: the layer-wise mean over groups of per-group targets
 (the uniform barycenter of their first moments) in one weighted sum.
 """
