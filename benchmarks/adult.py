@@ -6,7 +6,7 @@
 For each protected attribute, the UCI train split (30,162 rows after dropping rows with
 missing values) is distilled into IPC rows per class with DM and an MLP embedder drawn fresh
 every iteration (cobra: trained for K epochs on the synthetic rows first), exactly the
-library's synthesis loop (:func:`fdd.distillation.synthesis.synthesize`). Each synthetic set is audited by
+library's synthesis loop (:func:`fdd.distillation.run.synthesize`). Each synthetic set is audited by
 training ``--num-eval`` MLPs on it (:func:`fdd.fairness.audit.audit_synthetic`) and testing them on the
 UCI test split (15,060 rows). A table row is the mean ± std over distillation seeds of the
 per-seed mean over evaluations. Context rows: the same MLPs trained on the whole real train
@@ -37,7 +37,7 @@ from fdd.fairness.audit import AuditResult, audit_synthetic  # noqa: E402
 from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
 from fdd.datasets.containers import SyntheticSet  # noqa: E402
 from fdd.files import atomic_write_bytes  # noqa: E402
-from fdd.distillation.synthesis import synthesize  # noqa: E402
+from fdd.distillation.run import synthesize  # noqa: E402
 
 METRICS = ("accuracy", "deo_m", "deo_a", "tnr_gap", "tpr_gap", "worst_group_accuracy")
 LABELS = {

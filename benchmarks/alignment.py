@@ -39,7 +39,8 @@ from fdd.datasets.containers import stratified_subset  # noqa: E402
 from fdd.files import atomic_write  # noqa: E402
 from fdd.datasets.group_noise import perturb_groups  # noqa: E402
 from fdd.datasets.sources import load_raw  # noqa: E402
-from fdd.distillation.synthesis import DMSynthesizer, synthesize  # noqa: E402
+from fdd.distillation.run import synthesize
+from fdd.distillation.synthesis import DMSynthesizer  # noqa: E402
 
 RAW = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
 INITS = ("real", "noise", "stratified", "barycenter")

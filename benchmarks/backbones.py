@@ -36,7 +36,7 @@ from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
 from fdd.datasets.containers import stratified_subset  # noqa: E402
 from fdd.files import atomic_write  # noqa: E402
 from fdd.datasets.sources import load_raw  # noqa: E402
-from fdd.distillation.synthesis import synthesize  # noqa: E402
+from fdd.distillation.run import synthesize  # noqa: E402
 
 RAW = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
 

@@ -16,7 +16,7 @@ import torch
 
 from fdd.distillation.augment import DSAConfig, apply_dsa, draw_dsa
 from fdd.models.networks import build_convnet
-from fdd.distillation.synthesis import train_network
+from fdd.distillation.training import train_network
 
 
 class NaiveDM:

@@ -26,7 +26,7 @@ from fdd.datasets.colored import build_colored  # noqa: E402
 from fdd.datasets.containers import SyntheticSet  # noqa: E402
 from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
 from fdd.datasets.sources import load_raw  # noqa: E402
-from fdd.distillation.synthesis import SynthesisInterrupted, synthesize  # noqa: E402
+from fdd.distillation.run import SynthesisInterrupted, synthesize  # noqa: E402
 
 RAW = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
 DEFAULT_ITERATIONS, DEFAULT_BATCH_REAL = 2600, 600  # the COBRA-DM schedule (METHOD.md); other schedules get their own file

@@ -12,7 +12,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from fdd.config import TABULAR_DATASETS, NetworkConfig, SynthesisConfig
 from fdd.datasets.containers import GroupedImages
 from fdd.report.plots import save_figure, synthetic_grid, synthetic_rows
-from fdd.distillation.synthesis import synthesize
+from fdd.distillation.run import synthesize
 from tasks.base import (
     artifact_key,
     atomic_write_bytes,

@@ -35,7 +35,8 @@ from fdd.config import ERR_MLP_NORM, ConfigError, NetworkConfig, SynthesisConfig
 from fdd.models.mlp import ERR_NORM, MLP, build_mlp
 from fdd.models.networks import ConvNet, build_network, reset_parameters_
 from fdd.datasets.sources import ChecksumError, DatasetUnavailableError, UnsafeArchiveError
-from fdd.distillation.synthesis import synthesize, train_network
+from fdd.distillation.run import synthesize
+from fdd.distillation.training import train_network
 
 ROOT = Path(__file__).resolve().parent.parent
 CATEGORIES = {

@@ -13,7 +13,7 @@ import yaml
 from fdd.distillation import synthesis as S
 from fdd.config import NetworkConfig, SynthesisConfig
 from fdd.datasets.containers import GroupedImages, SyntheticSet
-from fdd.distillation.synthesis import synthesize
+from fdd.distillation.run import synthesize
 from flows.pipeline import STAGES, load_config, run_single_stage
 
 TINY_NET = NetworkConfig(width=8, depth=2)

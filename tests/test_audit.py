@@ -14,7 +14,7 @@ from fdd.fairness.audit import AuditResult, audit_synthetic, predict
 from fdd.config import AuditConfig, NetworkConfig
 from fdd.datasets.containers import GroupedImages, SyntheticSet
 from fdd.fairness.metrics import FairnessReport
-from fdd.distillation.synthesis import train_network
+from fdd.distillation.training import train_network
 
 TINY_NET = NetworkConfig(width=8, depth=2)
 
@@ -228,7 +228,7 @@ def test_train_stacked_dsa_one_family_per_model_and_step(monkeypatch, draw_slots
     from fdd.distillation.augment import DSAConfig
 
     data = quadrant_data(per_cell=4, seed=0)  # 24 images, batches of 8
-    import fdd.distillation.synthesis as S  # train_stacked draws its chunks with draw_training_plan
+    import fdd.distillation.training as S  # train_stacked draws its chunks with draw_training_plan
 
     draws, used = [], []
     real_draw, real_apply = S.draw_dsa, A.apply_dsa

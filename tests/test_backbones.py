@@ -18,7 +18,7 @@ from fdd.distillation.backbones.idc import decode, encode
 from fdd.distillation.backbones.weights import cell_weights, group_balanced_weights
 from fdd.config import ConfigError, GradientMatchingConfig, NetworkConfig, parse_config
 from fdd.models.networks import build_convnet
-from fdd.distillation.synthesis import synthesize
+from fdd.distillation.run import synthesize
 from tests.test_synthesis import TINY_NET, tiny_config, tiny_data
 
 MODES = ("vanilla", "fairdd", "cobra")

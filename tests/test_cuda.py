@@ -9,7 +9,7 @@ from fdd.fairness.audit import audit_synthetic
 from fdd.config import AuditConfig, FeaturesConfig, NetworkConfig, SynthesisConfig
 from fdd.datasets.containers import GroupedImages
 from fdd.fairness.features import group_features, separation_table
-from fdd.distillation.synthesis import synthesize
+from fdd.distillation.run import synthesize
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 NET = NetworkConfig(width=8, depth=2)
@@ -78,7 +78,7 @@ def test_captured_training_trains_like_train_network(batch_size: int) -> None:
     from fdd.distillation.augment import DSAConfig
     from fdd.distillation.cuda_graph import CapturedTraining
     from fdd.models.networks import build_convnet, reset_parameters_
-    from fdd.distillation.synthesis import train_network
+    from fdd.distillation.training import train_network
 
     images = torch.randn(6, 3, 16, 16, device="cuda")
     labels = torch.tensor([0, 0, 1, 1, 2, 2], device="cuda")

@@ -10,7 +10,7 @@ from fdd.config import BarycenterConfig, FeaturesConfig, NetworkConfig, Synthesi
 from fdd.datasets.containers import GroupedImages
 from fdd.fairness.diagnostics import barycenter_diagnostics
 from fdd.fairness.features import group_features
-from fdd.distillation.synthesis import synthesize
+from fdd.distillation.run import synthesize
 
 
 def _data_missing_group() -> GroupedImages:

@@ -11,7 +11,9 @@ from fdd.distillation import synthesis as S
 from fdd.config import NetworkConfig, SynthesisConfig
 from fdd.datasets.containers import GroupedImages, SyntheticSet
 from fdd.models.networks import build_convnet
-from fdd.distillation.synthesis import ClassSampler, initial_synthetic_images, synthesize, train_network
+from fdd.distillation.run import synthesize
+from fdd.distillation.synthesis import ClassSampler, initial_synthetic_images
+from fdd.distillation.training import train_network
 
 TINY_NET = NetworkConfig(width=8, depth=2)
 

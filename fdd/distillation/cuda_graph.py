@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from fdd.distillation.augment import DSAConfig
-from fdd.distillation.synthesis import draw_training_plan, train_network
+from fdd.distillation.training import draw_training_plan, train_network
 
 ERR_DEVICE = "CUDA-graph training needs a CUDA device; got {device}"
 ERR_SHAPE = "CUDA-graph training was captured for {field} of shape {expected}; got {got}"
@@ -167,7 +167,7 @@ class CapturedTraining:
     labels : Tensor
         ``(N,)`` fixed labels on the CUDA device.
     epochs, lr, momentum, weight_decay : training schedule of
-        :func:`fdd.distillation.synthesis.train_network`.
+        :func:`fdd.distillation.training.train_network`.
     dsa : DSAConfig or None
     forward, augment : callable, optional
         Replacements for ``net(x)`` and :func:`fdd.distillation.augment.apply_dsa` inside the graph,
@@ -230,7 +230,7 @@ class CapturedTraining:
         """Train the network on ``images`` from its current parameters, in place.
 
         The batch orders and DSA parameters are drawn here from ``generator`` exactly as
-        :func:`fdd.distillation.synthesis.train_network` draws them (:func:`fdd.distillation.synthesis.draw_training_plan`),
+        :func:`fdd.distillation.training.train_network` draws them (:func:`fdd.distillation.training.draw_training_plan`),
         copied into the graph's static inputs, and the graph is replayed.
         """
         if tuple(images.shape) != tuple(self.images.shape):

@@ -39,9 +39,11 @@ from collections.abc import Callable
 from typing import Literal, get_args
 
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from fdd.datasets.containers import GroupedImages
+from fdd.transport.barycenter import free_support_barycenter
 
 CoveringInit = Literal["stratified", "barycenter"]
 COVERING_INITS: tuple[str, ...] = get_args(CoveringInit)
@@ -108,9 +110,6 @@ def stratified_indices(
 
 def _assign_to_barycenter(features: Tensor, groups: Tensor, slot_groups: Tensor, *, ipc: int, seed: int) -> Tensor:
     """Positions (into ``features``) of one class's images nearest the barycenter atoms, group quotas kept."""
-    from scipy.optimize import linear_sum_assignment
-
-    from fdd.transport.barycenter import free_support_barycenter
 
     present = torch.unique(groups)
     clouds = [features[groups == gg] for gg in present]

@@ -1,8 +1,8 @@
 """The synthetic-set optimisation loop shared by every backbone, and the DM backbone.
 
 :class:`Synthesizer` holds what every backbone shares (data, initialisation, optimiser,
-generator, checkpoint state); :func:`synthesize` drives any backbone with checkpoints,
-resume and progress; the other backbones live in :mod:`fdd.distillation.backbones`.
+generator, checkpoint state); :func:`fdd.distillation.run.synthesize` drives any backbone with
+checkpoints, resume and progress; the other backbones live in :mod:`fdd.distillation.backbones`.
 
 One outer iteration of DM (METHOD.md section 2):
 
@@ -17,13 +17,7 @@ One outer iteration of DM (METHOD.md section 2):
 
 from __future__ import annotations
 
-import hashlib
-import json
-import signal
-import threading
-import time
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import dataclass, field
 
 import torch
@@ -33,9 +27,12 @@ from torch.profiler import record_function
 
 from fdd.distillation.augment import DSAConfig, DSADraw, apply_dsa, draw_dsa
 from fdd.config import NetworkConfig, SynthesisConfig
-from fdd.datasets.containers import GroupedImages, SyntheticSet, atomic_save
-from fdd.distillation.dm import dm_loss
-from fdd.models.networks import ConvNet, build_network, reset_parameters_
+from fdd.datasets.containers import GroupedImages, SyntheticSet
+from fdd.distillation.cuda_graph import CapturedStep, CapturedTraining
+from fdd.distillation.dm import MATCHING_MODES, MEAN_MODES, WARMUP_MODES, dm_loss
+from fdd.distillation.initialisation import covering_indices
+from fdd.distillation.training import TrainingPlan, draw_training_plan, train_network
+from fdd.models.networks import build_network, reset_parameters_
 
 ERR_MODE = "mode must be one of {allowed}; got {value!r}"
 ERR_CLASS_EMPTY = (
@@ -120,8 +117,6 @@ def initial_synthetic_images(
         shape = (c * ipc, *train.image_shape)
         return torch.randn(shape, generator=generator, device=device), labels
     if init in ("stratified", "barycenter"):
-        from fdd.distillation.initialisation import covering_indices
-
         embed = None
         if init == "barycenter":
             net = network or NetworkConfig()
@@ -138,114 +133,6 @@ def initial_synthetic_images(
     sampler = ClassSampler(train.labels.to(device), num_classes=c)
     index = sampler.sample(ipc, generator=generator).cpu()
     return train.subset(index).normalized(device), labels
-
-
-ERR_PLAN = "training plan does not fit: {detail}"
-
-
-@dataclass(frozen=True)
-class TrainingPlan:
-    """Every random choice of one :func:`train_network` run, drawn before it starts.
-
-    ``orders`` holds each epoch's batch order, shape ``(epochs, N)``, or is ``None``
-    when the whole set is one batch (identity order). ``dsa`` holds the training-time
-    DSA parameters of ``epochs * slots_per_epoch`` slots: batch ``b`` of epoch ``e``
-    reads slots ``e * slots_per_epoch + b * B + arange(len(batch))``, and each block of
-    ``B = min(N, batch_size)`` slots shares one family (one family per batch, per-image
-    parameters, as the reference draws them). Drawing it all up front costs one call
-    instead of one per step, and lets a captured CUDA graph
-    (:class:`fdd.distillation.cuda_graph.CapturedTraining`) replay the training with fresh draws.
-    """
-
-    orders: Tensor | None
-    dsa: DSADraw | None
-    slots_per_epoch: int
-
-
-def draw_training_plan(
-    n: int,
-    *,
-    epochs: int,
-    batch_size: int,
-    image_size: tuple[int, int],
-    dsa: DSAConfig | None,
-    generator: torch.Generator | None,
-    device: torch.device | str,
-) -> TrainingPlan:
-    """Draw the batch orders and DSA parameters of training on ``n`` images."""
-    block = min(n, batch_size)
-    per_epoch = -(-n // block) * block if n else 0
-    orders = None
-    if n > batch_size:
-        orders = torch.rand(epochs, n, generator=generator, device=device).argsort(dim=1)
-    draw = None
-    if dsa is not None and epochs > 0 and n > 0:
-        draw = draw_dsa(
-            epochs * per_epoch, image_size=image_size, config=dsa, family_block=block,
-            generator=generator, device=device,
-        )
-    return TrainingPlan(orders=orders, dsa=draw, slots_per_epoch=per_epoch)
-
-
-def train_network(
-    net: ConvNet,
-    images: Tensor,
-    labels: Tensor,
-    *,
-    epochs: int,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    batch_size: int,
-    dsa: DSAConfig | None,
-    generator: torch.Generator | None,
-    lr_decay_epoch: int | None = None,
-    forward: Callable[[Tensor], Tensor] | None = None,
-    augment: Callable[..., Tensor] = apply_dsa,
-    plan: TrainingPlan | None = None,
-) -> ConvNet:
-    """Train ``net`` on (images, labels) with SGD and cross-entropy, DSA per batch.
-
-    The learning rate is multiplied by 0.1 once epoch ``lr_decay_epoch`` is done
-    (the evaluation protocol's schedule); ``None`` keeps it constant. ``forward``
-    replaces ``net(x)`` and ``augment`` replaces :func:`fdd.distillation.augment.apply_dsa` (e.g.
-    ``torch.compile``-d versions). The batch orders and DSA parameters of all epochs
-    are drawn first, in one :func:`draw_training_plan` call from ``generator``; this
-    removes most of the per-step launch overhead on a GPU. ``plan`` passes such a
-    draw in instead.
-    """
-    forward = forward if forward is not None else net
-    net.train()
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    n = images.shape[0]
-    if plan is None:
-        plan = draw_training_plan(
-            n, epochs=epochs, batch_size=batch_size, image_size=tuple(images.shape[-2:]), dsa=dsa,
-            generator=generator, device=images.device,
-        )
-    if (plan.orders is not None and tuple(plan.orders.shape) != (epochs, n)) or (plan.orders is None and n > batch_size):
-        got = None if plan.orders is None else tuple(plan.orders.shape)
-        raise ValueError(ERR_PLAN.format(detail=f"orders of shape {got} for {epochs} epochs of {n} images in batches of {batch_size}"))
-    if (plan.dsa is None) != (dsa is None or epochs == 0 or n == 0):
-        raise ValueError(ERR_PLAN.format(detail=f"DSA draw {'missing' if plan.dsa is None else 'given'} with dsa={dsa}"))
-    slots = torch.arange(min(n, batch_size), device=images.device)
-    for epoch in range(epochs):
-        for start in range(0, n, batch_size):
-            if plan.orders is None:
-                x, y = images, labels
-            else:
-                idx = plan.orders[epoch, start : start + batch_size]
-                x, y = images[idx], labels[idx]
-            if plan.dsa is not None:
-                x = augment(x, slots[: x.shape[0]] + (epoch * plan.slots_per_epoch + start), plan.dsa, config=dsa)
-            loss = F.cross_entropy(forward(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        if lr_decay_epoch is not None and epoch == lr_decay_epoch:
-            for group in optimizer.param_groups:
-                group["lr"] *= 0.1
-    return net
 
 
 @dataclass
@@ -291,8 +178,6 @@ class Synthesizer:
         seed: int,
         device: torch.device | str = "cpu",
     ) -> None:
-        from fdd.distillation.dm import MATCHING_MODES
-
         if mode not in MATCHING_MODES:
             raise ValueError(ERR_MODE.format(allowed=MATCHING_MODES, value=mode))
         self.train, self.mode, self.config, self.seed = train, mode, config, seed
@@ -312,8 +197,6 @@ class Synthesizer:
         self.net = build_network(
             input_shape=train.image_shape, num_classes=train.num_classes, network=network, device=device
         )
-        from fdd.distillation.dm import WARMUP_MODES
-
         self.warmup_epochs = config.resolved_warmup_epochs() if mode in WARMUP_MODES and config.backbone == "dm" else 0
         self.iteration = 0
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -389,15 +272,11 @@ class DMSynthesizer(Synthesizer):
         config, device = self.config, self.device
         self.captured_step = self.captured_warmup = None
         if self._whole_step_capturable():
-            from fdd.distillation.cuda_graph import CapturedStep
-
             self.captured_step = CapturedStep(self._warm_up_and_match, device=device, what="DM iteration")
         elif (
             config.cuda_graph and self.warmup_epochs and device.type == "cuda"
             and config.precision == "fp32" and not config.channels_last
         ):
-            from fdd.distillation.cuda_graph import CapturedTraining
-
             self.captured_warmup = CapturedTraining(
                 self.net, image_shape=tuple(self.syn_images.shape), labels=self.syn_labels,
                 epochs=self.warmup_epochs, batch_size=config.warmup_batch, lr=config.warmup_lr,
@@ -406,8 +285,6 @@ class DMSynthesizer(Synthesizer):
             )
 
     def _whole_step_capturable(self) -> bool:
-        from fdd.distillation.dm import MEAN_MODES
-
         config = self.config
         return (
             config.cuda_graph and self.device.type == "cuda" and config.precision == "fp32"
@@ -418,8 +295,6 @@ class DMSynthesizer(Synthesizer):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         if self.captured_step is not None:  # the graph holds the old optimiser buffers: capture again
-            from fdd.distillation.cuda_graph import CapturedStep
-
             self.captured_step = CapturedStep(self._warm_up_and_match, device=self.device, what="DM iteration")
 
     def step(self) -> Tensor:
@@ -497,121 +372,3 @@ class DMSynthesizer(Synthesizer):
         loss.backward()
         self.optimizer.step()
         return loss.detach()
-
-
-def _fingerprint(train: GroupedImages, mode: str, config: SynthesisConfig, network: NetworkConfig, seed: int) -> str:
-    """What a checkpoint must match to be resumed (settings that change the result)."""
-    settings = config.model_dump(mode="json", exclude={"log_every", "checkpoint_every", "modes"})
-    return hashlib.sha256(
-        json.dumps(
-            {"train": train.digest(), "mode": mode, "seed": seed, "synthesis": settings,
-             "network": network.model_dump(mode="json")},
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()
-
-
-class _StopRequest:
-    """Turns SIGTERM / SIGINT into a flag the loop checks after each iteration."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> _StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, _frame: object) -> None:
-        self.signal = signum
-
-    def __exit__(self, *_exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-class SynthesisInterrupted(RuntimeError):
-    """Raised after a checkpoint was saved because SIGTERM or SIGINT arrived."""
-
-
-def synthesize(
-    train: GroupedImages,
-    *,
-    mode: str,
-    config: SynthesisConfig,
-    network: NetworkConfig,
-    seed: int,
-    device: torch.device | str = "cpu",
-    provenance: dict | None = None,
-    progress: ProgressCallback | None = None,
-    checkpoint: str | Path | None = None,
-    cache_dir: str | Path | None = None,
-) -> SynthesisResult:
-    """Distil ``train`` into ``config.ipc`` synthetic images per class with ``config.backbone`` in ``mode``.
-
-    Parameters are those of :class:`Synthesizer`, plus
-
-    provenance : dict, optional
-        Recorded in the returned :class:`SyntheticSet` (config and data hashes).
-    progress : callable(iteration, loss), optional
-        Called every ``config.log_every`` iterations and at the end.
-    checkpoint : path, optional
-        Where to keep a resumable checkpoint (written atomically every
-        ``config.checkpoint_every`` iterations and when SIGTERM/SIGINT arrives). If it
-        exists and was made by the same data, mode, seed and settings, the run resumes
-        from it and ends with the same result as an uninterrupted run (bit for bit on
-        the CPU with the same number of threads, where the kernels are deterministic). It is removed when the run ends.
-    cache_dir : path, optional
-        Where a backbone keeps reusable artifacts between runs (MTT's expert trajectories).
-    """
-    from fdd.distillation.backbones import build_synthesizer  # the backbones subclass Synthesizer: imported late
-
-    loop = build_synthesizer(
-        train, mode=mode, config=config, network=network, seed=seed, device=device, cache_dir=cache_dir
-    )
-    losses = torch.zeros(config.iterations, device=loop.device)
-    fingerprint = _fingerprint(train, mode, config, network, seed) if checkpoint is not None else ""
-    if checkpoint is not None and Path(checkpoint).exists():
-        try:
-            saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged checkpoint is never used; the run starts over
-            saved = None
-        if saved is not None and saved.get("fingerprint") == fingerprint and saved["state"]["iteration"] <= config.iterations:
-            loop.load_state_dict(saved["state"])
-            losses[: loop.iteration] = saved["losses"].to(loop.device)
-
-    def save_checkpoint() -> None:
-        if checkpoint is not None:
-            atomic_save(
-                {"fingerprint": fingerprint, "state": loop.state_dict(), "losses": losses[: loop.iteration].cpu()},
-                checkpoint,
-            )
-
-    start = time.perf_counter()
-    first = loop.iteration
-    with _StopRequest() as stop:
-        for it in range(first, config.iterations):
-            losses[it] = loop.step()
-            if progress is not None and ((it + 1) % config.log_every == 0 or it + 1 == config.iterations):
-                progress(it + 1, float(losses[it]))
-            if stop.signal is not None:
-                save_checkpoint()
-                raise SynthesisInterrupted(
-                    f"stopped by signal {stop.signal} after iteration {it + 1}; checkpoint saved to {checkpoint}"
-                )
-            if config.checkpoint_every and (it + 1) % config.checkpoint_every == 0 and it + 1 < config.iterations:
-                save_checkpoint()
-    if loop.device.type == "cuda":
-        torch.cuda.synchronize(loop.device)
-    seconds = time.perf_counter() - start
-    result = SynthesisResult(
-        synthetic=loop.synthetic_set(provenance),
-        losses=losses.cpu().tolist(),
-        seconds=seconds,
-        seconds_per_iteration=seconds / max(config.iterations - first, 1),
-    )
-    if checkpoint is not None:
-        Path(checkpoint).unlink(missing_ok=True)
-    return result

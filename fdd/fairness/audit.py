@@ -31,7 +31,8 @@ from fdd.config import AuditConfig, NetworkConfig
 from fdd.datasets.containers import GroupedImages, SyntheticSet
 from fdd.fairness.metrics import FairnessReport, fairness_report, summarize_runs
 from fdd.models.networks import ConvNet, build_network
-from fdd.distillation.synthesis import draw_training_plan, train_network
+from fdd.distillation.cuda_graph import CapturedStep
+from fdd.distillation.training import draw_training_plan, train_network
 
 ERR_SHAPE_MISMATCH = (
     "the synthetic images have shape {syn} per image but the test images have {test}; "
@@ -77,7 +78,7 @@ def train_stacked(
     batch-norm running statistics).
 
     The random choices (batch orders, DSA parameters) are drawn up front for chunks of
-    epochs, as one :func:`fdd.distillation.synthesis.draw_training_plan` of ``count x M`` runs; an epoch then reads its share through two small device tensors, so every
+    epochs, as one :func:`fdd.distillation.training.draw_training_plan` of ``count x M`` runs; an epoch then reads its share through two small device tensors, so every
     epoch runs the same kernels. ``cuda_graph`` (CUDA only) runs the first epochs eagerly, then captures one epoch
     as a CUDA graph (:class:`fdd.distillation.cuda_graph.CapturedStep`; one more for the decayed
     learning rate) and replays it for the others.
@@ -142,8 +143,6 @@ def train_stacked(
         if cuda_graph and device.type == "cuda":
             rate = optimizer.param_groups[0]["lr"]
             if rate not in graphed:
-                from fdd.distillation.cuda_graph import CapturedStep
-
                 graphed[rate] = CapturedStep(
                     run_epoch, device=device, eager_calls=0 if graphed else 3, what="audit epoch", setting="audit.cuda_graph"
                 )

@@ -14,13 +14,15 @@ work on them unchanged; the MLP flattens its input. With ``depth`` hidden layers
 :meth:`MLP.embed` is the penultimate representation that DM matches, as for the ConvNet.
 It has parameters only (no normalisation buffers), so :func:`fdd.fairness.audit.train_stacked`
 trains several of them as one vectorised model, and
-:func:`fdd.models.networks.reset_parameters_` re-draws it as a fresh construction would.
+:func:`fdd.models.parameters.reset_parameters_` re-draws it as a fresh construction would.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from fdd.models.parameters import reset_parameters_
 
 ERR_POSITIVE = "{name} must be a positive integer; got {value!r}"
 ERR_NORM = "the MLP supports only norm='none'; got {value!r}"
@@ -79,8 +81,6 @@ def build_mlp(
     As :func:`fdd.models.networks.build_convnet`: construction leaves the global random state
     untouched, and a seed draws the parameters from a private generator.
     """
-    from fdd.models.networks import reset_parameters_
-
     with torch.random.fork_rng(devices=[]):
         net = MLP(in_features=in_features, num_classes=num_classes, width=width, depth=depth, norm=norm)
     if seed is not None:

@@ -1,23 +1,21 @@
 """Figures for reports: synthetic-image grids, loss curves, per-group recall heatmaps.
 
-Pure functions returning matplotlib figures (Agg backend, no display needed); the
-caller saves them.
+Pure functions returning matplotlib figures, built with :class:`matplotlib.figure.Figure`
+directly (no pyplot, no global backend choice, no display needed); the caller saves them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import io
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid
 
-from fdd.datasets.containers import SyntheticSet  # noqa: E402
+from fdd.datasets.containers import SyntheticSet
 
 
 def synthetic_grid(synthetic: SyntheticSet, *, max_per_class: int = 10, title: str = "") -> Figure:
@@ -33,7 +31,8 @@ def synthetic_grid(synthetic: SyntheticSet, *, max_per_class: int = 10, title: s
         pad = torch.zeros(per_class - chosen.shape[0], *pixels.shape[1:])
         rows.append(torch.cat([chosen, pad]))
     grid = make_grid(torch.cat(rows), nrow=per_class, padding=1, pad_value=1.0)
-    fig, ax = plt.subplots(figsize=(per_class * 0.6 + 1, num_classes * 0.6 + 0.6))
+    fig = Figure(figsize=(per_class * 0.6 + 1, num_classes * 0.6 + 0.6))
+    ax = fig.subplots()
     ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.set_yticks([(i + 0.5) * (grid.shape[1] / num_classes) for i in range(num_classes)])
     ax.set_yticklabels(synthetic.class_names)
@@ -45,7 +44,8 @@ def synthetic_grid(synthetic: SyntheticSet, *, max_per_class: int = 10, title: s
 
 def loss_curves(curves: Mapping[str, Sequence[float]], *, title: str = "matching loss") -> Figure:
     """One line per mode (each scaled by its first value, so modes compare)."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     for name, values in curves.items():
         values = np.asarray(values, dtype=float)
         if values.size:
@@ -61,7 +61,8 @@ def loss_curves(curves: Mapping[str, Sequence[float]], *, title: str = "matching
 
 def recall_heatmap(recall: np.ndarray, *, group_names: Sequence[str], class_names: Sequence[str], title: str) -> Figure:
     """Per-(group, class) recall in percent; NaN cells blank."""
-    fig, ax = plt.subplots(figsize=(0.55 * len(class_names) + 2, 0.4 * len(group_names) + 1.2))
+    fig = Figure(figsize=(0.55 * len(class_names) + 2, 0.4 * len(group_names) + 1.2))
+    ax = fig.subplots()
     image = ax.imshow(np.asarray(recall, dtype=float), vmin=0, vmax=100, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(class_names)), labels=list(class_names), rotation=45, ha="right")
     ax.set_yticks(range(len(group_names)), labels=list(group_names))
@@ -74,12 +75,9 @@ def recall_heatmap(recall: np.ndarray, *, group_names: Sequence[str], class_name
 
 
 def save_figure(fig: Figure) -> bytes:
-    """PNG bytes of ``fig`` (closed afterwards), for atomic writes."""
-    import io
-
+    """PNG bytes of ``fig``, for atomic writes."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
     return buffer.getvalue()
 
 
@@ -91,7 +89,8 @@ def synthetic_rows(synthetic: SyntheticSet, *, feature_names: Sequence[str] = ()
     order = torch.argsort(synthetic.labels, stable=True)
     values = synthetic.images.float().flatten(1)[order].clamp(-3, 3).numpy()
     labels = synthetic.labels[order].numpy()
-    fig, ax = plt.subplots(figsize=(min(0.12 * values.shape[1] + 3, 16), min(0.18 * values.shape[0] + 2.5, 12)))
+    fig = Figure(figsize=(min(0.12 * values.shape[1] + 3, 16), min(0.18 * values.shape[0] + 2.5, 12)))
+    ax = fig.subplots()
     image = ax.imshow(values, vmin=-3, vmax=3, cmap="coolwarm", aspect="auto", interpolation="nearest")
     starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
     ax.set_yticks(starts, labels=[synthetic.class_names[labels[s]] for s in starts])

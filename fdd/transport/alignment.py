@@ -216,7 +216,7 @@ def _cells(
 
 def _w2_emd(cells: _Cells) -> Tensor:
     """Exact :math:`W_2^2` per cell: plans on the CPU, values through autograd on the device."""
-    import ot
+    import ot  # POT (and its backends) is loaded only when an exact W2 is asked for
 
     cost = cells.padded_cost
     k = cost.shape[1]
@@ -233,7 +233,7 @@ def _w2_emd(cells: _Cells) -> Tensor:
 
 def _w2_sinkhorn(cells: _Cells, reg: float) -> Tensor:
     """Debiased Sinkhorn divergence per cell, all cells in one batched solve on the device."""
-    from ot.batch import solve_batch
+    from ot.batch import solve_batch  # loaded only for cobra-w2's Sinkhorn solver, as POT above
 
     cost = cells.padded_cost  # (C*G, k, W)
     num_cells, k, _ = cost.shape

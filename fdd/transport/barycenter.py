@@ -856,7 +856,7 @@ def gaussian_barycenter(
     c64 = 0.5 * (c64 + c64.transpose(-1, -2))
     # POT prints "Dit not converge." instead of warning; capture it and warn properly.
     with contextlib.redirect_stdout(io.StringIO()):
-        import ot
+        import ot  # lazily, as in free_support_barycenter: the synthesis loop does not need POT
 
         mean, cov, log = ot.gaussian.bures_wasserstein_barycenter(
             m64, c64, weights=lam, method="fixed_point", num_iter=num_iter, eps=tolerance, log=True

@@ -2,7 +2,7 @@
 
 A backbone is a loss over a batch of real and synthetic data plus its schedule; the
 loop, checkpoints, resume, initialisation and logging are shared
-(:func:`fdd.distillation.synthesis.synthesize`). Every backbone is a subclass of
+(:func:`fdd.distillation.run.synthesize`). Every backbone is a subclass of
 :class:`fdd.distillation.synthesis.Synthesizer` implementing :meth:`~Backbone.step` (one outer
 iteration; returns the loss) and, where it keeps more state than the synthetic pixels,
 their optimiser and the generator, extends :meth:`~Backbone.state_dict`.
@@ -50,7 +50,7 @@ RECOMMENDED: dict[str, dict[str, object]] = {
 
 
 class Backbone(Protocol):
-    """What :func:`fdd.distillation.synthesis.synthesize` needs from a backbone."""
+    """What :func:`fdd.distillation.run.synthesize` needs from a backbone."""
 
     iteration: int
     device: torch.device

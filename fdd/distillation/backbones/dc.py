@@ -55,7 +55,9 @@ from torch.func import functional_call, grad, vjp, vmap
 from fdd.distillation.augment import draw_dsa
 from fdd.distillation.backbones.weights import cell_weights
 from fdd.models.networks import reset_parameters_
-from fdd.distillation.synthesis import Synthesizer, train_network
+from fdd.distillation.cuda_graph import CapturedTraining
+from fdd.distillation.synthesis import Synthesizer
+from fdd.distillation.training import train_network
 
 ERR_BATCHNORM = (
     "backbone {backbone!r} evaluates the network per class under torch.func.vmap and needs per-image "
@@ -189,8 +191,6 @@ class OuterInnerSynthesizer(Synthesizer):
         self.param_names = matched_parameters(self.net)
         self.captured_inner = None
         if self.config.cuda_graph and self.device.type == "cuda" and self.inner_loop and self.outer_loop > 1:
-            from fdd.distillation.cuda_graph import CapturedTraining  # imports fdd.distillation.synthesis too
-
             images, labels = self.training_set()
             self.captured_inner = CapturedTraining(
                 self.net, image_shape=tuple(images.shape), labels=labels, epochs=self.inner_loop,
