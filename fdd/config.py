@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -77,6 +77,10 @@ class _Section(BaseModel):
         """Stable hash of this section's values (used in cache keys and provenance)."""
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
+
+
+#: The base of every section: frozen, unknown keys rejected (the flows' sections extend it too).
+Section = _Section
 
 
 class RuntimeConfig(_Section):
@@ -492,107 +496,12 @@ class AuditConfig(_Section):
     )
 
 
-SWEEP_AXES: tuple[str, ...] = ("datasets", "ipcs", "backbones", "modes", "seeds")
-ERR_EMPTY_AXIS = "sweep.{axis} must list at least one value"
-ERR_DUPLICATE_AXIS = "sweep.{axis} lists {dupes} more than once; list each value at most once"
-ERR_BAD_CRON = "schedules[{name}].cron {value!r} is not a 5-field cron expression (minute hour day month weekday): {reason}"
-ERR_BAD_TIMEZONE = "schedules[{name}].timezone {value!r} is not an IANA time zone name (e.g. 'UTC', 'Europe/Paris')"
-ERR_DUPLICATE_SCHEDULES = "schedules lists the deployment name(s) {dupes} more than once; names must be unique"
-ERR_MODE_NOT_DISTILL = "schedules[{name}].mode is only used by flow 'distill' (got flow {flow!r})"
-SCHEDULE_FLOWS: tuple[str, ...] = ("compare", "distill", "sweep")
-
-
-class SweepConfig(_Section):
-    """A grid of cells ``dataset x ipc x backbone x mode x seed`` (``fdd sweep``).
-
-    Every cell distils the train split with one backbone and mode at one IPC and seed
-    (``runtime.seed`` and ``audit.seed`` both set to the cell's seed), then audits it;
-    the other settings come from the rest of ``params.yaml``. Results are summarised as
-    mean and standard deviation over the seeds,
-    :math:`\\bar m = \\frac1S\\sum_s m_s` and
-    :math:`\\sigma = \\sqrt{\\frac1{S-1}\\sum_s (m_s-\\bar m)^2}` (sample std, blank for one seed).
-    """
-
-    datasets: tuple[Dataset, ...] = ("cmnist",)
-    ipcs: tuple[int, ...] = (10,)
-    backbones: tuple[Backbone, ...] = ("dm",)
-    modes: tuple[Mode, ...] = ("vanilla", "cobra")
-    seeds: tuple[int, ...] = (0, 1, 2)
-    n_workers: int = Field(2, ge=1, le=256, description="workers of the local Dask cluster (one GPU each on CUDA)")
-    processes: bool = Field(
-        False, description="local cluster workers as processes (True) or threads of this process (False)"
-    )
-    address: str | None = Field(
-        None, description="scheduler address of an existing Dask cluster (e.g. tcp://10.0.0.5:8786); None starts a local one"
-    )
-
-    @field_validator("datasets", "ipcs", "backbones", "modes", "seeds")
-    @classmethod
-    def _axis(cls, value: tuple[Any, ...], info: Any) -> tuple[Any, ...]:
-        if not value:
-            raise ValueError(ERR_EMPTY_AXIS.format(axis=info.field_name))
-        dupes = sorted({v for v in value if value.count(v) > 1})
-        if dupes:
-            raise ValueError(ERR_DUPLICATE_AXIS.format(axis=info.field_name, dupes=dupes))
-        if info.field_name == "ipcs" and not all(1 <= v <= 1000 for v in value):
-            raise ValueError(f"sweep.ipcs must lie in [1, 1000]; got {list(value)}")
-        if info.field_name == "seeds" and not all(v >= 0 for v in value):
-            raise ValueError(f"sweep.seeds must be >= 0; got {list(value)}")
-        return value
-
-
-class ScheduleConfig(_Section):
-    """One scheduled deployment served by ``fdd serve``.
-
-    ``parameters`` are ``params.yaml`` sections merged over the file for this deployment
-    only (e.g. ``{synthesis: {ipc: 50}}``); the merged configuration is validated when
-    the deployments are registered.
-    """
-
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64, description="deployment name")
-    flow: Literal["compare", "distill", "sweep"] = "compare"
-    cron: str = Field(description="5-field cron expression, e.g. '0 2 * * *' (02:00 every day)")
-    timezone: str = "UTC"
-    mode: Mode | None = Field(None, description="the mode of a 'distill' deployment (default cobra)")
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    description: str = ""
-
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, value: str, info: Any) -> str:
-        from datetime import datetime
-
-        from cronsim import CronSim, CronSimError
-
-        name = info.data.get("name", "?")
-        if len(value.split()) != 5:
-            raise ValueError(ERR_BAD_CRON.format(name=name, value=value, reason="expected 5 fields"))
-        try:
-            CronSim(value, datetime(2000, 1, 1))
-        except CronSimError as exc:
-            raise ValueError(ERR_BAD_CRON.format(name=name, value=value, reason=exc)) from None
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _timezone(cls, value: str, info: Any) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(ERR_BAD_TIMEZONE.format(name=info.data.get("name", "?"), value=value)) from None
-        return value
-
-    @model_validator(mode="after")
-    def _mode_only_for_distill(self) -> ScheduleConfig:
-        if self.mode is not None and self.flow != "distill":
-            raise ValueError(ERR_MODE_NOT_DISTILL.format(name=self.name, flow=self.flow))
-        return self
-
-
 class PipelineConfig(_Section):
-    """The whole ``params.yaml``."""
+    """The settings of one pipeline run: every section of ``params.yaml`` that a stage reads.
+
+    The orchestration sections (``sweep``, ``schedules``) belong to the flows, whose
+    configuration extends this one (``flows.configuration.FlowConfig``).
+    """
 
     runtime: RuntimeConfig = RuntimeConfig()
     data: DataConfig = DataConfig()
@@ -601,17 +510,6 @@ class PipelineConfig(_Section):
     barycenters: BarycenterConfig = BarycenterConfig()
     synthesis: SynthesisConfig = SynthesisConfig()
     audit: AuditConfig = AuditConfig()
-    sweep: SweepConfig = SweepConfig()
-    schedules: tuple[ScheduleConfig, ...] = ()
-
-    @field_validator("schedules")
-    @classmethod
-    def _unique_schedules(cls, value: tuple[ScheduleConfig, ...]) -> tuple[ScheduleConfig, ...]:
-        names = [s.name for s in value]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(ERR_DUPLICATE_SCHEDULES.format(dupes=dupes))
-        return value
 
     @model_validator(mode="after")
     def _tabular_settings(self) -> PipelineConfig:
@@ -632,6 +530,9 @@ class PipelineConfig(_Section):
         return self
 
 
+ConfigT = TypeVar("ConfigT", bound=PipelineConfig)
+
+
 class ConfigError(ValueError):
     """A configuration that does not validate; the message lists every bad key."""
 
@@ -646,8 +547,11 @@ def _describe(error: dict[str, Any]) -> str:
     return f"'{where}': {error['msg']} (got {received!r})"
 
 
-def parse_config(raw: dict[str, Any] | None) -> PipelineConfig:
+def parse_config(raw: dict[str, Any] | None, *, schema: type[ConfigT] = PipelineConfig) -> ConfigT:  # type: ignore[assignment]
     """Validate a plain mapping (e.g. parsed ``params.yaml``) into a :class:`PipelineConfig`.
+
+    ``schema`` is the model to validate against: :class:`PipelineConfig` or a model
+    extending it with more sections (the flows' configuration).
 
     Raises
     ------
@@ -659,10 +563,10 @@ def parse_config(raw: dict[str, Any] | None) -> PipelineConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"the configuration must be a mapping of sections; got {type(raw).__name__}")
     try:
-        return PipelineConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
         lines = [_describe(e) for e in exc.errors()]
-        sections = ", ".join(PipelineConfig.model_fields)
+        sections = ", ".join(schema.model_fields)
         raise ConfigError(
             "invalid configuration:\n  - " + "\n  - ".join(lines) + f"\n(sections: {sections})"
         ) from None

@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from fdd.config import MODES, PipelineConfig
+from fdd.config import MODES
+from flows.configuration import FlowConfig
 from flows.lock import WorkspaceBusyError, workspace_lock
 from flows.settings import configure_environment
 
@@ -132,7 +133,7 @@ def _serve(config: Any, workspace: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_command(config: PipelineConfig, args: argparse.Namespace) -> None:
+def _check_command(config: FlowConfig, args: argparse.Namespace) -> None:
     """What the command adds to the configuration, validated before anything runs (without
     importing Prefect: its settings are read at import, before the workspace sets them)."""
     from flows.configuration import sweep_cell_configs, with_modes

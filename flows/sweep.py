@@ -28,8 +28,8 @@ import torch
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from fdd.config import DataConfig, PipelineConfig, SweepConfig
-from flows.configuration import CELL_KEYS, cell_id, sweep_cell_configs  # the grid is read without Prefect
+from fdd.config import DataConfig
+from flows.configuration import CELL_KEYS, FlowConfig, SweepConfig, cell_id, sweep_cell_configs  # the grid is read without Prefect
 from flows.pipeline import resolve_device, stage_call
 from tasks.base import (
     atomic_write_text,
@@ -63,7 +63,7 @@ def user_paths(data: DataConfig) -> list[str]:
     return [p for p in candidates if p]
 
 
-def dataset_workspace(workspace: str, config: PipelineConfig, dataset: str) -> Path:
+def dataset_workspace(workspace: str, config: FlowConfig, dataset: str) -> Path:
     """``data/sweep/<dataset>``, with every data path of ``workspace`` linked in (same relative paths)."""
     root = Path(workspace).resolve()
     folder = root / SWEEP_DIR / dataset
@@ -96,7 +96,7 @@ def _cell_device(device: str, *, local_gpus: int) -> str:
 
 @task(name="sweep-cell", task_run_name="cell[{cell_name}]", cache_policy=NO_CACHE, persist_result=False)
 def run_cell(
-    cell_name: str, cell: dict[str, Any], config: PipelineConfig, workspace: str, device: str, local_gpus: int = 0
+    cell_name: str, cell: dict[str, Any], config: FlowConfig, workspace: str, device: str, local_gpus: int = 0
 ) -> dict[str, Any]:
     """Synthesize and audit one cell (each stage skipped when cached); its metrics."""
     folder = Path(workspace)
@@ -146,7 +146,7 @@ def _task_runner(sweep: SweepConfig, device: str) -> tuple[Any, int]:
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs), gpus
 
 
-def _sweep_body(config: PipelineConfig, workspace: str, local_gpus: int) -> pd.DataFrame:
+def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int) -> pd.DataFrame:
     import contextlib
 
     import dask
@@ -178,7 +178,7 @@ def _sweep_body(config: PipelineConfig, workspace: str, local_gpus: int) -> pd.D
 
 
 @flow(name="fdd-sweep-grid", log_prints=True)
-def grid_flow(config: PipelineConfig, workspace: str = ".", local_gpus: int = 0) -> dict[str, Any]:
+def grid_flow(config: FlowConfig, workspace: str = ".", local_gpus: int = 0) -> dict[str, Any]:
     """The cells of ``config.sweep`` on this flow's task runner, then the tables.
 
     ``local_gpus``: GPUs of the local Dask cluster the runner started (one per cell), 0 otherwise.
@@ -188,7 +188,7 @@ def grid_flow(config: PipelineConfig, workspace: str = ".", local_gpus: int = 0)
 
 
 @flow(name="fdd-sweep", log_prints=True)
-def sweep_flow(config: PipelineConfig, workspace: str = ".") -> dict[str, Any]:
+def sweep_flow(config: FlowConfig, workspace: str = ".") -> dict[str, Any]:
     """Run every cell of ``config.sweep`` on Dask (a local cluster or ``sweep.address``).
 
     The grid runs as a subflow whose task runner is ``prefect-dask``'s
@@ -211,7 +211,7 @@ def write_tables(cells: pd.DataFrame, workspace: str) -> dict[str, Any]:
     return {"cells": len(cells), "computed": int((~cells["cached"]).sum()), "summary": str(out / "summary.csv")}
 
 
-def run_sweep(config: PipelineConfig, workspace: str = ".") -> dict[str, Any]:
+def run_sweep(config: FlowConfig, workspace: str = ".") -> dict[str, Any]:
     """Check every cell, then run :func:`sweep_flow` (the entry point of ``fdd sweep``)."""
     sweep_cell_configs(config)
     return sweep_flow(config, workspace=workspace)

@@ -17,7 +17,8 @@ import httpx
 import pytest
 import yaml
 
-from fdd.config import ConfigError, parse_config
+from fdd.config import ConfigError
+from flows.configuration import parse_params as parse_config
 from flows import cli
 from flows.deployments import (
     ERR_BAD_PARAMETERS,

@@ -16,15 +16,17 @@ from prefect.settings import (
 )
 from prefect.testing.utilities import prefect_test_harness
 
-from fdd.config import (
+from fdd.config import ConfigError
+from flows.configuration import (
     ERR_DUPLICATE_AXIS,
     ERR_EMPTY_AXIS,
-    ConfigError,
     SweepConfig,
-    parse_config,
+    cell_config,
+    cell_id,
+    load_config,
+    sweep_cells,
 )
-from flows.configuration import load_config
-from flows.configuration import cell_config, cell_id, sweep_cells
+from flows.configuration import parse_params as parse_config
 from flows.sweep import _task_runner, run_sweep, summarize
 
 
