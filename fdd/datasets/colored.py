@@ -34,6 +34,26 @@ from torch import Tensor
 from fdd.datasets.containers import GroupedImages
 from fdd.datasets.sources import RawSplits
 
+__all__ = [
+    "BIAS_CHOICES",
+    "BINARIZE_THRESHOLD",
+    "Bias",
+    "COLORED_MEAN",
+    "COLORED_STD",
+    "COLORS",
+    "COLOR_NAMES",
+    "ColoredSplits",
+    "INPUT_SIDE",
+    "NUM_COLORS",
+    "OUTPUT_SIDE",
+    "PAD_OFFSET",
+    "SHADINGS",
+    "assign_colors",
+    "build_colored",
+    "colorize",
+    "paint",
+]
+
 Bias = Literal["foreground", "background"]
 BIAS_CHOICES: tuple[str, ...] = get_args(Bias)
 

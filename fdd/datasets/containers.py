@@ -18,6 +18,15 @@ from torch import Tensor
 
 from fdd.files import atomic_write
 
+__all__ = [
+    "GroupedImages",
+    "SyntheticSet",
+    "UNKNOWN_GROUP",
+    "atomic_save",
+    "stratified_subset",
+    "tensor_digest",
+]
+
 ERR_IMAGES_RANK = "images must have shape (N, C, H, W); got shape {shape}"
 ERR_IMAGES_DTYPE = "images must be uint8 (0-255) or a floating dtype; got {dtype}"
 ERR_IMAGES_NONFINITE = "images contain {count} NaN or Inf values; all pixels must be finite"

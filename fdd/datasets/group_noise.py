@@ -42,6 +42,8 @@ from torch import Tensor
 
 from fdd.datasets.containers import UNKNOWN_GROUP, GroupedImages
 
+__all__ = ["NoisyGroups", "perturb_groups"]
+
 ERR_FRACTION = "{name} must be a number in [0, 1]; got {value!r}"
 ERR_FRACTION_SUM = (
     "flip_fraction + hide_fraction must be at most 1 (flipped and hidden samples are disjoint); "

@@ -20,6 +20,8 @@ import torch
 
 from fdd.datasets.containers import GroupedImages
 
+__all__ = ["PARTITION_COLUMNS", "SUMMARY_COLUMNS", "cell_counts", "class_summary", "partition_table"]
+
 PARTITION_COLUMNS: tuple[str, ...] = (
     "class",
     "class_name",

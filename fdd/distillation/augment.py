@@ -23,6 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "DSAConfig",
+    "DSADraw",
+    "FAMILIES",
+    "apply_dsa",
+    "augment_per_image",
+    "draw_dsa",
+]
+
 FAMILIES: tuple[str, ...] = ("color", "crop", "cutout", "flip", "scale", "rotate")
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 

@@ -35,6 +35,8 @@ from torch import Tensor, nn
 from fdd.distillation.augment import DSAConfig
 from fdd.distillation.training import draw_training_plan, train_network
 
+__all__ = ["CapturedStep", "CapturedTraining", "capture"]
+
 ERR_DEVICE = "CUDA-graph training needs a CUDA device; got {device}"
 ERR_SHAPE = "CUDA-graph training was captured for {field} of shape {expected}; got {got}"
 ERR_INPUTS = "a captured step was recorded for inputs {expected}; got {got}"

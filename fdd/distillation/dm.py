@@ -43,6 +43,16 @@ from torch import Tensor
 from fdd.transport.alignment import ALIGNMENT_MODES, Reduction, W2Solver, alignment_loss
 from fdd.transport.barycenter import cell_statistics, index_counts, mean_barycenter
 
+__all__ = [
+    "MATCHING_MODES",
+    "MEAN_MODES",
+    "MatchingMode",
+    "WARMUP_MODES",
+    "class_means",
+    "dm_loss",
+    "mean_matching_loss",
+]
+
 MatchingMode = Literal["vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures"]
 MEAN_MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra")  # first-moment matching (this module)
 MATCHING_MODES: tuple[str, ...] = MEAN_MODES + ALIGNMENT_MODES

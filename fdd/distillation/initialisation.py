@@ -45,6 +45,8 @@ from torch import Tensor
 from fdd.datasets.containers import GroupedImages
 from fdd.transport.barycenter import free_support_barycenter
 
+__all__ = ["COVERING_INITS", "CoveringInit", "candidate_indices", "covering_indices", "stratified_indices"]
+
 CoveringInit = Literal["stratified", "barycenter"]
 COVERING_INITS: tuple[str, ...] = get_args(CoveringInit)
 

@@ -21,6 +21,8 @@ from fdd.datasets.containers import GroupedImages, atomic_save
 from fdd.distillation.backbones import build_synthesizer
 from fdd.distillation.synthesis import ProgressCallback, SynthesisResult
 
+__all__ = ["SynthesisInterrupted", "synthesize"]
+
 
 def _fingerprint(train: GroupedImages, mode: str, config: SynthesisConfig, network: NetworkConfig, seed: int) -> str:
     """What a checkpoint must match to be resumed (settings that change the result)."""

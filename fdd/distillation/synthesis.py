@@ -34,6 +34,15 @@ from fdd.distillation.initialisation import covering_indices
 from fdd.distillation.training import TrainingPlan, draw_training_plan, train_network
 from fdd.models.networks import build_network, reset_parameters_
 
+__all__ = [
+    "ClassSampler",
+    "DMSynthesizer",
+    "ProgressCallback",
+    "SynthesisResult",
+    "Synthesizer",
+    "initial_synthetic_images",
+]
+
 ERR_MODE = "mode must be one of {allowed}; got {value!r}"
 ERR_CLASS_EMPTY = (
     "class index {names} has no training images; every class needs at least one real image "

@@ -16,6 +16,8 @@ from torch import Tensor, nn
 
 from fdd.distillation.augment import DSAConfig, DSADraw, apply_dsa, draw_dsa
 
+__all__ = ["TrainingPlan", "draw_training_plan", "train_network"]
+
 
 ERR_PLAN = "training plan does not fit: {detail}"
 

@@ -34,6 +34,8 @@ from fdd.models.networks import ConvNet, build_network
 from fdd.distillation.cuda_graph import CapturedStep
 from fdd.distillation.training import draw_training_plan, train_network
 
+__all__ = ["AuditResult", "STACKED_DRAW_SLOTS", "audit_synthetic", "predict", "train_stacked"]
+
 ERR_SHAPE_MISMATCH = (
     "the synthetic images have shape {syn} per image but the test images have {test}; "
     "audit a synthetic set against the dataset it was distilled from"

@@ -31,6 +31,8 @@ import torch
 from fdd.transport.barycenter import MissingGroupWarning, distances_to_targets, free_support_barycenter
 from fdd.config import BarycenterConfig
 
+__all__ = ["BarycenterDiagnostics", "barycenter_diagnostics"]
+
 
 WARN_MISSING = (
     "class {name!r} has no images of groups {absent}; its barycenter uses the groups it has "

@@ -33,6 +33,8 @@ from fdd.config import FeaturesConfig, NetworkConfig
 from fdd.datasets.containers import GroupedImages
 from fdd.models.networks import build_network
 
+__all__ = ["GroupFeatures", "embed_images", "group_features", "sample_cells", "separation_table"]
+
 
 @dataclass(frozen=True)
 class GroupFeatures:

@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 from fdd.models.parameters import reset_parameters_
 
+__all__ = ["MLP", "build_mlp"]
+
 ERR_POSITIVE = "{name} must be a positive integer; got {value!r}"
 ERR_NORM = "the MLP supports only norm='none'; got {value!r}"
 

@@ -18,6 +18,18 @@ from fdd.config import NetworkConfig
 from fdd.models.mlp import build_mlp
 from fdd.models.parameters import reset_parameters_
 
+__all__ = [
+    "AvgPool2x2",
+    "ConvNet",
+    "NORMS",
+    "Norm",
+    "POOLINGS",
+    "Pooling",
+    "build_convnet",
+    "build_network",
+    "reset_parameters_",
+]
+
 
 Norm = Literal["instancenorm", "batchnorm", "none"]
 Pooling = Literal["avgpooling", "maxpooling", "none"]

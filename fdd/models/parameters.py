@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+__all__ = ["reset_parameters_"]
+
 
 @torch.no_grad()
 def reset_parameters_(net: nn.Module, *, generator: torch.Generator | None = None) -> nn.Module:

@@ -17,6 +17,8 @@ from torchvision.utils import make_grid
 
 from fdd.datasets.containers import SyntheticSet
 
+__all__ = ["loss_curves", "recall_heatmap", "save_figure", "synthetic_grid", "synthetic_rows"]
+
 
 def synthetic_grid(synthetic: SyntheticSet, *, max_per_class: int = 10, title: str = "") -> Figure:
     """One row per class, up to ``max_per_class`` images, in pixel space."""

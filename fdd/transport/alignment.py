@@ -116,6 +116,16 @@ from torch import Tensor
 
 from fdd.transport.barycenter import index_counts
 
+__all__ = [
+    "ALIGNMENT_MODES",
+    "AlignmentMode",
+    "REDUCTIONS",
+    "Reduction",
+    "W2Solver",
+    "W2_SOLVERS",
+    "alignment_loss",
+]
+
 AlignmentMode = Literal["cobra-w2", "cobra-bures"]
 W2Solver = Literal["emd", "sinkhorn"]
 Reduction = Literal["sum", "mean"]

@@ -34,6 +34,8 @@ from fdd.config import NetworkConfig, SynthesisConfig
 from fdd.datasets.containers import GroupedImages, SyntheticSet
 from fdd.distillation.synthesis import DMSynthesizer, Synthesizer
 
+__all__ = ["Backbone", "RECOMMENDED", "SYNTHESIZERS", "build_synthesizer"]
+
 ERR_BACKBONE = "synthesis.backbone must be one of {allowed}; got {value!r}"
 
 # The published schedule of each backbone (METHOD.md section 2; MTT: the MTT paper's

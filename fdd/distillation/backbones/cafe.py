@@ -44,6 +44,8 @@ from torch import Tensor, nn
 from fdd.distillation.backbones.dc import OuterInnerSynthesizer
 from fdd.distillation.dm import mean_matching_loss
 
+__all__ = ["CAFESynthesizer", "CAFE_MODES", "cafe_loss", "layer_features"]
+
 ERR_MODE = "mode must be one of {allowed}; got {value!r}"
 CAFE_MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra")
 ERR_ARCHITECTURE = (

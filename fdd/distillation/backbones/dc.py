@@ -59,6 +59,15 @@ from fdd.distillation.cuda_graph import CapturedTraining
 from fdd.distillation.synthesis import Synthesizer
 from fdd.distillation.training import train_network
 
+__all__ = [
+    "DCSynthesizer",
+    "EPS",
+    "OuterInnerSynthesizer",
+    "class_gradients",
+    "layerwise_distance",
+    "matched_parameters",
+]
+
 ERR_BATCHNORM = (
     "backbone {backbone!r} evaluates the network per class under torch.func.vmap and needs per-image "
     "normalisation; network.norm must be 'instancenorm' or 'none', got 'batchnorm'"

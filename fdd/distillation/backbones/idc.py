@@ -33,6 +33,8 @@ from fdd.distillation.backbones.cafe import ERR_ARCHITECTURE
 from fdd.distillation.backbones.dc import DCSynthesizer
 from fdd.distillation.synthesis import initial_synthetic_images
 
+__all__ = ["IDCSynthesizer", "decode", "encode"]
+
 ERR_FACTOR = "idc.factor={factor} must divide the image size {height}x{width}"
 
 

@@ -60,6 +60,18 @@ from fdd.datasets.containers import GroupedImages, atomic_save
 from fdd.models.networks import build_network, reset_parameters_
 from fdd.distillation.synthesis import Synthesizer
 
+__all__ = [
+    "EXPERT_OBJECTIVES",
+    "EXPERT_SEED_OFFSET",
+    "ExpertObjective",
+    "MTTSynthesizer",
+    "OBJECTIVE_OF_MODE",
+    "expert_cache_key",
+    "flat_parameters",
+    "train_experts",
+    "unflatten",
+]
+
 ExpertObjective = Literal["plain", "balanced_weights", "balanced_sampling"]
 EXPERT_OBJECTIVES: tuple[str, ...] = ("plain", "balanced_weights", "balanced_sampling")
 OBJECTIVE_OF_MODE: dict[str, str] = {"vanilla": "plain", "cobra": "balanced_weights", "fairdd": "balanced_sampling"}

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+__all__ = ["WEIGHTED_MODES", "cell_weights", "group_balanced_weights"]
+
 ERR_MODE = "mode must be one of {allowed}; got {value!r}"
 WEIGHTED_MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra")
 
