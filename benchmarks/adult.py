@@ -148,7 +148,7 @@ def render(frame: pd.DataFrame, args: argparse.Namespace, device_name: str, sour
         "",
         "With two classes, DEO_M = max(TNR gap, TPR gap) and DEO_A = their mean, where the TPR gap is the "
         "difference in recall of >50K between the best and the worst group (equal opportunity) and the TNR gap "
-        "the same for <=50K (METHOD.md section 3). With race (5 groups) the gaps are max - min over the groups; "
+        "the same for <=50K (docs/method.md section 3). With race (5 groups) the gaps are max - min over the groups; "
         "the smallest groups (Amer-Indian-Eskimo, Other) have few >50K test rows, so the race gaps are noisy.",
         "",
     ]

@@ -1,4 +1,4 @@
-"""Full-length reproduction of the COBRA-DM benchmark cells (METHOD.md section 5).
+"""Full-length reproduction of the COBRA-DM benchmark cells (docs/method.md section 5).
 
     python benchmarks/reproduce.py --dataset cmnist --bias foreground --ipc 10 --out DIR
 
@@ -29,7 +29,7 @@ from fdd.datasets.sources import load_raw  # noqa: E402
 from fdd.distillation.run import SynthesisInterrupted, synthesize  # noqa: E402
 
 RAW = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
-DEFAULT_ITERATIONS, DEFAULT_BATCH_REAL = 2600, 600  # the COBRA-DM schedule (METHOD.md); other schedules get their own file
+DEFAULT_ITERATIONS, DEFAULT_BATCH_REAL = 2600, 600  # the COBRA-DM schedule (docs/method.md); other schedules get their own file
 
 
 def main() -> int:

@@ -129,7 +129,7 @@ class RuntimeConfig(_Section):
 
 
 class Cifar10sConfig(_Section):
-    """CIFAR10-S (METHOD.md section 4): CIFAR-10 with a grayscale / colour skew."""
+    """CIFAR10-S (docs/method.md section 4): CIFAR-10 with a grayscale / colour skew."""
 
     skew: float = Field(
         0.9, ge=0.0, le=1.0,
@@ -244,7 +244,7 @@ class DataConfig(_Section):
     shading: Literal["binary", "intensity"] = Field(
         "binary",
         description=(
-            "C-MNIST / C-FMNIST pixels: 'binary' (x >= 128, as METHOD.md states) or 'intensity' (grey level "
+            "C-MNIST / C-FMNIST pixels: 'binary' (x >= 128, as docs/method.md states) or 'intensity' (grey level "
             "scales the colour, as the public FairDD-line C-FMNIST builder does; keeps Fashion-MNIST texture)"
         ),
     )
@@ -382,7 +382,7 @@ class BarycenterConfig(_Section):
 
 
 class GradientMatchingConfig(_Section):
-    """DC's schedule (METHOD.md section 2): outer loops of matching, inner loops of network training.
+    """DC's schedule (docs/method.md section 2): outer loops of matching, inner loops of network training.
 
     ``None`` loops follow the IPC: 1 -> (1, 1), <= 10 -> (10, 50), <= 50 -> (50, 10), else (100, 10).
     """
@@ -431,7 +431,7 @@ class MTTConfig(_Section):
 
 
 class SynthesisConfig(_Section):
-    """Synthetic-set optimisation (METHOD.md section 2); ``dc`` / ``idc`` / ``cafe`` / ``mtt`` hold backbone settings."""
+    """Synthetic-set optimisation (docs/method.md section 2); ``dc`` / ``idc`` / ``cafe`` / ``mtt`` hold backbone settings."""
 
     backbone: Backbone = "dm"
     modes: tuple[Mode, ...] = ("vanilla", "cobra")

@@ -1,4 +1,4 @@
-"""Tests of the C-MNIST / C-FMNIST builders (METHOD.md section 4)."""
+"""Tests of the C-MNIST / C-FMNIST builders (docs/method.md section 4)."""
 
 from __future__ import annotations
 

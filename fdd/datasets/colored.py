@@ -2,7 +2,7 @@
 
 Each 28x28 grayscale image is zero-padded to 32x32 (4 pixels at the top and left, none at the
 bottom and right, so the digit occupies rows and columns 4..31), binarised (pixel >= 128 is
-the digit; ``shading="binary"``, as METHOD.md states it) or kept as a grey level
+the digit; ``shading="binary"``, as docs/method.md states it) or kept as a grey level
 (``shading="intensity"``), and painted with one of the 10 :data:`COLORS`. The colour index is the protected
 group. In the ``"foreground"`` variant the digit gets the colour on a black background; in the
 ``"background"`` variant the digit is black on a coloured background (including the padding).

@@ -369,7 +369,7 @@ def build_cifar10s(
     class_names: Sequence[str], skew: float, seed: int, image_size: int,
     mean: Sequence[float], std: Sequence[float],
 ) -> tuple[GroupedImages, GroupedImages]:
-    """CIFAR10-S (METHOD.md section 4) from the CIFAR-10 splits.
+    """CIFAR10-S (docs/method.md section 4) from the CIFAR-10 splits.
 
     Group 0 is grayscale (torchvision's ``rgb_to_grayscale``, ITU-R 601-2 luma
     :math:`0.299 R + 0.587 G + 0.114 B` repeated over the 3 channels), group 1 colour.

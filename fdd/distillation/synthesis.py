@@ -4,7 +4,7 @@
 generator, checkpoint state); :func:`fdd.distillation.run.synthesize` drives any backbone with
 checkpoints, resume and progress; the other backbones live in :mod:`fdd.distillation.backbones`.
 
-One outer iteration of DM (METHOD.md section 2):
+One outer iteration of DM (docs/method.md section 2):
 
 1. re-draw the embedding network's parameters (a fresh random ConvNet);
 2. cobra only: train it for ``K`` epochs on the current synthetic set (SGD, DSA),

@@ -1,6 +1,6 @@
 """Fairness audit of a synthetic set: train fresh networks on it, test on real data.
 
-The protocol of METHOD.md section 2: for each of ``num_eval`` seeds, a fresh ConvNet is
+The protocol of docs/method.md section 2: for each of ``num_eval`` seeds, a fresh ConvNet is
 trained on the synthetic set (SGD with momentum and weight decay, batch 256, DSA on,
 learning rate x0.1 once epoch ``epochs // 2 + 1`` is done, ``epochs + 1`` epochs as in
 the reference's ``range(Epoch + 1)``), then predicts the real test split; the

@@ -2,7 +2,7 @@
 
 - :mod:`~fdd.transport.barycenter`: per-class barycenters of the group distributions with
   uniform (imbalance-agnostic) or proportional weights (mean, free-support W2 through POT,
-  Gaussian / Bures), and each group's distance to them (docs/method.md section 2).
+  Gaussian / Bures), and each group's distance to them (docs/method.md section 1).
 - :mod:`~fdd.transport.alignment`: distribution-level alignment of the synthetic set to the
   barycenter (exact W2, Sinkhorn, Bures) for the ``cobra-w2`` and ``cobra-bures`` modes.
 

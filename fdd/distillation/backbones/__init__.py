@@ -38,7 +38,7 @@ __all__ = ["Backbone", "RECOMMENDED", "SYNTHESIZERS", "build_synthesizer"]
 
 ERR_BACKBONE = "synthesis.backbone must be one of {allowed}; got {value!r}"
 
-# The published schedule of each backbone (METHOD.md section 2; MTT: the MTT paper's
+# The published schedule of each backbone (docs/method.md section 2; MTT: the MTT paper's
 # learning rates, a short schedule of our own; CAFE: lr_img calibrated, see fdd.distillation.backbones.cafe):
 # synthesis settings that differ from
 # SynthesisConfig's DM defaults. presets/<backbone>.yaml and benchmarks/backbones.py use them.

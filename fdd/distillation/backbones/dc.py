@@ -2,7 +2,7 @@
 
 Per class ``c``, the gradient of the cross-entropy of a real batch with respect to the
 network's weights is matched to that of the class's synthetic images with DC's
-layer-wise distance (METHOD.md section 2):
+layer-wise distance (docs/method.md section 2):
 
 .. math::
 
