@@ -32,12 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fdd.datasets.adult import encode_adult, load_adult_frames  # noqa: E402
-from fdd.fairness.audit import AuditResult, audit_synthetic  # noqa: E402
-from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
-from fdd.datasets.containers import SyntheticSet  # noqa: E402
-from fdd.files import atomic_write_bytes  # noqa: E402
-from fdd.distillation.run import synthesize  # noqa: E402
+from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig
+from fdd.datasets.adult import encode_adult, load_adult_frames
+from fdd.datasets.containers import SyntheticSet
+from fdd.distillation.run import synthesize
+from fdd.fairness.audit import AuditResult, audit_synthetic
+from fdd.files import atomic_write_bytes
 
 METRICS = ("accuracy", "deo_m", "deo_a", "tnr_gap", "tpr_gap", "worst_group_accuracy")
 LABELS = {

@@ -29,14 +29,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fdd.fairness.audit import audit_synthetic  # noqa: E402
-from fdd.distillation.backbones import RECOMMENDED  # noqa: E402
-from fdd.datasets.colored import build_colored  # noqa: E402
-from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
-from fdd.datasets.containers import stratified_subset  # noqa: E402
-from fdd.files import atomic_write  # noqa: E402
-from fdd.datasets.sources import load_raw  # noqa: E402
-from fdd.distillation.run import synthesize  # noqa: E402
+from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig
+from fdd.datasets.colored import build_colored
+from fdd.datasets.containers import stratified_subset
+from fdd.datasets.sources import load_raw
+from fdd.distillation.backbones import RECOMMENDED
+from fdd.distillation.run import synthesize
+from fdd.fairness.audit import audit_synthetic
+from fdd.files import atomic_write
 
 RAW = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
 

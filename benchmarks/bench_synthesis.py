@@ -31,12 +31,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fdd.fairness.audit import audit_synthetic  # noqa: E402
-from fdd.datasets.colored import build_colored  # noqa: E402
-from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
-from fdd.datasets.sources import load_raw  # noqa: E402
-from fdd.distillation.synthesis import DMSynthesizer  # noqa: E402
-from naive_reference import NaiveDM  # noqa: E402
+from naive_reference import NaiveDM
+
+from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig
+from fdd.datasets.colored import build_colored
+from fdd.datasets.sources import load_raw
+from fdd.distillation.synthesis import DMSynthesizer
+from fdd.fairness.audit import audit_synthetic
 
 
 def sync(device: torch.device) -> None:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from fdd.distillation.augment import DSAConfig, apply_dsa, draw_dsa
-from fdd.models.networks import build_convnet
 from fdd.distillation.training import train_network
+from fdd.models.networks import build_convnet
 
 
 class NaiveDM:

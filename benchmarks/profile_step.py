@@ -28,13 +28,13 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fdd.fairness.audit import train_stacked  # noqa: E402
-from fdd.distillation.augment import DSAConfig  # noqa: E402
-from fdd.datasets.colored import build_colored  # noqa: E402
-from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
-from fdd.models.networks import build_network  # noqa: E402
-from fdd.datasets.sources import load_raw  # noqa: E402
-from fdd.distillation.synthesis import DMSynthesizer  # noqa: E402
+from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig
+from fdd.datasets.colored import build_colored
+from fdd.datasets.sources import load_raw
+from fdd.distillation.augment import DSAConfig
+from fdd.distillation.synthesis import DMSynthesizer
+from fdd.fairness.audit import train_stacked
+from fdd.models.networks import build_network
 
 
 def _device_ms(event) -> float:

@@ -56,7 +56,29 @@ _EXPORTS: dict[str, str] = {
     "fairness_report": "fdd.fairness",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "__version__",
+    "AuditConfig",
+    "ConfigError",
+    "DataConfig",
+    "NetworkConfig",
+    "PipelineConfig",
+    "SynthesisConfig",
+    "parse_config",
+    "GroupedImages",
+    "PreparedDataset",
+    "SyntheticSet",
+    "prepare_dataset",
+    "build_network",
+    "free_support_barycenter",
+    "SynthesisResult",
+    "build_synthesizer",
+    "synthesize",
+    "AuditResult",
+    "FairnessReport",
+    "audit_synthetic",
+    "fairness_report",
+]
 
 if TYPE_CHECKING:
     from fdd.config import (

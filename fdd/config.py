@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any, Literal, TypeVar
 
@@ -101,7 +102,7 @@ ERR_MTT_EPOCHS = (
 
 ERR_TABULAR_SETTINGS = (
     "data.dataset={dataset!r} is tabular (rows, not images) and needs {fixes}; "
-    "presets/adult.yaml sets them (fdd run --preset adult)"
+    "flows/presets/adult.yaml sets them (fdd run --preset adult)"
 )
 ERR_MLP_NORM = "network.architecture='mlp' supports only network.norm='none'; got {norm!r}"
 ERR_MLP_DEPTH = "network.architecture='mlp' needs an integer network.depth (hidden layers, 1..8); got 'auto'"
@@ -574,7 +575,7 @@ class ConfigError(ValueError):
     """A configuration that does not validate; the message lists every bad key."""
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     where = ".".join(str(p) for p in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"unknown key '{where}' (not a setting of this section)"

@@ -77,7 +77,7 @@ def build_deployments(config: FlowConfig, workspace: str, *, only: list[str] | N
     for name in only or []:
         if name not in known:
             raise ConfigError(ERR_UNKNOWN_SCHEDULE.format(name=name, params=params, known=known))
-    flows = {"compare": compare_flow, "distill": distill_flow, "sweep": sweep_flow}
+    flows: dict[str, Any] = {"compare": compare_flow, "distill": distill_flow, "sweep": sweep_flow}
     deployments = []
     for schedule in config.schedules:
         if only and schedule.name not in only:

@@ -21,8 +21,8 @@ from fdd.config import ConfigError
 from fdd.datasets.image_sources import user_files_digest
 from flows.configuration import FlowConfig, load_config, with_modes  # noqa: F401  (load_config re-exported for callers of the flows)
 from tasks.audit import audit_set
-from tasks.base import STAGE_FOLDERS, call_stage
 from tasks.barycenters import compute_barycenters
+from tasks.base import STAGE_FOLDERS, call_stage
 from tasks.features import extract_features
 from tasks.ingest import ingest
 from tasks.partition import partition
@@ -104,8 +104,9 @@ def stage_call(
 
 def stage_order(modes: tuple[str, ...]) -> list[tuple[str, str | None]]:
     """(stage, mode) in run order: shared stages, then synthesize and audit per mode, then the report."""
-    per_mode = [(stage, mode) for mode in modes for stage in PER_MODE_STAGES]
-    return [(s, None) for s in STAGES[:4]] + per_mode + [("report", None)]
+    per_mode: list[tuple[str, str | None]] = [(stage, mode) for mode in modes for stage in PER_MODE_STAGES]
+    shared: list[tuple[str, str | None]] = [(s, None) for s in STAGES[:4]]
+    return shared + per_mode + [("report", None)]
 
 
 def run_stages(config: FlowConfig, workspace: str, modes: tuple[str, ...]) -> dict[str, Any]:

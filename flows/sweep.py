@@ -29,7 +29,13 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from fdd.config import DataConfig
-from flows.configuration import CELL_KEYS, FlowConfig, SweepConfig, cell_id, sweep_cell_configs  # the grid is read without Prefect
+from flows.configuration import (  # the grid is read without Prefect
+    CELL_KEYS,
+    FlowConfig,
+    SweepConfig,
+    cell_id,
+    sweep_cell_configs,
+)
 from flows.pipeline import resolve_device, stage_call
 from tasks.base import (
     atomic_write_text,

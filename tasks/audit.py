@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fdd.fairness.audit import audit_synthetic
 from fdd.config import AuditConfig, NetworkConfig
 from fdd.datasets.containers import GroupedImages, SyntheticSet
+from fdd.fairness.audit import audit_synthetic
 from fdd.report.plots import recall_heatmap, save_figure
 from tasks.base import (
     artifact_key,

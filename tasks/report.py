@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+
 from fdd.config import PipelineConfig
 from fdd.report.assemble import FIGURES_MARKER, comparison_table, figure_markdown, recall_series, report_markdown
 from fdd.report.plots import loss_curves, save_figure

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from fdd.config import ERR_MLP_NORM, ConfigError, NetworkConfig, SynthesisConfig, parse_config
 from fdd.datasets import adult
 from fdd.datasets.adult import (
     ADULT_COLUMNS,
@@ -30,13 +31,12 @@ from fdd.datasets.adult import (
     load_adult_frames,
     read_adult,
 )
-from fdd.fairness.audit import train_stacked
-from fdd.config import ERR_MLP_NORM, ConfigError, NetworkConfig, SynthesisConfig, parse_config
-from fdd.models.mlp import ERR_NORM, MLP, build_mlp
-from fdd.models.networks import ConvNet, build_network, reset_parameters_
 from fdd.datasets.sources import ChecksumError, DatasetUnavailableError, UnsafeArchiveError
 from fdd.distillation.run import synthesize
 from fdd.distillation.training import train_network
+from fdd.fairness.audit import train_stacked
+from fdd.models.mlp import ERR_NORM, MLP, build_mlp
+from fdd.models.networks import ConvNet, build_network, reset_parameters_
 
 ROOT = Path(__file__).resolve().parent.parent
 CATEGORIES = {
@@ -289,7 +289,7 @@ def test_config_requires_mlp_and_no_dsa_for_tabular_data() -> None:
         parse_config({"data": {"tabular": {"csv": "/etc/passwd"}}})
     from flows.configuration import load_config
 
-    config = load_config(ROOT / "params.yaml", preset=ROOT / "presets/adult.yaml")
+    config = load_config(ROOT / "params.yaml", preset=ROOT / "flows/presets/adult.yaml")
     assert config.data.dataset == "adult" and config.network.architecture == "mlp"
     assert config.synthesis.modes == ("vanilla", "fairdd", "cobra")
 

@@ -6,9 +6,9 @@ import ot
 import pytest
 import torch
 
+from fdd.distillation.dm import MATCHING_MODES, WARMUP_MODES, dm_loss
 from fdd.transport import alignment as A
 from fdd.transport.alignment import alignment_loss
-from fdd.distillation.dm import MATCHING_MODES, WARMUP_MODES, dm_loss
 
 F64 = torch.float64
 

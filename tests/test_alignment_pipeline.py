@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from fdd.distillation import synthesis as S
 from fdd.config import NetworkConfig, SynthesisConfig
 from fdd.datasets.containers import GroupedImages, SyntheticSet
+from fdd.distillation import synthesis as S
 from fdd.distillation.run import synthesize
 from flows.pipeline import STAGES, load_config, run_single_stage
 

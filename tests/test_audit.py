@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from fdd.fairness import audit as A
-from fdd.fairness.audit import AuditResult, audit_synthetic, predict
 from fdd.config import AuditConfig, NetworkConfig
 from fdd.datasets.containers import GroupedImages, SyntheticSet
-from fdd.fairness.metrics import FairnessReport
 from fdd.distillation.training import train_network
+from fdd.fairness import audit as A
+from fdd.fairness.audit import AuditResult, audit_synthetic, predict
+from fdd.fairness.metrics import FairnessReport
 
 TINY_NET = NetworkConfig(width=8, depth=2)
 

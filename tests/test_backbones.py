@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fdd.config import ConfigError, GradientMatchingConfig, NetworkConfig, parse_config
 from fdd.distillation.backbones import SYNTHESIZERS, build_synthesizer
 from fdd.distillation.backbones import dc as DC
 from fdd.distillation.backbones import mtt as MTT
@@ -16,9 +17,8 @@ from fdd.distillation.backbones.cafe import cafe_loss, layer_features
 from fdd.distillation.backbones.dc import class_gradients, layerwise_distance, matched_parameters
 from fdd.distillation.backbones.idc import decode, encode
 from fdd.distillation.backbones.weights import cell_weights, group_balanced_weights
-from fdd.config import ConfigError, GradientMatchingConfig, NetworkConfig, parse_config
-from fdd.models.networks import build_convnet
 from fdd.distillation.run import synthesize
+from fdd.models.networks import build_convnet
 from tests.test_synthesis import TINY_NET, tiny_config, tiny_data
 
 MODES = ("vanilla", "fairdd", "cobra")
@@ -414,7 +414,7 @@ def test_backbone_presets_validate_and_match_the_recommended_settings():
 
     root = Path(__file__).resolve().parent.parent
     for backbone in ("dc", "idc", "cafe", "mtt"):
-        cfg = load_config(root / "params.yaml", preset=root / f"presets/{backbone}.yaml").synthesis
+        cfg = load_config(root / "params.yaml", preset=root / f"flows/presets/{backbone}.yaml").synthesis
         assert cfg.backbone == backbone and cfg.modes == ("vanilla", "fairdd", "cobra")
         for key, value in RECOMMENDED[backbone].items():
             if key != "batch_real" or backbone != "mtt":  # MTT draws no real batches

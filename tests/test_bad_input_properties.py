@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fdd.config import ConfigError
-from flows.configuration import FlowConfig
-from flows.configuration import parse_params as parse_config
 from fdd.datasets.containers import GroupedImages
 from flows import cli
+from flows.configuration import FlowConfig
+from flows.configuration import parse_params as parse_config
 
 SECTIONS = {  # the mapping sections (``schedules``, a list of entries, is tested in test_server.py)
     name: field.annotation.model_fields for name, field in FlowConfig.model_fields.items()

@@ -216,7 +216,7 @@ def test_free_support_mean_is_weighted_mean_of_group_means(weights):
     lam = {"uniform": np.full(3, 1 / 3), "proportional": sizes / sizes.sum()}.get(
         weights if isinstance(weights, str) else "", np.asarray(weights)
     )
-    expected = sum(l * s.mean(0) for l, s in zip(lam, samples))
+    expected = sum(w * s.mean(0) for w, s in zip(lam, samples, strict=True))
     assert result.support.shape == (6, 2) and result.weights.shape == (6,)
     torch.testing.assert_close(result.group_weights, torch.as_tensor(lam))
     # exact OT plans have row marginals 1/k, so the identity holds to float64 round-off

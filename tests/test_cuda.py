@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fdd.fairness.audit import audit_synthetic
 from fdd.config import AuditConfig, FeaturesConfig, NetworkConfig, SynthesisConfig
 from fdd.datasets.containers import GroupedImages
-from fdd.fairness.features import group_features, separation_table
 from fdd.distillation.run import synthesize
+from fdd.fairness.audit import audit_synthetic
+from fdd.fairness.features import group_features, separation_table
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 NET = NetworkConfig(width=8, depth=2)
@@ -77,8 +77,8 @@ def test_cuda_graph_with_compiled_forward_matches_eager() -> None:
 def test_captured_training_trains_like_train_network(batch_size: int) -> None:
     from fdd.distillation.augment import DSAConfig
     from fdd.distillation.cuda_graph import CapturedTraining
-    from fdd.models.networks import build_convnet, reset_parameters_
     from fdd.distillation.training import train_network
+    from fdd.models.networks import build_convnet, reset_parameters_
 
     images = torch.randn(6, 3, 16, 16, device="cuda")
     labels = torch.tensor([0, 0, 1, 1, 2, 2], device="cuda")
@@ -156,8 +156,8 @@ def test_captured_step_replays_fn_on_new_inputs() -> None:
 
 @pytest.mark.parametrize("batch_size", [12, 5])  # one batch; three batches (5 + 5 + 2) with shuffling
 def test_stacked_audit_graph_trains_like_eager(batch_size: int) -> None:
-    from fdd.fairness.audit import train_stacked
     from fdd.distillation.augment import DSAConfig
+    from fdd.fairness.audit import train_stacked
     from fdd.models.networks import build_convnet
 
     images = torch.randn(12, 3, 16, 16, device="cuda")

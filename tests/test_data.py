@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def test_std_positive_error(std):
 
 def test_frozen():
     data = make_grouped()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         data.labels = torch.zeros(12, dtype=torch.long)  # type: ignore[misc]
 
 

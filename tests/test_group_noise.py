@@ -7,9 +7,9 @@ import torch
 
 from fdd.config import ConfigError, GroupNoiseConfig, parse_config
 from fdd.datasets.containers import UNKNOWN_GROUP, GroupedImages
-from fdd.distillation.dm import dm_loss
 from fdd.datasets.group_noise import perturb_groups
 from fdd.datasets.partition import cell_counts
+from fdd.distillation.dm import dm_loss
 
 
 def dataset(n_per_cell: int = 25, num_classes: int = 3, num_groups: int = 4, seed: int = 0) -> GroupedImages:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from image_fixtures import CIFAR_CLASSES, write_bffhq, write_celeba, write_cifar10, write_folder, write_utkface
 from torchvision.transforms.v2 import functional as F
 
 from fdd.config import ConfigError, DataConfig, parse_config
@@ -29,7 +30,6 @@ from fdd.datasets.image_sources import (
     prepare_image_dataset,
     read_images,
 )
-from image_fixtures import CIFAR_CLASSES, write_bffhq, write_celeba, write_cifar10, write_folder, write_utkface
 
 
 def _data(**raw) -> DataConfig:

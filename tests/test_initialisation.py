@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fdd.distillation import initialisation as I
 from fdd.config import NetworkConfig
 from fdd.datasets.containers import GroupedImages
+from fdd.distillation import initialisation as I
 from fdd.distillation.initialisation import covering_indices, stratified_indices
-from fdd.models.networks import build_convnet
 from fdd.distillation.synthesis import initial_synthetic_images
+from fdd.models.networks import build_convnet
 
 TINY_NET = NetworkConfig(width=8, depth=2)
 

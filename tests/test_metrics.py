@@ -255,8 +255,8 @@ def _naive(y_pred, y_true, groups, num_classes, num_groups):
 
 def _naive_gap(rates, valid):
     out = []
-    for l in range(rates.shape[1]):
-        vals = rates[valid[:, l], l]
+    for label in range(rates.shape[1]):
+        vals = rates[valid[:, label], label]
         out.append(vals.max() - vals.min() if len(vals) else np.nan)
     return np.array(out)
 

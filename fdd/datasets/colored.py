@@ -25,7 +25,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -149,13 +149,13 @@ def _check_num_confusing(value: object) -> int:
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and 1 <= int(value) <= NUM_COLORS - 1
     if not ok:
         raise ValueError(ERR_NUM_CONFUSING.format(high=NUM_COLORS - 1, value=value))
-    return int(value)  # type: ignore[arg-type]
+    return int(value)  # type: ignore[call-overload]  # an Integral, checked above
 
 
 def _check_seed(value: object) -> int:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or int(value) < 0:
         raise ValueError(ERR_SEED.format(value=value))
-    return int(value)  # type: ignore[arg-type]
+    return int(value)
 
 
 def assign_colors(
@@ -368,14 +368,14 @@ def build_colored(
     m = _check_num_confusing(num_confusing_colors)
     generator = torch.Generator().manual_seed(_check_seed(seed))
     _check_shading(shading)
-    common = {"bias": bias, "generator": generator, "class_names": raw.class_names, "shading": shading}
+    common: dict[str, Any] = {"bias": bias, "generator": generator, "class_names": raw.class_names, "shading": shading}
     train = colorize(
         raw.train_images, raw.train_labels, correlation=train_correlation, num_confusing_colors=m, **common
     )
     test = colorize(
         raw.test_images, raw.test_labels, correlation=test_correlation, num_confusing_colors=NUM_COLORS - 1, **common
     )
-    params = {
+    params: dict[str, object] = {
         "bias": bias,
         "train_correlation": train_correlation,
         "test_correlation": test_correlation,

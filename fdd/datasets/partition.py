@@ -129,7 +129,7 @@ def class_summary(data: GroupedImages) -> pd.DataFrame:
             "count": totals,
             "groups_present": stats["present"],
             "majority_group": majority,
-            "majority_group_name": np.where(majority >= 0, names[np.maximum(majority, 0)], None),
+            "majority_group_name": np.where(majority >= 0, names[np.maximum(majority, 0)], None),  # type: ignore[call-overload]  # numpy stubs reject None
             "majority_share": majority_share,
             "imbalance_ratio": stats["ratio"],
         },

@@ -18,12 +18,12 @@ from fdd.datasets.colored import build_colored
 from fdd.datasets.containers import GroupedImages, stratified_subset
 from fdd.datasets.group_noise import perturb_groups
 from fdd.datasets.image_sources import prepare_image_dataset
-from fdd.datasets.sources import load_idx_folder, load_raw
+from fdd.datasets.sources import DatasetName, load_idx_folder, load_raw
 
 __all__ = ["RAW_NAMES", "PreparedDataset", "prepare_dataset"]
 
 #: The torchvision source of each colour-biased digit dataset.
-RAW_NAMES = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
+RAW_NAMES: dict[str, DatasetName] = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ def prepare_dataset(data: DataConfig, *, workspace: str | Path) -> PreparedDatas
     """
     root = Path(workspace)
     extra: dict[str, Any]
+    bias: str | None
     if data.dataset in TABULAR_DATASETS:
         tab = data.tabular
         frames = load_adult_frames(

@@ -405,7 +405,7 @@ def install_idx_files(contents: Mapping[str, bytes], raw_dir: str | os.PathLike[
         atomic_write_bytes(Path(raw_dir) / name, contents[name])
 
 
-def _read_bounded(handle: IO[bytes], *, member: str, archive: str) -> bytes:
+def _read_bounded(handle: IO[bytes] | io.BufferedIOBase, *, member: str, archive: str) -> bytes:
     data = handle.read(MAX_MEMBER_BYTES + 1)
     if len(data) > MAX_MEMBER_BYTES:
         raise ValueError(ERR_MEMBER_TOO_LARGE.format(member=member, archive=archive, limit=MAX_MEMBER_BYTES))

@@ -88,7 +88,7 @@ def _rand(k: int, generator: torch.Generator | None, device: torch.device) -> Te
 def draw_dsa(
     num_slots: int,
     *,
-    image_size: tuple[int, int],
+    image_size: tuple[int, ...],
     config: DSAConfig = DSAConfig(),
     shared_family: bool = False,
     family_block: int | None = None,
@@ -212,11 +212,11 @@ def apply_dsa(x: Tensor, slots: Tensor, draw: DSADraw, *, config: DSAConfig = DS
 
     height, width = x.shape[-2:]
     cut_h, cut_w = int(height * config.cutout_ratio + 0.5), int(width * config.cutout_ratio + 0.5)
-    low = draw.cutout_low[slots]
+    cut_low = draw.cutout_low[slots]
     rows = torch.arange(height, device=x.device).view(1, -1)
     cols = torch.arange(width, device=x.device).view(1, -1)
-    in_rows = (rows >= low[:, :1]) & (rows < low[:, :1] + cut_h)  # (N, H)
-    in_cols = (cols >= low[:, 1:]) & (cols < low[:, 1:] + cut_w)  # (N, W)
+    in_rows = (rows >= cut_low[:, :1]) & (rows < cut_low[:, :1] + cut_h)  # (N, H)
+    in_cols = (cols >= cut_low[:, 1:]) & (cols < cut_low[:, 1:] + cut_w)  # (N, W)
     hole = (in_rows.unsqueeze(2) & in_cols.unsqueeze(1)).unsqueeze(1)  # (N, 1, H, W)
     is_cutout = (family == FAMILIES.index("cutout")).view(view)
     x = torch.where(is_cutout & hole, torch.zeros((), dtype=x.dtype, device=x.device), x)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -67,7 +68,7 @@ def _clone(value: object) -> object:
     """A copy of ``value`` with every tensor cloned (the graph's static inputs)."""
     if isinstance(value, Tensor):
         return value.detach().clone()
-    if dataclasses.is_dataclass(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.replace(value, **{f.name: _clone(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init})
     if isinstance(value, (tuple, list)):
         return type(value)(_clone(item) for item in value)
@@ -143,7 +144,7 @@ class CapturedStep:
             current.wait_stream(side)
             return out
         if self.graph is None:
-            self.static_inputs = _clone(inputs)
+            self.static_inputs = cast(tuple, _clone(inputs))  # a tuple in, a tuple out
             try:
                 self.graph, self.static_output = capture(lambda: self.fn(*self.static_inputs), device=self.device)
             except RuntimeError as error:
@@ -153,6 +154,7 @@ class CapturedStep:
         with torch.no_grad():
             for static, value in zip(_tensors(self.static_inputs), _tensors(inputs)):
                 static.copy_(value)
+        assert self.graph is not None  # captured above
         self.graph.replay()
         return None if self.static_output is None else self.static_output.detach().clone()
 
@@ -210,7 +212,7 @@ class CapturedTraining:
         saved = [p.detach().clone() for p in net.parameters()]
         buffers = [b.detach().clone() for b in net.buffers()]
 
-        extra = {k: v for k, v in (("forward", forward), ("augment", augment)) if v is not None}
+        extra: dict[str, Any] = {k: v for k, v in (("forward", forward), ("augment", augment)) if v is not None}
 
         def body() -> None:
             train_network(

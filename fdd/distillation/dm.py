@@ -35,12 +35,12 @@ Zhou et al., "FairDD: Fair Dataset Distillation via Synchronized Matching", 2025
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor
 
-from fdd.transport.alignment import ALIGNMENT_MODES, Reduction, W2Solver, alignment_loss
+from fdd.transport.alignment import ALIGNMENT_MODES, AlignmentMode, Reduction, W2Solver, alignment_loss
 from fdd.transport.barycenter import cell_statistics, index_counts, mean_barycenter
 
 __all__ = [
@@ -110,7 +110,7 @@ def dm_loss(
     if mode in ALIGNMENT_MODES:
         return alignment_loss(
             real_features, real_labels, real_groups, syn_features, syn_labels, num_classes=num_classes,
-            num_groups=num_groups, mode=mode, solver=solver, reg=reg, reduction=reduction, validate=False,
+            num_groups=num_groups, mode=cast(AlignmentMode, mode), solver=solver, reg=reg, reduction=reduction, validate=False,
         )
     return mean_matching_loss(
         real_features, real_labels, real_groups, syn_features, syn_labels, num_classes=num_classes,

@@ -192,6 +192,7 @@ def covering_indices(
         labels, groups, num_classes=train.num_classes, num_groups=train.num_groups, ipc=ipc, generator=generator
     ).view(train.num_classes, ipc)
     subset = train.subset(cand)
+    assert embed is not None  # required for 'barycenter' (ERR_EMBED above)
     with torch.no_grad():
         features = torch.cat([
             embed(subset.subset(torch.arange(s, min(s + batch_size, len(subset)))).normalized(device)).float().cpu()

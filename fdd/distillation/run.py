@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,7 +42,7 @@ class _StopRequest:
 
     def __init__(self) -> None:
         self.signal: int | None = None
-        self._previous: dict[int, object] = {}
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():
@@ -99,7 +100,7 @@ def synthesize(
     if checkpoint is not None and Path(checkpoint).exists():
         try:
             saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged checkpoint is never used; the run starts over
+        except Exception:  # noqa: BLE001  (a damaged checkpoint is never used; the run starts over)
             saved = None
         if saved is not None and saved.get("fingerprint") == fingerprint and saved["state"]["iteration"] <= config.iterations:
             loop.load_state_dict(saved["state"])

@@ -19,18 +19,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.profiler import record_function
 
-from fdd.distillation.augment import DSAConfig, DSADraw, apply_dsa, draw_dsa
 from fdd.config import NetworkConfig, SynthesisConfig
 from fdd.datasets.containers import GroupedImages, SyntheticSet
+from fdd.distillation.augment import DSAConfig, DSADraw, apply_dsa, draw_dsa
 from fdd.distillation.cuda_graph import CapturedStep, CapturedTraining
-from fdd.distillation.dm import MATCHING_MODES, MEAN_MODES, WARMUP_MODES, dm_loss
-from fdd.distillation.initialisation import covering_indices
+from fdd.distillation.dm import MATCHING_MODES, MEAN_MODES, WARMUP_MODES, MatchingMode, dm_loss
+from fdd.distillation.initialisation import CoveringInit, covering_indices
 from fdd.distillation.training import TrainingPlan, draw_training_plan, train_network
 from fdd.models.networks import build_network, reset_parameters_
 
@@ -133,7 +133,8 @@ def initial_synthetic_images(
             embed = build_network(
                 input_shape=train.image_shape, num_classes=c, network=net, seed=seed, device=device,
             ).eval().embed
-        index = covering_indices(train, ipc=ipc, method=init, generator=generator, embed=embed, device=device)
+        method = cast(CoveringInit, init)  # 'stratified' or 'barycenter' here
+        index = covering_indices(train, ipc=ipc, method=method, generator=generator, embed=embed, device=device)
         return train.subset(index).normalized(device), labels
     counts = torch.bincount(train.labels, minlength=c)
     for k in range(c):
@@ -330,6 +331,7 @@ class DMSynthesizer(Synthesizer):
             )
         run = self.captured_step if self.captured_step is not None else self._warm_up_and_match
         loss = run(plan, index, draw)
+        assert loss is not None  # _warm_up_and_match returns the loss, and so does its captured graph
         self.iteration += 1
         return loss.detach()
 
@@ -364,8 +366,9 @@ class DMSynthesizer(Synthesizer):
         real_labels = self.real_labels[index]
         syn = self.syn_images
         if draw is not None:
-            real = self.augment(real, real_labels, draw, config=self.dsa)
-            syn = self.augment(syn, self.syn_labels, draw, config=self.dsa)
+            dsa = cast(DSAConfig, self.dsa)  # a draw exists only with DSA on
+            real = self.augment(real, real_labels, draw, config=dsa)
+            syn = self.augment(syn, self.syn_labels, draw, config=dsa)
         if self.config.channels_last:
             syn = syn.contiguous(memory_format=torch.channels_last)
         with self.autocast:
@@ -374,7 +377,7 @@ class DMSynthesizer(Synthesizer):
             syn_features = self.embed(syn).float()
         loss = dm_loss(
             real_features, real_labels, self.real_groups[index], syn_features, self.syn_labels,
-            num_classes=train.num_classes, num_groups=train.num_groups, mode=self.mode,
+            num_classes=train.num_classes, num_groups=train.num_groups, mode=cast(MatchingMode, self.mode),
             solver=config.w2_solver, reg=config.w2_reg, reduction=config.w2_reduction,
         )
         self.optimizer.zero_grad(set_to_none=True)

@@ -46,7 +46,7 @@ def draw_training_plan(
     *,
     epochs: int,
     batch_size: int,
-    image_size: tuple[int, int],
+    image_size: tuple[int, ...],
     dsa: DSAConfig | None,
     generator: torch.Generator | None,
     device: torch.device | str,

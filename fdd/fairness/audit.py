@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from fdd.distillation.augment import DSAConfig, DSADraw, apply_dsa
 from fdd.config import AuditConfig, NetworkConfig
 from fdd.datasets.containers import GroupedImages, SyntheticSet
-from fdd.fairness.metrics import FairnessReport, fairness_report, summarize_runs
-from fdd.models.networks import ConvNet, build_network
+from fdd.distillation.augment import DSAConfig, DSADraw, apply_dsa
 from fdd.distillation.cuda_graph import CapturedStep
 from fdd.distillation.training import draw_training_plan, train_network
+from fdd.fairness.metrics import FairnessReport, fairness_report, summarize_runs
+from fdd.models.networks import build_network
 
 __all__ = ["AuditResult", "STACKED_DRAW_SLOTS", "audit_synthetic", "predict", "train_stacked"]
 
@@ -54,7 +54,7 @@ STACKED_DRAW_SLOTS = 2**20  # DSA parameters drawn at once: a chunk of epochs of
 
 
 def train_stacked(
-    nets: list[ConvNet],
+    nets: Sequence[nn.Module],
     images: Tensor,
     labels: Tensor,
     *,
@@ -67,7 +67,7 @@ def train_stacked(
     generator: torch.Generator | None,
     lr_decay_epoch: int | None = None,
     cuda_graph: bool = False,
-) -> list[ConvNet]:
+) -> Sequence[nn.Module]:
     """Train several networks of one architecture at once, as one vectorised model.
 
     The parameters of the ``M`` networks are stacked (:func:`torch.func.stack_module_state`)
@@ -115,15 +115,15 @@ def train_stacked(
             y = labels[idx]  # (M, b)
             if draws is not None:
                 slots = (offsets[:, :b] + (slot_base + j * m * block)).reshape(-1)
-                x = apply_dsa(x, slots, draws, config=dsa)
+                x = apply_dsa(x, slots, draws, config=cast(DSAConfig, dsa))  # draws exist only with dsa
             logits = forward(params, x.view(m, b, *x.shape[1:]))  # (M, b, classes)
             loss = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1)) * m
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
-    graphed = {}  # learning rate -> CapturedStep
-    step = run_epoch
+    graphed: dict[float, CapturedStep] = {}  # learning rate -> captured epoch
+    step: Callable[[Tensor, Tensor], object] = run_epoch
     for epoch in range(epochs):
         if epoch % chunk == 0:  # draw the next chunk of epochs: one training plan of count x M runs
             count = min(chunk, epochs - epoch)
@@ -221,7 +221,7 @@ def audit_synthetic(
         )
         for seed in seeds
     ]
-    schedule = dict(
+    schedule: dict[str, Any] = dict(
         epochs=config.epochs + 1, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
         batch_size=config.batch_size, dsa=dsa, lr_decay_epoch=config.epochs // 2 + 1,
     )

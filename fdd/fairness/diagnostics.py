@@ -17,19 +17,18 @@ far from it; the uniform barycenter spreads the distances evenly. The per-class
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import warnings
 
 import numpy as np
 import ot
 import pandas as pd
 import torch
 
-from fdd.transport.barycenter import MissingGroupWarning, distances_to_targets, free_support_barycenter
 from fdd.config import BarycenterConfig
+from fdd.transport.barycenter import MissingGroupWarning, distances_to_targets, free_support_barycenter
 
 __all__ = ["BarycenterDiagnostics", "barycenter_diagnostics"]
 

@@ -28,10 +28,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from fdd.transport.barycenter import cell_statistics
 from fdd.config import FeaturesConfig, NetworkConfig
 from fdd.datasets.containers import GroupedImages
 from fdd.models.networks import build_network
+from fdd.transport.barycenter import cell_statistics
 
 __all__ = ["GroupFeatures", "embed_images", "group_features", "sample_cells", "separation_table"]
 

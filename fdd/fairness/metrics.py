@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Union, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -55,7 +55,7 @@ __all__ = [
     "summarize_runs",
 ]
 
-ArrayLike = Union[Tensor, np.ndarray, Sequence[int]]
+ArrayLike = Tensor | np.ndarray | Sequence[int]
 StdKind = Literal["population", "sample"]
 
 ERR_NOT_1D = (
@@ -446,8 +446,8 @@ class FairnessReport:
                 "groups_with_support": has_support.sum(axis=0),
                 "class_accuracy": np.array(self.class_accuracy),
                 "eo_gap": np.array(self.class_gap),
-                "best_group": np.where(defined, names[best], None),
-                "worst_group": np.where(defined, names[worst], None),
+                "best_group": np.where(defined, names[best], None),  # type: ignore[call-overload]  # numpy stubs reject None
+                "worst_group": np.where(defined, names[worst], None),  # type: ignore[call-overload]
                 "sufficiency_gap": np.array(self.sufficiency_gap),
             },
             index=pd.Index(self.class_names, name="class"),

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from fdd.config import NetworkConfig
-from fdd.models.mlp import build_mlp
+from fdd.models.mlp import MLP, build_mlp
 from fdd.models.parameters import reset_parameters_
 
 __all__ = [
@@ -187,7 +187,7 @@ def build_network(
     network: NetworkConfig,
     seed: int | None = None,
     device: torch.device | str | None = None,
-) -> nn.Module:
+) -> ConvNet | MLP:
     """The network of ``network.architecture`` for inputs of shape ``(C, H, W)``.
 
     The ConvNet's depth is ``network.resolved_depth(W)`` (``'auto'`` follows the image side).

@@ -6,9 +6,8 @@ directly (no pyplot, no global backend choice, no display needed); the caller sa
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import io
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,9 +48,9 @@ def loss_curves(curves: Mapping[str, Sequence[float]], *, title: str = "matching
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()
     for name, values in curves.items():
-        values = np.asarray(values, dtype=float)
-        if values.size:
-            ax.plot(np.arange(1, values.size + 1), values / (values[0] or 1.0), label=name)
+        series = np.asarray(values, dtype=float)
+        if series.size:
+            ax.plot(np.arange(1, series.size + 1), series / (series[0] or 1.0), label=name)
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss / first-iteration loss")
     ax.set_yscale("log")

@@ -229,6 +229,7 @@ def _w2_emd(cells: _Cells) -> Tensor:
     import ot  # POT (and its backends) is loaded only when an exact W2 is asked for
 
     cost = cells.padded_cost
+    assert cost is not None  # built for the W2 solvers
     k = cost.shape[1]
     cost_np = cost.detach().to("cpu", torch.float64).numpy()
     counts = cells.counts.cpu().numpy()
@@ -246,6 +247,7 @@ def _w2_sinkhorn(cells: _Cells, reg: float) -> Tensor:
     from ot.batch import solve_batch  # loaded only for cobra-w2's Sinkhorn solver, as POT above
 
     cost = cells.padded_cost  # (C*G, k, W)
+    assert cost is not None  # built for the W2 solvers
     num_cells, k, _ = cost.shape
     num_groups = num_cells // cells.syn.shape[0]
     mask = cells.mask.to(cost.dtype)

@@ -1001,21 +1001,21 @@ def per_class_barycenters(
     elif kind == "gaussian":
         assert stats.covariances is not None
         eye = torch.eye(features.shape[1], device=features.device, dtype=features.dtype)
-        results = []
+        gaussians = []
         for c in range(num_classes):
-            kept = torch.nonzero(present_cpu[c]).flatten().to(features.device)
-            results.append(
+            present_index = torch.nonzero(present_cpu[c]).flatten().to(features.device)
+            gaussians.append(
                 gaussian_barycenter(
-                    stats.means[c, kept],
-                    stats.covariances[c, kept] + covariance_reg * eye,
+                    stats.means[c, present_index],
+                    stats.covariances[c, present_index] + covariance_reg * eye,
                     weights=weights,
-                    counts=stats.counts[c, kept],
+                    counts=stats.counts[c, present_index],
                     num_iter=1000 if num_iter is None else num_iter,
                     tolerance=tolerance,
                 )
             )
-        gaussian = tuple(results)
-        means = torch.stack([r.mean for r in results])
+        gaussian = tuple(gaussians)
+        means = torch.stack([r.mean for r in gaussians])
 
     return ClassBarycenters(
         kind=kind,

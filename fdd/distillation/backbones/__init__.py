@@ -26,12 +26,12 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from fdd.config import NetworkConfig, SynthesisConfig
+from fdd.datasets.containers import GroupedImages, SyntheticSet
 from fdd.distillation.backbones.cafe import CAFESynthesizer
 from fdd.distillation.backbones.dc import DCSynthesizer
 from fdd.distillation.backbones.idc import IDCSynthesizer
 from fdd.distillation.backbones.mtt import MTTSynthesizer
-from fdd.config import NetworkConfig, SynthesisConfig
-from fdd.datasets.containers import GroupedImages, SyntheticSet
 from fdd.distillation.synthesis import DMSynthesizer, Synthesizer
 
 __all__ = ["Backbone", "RECOMMENDED", "SYNTHESIZERS", "build_synthesizer"]
@@ -41,7 +41,7 @@ ERR_BACKBONE = "synthesis.backbone must be one of {allowed}; got {value!r}"
 # The published schedule of each backbone (docs/method.md section 2; MTT: the MTT paper's
 # learning rates, a short schedule of our own; CAFE: lr_img calibrated, see fdd.distillation.backbones.cafe):
 # synthesis settings that differ from
-# SynthesisConfig's DM defaults. presets/<backbone>.yaml and benchmarks/backbones.py use them.
+# SynthesisConfig's DM defaults. flows/presets/<backbone>.yaml and benchmarks/backbones.py use them.
 RECOMMENDED: dict[str, dict[str, object]] = {
     "dm": {"iterations": 2600, "batch_real": 600, "lr_img": 1.0, "momentum": 0.5},
     "dc": {"iterations": 1000, "batch_real": 256, "lr_img": 0.1, "momentum": 0.5},

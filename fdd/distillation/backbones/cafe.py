@@ -38,6 +38,8 @@ Wang et al., "CAFE: Learning to Condense Dataset by Aligning Features", CVPR 202
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -57,7 +59,7 @@ ERR_ARCHITECTURE = (
 def layer_features(net: nn.Module, x: Tensor) -> Tensor:
     """Spatially averaged output of every conv block of a :class:`~fdd.models.networks.ConvNet`, (N, depth, width)."""
     outputs = []
-    blocks = list(net.features)
+    blocks = list(cast(nn.Sequential, net.features))
     for start in range(0, len(blocks), 4):  # conv, norm, relu, pool
         for layer in blocks[start : start + 4]:
             x = layer(x)

@@ -54,10 +54,10 @@ from torch.func import functional_call, grad, vjp, vmap
 
 from fdd.distillation.augment import draw_dsa
 from fdd.distillation.backbones.weights import cell_weights
-from fdd.models.networks import reset_parameters_
 from fdd.distillation.cuda_graph import CapturedTraining
 from fdd.distillation.synthesis import Synthesizer
 from fdd.distillation.training import train_network
+from fdd.models.networks import reset_parameters_
 
 __all__ = [
     "DCSynthesizer",
@@ -73,6 +73,7 @@ ERR_BATCHNORM = (
     "normalisation; network.norm must be 'instancenorm' or 'none', got 'batchnorm'"
 )
 ERR_GRAD_SHAPES = "syn and real gradients must list the same layers; got {syn} and {real}"
+ERR_NO_GRADIENTS = "layerwise_distance needs at least one gradient tensor per side; got none"
 EPS = 1e-6
 
 
@@ -99,12 +100,15 @@ def layerwise_distance(syn: Sequence[Tensor], real: Sequence[Tensor], *, batch_d
     """
     if len(syn) != len(real):
         raise ValueError(ERR_GRAD_SHAPES.format(syn=len(syn), real=len(real)))
+    if not syn:
+        raise ValueError(ERR_NO_GRADIENTS)
     total = None
     for s, r in zip(syn, real):
         s2, r2 = s.flatten(batch_dims + 1), r.flatten(batch_dims + 1)
         cos = (s2 * r2).sum(-1) / (s2.norm(dim=-1) * r2.norm(dim=-1) + EPS)
         term = (1 - cos).sum(-1)
         total = term if total is None else total + term
+    assert total is not None  # syn is not empty
     return total
 
 
@@ -157,7 +161,7 @@ def class_gradients(
             def losses(p: dict[str, Tensor]) -> Tensor:
                 return F.cross_entropy(functional_call(net, {**fixed, **p}, (x,)), y, reduction="none")
 
-            _, pullback = vjp(losses, wrt)
+            _, pullback = vjp(losses, wrt)  # type: ignore[misc]  # the stub's tuple also covers has_aux=True
             return pullback(w[0])[0]
 
         grads = vmap(one_class, chunk_size=chunk_size)(images, labels, weights)

@@ -52,13 +52,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from fdd.config import MTTConfig, NetworkConfig
+from fdd.datasets.containers import GroupedImages, atomic_save
 from fdd.distillation.augment import DSAConfig, apply_dsa, draw_dsa
 from fdd.distillation.backbones.dc import ERR_BATCHNORM
 from fdd.distillation.backbones.weights import group_balanced_weights
-from fdd.config import MTTConfig, NetworkConfig
-from fdd.datasets.containers import GroupedImages, atomic_save
-from fdd.models.networks import build_network, reset_parameters_
 from fdd.distillation.synthesis import Synthesizer
+from fdd.models.networks import build_network, reset_parameters_
 
 __all__ = [
     "EXPERT_OBJECTIVES",
@@ -74,7 +74,7 @@ __all__ = [
 
 ExpertObjective = Literal["plain", "balanced_weights", "balanced_sampling"]
 EXPERT_OBJECTIVES: tuple[str, ...] = ("plain", "balanced_weights", "balanced_sampling")
-OBJECTIVE_OF_MODE: dict[str, str] = {"vanilla": "plain", "cobra": "balanced_weights", "fairdd": "balanced_sampling"}
+OBJECTIVE_OF_MODE: dict[str, ExpertObjective] = {"vanilla": "plain", "cobra": "balanced_weights", "fairdd": "balanced_sampling"}
 ERR_OBJECTIVE = "objective must be one of {allowed}; got {value!r}"
 ERR_TRAJECTORIES = (
     "expert trajectories must have shape (experts, epochs + 1 >= {need}, parameters={params}); got {shape}"
@@ -207,7 +207,7 @@ class MTTSynthesizer(Synthesizer):
                 saved = torch.load(path, map_location="cpu", weights_only=True)
                 if saved.get("key") == key:
                     return saved["trajectories"].to(self.device)
-            except Exception:  # a damaged cache file is retrained and replaced
+            except Exception:  # noqa: BLE001  (a damaged cache file is retrained and replaced)
                 pass
         trajectories = train_experts(
             self.train, objective=self.objective, settings=self.settings, network=network, dsa=self.dsa,
