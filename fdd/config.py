@@ -83,7 +83,7 @@ ERR_NOT_FOR_DATASET = (
     "data.{key} only applies to the datasets {allowed}; data.dataset is {dataset!r} (remove data.{key}, "
     "or choose one of those datasets)"
 )
-#: data keys that only the colour-biased datasets read (tasks/ingest.py -> fdd.datasets.colored).
+#: data keys that only the colour-biased datasets read (fdd.datasets.prepare -> fdd.datasets.colored).
 COLORED_KEYS: tuple[str, ...] = ("bias", "shading", "train_correlation", "test_correlation", "num_confusing_colors")
 ERR_IDX_DIR_DATASET = "data.idx_dir only applies to the datasets {allowed}; data.dataset is {dataset!r}"
 ERR_COLORED_SIZE = "data.image_size must be 32 (or null) for {dataset!r}: C-MNIST images are 28x28 padded to 32x32; got {size}"

@@ -8,6 +8,7 @@ cycle is still seen.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,7 @@ def _imported_names(module: str, path: Path) -> list[str]:
     return names
 
 
+@functools.cache  # read once per session; callers do not modify it
 def _graph() -> dict[str, set[str]]:
     mods = _modules()
 
