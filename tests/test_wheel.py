@@ -55,7 +55,7 @@ def test_wheel_carries_every_package_and_the_package_data(wheel: Path) -> None:
         assert f"{package}/__init__.py" in names, package
     presets = sorted(p.name for p in (ROOT / "flows/presets").glob("*.yaml"))
     assert presets and all(f"flows/presets/{p}" in names for p in presets)
-    assert {"flows/templates/params.yaml", "flows/templates/dvc.yaml", "flows/templates/dvcignore"} <= names
+    assert {"flows/templates/params.yaml", "flows/templates/dvc.yaml.template", "flows/templates/dvcignore"} <= names
     assert not any(n.startswith(("tests/", "benchmarks/", "scripts/")) for n in names)
 
 

@@ -23,7 +23,7 @@ def test_params_template_is_the_repository_params() -> None:
 def test_dvc_template_is_the_repository_pipeline_without_the_source_tree() -> None:
     """The same stages, params and outputs as dvc.yaml; commands through the installed `fdd`, no deps on fdd/ or tasks/."""
     repo = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    template = yaml.safe_load((ROOT / "flows/templates/dvc.yaml").read_text())["stages"]
+    template = yaml.safe_load((ROOT / "flows/templates/dvc.yaml.template").read_text())["stages"]
     assert list(template) == list(repo)
     for name, stage in repo.items():
         body, shipped = stage.get("do", stage), template[name].get("do", template[name])
@@ -68,3 +68,9 @@ def test_shipped_presets_are_found_by_name() -> None:
     assert str(info.value) == ERR_UNKNOWN_PRESET.format(name="fulll", known=preset_names())
     with pytest.raises(SystemExit, match="known presets"):
         cli.main(["run", "--preset", "fulll", "--params", str(ROOT / "params.yaml")])
+
+
+def test_the_dvc_template_is_not_a_pipeline_of_the_repository() -> None:
+    """DVC collects every dvc.yaml of a repository: the template must not be one (`dvc repro` would run it)."""
+    assert not list((ROOT / "flows").rglob("dvc.yaml"))
+    assert not list((ROOT / "fdd").rglob("dvc.yaml")) and not list((ROOT / "tasks").rglob("dvc.yaml"))
