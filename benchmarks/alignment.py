@@ -7,7 +7,7 @@
 Every variant ``MODE:INIT`` is distilled with the DM backbone (ConvNet-3 width 128, batch 600
 per class, DSA, the COBRA-DM schedule unless overridden) on the foreground-coloured dataset at
 the given IPC, then audited with ``--num-eval`` evaluations of ``--eval-epochs`` epochs.
-``--flip`` / ``--hide`` perturb the training groups (fdd/group_noise.py) for the robustness
+``--flip`` / ``--hide`` perturb the training groups (fdd/datasets/group_noise.py) for the robustness
 study. Uses fdd directly (torch, torchvision, numpy, pandas, pydantic and POT; no Prefect or
 DVC), reads MNIST / Fashion-MNIST from ``--data-root`` (no download by default).
 
@@ -32,14 +32,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fdd.audit import audit_synthetic  # noqa: E402
-from fdd.colored import build_colored  # noqa: E402
-from fdd.config import MODES, AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
-from fdd.data import stratified_subset  # noqa: E402
-from fdd.files import atomic_write  # noqa: E402
-from fdd.group_noise import perturb_groups  # noqa: E402
-from fdd.sources import load_raw  # noqa: E402
-from fdd.synthesis import DMSynthesizer, synthesize  # noqa: E402
+from fdd.config import MODES, AuditConfig, NetworkConfig, SynthesisConfig
+from fdd.datasets.colored import build_colored
+from fdd.datasets.containers import stratified_subset
+from fdd.datasets.group_noise import perturb_groups
+from fdd.datasets.sources import load_raw
+from fdd.distillation.run import synthesize
+from fdd.distillation.synthesis import DMSynthesizer
+from fdd.fairness.audit import audit_synthetic
+from fdd.files import atomic_write
 
 RAW = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
 INITS = ("real", "noise", "stratified", "barycenter")
@@ -94,7 +95,7 @@ def main() -> int:
     parser.add_argument("--datasets", default="cmnist,cfmnist")
     parser.add_argument("--bias", choices=["foreground", "background"], default="foreground")
     parser.add_argument("--shading", choices=["binary", "intensity"], default="binary",
-                        help="colouring of the digits/garments (data.shading; presets/cfmnist.yaml uses intensity)")
+                        help="colouring of the digits/garments (data.shading; flows/presets/cfmnist.yaml uses intensity)")
     parser.add_argument("--variants", default="cobra:real,cobra-w2:real,cobra-bures:real,cobra:barycenter,cobra-w2:barycenter")
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--iterations", type=int, default=2600)

@@ -5,7 +5,7 @@
 
 Distils C-MNIST (foreground by default) at IPC 10 with each backbone (DM, DC, IDC, CAFE,
 MTT) in each mode (vanilla, fairdd, cobra), using each backbone's published settings
-(``fdd.backbones.RECOMMENDED``; ConvNet-3 width 128, DSA, init real) unless overridden,
+(``fdd.distillation.backbones.RECOMMENDED``; ConvNet-3 width 128, DSA, init real) unless overridden,
 and audits every synthetic set with ``--num-eval`` evaluations. Needs only torch,
 torchvision, numpy, pandas and pydantic (no Prefect or DVC). After every cell it rewrites
 ``<out>/backbones_<device>.md`` and ``.csv`` atomically, so a run cut short keeps the
@@ -29,14 +29,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fdd.audit import audit_synthetic  # noqa: E402
-from fdd.backbones import RECOMMENDED  # noqa: E402
-from fdd.colored import build_colored  # noqa: E402
-from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
-from fdd.data import stratified_subset  # noqa: E402
-from fdd.files import atomic_write  # noqa: E402
-from fdd.sources import load_raw  # noqa: E402
-from fdd.synthesis import synthesize  # noqa: E402
+from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig
+from fdd.datasets.colored import build_colored
+from fdd.datasets.containers import stratified_subset
+from fdd.datasets.sources import load_raw
+from fdd.distillation.backbones import RECOMMENDED
+from fdd.distillation.run import synthesize
+from fdd.fairness.audit import audit_synthetic
+from fdd.files import atomic_write
 
 RAW = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
 
@@ -176,7 +176,7 @@ def main() -> int:
                 f"Machine: {machine}, torch {torch.__version__}. ConvNet-3 width {args.width}, DSA, init real, "
                 f"seed {args.seed}; each cell audited with {args.num_eval} evaluations of {args.eval_epochs} epochs "
                 f"(mean ± std). Train images: {len(train)}, test images: {len(test)}. Settings per backbone: "
-                f"`fdd.backbones.RECOMMENDED` with the iterations shown. s/iteration includes MTT's expert "
+                f"`fdd.distillation.backbones.RECOMMENDED` with the iterations shown. s/iteration includes MTT's expert "
                 f"training when its trajectories were not cached.\n\n"
                 f"Last command: `python benchmarks/backbones.py {' '.join(sys.argv[1:])}`\n\n"
             )

@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fdd.audit import audit_synthetic  # noqa: E402
-from fdd.colored import build_colored  # noqa: E402
-from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
-from fdd.sources import load_raw  # noqa: E402
-from fdd.synthesis import DMSynthesizer  # noqa: E402
+from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig
+from fdd.datasets.colored import build_colored
+from fdd.datasets.sources import load_raw
+from fdd.distillation.synthesis import DMSynthesizer
+from fdd.fairness.audit import audit_synthetic
 
 
 def rss_mib() -> float:

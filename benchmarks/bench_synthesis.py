@@ -4,7 +4,7 @@
 
 Measures, on the given device and in one run (so the numbers compare as ratios):
 
-(a) seconds per outer iteration of :class:`fdd.synthesis.DMSynthesizer` for each mode at
+(a) seconds per outer iteration of :class:`fdd.distillation.synthesis.DMSynthesizer` for each mode at
     IPC 10 and 50 (median of ``--iterations`` timed iterations after ``--warmup``, with
     a device synchronisation around each);
 (b) the same for the naive per-class, per-group loop of ``naive_reference.py``;
@@ -31,12 +31,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fdd.audit import audit_synthetic  # noqa: E402
-from fdd.colored import build_colored  # noqa: E402
-from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
-from fdd.sources import load_raw  # noqa: E402
-from fdd.synthesis import DMSynthesizer  # noqa: E402
-from naive_reference import NaiveDM  # noqa: E402
+from naive_reference import NaiveDM
+
+from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig
+from fdd.datasets.colored import build_colored
+from fdd.datasets.sources import load_raw
+from fdd.distillation.synthesis import DMSynthesizer
+from fdd.fairness.audit import audit_synthetic
 
 
 def sync(device: torch.device) -> None:

@@ -21,12 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fdd.backbones import RECOMMENDED, build_synthesizer  # noqa: E402
-from fdd.colored import build_colored  # noqa: E402
-from fdd.config import NetworkConfig, SynthesisConfig  # noqa: E402
-from fdd.data import stratified_subset  # noqa: E402
-from fdd.networks import reset_parameters_  # noqa: E402
-from fdd.sources import load_raw  # noqa: E402
+from fdd.config import NetworkConfig, SynthesisConfig
+from fdd.datasets.colored import build_colored
+from fdd.datasets.containers import stratified_subset
+from fdd.datasets.sources import load_raw
+from fdd.distillation.backbones import RECOMMENDED, build_synthesizer
+from fdd.models.networks import reset_parameters_
 
 
 def main() -> int:

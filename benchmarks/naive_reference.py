@@ -6,7 +6,7 @@ real batch with a numpy permutation, augments the class's real and synthetic ima
 one seeded DSA call each, and (fairdd / cobra) embeds each group's real images
 separately before combining the group means. This file reproduces that structure with
 fdd's own building blocks (ConvNet, DSA), so the only difference measured against
-:class:`fdd.synthesis.DMSynthesizer` is the batching.
+:class:`fdd.distillation.synthesis.DMSynthesizer` is the batching.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fdd.augment import DSAConfig, apply_dsa, draw_dsa
-from fdd.networks import build_convnet
-from fdd.synthesis import train_network
+from fdd.distillation.augment import DSAConfig, apply_dsa, draw_dsa
+from fdd.distillation.training import train_network
+from fdd.models.networks import build_convnet
 
 
 class NaiveDM:

@@ -2,7 +2,7 @@
 
     python benchmarks/profile_step.py --device cuda --modes vanilla,cobra --out benchmarks/results
 
-For each mode, builds :class:`fdd.synthesis.DMSynthesizer` on C-MNIST (foreground) with
+For each mode, builds :class:`fdd.distillation.synthesis.DMSynthesizer` on C-MNIST (foreground) with
 the given variant (``compile``, ``graph``), warms it up, then records ``--steps`` steps
 with :mod:`torch.profiler` and prints (and writes, as ``profile_<tag>.md``):
 
@@ -11,7 +11,7 @@ with :mod:`torch.profiler` and prints (and writes, as ``profile_<tag>.md``):
 - the kernels with the most device time.
 
 With ``--audit-epochs`` it does the same for that many epochs of the stacked audit
-training (:func:`fdd.audit.train_stacked`). The numbers say whether a phase is bound by
+training (:func:`fdd.fairness.audit.train_stacked`). The numbers say whether a phase is bound by
 the GPU's work (device time close to wall time) or by launches (device time far below).
 """
 
@@ -28,13 +28,13 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fdd.audit import train_stacked  # noqa: E402
-from fdd.augment import DSAConfig  # noqa: E402
-from fdd.colored import build_colored  # noqa: E402
-from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
-from fdd.networks import build_network  # noqa: E402
-from fdd.sources import load_raw  # noqa: E402
-from fdd.synthesis import DMSynthesizer  # noqa: E402
+from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig
+from fdd.datasets.colored import build_colored
+from fdd.datasets.sources import load_raw
+from fdd.distillation.augment import DSAConfig
+from fdd.distillation.synthesis import DMSynthesizer
+from fdd.fairness.audit import train_stacked
+from fdd.models.networks import build_network
 
 
 def _device_ms(event) -> float:

@@ -1,4 +1,4 @@
-"""Full-length reproduction of the COBRA-DM benchmark cells (METHOD.md section 5).
+"""Full-length reproduction of the COBRA-DM benchmark cells (docs/method.md section 5).
 
     python benchmarks/reproduce.py --dataset cmnist --bias foreground --ipc 10 --out DIR
 
@@ -21,15 +21,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fdd.audit import audit_synthetic  # noqa: E402
-from fdd.colored import build_colored  # noqa: E402
-from fdd.data import SyntheticSet  # noqa: E402
-from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig  # noqa: E402
-from fdd.sources import load_raw  # noqa: E402
-from fdd.synthesis import SynthesisInterrupted, synthesize  # noqa: E402
+from fdd.config import AuditConfig, NetworkConfig, SynthesisConfig
+from fdd.datasets.colored import build_colored
+from fdd.datasets.containers import SyntheticSet
+from fdd.datasets.sources import load_raw
+from fdd.distillation.run import SynthesisInterrupted, synthesize
+from fdd.fairness.audit import audit_synthetic
 
 RAW = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
-DEFAULT_ITERATIONS, DEFAULT_BATCH_REAL = 2600, 600  # the COBRA-DM schedule (METHOD.md); other schedules get their own file
+DEFAULT_ITERATIONS, DEFAULT_BATCH_REAL = 2600, 600  # the COBRA-DM schedule (docs/method.md); other schedules get their own file
 
 
 def main() -> int:
@@ -82,7 +82,7 @@ def main() -> int:
             try:
                 result = synthesize(
                     splits.train, mode=mode, config=config, network=network, seed=args.seed, device=args.device,
-                    progress=lambda it, loss: print(f"  {mode} {it}/{args.iterations} loss {loss:.3f}", flush=True),
+                    progress=lambda it, loss, mode=mode: print(f"  {mode} {it}/{args.iterations} loss {loss:.3f}", flush=True),
                     checkpoint=checkpoint,
                 )
             except SynthesisInterrupted as stop:

@@ -1,4 +1,4 @@
-"""Collect benchmarks/results/reproduction/*.json into one table next to METHOD.md's numbers.
+"""Collect benchmarks/results/reproduction/*.json into one table next to docs/method.md's numbers.
 
     python benchmarks/summarize_reproduction.py > benchmarks/results/reproduction.md
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-# METHOD.md section 5 (pre-publication runs; C-MNIST FG IPC 10 cobra: the measured check)
+# docs/method.md section 5 (pre-publication runs; C-MNIST FG IPC 10 cobra: the measured check)
 REFERENCE = {
     ("cmnist", "foreground", 10): {"vanilla": "25.8 / 100 / 99.9", "fairdd": "94.4 / 17.8 / 8.0", "cobra": "94.62 / 14.30 / 7.41 (measured)"},
     ("cmnist", "foreground", 50): {"vanilla": "56.7 / 100 / 90.5", "fairdd": "96.3 / 9.8 / 5.5", "cobra": "96.7 / 9.3 / 5.4"},
@@ -50,13 +50,13 @@ def main() -> int:
           "whole iteration replayed as one CUDA graph and the reshape-mean pooling (H100); the C-MNIST FG IPC 50 "
           "cobra row (H200) and the C-FMNIST `intensity` rows (H100) ran with only the cobra warm-up captured; the "
           "other H100 rows ran before the DSA pre-drawing change, without CUDA graphs. All of them "
-          "ran with `--compile` (and `--cuda-graph` where graphs existed). Rows without `intensity` binarise the images at 128 as METHOD.md "
+          "ran with `--compile` (and `--cuda-graph` where graphs existed). Rows without `intensity` binarise the images at 128 as docs/method.md "
           "states; `intensity` scales the colour by the grey level, as the public C-FMNIST builder of the "
           "FairDD line of work does (`data.shading`).\n")
     print(pd.DataFrame(rows).to_markdown(index=False))
     print(
         "\nC-MNIST FG IPC 50 vanilla on the COBRA-DM schedule (2600 x 600) is 11.5 points below its reference "
-        "accuracy (DEO_M 100 in both). METHOD.md marks the vanilla and FairDD rows as pre-publication runs, and the "
+        "accuracy (DEO_M 100 in both). docs/method.md marks the vanilla and FairDD rows as pre-publication runs, and the "
         "public FairDD DM script (zqhang/FairDD, main_DM.py) defaults to 20000 iterations with batch_real 256. On "
         "that schedule (the 20000 x 256 row, H100, 2026-11-27, whole-iteration CUDA graph) vanilla reaches "
         "52.53 +/- 0.72, 4.2 points below the reference instead of 11.5: vanilla starts from real images that are "

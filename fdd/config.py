@@ -12,17 +12,56 @@ import copy
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from pathlib import PurePosixPath
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "AuditConfig",
+    "BACKBONES",
+    "BACKBONE_MODES",
+    "BFFHQConfig",
+    "Backbone",
+    "BarycenterConfig",
+    "Bias",
+    "CAFEConfig",
+    "COLORED_DATASETS",
+    "DATASETS",
+    "COLORED_KEYS",
+    "CelebAConfig",
+    "Cifar10sConfig",
+    "ConfigError",
+    "DataConfig",
+    "Dataset",
+    "FeaturesConfig",
+    "FolderConfig",
+    "GradientMatchingConfig",
+    "GroupNoiseConfig",
+    "IDCConfig",
+    "IMAGE_DATASETS",
+    "MODES",
+    "MTTConfig",
+    "Mode",
+    "NetworkConfig",
+    "PipelineConfig",
+    "RuntimeConfig",
+    "Section",
+    "SynthesisConfig",
+    "TABULAR_DATASETS",
+    "TabularConfig",
+    "UTKFaceConfig",
+    "deep_merge",
+    "parse_config",
+]
 
 Dataset = Literal["cmnist", "cfmnist", "cifar10s", "celeba", "utkface", "bffhq", "folder", "adult"]
 #: The colour-biased digit datasets built from 28x28 grayscale sources (MNIST, Fashion-MNIST, idx_dir).
 COLORED_DATASETS: tuple[str, ...] = ("cmnist", "cfmnist")
-#: The datasets read from image files (fdd.image_sources); each has its own sub-section of ``data``.
+#: The datasets read from image files (fdd.datasets.image_sources); each has its own sub-section of ``data``.
 IMAGE_DATASETS: tuple[str, ...] = ("cifar10s", "celeba", "utkface", "bffhq", "folder")
-#: Datasets of rows rather than images (stored as (N, F, 1, 1) tensors; see fdd/adult.py).
+#: Datasets of rows rather than images (stored as (N, F, 1, 1) tensors; see fdd/datasets/adult.py).
 TABULAR_DATASETS: tuple[str, ...] = ("adult",)
 DATASETS: tuple[str, ...] = get_args(Dataset)
 Bias = Literal["foreground", "background"]
@@ -46,7 +85,7 @@ ERR_NOT_FOR_DATASET = (
     "data.{key} only applies to the datasets {allowed}; data.dataset is {dataset!r} (remove data.{key}, "
     "or choose one of those datasets)"
 )
-#: data keys that only the colour-biased datasets read (tasks/ingest.py -> fdd.colored).
+#: data keys that only the colour-biased datasets read (fdd.datasets.prepare -> fdd.datasets.colored).
 COLORED_KEYS: tuple[str, ...] = ("bias", "shading", "train_correlation", "test_correlation", "num_confusing_colors")
 ERR_IDX_DIR_DATASET = "data.idx_dir only applies to the datasets {allowed}; data.dataset is {dataset!r}"
 ERR_COLORED_SIZE = "data.image_size must be 32 (or null) for {dataset!r}: C-MNIST images are 28x28 padded to 32x32; got {size}"
@@ -65,7 +104,7 @@ ERR_MTT_EPOCHS = (
 
 ERR_TABULAR_SETTINGS = (
     "data.dataset={dataset!r} is tabular (rows, not images) and needs {fixes}; "
-    "presets/adult.yaml sets them (fdd run --preset adult)"
+    "flows/presets/adult.yaml sets them (fdd run --preset adult)"
 )
 ERR_MLP_NORM = "network.architecture='mlp' supports only network.norm='none'; got {norm!r}"
 ERR_MLP_DEPTH = "network.architecture='mlp' needs an integer network.depth (hidden layers, 1..8); got 'auto'"
@@ -80,6 +119,10 @@ class _Section(BaseModel):
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+#: The base of every section: frozen, unknown keys rejected (the flows' sections extend it too).
+Section = _Section
+
+
 class RuntimeConfig(_Section):
     """Where and how to run: device, base seed, threads."""
 
@@ -89,7 +132,7 @@ class RuntimeConfig(_Section):
 
 
 class Cifar10sConfig(_Section):
-    """CIFAR10-S (METHOD.md section 4): CIFAR-10 with a grayscale / colour skew."""
+    """CIFAR10-S (docs/method.md section 4): CIFAR-10 with a grayscale / colour skew."""
 
     skew: float = Field(
         0.9, ge=0.0, le=1.0,
@@ -157,7 +200,7 @@ class FolderConfig(_Section):
 class TabularConfig(_Section):
     """Tabular data (``data.dataset: adult``): protected attribute, files and preprocessing.
 
-    See ``fdd/adult.py`` and ``docs/tabular.md``: numeric columns are standardised with the
+    See ``fdd/datasets/adult.py`` and ``docs/tabular.md``: numeric columns are standardised with the
     train statistics, categorical ones one-hot encoded over the train categories.
     """
 
@@ -183,7 +226,7 @@ class TabularConfig(_Section):
 
 
 class GroupNoiseConfig(_Section):
-    """Imperfect group labels in the training split (``fdd/group_noise.py``); the test split is untouched."""
+    """Imperfect group labels in the training split (``fdd/datasets/group_noise.py``); the test split is untouched."""
 
     flip_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of train samples moved to another group")
     hide_fraction: float = Field(0.0, ge=0.0, le=1.0, description="share of train samples whose group becomes -1")
@@ -204,10 +247,10 @@ class DataConfig(_Section):
     shading: Literal["binary", "intensity", "reference"] = Field(
         "binary",
         description=(
-            "C-MNIST / C-FMNIST pixels: 'binary' (x >= 128, as METHOD.md states), 'intensity' (grey level "
+            "C-MNIST / C-FMNIST pixels: 'binary' (x >= 128, as docs/method.md states), 'intensity' (grey level "
             "scales the colour, as the public FairDD-line C-FMNIST builder does; keeps Fashion-MNIST texture) or "
             "'reference' (that builder's exact output: intensity foreground, and its uint8-overflowing background, "
-            "on which the published C-FMNIST background numbers were measured; fdd.colored.reference_background_table)"
+            "on which the published C-FMNIST background numbers were measured; fdd.datasets.colored.reference_background_table)"
         ),
     )
     train_correlation: float = Field(0.9, ge=0.0, le=1.0)
@@ -232,7 +275,7 @@ class DataConfig(_Section):
         "standard (32 for C-MNIST and CIFAR10-S, 64 for CelebA, UTKFace, BFFHQ and folder)",
     )
     mean: tuple[float, float, float] | None = Field(
-        None, description="per-channel normalisation mean; None: the dataset's standard (fdd.image_sources)"
+        None, description="per-channel normalisation mean; None: the dataset's standard (fdd.datasets.image_sources)"
     )
     std: tuple[float, float, float] | None = Field(None, description="per-channel normalisation std (with mean)")
     cifar10s: Cifar10sConfig = Cifar10sConfig()
@@ -344,7 +387,7 @@ class BarycenterConfig(_Section):
 
 
 class GradientMatchingConfig(_Section):
-    """DC's schedule (METHOD.md section 2): outer loops of matching, inner loops of network training.
+    """DC's schedule (docs/method.md section 2): outer loops of matching, inner loops of network training.
 
     ``None`` loops follow the IPC: 1 -> (1, 1), <= 10 -> (10, 50), <= 50 -> (50, 10), else (100, 10).
     """
@@ -393,7 +436,7 @@ class MTTConfig(_Section):
 
 
 class SynthesisConfig(_Section):
-    """Synthetic-set optimisation (METHOD.md section 2); ``dc`` / ``idc`` / ``cafe`` / ``mtt`` hold backbone settings."""
+    """Synthetic-set optimisation (docs/method.md section 2); ``dc`` / ``idc`` / ``cafe`` / ``mtt`` hold backbone settings."""
 
     backbone: Backbone = "dm"
     modes: tuple[Mode, ...] = ("vanilla", "cobra")
@@ -405,7 +448,7 @@ class SynthesisConfig(_Section):
     init: Literal["real", "noise", "barycenter", "stratified"] = Field(
         "real",
         description="real: random real images; noise: N(0,1) pixels; barycenter: real images nearest to the "
-        "support of the uniform W2 barycenter of the groups (fdd/initialisation.py); stratified: "
+        "support of the uniform W2 barycenter of the groups (fdd/distillation/initialisation.py); stratified: "
         "real images drawn round-robin over the groups",
     )
     dsa: bool = True
@@ -435,7 +478,7 @@ class SynthesisConfig(_Section):
     cuda_graph: bool = Field(
         False,
         description=(
-            "replay captured CUDA graphs (fdd.cuda_graph): DM in vanilla / fairdd / cobra, each whole iteration "
+            "replay captured CUDA graphs (fdd.distillation.cuda_graph): DM in vanilla / fairdd / cobra, each whole iteration "
             "after the first three (when every class fills batch_real); DM in cobra-w2 / cobra-bures, the embedder "
             "warm-up; DC / IDC / CAFE, the inner loop. Applies on CUDA devices with fp32 and contiguous format; "
             "CPU runs ignore it"
@@ -497,166 +540,12 @@ class AuditConfig(_Section):
     )
 
 
-SWEEP_AXES: tuple[str, ...] = ("datasets", "ipcs", "backbones", "modes", "seeds")
-ERR_EMPTY_AXIS = "sweep.{axis} must list at least one value"
-ERR_SWEEP_DATASET = (
-    "sweep.datasets lists {unknown}, which is neither a dataset ({datasets}) nor a name in sweep.variants "
-    "({variants})"
-)
-ERR_COMPUTE_ONLY_AXIS = "sweep.compute_only names {axis!r}; its keys must be among {axes}"
-ERR_COMPUTE_ONLY_VALUE = "sweep.compute_only.{axis} lists {outside}, which sweep.{axis} does not ({allowed})"
-ERR_VARIANT_NAME = "sweep.variants names {names} are dataset names; give each variant a name of its own (e.g. cmnist-bg)"
-ERR_VARIANT_DATASET = "sweep.variants.{name} must set dataset (one of {datasets}), e.g. {{dataset: cmnist, bias: background}}"
-ERR_DUPLICATE_AXIS = "sweep.{axis} lists {dupes} more than once; list each value at most once"
-ERR_BAD_CRON = "schedules[{name}].cron {value!r} is not a 5-field cron expression (minute hour day month weekday): {reason}"
-ERR_BAD_TIMEZONE = "schedules[{name}].timezone {value!r} is not an IANA time zone name (e.g. 'UTC', 'Europe/Paris')"
-ERR_DUPLICATE_SCHEDULES = "schedules lists the deployment name(s) {dupes} more than once; names must be unique"
-ERR_MODE_NOT_DISTILL = "schedules[{name}].mode is only used by flow 'distill' (got flow {flow!r})"
-SCHEDULE_FLOWS: tuple[str, ...] = ("compare", "distill", "sweep")
-
-
-class SweepConfig(_Section):
-    """A grid of cells ``dataset x ipc x backbone x mode x seed`` (``fdd sweep``).
-
-    Every cell distils the train split with one backbone and mode at one IPC and seed
-    (``runtime.seed`` and ``audit.seed`` both set to the cell's seed), then audits it;
-    the other settings come from the rest of ``params.yaml``. Results are summarised as
-    mean and standard deviation over the seeds,
-    :math:`\\bar m = \\frac1S\\sum_s m_s` and
-    :math:`\\sigma = \\sqrt{\\frac1{S-1}\\sum_s (m_s-\\bar m)^2}` (sample std, blank for one seed).
-    """
-
-    datasets: tuple[str, ...] = Field(
-        ("cmnist",),
-        description="dataset names, or names of sweep.variants (a data-section override each, e.g. a bias)",
-    )
-    variants: dict[str, dict[str, Any]] = Field(
-        default_factory=dict,
-        description="named data-section overrides, e.g. {cmnist-bg: {dataset: cmnist, bias: background}}; "
-        "a sweep.datasets entry that names one distils the data section merged with it",
-    )
-    ipcs: tuple[int, ...] = (10,)
-    backbones: tuple[Backbone, ...] = ("dm",)
-    modes: tuple[Mode, ...] = ("vanilla", "cobra")
-    seeds: tuple[int, ...] = (0, 1, 2)
-    n_workers: int = Field(2, ge=1, le=256, description="workers of the local Dask cluster (one GPU each on CUDA)")
-    processes: bool = Field(
-        False, description="local cluster workers as processes (True) or threads of this process (False)"
-    )
-    address: str | None = Field(
-        None, description="scheduler address of an existing Dask cluster (e.g. tcp://10.0.0.5:8786); None starts a local one"
-    )
-    records: str | None = Field(
-        None,
-        description="folder (inside the workspace) of one JSON record per finished cell; a cell whose record "
-        "matches its settings is not computed again, and the summary is built from the records (commit them "
-        "to carry results across machines)",
-    )
-    compute_only: dict[str, tuple[Any, ...]] | None = Field(
-        None,
-        description="compute only the missing cells on these axes, e.g. {ipcs: [10], datasets: [cmnist-bg]}; "
-        "the other cells come from sweep.records or are reported as not run (for time-boxed runs)",
-    )
-    paper_table: str | None = Field(
-        None,
-        description="CSV path (inside the workspace) for the comparison with the published DM table "
-        "(fdd.reproduction); a markdown rendering is written beside it",
-    )
-
-    @field_validator("records", "paper_table")
-    @classmethod
-    def _inside_workspace(cls, value: str | None, info: Any) -> str | None:
-        return _inside_workspace(value, f"sweep.{info.field_name}")
-
-    @model_validator(mode="after")
-    def _known_datasets(self) -> SweepConfig:
-        known = set(DATASETS) | set(self.variants)
-        unknown = [d for d in self.datasets if d not in known]
-        if unknown:
-            raise ValueError(ERR_SWEEP_DATASET.format(unknown=unknown, datasets=list(DATASETS),
-                                                      variants=sorted(self.variants)))
-        clash = sorted(set(self.variants) & set(DATASETS))
-        if clash:
-            raise ValueError(ERR_VARIANT_NAME.format(names=clash))
-        for axis, values in (self.compute_only or {}).items():
-            allowed = getattr(self, axis, None) if axis in SWEEP_AXES else None
-            if allowed is None:
-                raise ValueError(ERR_COMPUTE_ONLY_AXIS.format(axis=axis, axes=list(SWEEP_AXES)))
-            outside = [v for v in values if v not in allowed]
-            if outside:
-                raise ValueError(ERR_COMPUTE_ONLY_VALUE.format(axis=axis, outside=outside, allowed=list(allowed)))
-        for name, override in self.variants.items():
-            if not override.get("dataset"):
-                raise ValueError(ERR_VARIANT_DATASET.format(name=name, datasets=list(DATASETS)))
-        return self
-
-    @field_validator("datasets", "ipcs", "backbones", "modes", "seeds")
-    @classmethod
-    def _axis(cls, value: tuple[Any, ...], info: Any) -> tuple[Any, ...]:
-        if not value:
-            raise ValueError(ERR_EMPTY_AXIS.format(axis=info.field_name))
-        dupes = sorted({v for v in value if value.count(v) > 1})
-        if dupes:
-            raise ValueError(ERR_DUPLICATE_AXIS.format(axis=info.field_name, dupes=dupes))
-        if info.field_name == "ipcs" and not all(1 <= v <= 1000 for v in value):
-            raise ValueError(f"sweep.ipcs must lie in [1, 1000]; got {list(value)}")
-        if info.field_name == "seeds" and not all(v >= 0 for v in value):
-            raise ValueError(f"sweep.seeds must be >= 0; got {list(value)}")
-        return value
-
-
-class ScheduleConfig(_Section):
-    """One scheduled deployment served by ``fdd serve``.
-
-    ``parameters`` are ``params.yaml`` sections merged over the file for this deployment
-    only (e.g. ``{synthesis: {ipc: 50}}``); the merged configuration is validated when
-    the deployments are registered.
-    """
-
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64, description="deployment name")
-    flow: Literal["compare", "distill", "sweep"] = "compare"
-    cron: str = Field(description="5-field cron expression, e.g. '0 2 * * *' (02:00 every day)")
-    timezone: str = "UTC"
-    mode: Mode | None = Field(None, description="the mode of a 'distill' deployment (default cobra)")
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    description: str = ""
-
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, value: str, info: Any) -> str:
-        from datetime import datetime
-
-        from cronsim import CronSim, CronSimError
-
-        name = info.data.get("name", "?")
-        if len(value.split()) != 5:
-            raise ValueError(ERR_BAD_CRON.format(name=name, value=value, reason="expected 5 fields"))
-        try:
-            CronSim(value, datetime(2000, 1, 1))
-        except CronSimError as exc:
-            raise ValueError(ERR_BAD_CRON.format(name=name, value=value, reason=exc)) from None
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _timezone(cls, value: str, info: Any) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(ERR_BAD_TIMEZONE.format(name=info.data.get("name", "?"), value=value)) from None
-        return value
-
-    @model_validator(mode="after")
-    def _mode_only_for_distill(self) -> ScheduleConfig:
-        if self.mode is not None and self.flow != "distill":
-            raise ValueError(ERR_MODE_NOT_DISTILL.format(name=self.name, flow=self.flow))
-        return self
-
-
 class PipelineConfig(_Section):
-    """The whole ``params.yaml``."""
+    """The settings of one pipeline run: every section of ``params.yaml`` that a stage reads.
+
+    The orchestration sections (``sweep``, ``schedules``) belong to the flows, whose
+    configuration extends this one (``flows.configuration.FlowConfig``).
+    """
 
     runtime: RuntimeConfig = RuntimeConfig()
     data: DataConfig = DataConfig()
@@ -665,17 +554,6 @@ class PipelineConfig(_Section):
     barycenters: BarycenterConfig = BarycenterConfig()
     synthesis: SynthesisConfig = SynthesisConfig()
     audit: AuditConfig = AuditConfig()
-    sweep: SweepConfig = SweepConfig()
-    schedules: tuple[ScheduleConfig, ...] = ()
-
-    @field_validator("schedules")
-    @classmethod
-    def _unique_schedules(cls, value: tuple[ScheduleConfig, ...]) -> tuple[ScheduleConfig, ...]:
-        names = [s.name for s in value]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(ERR_DUPLICATE_SCHEDULES.format(dupes=dupes))
-        return value
 
     @model_validator(mode="after")
     def _tabular_settings(self) -> PipelineConfig:
@@ -696,11 +574,14 @@ class PipelineConfig(_Section):
         return self
 
 
+ConfigT = TypeVar("ConfigT", bound=PipelineConfig)
+
+
 class ConfigError(ValueError):
     """A configuration that does not validate; the message lists every bad key."""
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     where = ".".join(str(p) for p in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"unknown key '{where}' (not a setting of this section)"
@@ -710,8 +591,11 @@ def _describe(error: dict[str, Any]) -> str:
     return f"'{where}': {error['msg']} (got {received!r})"
 
 
-def parse_config(raw: dict[str, Any] | None) -> PipelineConfig:
+def parse_config(raw: dict[str, Any] | None, *, schema: type[ConfigT] = PipelineConfig) -> ConfigT:  # type: ignore[assignment]
     """Validate a plain mapping (e.g. parsed ``params.yaml``) into a :class:`PipelineConfig`.
+
+    ``schema`` is the model to validate against: :class:`PipelineConfig` or a model
+    extending it with more sections (the flows' configuration).
 
     Raises
     ------
@@ -723,10 +607,10 @@ def parse_config(raw: dict[str, Any] | None) -> PipelineConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"the configuration must be a mapping of sections; got {type(raw).__name__}")
     try:
-        return PipelineConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
         lines = [_describe(e) for e in exc.errors()]
-        sections = ", ".join(PipelineConfig.model_fields)
+        sections = ", ".join(schema.model_fields)
         raise ConfigError(
             "invalid configuration:\n  - " + "\n  - ".join(lines) + f"\n(sections: {sections})"
         ) from None

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+__all__ = ["atomic_write", "atomic_write_bytes", "sha256_file"]
+
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(handle)`` on a temporary file, then move it over ``path``."""

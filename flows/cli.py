@@ -23,11 +23,11 @@ from typing import Any
 
 import yaml
 
-from fdd.config import MODES, PipelineConfig
+from fdd.config import MODES
+from flows.configuration import FlowConfig
 from flows.lock import WorkspaceBusyError, workspace_lock
 from flows.settings import configure_environment
-
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+from flows.workspace import init_workspace, preset_file
 
 
 def _overrides(items: list[str]) -> dict[str, Any]:
@@ -44,17 +44,15 @@ def _overrides(items: list[str]) -> dict[str, Any]:
     return result
 
 
-def _preset_path(preset: str | None) -> Path | None:
-    if preset is None:
-        return None
+def _preset_path(preset: str) -> Path:
+    """A preset given as a path, or the name of one shipped with fdd (flows/presets/)."""
     path = Path(preset)
     if path.exists():
         return path
-    candidate = PRESETS_DIR / f"{preset}.yaml"
-    if not candidate.exists():
-        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-        raise SystemExit(f"unknown preset {preset!r}; known presets: {known} (or a path to a YAML file)")
-    return candidate
+    try:
+        return preset_file(preset)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--workspace", default=".", help="folder holding data/ and .prefect/ (default: .)")
     parser = argparse.ArgumentParser(prog="fdd", description="Fair dataset distillation (COBRA) pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="write params.yaml and dvc.yaml into a new workspace")
+    init.add_argument("directory", nargs="?", default=".", help="the workspace folder (default: .; created if missing)")
+    init.add_argument("--force", action="store_true", help="overwrite params.yaml / dvc.yaml / .dvcignore there")
     sub.add_parser("run", parents=[common], help="run the comparison pipeline (all modes in synthesis.modes)")
     distill = sub.add_parser("distill", parents=[common], help="run the pipeline for one mode")
     distill.add_argument("--mode", required=True, choices=list(MODES))
@@ -134,7 +135,7 @@ def _serve(config: Any, workspace: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_command(config: PipelineConfig, args: argparse.Namespace) -> None:
+def _check_command(config: FlowConfig, args: argparse.Namespace) -> None:
     """What the command adds to the configuration, validated before anything runs (without
     importing Prefect: its settings are read at import, before the workspace sets them)."""
     from fdd.config import ConfigError
@@ -150,6 +151,15 @@ def _check_command(config: PipelineConfig, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "init":
+        try:
+            written = init_workspace(args.directory, force=args.force)
+        except (FileExistsError, NotADirectoryError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print("wrote " + ", ".join(str(p) for p in written))
+        print(f"next: cd {args.directory} && fdd run   (or: git init && dvc init && dvc repro)")
+        return 0
     workspace = str(Path(args.workspace).resolve())
     from fdd.config import ConfigError
     from flows.configuration import load_config
@@ -173,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         presets = [_preset_path(p) for p in args.preset]
-        config = load_config(args.params, preset=[p for p in presets if p is not None], overrides=_overrides(args.overrides))
+        config = load_config(args.params, preset=presets, overrides=_overrides(args.overrides))
         _check_command(config, args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)

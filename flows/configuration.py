@@ -1,5 +1,10 @@
 """Reading ``params.yaml`` (plus a preset and overrides) into the validated configuration.
 
+The library's :class:`fdd.config.PipelineConfig` holds the sections a pipeline run reads;
+:class:`FlowConfig` extends it with the orchestration sections that only the flows read
+(``sweep``: the grid of ``fdd sweep``; ``schedules``: the deployments of ``fdd serve``).
+``params.yaml`` is validated once, here, into a :class:`FlowConfig`.
+
 Kept free of Prefect so that a bad configuration is rejected before anything starts or
 writes (no Prefect home, no workspace folder, no lock).
 """
@@ -8,12 +13,200 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from cronsim import CronSim, CronSimError
+from pydantic import Field, field_validator, model_validator
 
-from fdd.config import ConfigError, PipelineConfig, SweepConfig, deep_merge, parse_config
+from fdd.config import DATASETS, Backbone, ConfigError, Mode, PipelineConfig, Section, deep_merge, parse_config
+
+SWEEP_AXES: tuple[str, ...] = ("datasets", "ipcs", "backbones", "modes", "seeds")
+ERR_EMPTY_AXIS = "sweep.{axis} must list at least one value"
+ERR_SWEEP_DATASET = (
+    "sweep.datasets lists {unknown}, which is neither a dataset ({datasets}) nor a name in sweep.variants "
+    "({variants})"
+)
+ERR_COMPUTE_ONLY_AXIS = "sweep.compute_only names {axis!r}; its keys must be among {axes}"
+ERR_COMPUTE_ONLY_VALUE = "sweep.compute_only.{axis} lists {outside}, which sweep.{axis} does not ({allowed})"
+ERR_VARIANT_NAME = "sweep.variants names {names} are dataset names; give each variant a name of its own (e.g. cmnist-bg)"
+ERR_VARIANT_DATASET = "sweep.variants.{name} must set dataset (one of {datasets}), e.g. {{dataset: cmnist, bias: background}}"
+ERR_SWEEP_PATH = "sweep.{field} must be a relative path inside the workspace (no leading '/', no '..'); got {value!r}"
+ERR_DUPLICATE_AXIS = "sweep.{axis} lists {dupes} more than once; list each value at most once"
+ERR_BAD_CRON = "schedules[{name}].cron {value!r} is not a 5-field cron expression (minute hour day month weekday): {reason}"
+ERR_BAD_TIMEZONE = "schedules[{name}].timezone {value!r} is not an IANA time zone name (e.g. 'UTC', 'Europe/Paris')"
+ERR_DUPLICATE_SCHEDULES = "schedules lists the deployment name(s) {dupes} more than once; names must be unique"
+ERR_MODE_NOT_DISTILL = "schedules[{name}].mode is only used by flow 'distill' (got flow {flow!r})"
+SCHEDULE_FLOWS: tuple[str, ...] = ("compare", "distill", "sweep")
+
+
+class SweepConfig(Section):
+    """A grid of cells ``dataset x ipc x backbone x mode x seed`` (``fdd sweep``).
+
+    Every cell distils the train split with one backbone and mode at one IPC and seed
+    (``runtime.seed`` and ``audit.seed`` both set to the cell's seed), then audits it;
+    the other settings come from the rest of ``params.yaml``. Results are summarised as
+    mean and standard deviation over the seeds,
+    :math:`\\bar m = \\frac1S\\sum_s m_s` and
+    :math:`\\sigma = \\sqrt{\\frac1{S-1}\\sum_s (m_s-\\bar m)^2}` (sample std, blank for one seed).
+    """
+
+    datasets: tuple[str, ...] = Field(
+        ("cmnist",),
+        description="dataset names, or names of sweep.variants (a data-section override each, e.g. a bias)",
+    )
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="named data-section overrides, e.g. {cmnist-bg: {dataset: cmnist, bias: background}}; "
+        "a sweep.datasets entry that names one distils the data section merged with it",
+    )
+    ipcs: tuple[int, ...] = (10,)
+    backbones: tuple[Backbone, ...] = ("dm",)
+    modes: tuple[Mode, ...] = ("vanilla", "cobra")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_workers: int = Field(2, ge=1, le=256, description="workers of the local Dask cluster (one GPU each on CUDA)")
+    processes: bool = Field(
+        False, description="local cluster workers as processes (True) or threads of this process (False)"
+    )
+    address: str | None = Field(
+        None, description="scheduler address of an existing Dask cluster (e.g. tcp://10.0.0.5:8786); None starts a local one"
+    )
+    records: str | None = Field(
+        None,
+        description="folder (inside the workspace) of one JSON record per finished cell; a cell whose record "
+        "matches its settings is not computed again, and the summary is built from the records (commit them "
+        "to carry results across machines)",
+    )
+    compute_only: dict[str, tuple[Any, ...]] | None = Field(
+        None,
+        description="compute only the missing cells on these axes, e.g. {ipcs: [10], datasets: [cmnist-bg]}; "
+        "the other cells come from sweep.records or are reported as not run (for time-boxed runs)",
+    )
+    paper_table: str | None = Field(
+        None,
+        description="CSV path (inside the workspace) for the comparison with the published DM table "
+        "(fdd.report.reproduction); a markdown rendering is written beside it",
+    )
+
+    @field_validator("records", "paper_table")
+    @classmethod
+    def _inside_workspace(cls, value: str | None, info: Any) -> str | None:
+        if value is not None:
+            path = PurePosixPath(value)
+            if path.is_absolute() or ".." in path.parts or not value.strip():
+                raise ValueError(ERR_SWEEP_PATH.format(field=info.field_name, value=value))
+        return value
+
+    @model_validator(mode="after")
+    def _known_datasets(self) -> SweepConfig:
+        known = set(DATASETS) | set(self.variants)
+        unknown = [d for d in self.datasets if d not in known]
+        if unknown:
+            raise ValueError(ERR_SWEEP_DATASET.format(unknown=unknown, datasets=list(DATASETS),
+                                                      variants=sorted(self.variants)))
+        clash = sorted(set(self.variants) & set(DATASETS))
+        if clash:
+            raise ValueError(ERR_VARIANT_NAME.format(names=clash))
+        for axis, values in (self.compute_only or {}).items():
+            allowed = getattr(self, axis, None) if axis in SWEEP_AXES else None
+            if allowed is None:
+                raise ValueError(ERR_COMPUTE_ONLY_AXIS.format(axis=axis, axes=list(SWEEP_AXES)))
+            outside = [v for v in values if v not in allowed]
+            if outside:
+                raise ValueError(ERR_COMPUTE_ONLY_VALUE.format(axis=axis, outside=outside, allowed=list(allowed)))
+        for name, override in self.variants.items():
+            if not override.get("dataset"):
+                raise ValueError(ERR_VARIANT_DATASET.format(name=name, datasets=list(DATASETS)))
+        return self
+
+    @field_validator("datasets", "ipcs", "backbones", "modes", "seeds")
+    @classmethod
+    def _axis(cls, value: tuple[Any, ...], info: Any) -> tuple[Any, ...]:
+        if not value:
+            raise ValueError(ERR_EMPTY_AXIS.format(axis=info.field_name))
+        dupes = sorted({v for v in value if value.count(v) > 1})
+        if dupes:
+            raise ValueError(ERR_DUPLICATE_AXIS.format(axis=info.field_name, dupes=dupes))
+        if info.field_name == "ipcs" and not all(1 <= v <= 1000 for v in value):
+            raise ValueError(f"sweep.ipcs must lie in [1, 1000]; got {list(value)}")
+        if info.field_name == "seeds" and not all(v >= 0 for v in value):
+            raise ValueError(f"sweep.seeds must be >= 0; got {list(value)}")
+        return value
+
+
+class ScheduleConfig(Section):
+    """One scheduled deployment served by ``fdd serve``.
+
+    ``parameters`` are ``params.yaml`` sections merged over the file for this deployment
+    only (e.g. ``{synthesis: {ipc: 50}}``); the merged configuration is validated when
+    the deployments are registered.
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64, description="deployment name")
+    flow: Literal["compare", "distill", "sweep"] = "compare"
+    cron: str = Field(description="5-field cron expression, e.g. '0 2 * * *' (02:00 every day)")
+    timezone: str = "UTC"
+    mode: Mode | None = Field(None, description="the mode of a 'distill' deployment (default cobra)")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str, info: Any) -> str:
+        name = info.data.get("name", "?")
+        if len(value.split()) != 5:
+            raise ValueError(ERR_BAD_CRON.format(name=name, value=value, reason="expected 5 fields"))
+        try:
+            CronSim(value, datetime(2000, 1, 1))
+        except CronSimError as exc:
+            raise ValueError(ERR_BAD_CRON.format(name=name, value=value, reason=exc)) from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str, info: Any) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(ERR_BAD_TIMEZONE.format(name=info.data.get("name", "?"), value=value)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _mode_only_for_distill(self) -> ScheduleConfig:
+        if self.mode is not None and self.flow != "distill":
+            raise ValueError(ERR_MODE_NOT_DISTILL.format(name=self.name, flow=self.flow))
+        return self
+
+
+class FlowConfig(PipelineConfig):
+    """The whole ``params.yaml``: the pipeline's sections plus ``sweep`` and ``schedules``."""
+
+    sweep: SweepConfig = SweepConfig()
+    schedules: tuple[ScheduleConfig, ...] = ()
+
+    @field_validator("schedules")
+    @classmethod
+    def _unique_schedules(cls, value: tuple[ScheduleConfig, ...]) -> tuple[ScheduleConfig, ...]:
+        names = [s.name for s in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(ERR_DUPLICATE_SCHEDULES.format(dupes=dupes))
+        return value
+
+
+def parse_params(raw: dict[str, Any] | None) -> FlowConfig:
+    """Validate a parsed ``params.yaml`` (every section) into a :class:`FlowConfig`.
+
+    Raises
+    ------
+    fdd.config.ConfigError
+        Naming every offending key, the allowed values and the value received.
+    """
+    return parse_config(raw, schema=FlowConfig)
+
 
 CELL_KEYS: tuple[str, ...] = ("dataset", "ipc", "backbone", "mode", "seed")
 ERR_NO_RECORDS = "fdd sweep --from-records needs sweep.records (the folder of the cells' records); it is not set"
@@ -27,7 +220,7 @@ def load_config(
     *,
     preset: str | Path | Sequence[str | Path] | None = None,
     overrides: dict[str, Any] | None = None,
-) -> PipelineConfig:
+) -> FlowConfig:
     """Read ``params.yaml``, merge optional preset files (in order) and overrides, validate once."""
     path = Path(path)
     if not path.exists():
@@ -41,14 +234,14 @@ def load_config(
         raise ConfigError(f"cannot parse YAML: {exc}") from None
     if overrides:
         raw = deep_merge(raw, overrides)
-    return parse_config(raw)
+    return parse_params(raw)
 
 
-def with_modes(config: PipelineConfig, modes: Sequence[str]) -> PipelineConfig:
+def with_modes(config: FlowConfig, modes: Sequence[str]) -> FlowConfig:
     """``config`` distilling only ``modes``, validated again (a mode must suit the backbone)."""
     raw = config.model_dump(mode="json")
     raw["synthesis"]["modes"] = list(modes)
-    return parse_config(raw)
+    return parse_params(raw)
 
 
 def sweep_cells(sweep: SweepConfig) -> list[dict[str, Any]]:
@@ -62,7 +255,7 @@ def cell_id(cell: dict[str, Any]) -> str:
     return f"ipc{cell['ipc']}-{cell['backbone']}-{cell['mode']}-seed{cell['seed']}"
 
 
-def cell_config(config: PipelineConfig, cell: dict[str, Any]) -> PipelineConfig:
+def cell_config(config: FlowConfig, cell: dict[str, Any]) -> FlowConfig:
     """``config`` with the cell's dataset (or ``sweep.variants`` entry), IPC, backbone, mode and seed."""
     raw = config.model_dump(mode="json")
     variant = config.sweep.variants.get(cell["dataset"])
@@ -73,10 +266,10 @@ def cell_config(config: PipelineConfig, cell: dict[str, Any]) -> PipelineConfig:
     raw["synthesis"].update(ipc=cell["ipc"], backbone=cell["backbone"], modes=[cell["mode"]])
     raw["runtime"]["seed"] = cell["seed"]
     raw["audit"]["seed"] = cell["seed"]
-    return parse_config(raw)
+    return parse_params(raw)
 
 
-def sweep_cell_configs(config: PipelineConfig) -> list[tuple[dict[str, Any], PipelineConfig]]:
+def sweep_cell_configs(config: FlowConfig) -> list[tuple[dict[str, Any], FlowConfig]]:
     """Every cell of the grid with its validated configuration, or one error naming every bad cell.
 
     The whole grid is checked before anything runs, so a sweep never stops half-way on a

@@ -25,14 +25,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fdd.config import (
-    ConfigError,
-    PipelineConfig,
-    ScheduleConfig,
-    deep_merge,
-    parse_config,
-)
-from flows.configuration import sweep_cell_configs, with_modes
+from fdd.config import ConfigError, deep_merge
+from flows.configuration import FlowConfig, ScheduleConfig, parse_params, sweep_cell_configs, with_modes
 
 ERR_NO_SCHEDULES = (
     "{params} has no schedules: add a 'schedules' section (a list of name, flow, cron, timezone, "
@@ -43,12 +37,12 @@ ERR_BAD_PARAMETERS = "schedules[{name}].parameters do not give a valid configura
 FLOW_NAMES = {"compare": "fdd-compare", "distill": "fdd-distill", "sweep": "fdd-sweep"}
 
 
-def deployment_config(config: PipelineConfig, schedule: ScheduleConfig) -> PipelineConfig:
+def deployment_config(config: FlowConfig, schedule: ScheduleConfig) -> FlowConfig:
     """``config`` with ``schedule.parameters`` merged in (the schedules themselves dropped)."""
     raw = deep_merge(config.model_dump(mode="json"), schedule.parameters)
     raw["schedules"] = []
     try:
-        merged = parse_config(raw)
+        merged = parse_params(raw)
         if schedule.flow == "distill":  # the mode the run will use must suit the backbone
             with_modes(merged, [schedule.mode or "cobra"])
         if schedule.flow == "sweep":
@@ -58,7 +52,7 @@ def deployment_config(config: PipelineConfig, schedule: ScheduleConfig) -> Pipel
         raise ConfigError(ERR_BAD_PARAMETERS.format(name=schedule.name, error=exc)) from None
 
 
-def deployment_parameters(config: PipelineConfig, schedule: ScheduleConfig, workspace: str) -> dict[str, Any]:
+def deployment_parameters(config: FlowConfig, schedule: ScheduleConfig, workspace: str) -> dict[str, Any]:
     """The flow parameters of the deployment of ``schedule`` (JSON, as Prefect stores them)."""
     parameters: dict[str, Any] = {
         "config": deployment_config(config, schedule).model_dump(mode="json"),
@@ -69,7 +63,7 @@ def deployment_parameters(config: PipelineConfig, schedule: ScheduleConfig, work
     return parameters
 
 
-def build_deployments(config: PipelineConfig, workspace: str, *, only: list[str] | None = None, params: str = "params.yaml") -> list[Any]:
+def build_deployments(config: FlowConfig, workspace: str, *, only: list[str] | None = None, params: str = "params.yaml") -> list[Any]:
     """One Prefect ``RunnerDeployment`` per schedule (or per name in ``only``)."""
     from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
@@ -83,7 +77,7 @@ def build_deployments(config: PipelineConfig, workspace: str, *, only: list[str]
     for name in only or []:
         if name not in known:
             raise ConfigError(ERR_UNKNOWN_SCHEDULE.format(name=name, params=params, known=known))
-    flows = {"compare": compare_flow, "distill": distill_flow, "sweep": sweep_flow}
+    flows: dict[str, Any] = {"compare": compare_flow, "distill": distill_flow, "sweep": sweep_flow}
     deployments = []
     for schedule in config.schedules:
         if only and schedule.name not in only:

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from prefect import flow
 
-from fdd.config import ConfigError, PipelineConfig
-from fdd.image_sources import user_files_digest
-from flows.configuration import load_config, with_modes  # noqa: F401  (load_config re-exported for callers of the flows)
+from fdd.config import ConfigError
+from fdd.datasets.image_sources import user_files_digest
+from flows.configuration import FlowConfig, load_config, with_modes  # noqa: F401  (load_config re-exported for callers of the flows)
 from tasks.audit import audit_set
-from tasks.base import STAGE_FOLDERS, call_stage
 from tasks.barycenters import compute_barycenters
+from tasks.base import STAGE_FOLDERS, call_stage
 from tasks.features import extract_features
 from tasks.ingest import ingest
 from tasks.partition import partition
@@ -55,7 +55,7 @@ def stage_call(
     name: str,
     mode: str | None,
     *,
-    config: PipelineConfig,
+    config: FlowConfig,
     workspace: str,
     device: str,
     modes: tuple[str, ...],
@@ -104,11 +104,12 @@ def stage_call(
 
 def stage_order(modes: tuple[str, ...]) -> list[tuple[str, str | None]]:
     """(stage, mode) in run order: shared stages, then synthesize and audit per mode, then the report."""
-    per_mode = [(stage, mode) for mode in modes for stage in PER_MODE_STAGES]
-    return [(s, None) for s in STAGES[:4]] + per_mode + [("report", None)]
+    per_mode: list[tuple[str, str | None]] = [(stage, mode) for mode in modes for stage in PER_MODE_STAGES]
+    shared: list[tuple[str, str | None]] = [(s, None) for s in STAGES[:4]]
+    return shared + per_mode + [("report", None)]
 
 
-def run_stages(config: PipelineConfig, workspace: str, modes: tuple[str, ...]) -> dict[str, Any]:
+def run_stages(config: FlowConfig, workspace: str, modes: tuple[str, ...]) -> dict[str, Any]:
     """Call the stage tasks in order; each one is skipped when its cache key is known."""
     device = resolve_device(config.runtime.device)
     if config.runtime.num_threads:
@@ -123,13 +124,13 @@ def run_stages(config: PipelineConfig, workspace: str, modes: tuple[str, ...]) -
 
 
 @flow(name="fdd-compare", log_prints=True)
-def compare_flow(config: PipelineConfig, workspace: str = ".") -> dict[str, Any]:
+def compare_flow(config: FlowConfig, workspace: str = ".") -> dict[str, Any]:
     """Distil with every mode of ``config.synthesis.modes`` and compare them side by side."""
     return run_stages(config, workspace, tuple(config.synthesis.modes))
 
 
 @flow(name="fdd-distill", log_prints=True)
-def distill_flow(config: PipelineConfig, mode: str = "cobra", workspace: str = ".") -> dict[str, Any]:
+def distill_flow(config: FlowConfig, mode: str = "cobra", workspace: str = ".") -> dict[str, Any]:
     """Distil with one fairness mode and audit the result."""
     return run_stages(with_modes(config, (mode,)), workspace, (mode,))
 
@@ -141,7 +142,7 @@ def _manifest(workspace: str, folder: str) -> dict[str, str]:
     return json.loads(path.read_text())["outputs"]
 
 
-def run_single_stage(name: str, config: PipelineConfig, workspace: str, mode: str | None = None) -> dict[str, str]:
+def run_single_stage(name: str, config: FlowConfig, workspace: str, mode: str | None = None) -> dict[str, str]:
     """Run one stage without Prefect (what each ``dvc.yaml`` stage calls).
 
     The inputs are read from the upstream stages' manifests, so the stage verifies

@@ -31,9 +31,16 @@ import torch
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from fdd.config import COLORED_DATASETS, ConfigError, DataConfig, PipelineConfig, SweepConfig
-from fdd.reproduction import MATCH_ACC, MATCH_DEO_M, paired_comparison, paper_table
-from flows.configuration import CELL_KEYS, ERR_NO_RECORDS, cell_id, sweep_cell_configs  # the grid is read without Prefect
+from fdd.config import COLORED_DATASETS, ConfigError, DataConfig
+from fdd.report.reproduction import MATCH_ACC, MATCH_DEO_M, paired_comparison, paper_table
+from flows.configuration import (  # the grid is read without Prefect
+    CELL_KEYS,
+    ERR_NO_RECORDS,
+    FlowConfig,
+    SweepConfig,
+    cell_id,
+    sweep_cell_configs,
+)
 from flows.pipeline import resolve_device, stage_call
 from tasks.base import (
     atomic_write_text,
@@ -77,7 +84,7 @@ def user_paths(data: DataConfig) -> list[str]:
     return [p for p in candidates if p]
 
 
-def dataset_workspace(workspace: str, config: PipelineConfig, dataset: str) -> Path:
+def dataset_workspace(workspace: str, config: FlowConfig, dataset: str) -> Path:
     """``data/sweep/<dataset>``, with every data path of ``workspace`` linked in (same relative paths)."""
     root = Path(workspace).resolve()
     folder = root / SWEEP_DIR / dataset
@@ -108,7 +115,7 @@ def _cell_device(device: str, *, local_gpus: int) -> str:
     return f"cuda:{int(name) % local_gpus}"
 
 
-def cell_fingerprint(config: PipelineConfig) -> str:
+def cell_fingerprint(config: FlowConfig) -> str:
     """SHA-256 of the settings that decide a cell's result (:data:`NOT_IN_FINGERPRINT` left out)."""
     raw = config.model_dump(mode="json")
     kept = {section: raw[section] for section in ("runtime", "data", "network", "synthesis", "audit")}
@@ -118,7 +125,7 @@ def cell_fingerprint(config: PipelineConfig) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
-def data_columns(config: PipelineConfig) -> dict[str, Any]:
+def data_columns(config: FlowConfig) -> dict[str, Any]:
     """The resolved data of a cell: dataset, bias and shading (blank where the dataset has none)."""
     colored = config.data.dataset in COLORED_DATASETS
     return {"data_dataset": config.data.dataset, "bias": config.data.bias if colored else "",
@@ -150,7 +157,7 @@ def read_record(path: Path, fingerprint: str) -> dict[str, Any] | None:
     return dict(record["row"])
 
 
-def write_record(path: Path, row: dict[str, Any], fingerprint: str, config: PipelineConfig) -> None:
+def write_record(path: Path, row: dict[str, Any], fingerprint: str, config: FlowConfig) -> None:
     """A cell's row and the settings it was made with, written atomically (commit these files)."""
     record = {"version": RECORD_VERSION, "fingerprint": fingerprint, "row": row, "fdd_commit": source_commit(),
               "config": {k: v for k, v in config.model_dump(mode="json").items() if k not in ("sweep", "schedules")}}
@@ -187,7 +194,7 @@ def _device_name(device: str) -> str:
 
 @task(name="sweep-cell", task_run_name="cell[{cell_name}]", cache_policy=NO_CACHE, persist_result=False)
 def run_cell(
-    cell_name: str, cell: dict[str, Any], config: PipelineConfig, workspace: str, device: str, local_gpus: int = 0,
+    cell_name: str, cell: dict[str, Any], config: FlowConfig, workspace: str, device: str, local_gpus: int = 0,
     record: str | None = None,
 ) -> dict[str, Any]:
     """Synthesize and audit one cell (each stage skipped when cached); its metrics.
@@ -248,7 +255,7 @@ def _task_runner(sweep: SweepConfig, device: str) -> tuple[Any, int]:
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs), gpus
 
 
-def _sweep_body(config: PipelineConfig, workspace: str, local_gpus: int, compute: bool = True) -> pd.DataFrame:
+def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bool = True) -> pd.DataFrame:
     import contextlib
 
     import dask
@@ -295,7 +302,7 @@ def _sweep_body(config: PipelineConfig, workspace: str, local_gpus: int, compute
 
 
 @flow(name="fdd-sweep-grid", log_prints=True)
-def grid_flow(config: PipelineConfig, workspace: str = ".", local_gpus: int = 0, compute: bool = True) -> dict[str, Any]:
+def grid_flow(config: FlowConfig, workspace: str = ".", local_gpus: int = 0, compute: bool = True) -> dict[str, Any]:
     """The cells of ``config.sweep`` on this flow's task runner, then the tables.
 
     ``local_gpus``: GPUs of the local Dask cluster the runner started (one per cell), 0 otherwise.
@@ -309,7 +316,7 @@ def grid_flow(config: PipelineConfig, workspace: str = ".", local_gpus: int = 0,
 
 
 @flow(name="fdd-sweep", log_prints=True)
-def sweep_flow(config: PipelineConfig, workspace: str = ".", compute: bool = True) -> dict[str, Any]:
+def sweep_flow(config: FlowConfig, workspace: str = ".", compute: bool = True) -> dict[str, Any]:
     """Run every cell of ``config.sweep`` on Dask (a local cluster or ``sweep.address``).
 
     The grid runs as a subflow whose task runner is ``prefect-dask``'s
@@ -342,7 +349,7 @@ def write_tables(cells: pd.DataFrame, workspace: str, grid_size: int | None = No
     return {"cells": len(cells), "computed": computed, "not_run": not_run, "summary": str(out / "summary.csv")}
 
 
-def paper_grid(config: PipelineConfig) -> list[tuple[str, str, int, str]]:
+def paper_grid(config: FlowConfig) -> list[tuple[str, str, int, str]]:
     """The (dataset, bias, ipc, mode) rows of the published-table comparison that the grid covers."""
     grid = []
     for cell, cell_cfg in sweep_cell_configs(config):
@@ -352,8 +359,8 @@ def paper_grid(config: PipelineConfig) -> list[tuple[str, str, int, str]]:
     return list(dict.fromkeys(grid))
 
 
-def write_paper_table(cells: pd.DataFrame, config: PipelineConfig, workspace: str) -> str:
-    """``sweep.paper_table`` (CSV) and its markdown rendering: the DM cells against METHOD.md section 5."""
+def write_paper_table(cells: pd.DataFrame, config: FlowConfig, workspace: str) -> str:
+    """``sweep.paper_table`` (CSV) and its markdown rendering: the DM cells against docs/method.md section 5."""
     path = Path(workspace) / str(config.sweep.paper_table)
     dm = cells[cells["backbone"] == "dm"].rename(columns={"dataset": "sweep_dataset", "data_dataset": "dataset"})
     table = paper_table(dm, paper_grid(config))
@@ -365,7 +372,7 @@ def write_paper_table(cells: pd.DataFrame, config: PipelineConfig, workspace: st
         "# The published DM table, reproduced with `fdd sweep`",
         "Mean and sample std over synthesis seeds (each seed: the mean of its evaluations), in %. "
         "`suff_gap_mean`: the max-over-classes sufficiency (precision) gap, mean over seeds. Verdict: `match` "
-        f"within {MATCH_ACC:g} point of accuracy and {MATCH_DEO_M:g} of DEO_M of METHOD.md section 5.",
+        f"within {MATCH_ACC:g} point of accuracy and {MATCH_DEO_M:g} of DEO_M of docs/method.md section 5.",
         f"Devices: {devices}. fdd commits: {commits}.",
         table.round(2).to_markdown(index=False),
         "## cobra against fairdd, paired over seeds",
@@ -377,7 +384,7 @@ def write_paper_table(cells: pd.DataFrame, config: PipelineConfig, workspace: st
     return str(path)
 
 
-def run_sweep(config: PipelineConfig, workspace: str = ".", compute: bool = True) -> dict[str, Any]:
+def run_sweep(config: FlowConfig, workspace: str = ".", compute: bool = True) -> dict[str, Any]:
     """Check every cell, then run :func:`sweep_flow` (the entry point of ``fdd sweep``).
 
     ``compute=False`` (``fdd sweep --from-records``) only rebuilds the tables from the

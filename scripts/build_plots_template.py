@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fdd.files import atomic_write_bytes
+from fdd.files import atomic_write_bytes  # noqa: E402  (after the repository root joins sys.path)
 
 # the versions dvc-render's default template loads from the CDN
 PACKAGES = (("vega", "5.20.2", "build/vega.min.js"), ("vega-lite", "5.2.0", "build/vega-lite.min.js"),

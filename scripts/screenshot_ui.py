@@ -31,7 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import TINY_PARAMS, write_tiny_idx
+from tests.conftest import TINY_PARAMS, write_tiny_idx  # noqa: E402  (after the repository root joins sys.path)
 
 DEMO = {**TINY_PARAMS, "synthesis": {**TINY_PARAMS["synthesis"], "iterations": 30, "ipc": 4, "log_every": 5},
         "audit": {**TINY_PARAMS["audit"], "epochs": 20}}

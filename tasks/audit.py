@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fdd.audit import audit_synthetic
 from fdd.config import AuditConfig, NetworkConfig
-from fdd.data import GroupedImages, SyntheticSet
-from fdd.plots import recall_heatmap, save_figure
+from fdd.datasets.containers import GroupedImages, SyntheticSet
+from fdd.fairness.audit import audit_synthetic
+from fdd.report.plots import recall_heatmap, save_figure
 from tasks.base import (
     artifact_key,
     atomic_write_bytes,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from fdd.diagnostics import barycenter_diagnostics
 from fdd.config import BarycenterConfig
-from fdd.data import atomic_save
+from fdd.datasets.containers import atomic_save
+from fdd.fairness.diagnostics import barycenter_diagnostics
 from tasks.base import atomic_write_text, publish_markdown, stage, stage_dir
 
 

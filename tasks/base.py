@@ -237,7 +237,7 @@ def stage(name: str, *, retries: int = 0, retry_delay_seconds: float = 2.0) -> C
             run_logger().info("stage %s%s wrote %d files", name, f"[{params['mode']}]" if params.get("mode") else "", len(outputs))
             return outputs
 
-        return task(
+        return task(  # type: ignore[call-overload]  # prefect's overloads do not cover every keyword combination
             run,
             name=name,
             cache_key_fn=make_cache_key_fn(name),
@@ -264,6 +264,6 @@ def _retry_transient_only(_task: Any, _task_run: Any, state: Any) -> bool:
         state.result()
     except (OSError, TimeoutError, ConnectionError) as exc:
         return not isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError))
-    except BaseException:
+    except BaseException:  # noqa: BLE001  (any other failure is not transient: no retry)
         return False
     return False

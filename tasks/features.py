@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fdd.config import FeaturesConfig, NetworkConfig
-from fdd.data import GroupedImages, atomic_save
-from fdd.features import group_features, separation_table
+from fdd.datasets.containers import GroupedImages, atomic_save
+from fdd.fairness.features import group_features, separation_table
 from tasks.base import atomic_write_text, publish_markdown, stage, stage_dir
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fdd.data import GroupedImages
-from fdd.partition import class_summary, partition_table
+from fdd.datasets.containers import GroupedImages
+from fdd.datasets.partition import class_summary, partition_table
 from tasks.base import atomic_write_text, publish_markdown, publish_table, stage, stage_dir
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from fdd.config import PipelineConfig
-from fdd.plots import loss_curves, save_figure
+from fdd.report.assemble import FIGURES_MARKER, comparison_table, figure_markdown, recall_series, report_markdown
+from fdd.report.plots import loss_curves, save_figure
 from tasks.base import (
     atomic_write_bytes,
     atomic_write_json,
@@ -21,30 +20,6 @@ from tasks.base import (
     stage_dir,
 )
 
-COLUMNS = {
-    "accuracy": "Acc (%)",
-    "deo_m": "DEO_M (%)",
-    "deo_a": "DEO_A (%)",
-    "worst_group_accuracy": "worst-group acc (%)",
-    "suff_m": "suff gap (%)",
-}
-
-
-def comparison_table(metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
-    """One row per mode: mean +/- std of the headline metrics."""
-    rows = []
-    for mode, values in metrics.items():
-        row = {"mode": mode}
-        for key, label in COLUMNS.items():
-            if key in values:  # metrics.json of an older fdd has no sufficiency gap
-                row[label] = f"{values[key]:.2f} ± {values[key + '_std']:.2f}"
-        row["evaluations"] = values["num_eval"]
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-FIGURES_MARKER = "<!-- figures -->"
-
 
 def report_figures(root: Path, modes: tuple[str, ...]) -> list[tuple[str, Path]]:
     """(caption, PNG) of the report: loss curves, then per mode the synthetic grid and recall heatmap."""
@@ -53,18 +28,6 @@ def report_figures(root: Path, modes: tuple[str, ...]) -> list[tuple[str, Path]]
         figures.append((f"{m}: synthetic images, one row per class", root / "data/synthetic" / m / "grid.png"))
         figures.append((f"{m}: test recall per group and class (%)", root / "data/audit" / m / "group_recall.png"))
     return figures
-
-
-def figure_markdown(figures: list[tuple[str, Path]], *, base: Path | None) -> str:
-    """Markdown images: linked relative to ``base`` (the report's folder), or inline PNG data when None."""
-    parts = []
-    for caption, path in figures:
-        if base is None:
-            target = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-        else:
-            target = Path(os.path.relpath(path, base)).as_posix()
-        parts.append(f"**{caption}**\n\n![{caption}]({target})")
-    return "\n\n".join(parts)
 
 
 @stage("report")
@@ -80,52 +43,23 @@ def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...],
     plot_files = []
     for m in modes:  # DVC plots: one series file per mode
         losses = pd.read_csv(root / "data/synthetic" / m / "losses.csv")
-        recall = pd.read_csv(root / "data/audit" / m / "group_recall.csv")
-        recall.insert(0, "cell", recall["class"].astype(str) + " / " + recall["group"].astype(str))
+        recall = recall_series(pd.read_csv(root / "data/audit" / m / "group_recall.csv"))
         for kind, frame in (("losses", losses), ("group_recall", recall)):
             path = root / "data/plots" / kind / f"{m}.csv"
             atomic_write_text(path, frame.to_csv(index=False))
             plot_files.append(path)
     atomic_write_bytes(out / "loss_curves.png", save_figure(loss_curves(curves)))
-    dataset = json.loads((root / "data/prepared/dataset.json").read_text())
-    classes = pd.read_csv(root / "data/partition/classes.csv")
-    separation = pd.read_csv(root / "data/features/separation.csv")
-    diagnostics = pd.read_csv(root / "data/barycenters/classes.csv")
-    timing = {m: json.loads((root / "data/synthetic" / m / "timing.json").read_text()) for m in modes}
-    unit = "rows" if "feature_names" in dataset else "images"  # tabular data (docs/tabular.md)
-    net_name = "MLP" if config.network.architecture == "mlp" else "ConvNet"
-    sections = [
-        "# Fair dataset distillation report",
-        f"Dataset **{dataset['dataset']}** ({dataset.get('description') or str(dataset['bias']) + ' bias'}; "
-        f"{dataset['train_images']} train / "
-        f"{dataset['test_images']} test {unit}; source: {dataset['source']}). Backbone "
-        f"**{config.synthesis.backbone.upper()}**, {config.synthesis.ipc} {unit} per class, "
-        f"{config.synthesis.iterations} iterations, {net_name} width {config.network.width}"
-        + (f", depth {config.network.resolved_depth(dataset['image_shape'][-1])} on "
-           f"{dataset['image_shape'][-2]}x{dataset['image_shape'][-1]} images."
-           if "image_shape" in dataset and unit == "images" else ".")
-        + f"\n\nClasses: {', '.join(dataset['class_names'])}. Protected groups: {', '.join(dataset['group_names'])}.",
-        "## Results (mean ± std over evaluation seeds)",
-        table.to_markdown(index=False),
-        "## Synthesis time",
-        pd.DataFrame(
-            [{"mode": m, "seconds": round(t["seconds"], 1), "s/iteration": round(t["seconds_per_iteration"], 4),
-              "device": t["device"]} for m, t in timing.items()]
-        ).to_markdown(index=False),
-        "## Train-split partition (per class)",
-        classes.round(3).to_markdown(index=False),
-        "## Group separation under the reference embedder",
-        separation.round(3).to_markdown(index=False),
-        "## Distance of each group to the uniform barycenter vs to the pooled (vanilla) target",
-        "Means over the groups of each class; `w2_*` are W2 distances of the groups' embedding clouds "
-        "to the free-support barycenter with uniform and with proportional (vanilla) weights.",
-        diagnostics.round(3).to_markdown(index=False),
-        "## Figures",
-        FIGURES_MARKER,
-        "## Configuration",
-        "```json\n" + json.dumps(config.model_dump(mode="json"), indent=2) + "\n```",
-    ]
-    markdown = "\n\n".join(sections) + "\n"
+    markdown = report_markdown(
+        table=table,
+        dataset=json.loads((root / "data/prepared/dataset.json").read_text()),
+        timing={m: json.loads((root / "data/synthetic" / m / "timing.json").read_text()) for m in modes},
+        classes=pd.read_csv(root / "data/partition/classes.csv"),
+        separation=pd.read_csv(root / "data/features/separation.csv"),
+        diagnostics=pd.read_csv(root / "data/barycenters/classes.csv"),
+        network=config.network,
+        synthesis=config.synthesis,
+        settings=config.model_dump(mode="json"),
+    )
     figures = report_figures(root, modes)
     atomic_write_text(out / "report.md", markdown.replace(FIGURES_MARKER, figure_markdown(figures, base=out)))
     # the Prefect UI cannot read local files: its copy of the report carries the PNGs inline

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from tqdm.auto import tqdm
 
 from fdd.config import TABULAR_DATASETS, NetworkConfig, SynthesisConfig
-from fdd.data import GroupedImages
-from fdd.plots import save_figure, synthetic_grid, synthetic_rows
-from fdd.synthesis import synthesize
+from fdd.datasets.containers import GroupedImages
+from fdd.distillation.run import synthesize
+from fdd.report.plots import save_figure, synthetic_grid, synthetic_rows
 from tasks.base import (
     artifact_key,
     atomic_write_bytes,
@@ -23,7 +23,6 @@ from tasks.base import (
     stage,
     stage_dir,
 )
-
 
 EXPERTS_CACHE = "data/cache/experts"
 
@@ -53,7 +52,7 @@ def synthesize_set(
         bar.set_postfix(loss=f"{loss:.3f}")
         logger.info("%s: iteration %d/%d, loss %.4f", mode, iteration, synthesis.iterations, loss)
         if progress_id is not None:
-            update_progress_artifact(progress_id, 100.0 * iteration / max(synthesis.iterations, 1))
+            update_progress_artifact(progress_id, 100.0 * iteration / max(synthesis.iterations, 1))  # type: ignore[arg-type]  # the id of a sync create_progress_artifact
 
     result = synthesize(
         train,

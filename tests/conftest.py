@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from fdd.sources import IDX_FILES, encode_idx
+from fdd.datasets.sources import IDX_FILES, encode_idx
 
 TINY_PARAMS = {
     "runtime": {"device": "cpu", "seed": 0},

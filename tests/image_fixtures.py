@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+
 def write_jpeg(image: torch.Tensor, path: str, *, quality: int = 90) -> None:
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(path, quality=quality)
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 import yaml
 
-from fdd import adult
-from fdd.adult import (
+from fdd.config import ERR_MLP_NORM, ConfigError, NetworkConfig, SynthesisConfig, parse_config
+from fdd.datasets import adult
+from fdd.datasets.adult import (
     ADULT_COLUMNS,
     CLASS_NAMES,
     ERR_COLUMNS,
@@ -30,12 +31,12 @@ from fdd.adult import (
     load_adult_frames,
     read_adult,
 )
-from fdd.audit import train_stacked
-from fdd.config import ERR_MLP_NORM, ConfigError, NetworkConfig, SynthesisConfig, parse_config
-from fdd.mlp import ERR_NORM, MLP, build_mlp
-from fdd.networks import ConvNet, build_network, reset_parameters_
-from fdd.sources import ChecksumError, DatasetUnavailableError, UnsafeArchiveError
-from fdd.synthesis import synthesize, train_network
+from fdd.datasets.sources import ChecksumError, DatasetUnavailableError, UnsafeArchiveError
+from fdd.distillation.run import synthesize
+from fdd.distillation.training import train_network
+from fdd.fairness.audit import train_stacked
+from fdd.models.mlp import ERR_NORM, MLP, build_mlp
+from fdd.models.networks import ConvNet, build_network, reset_parameters_
 
 ROOT = Path(__file__).resolve().parent.parent
 CATEGORIES = {
@@ -288,7 +289,7 @@ def test_config_requires_mlp_and_no_dsa_for_tabular_data() -> None:
         parse_config({"data": {"tabular": {"csv": "/etc/passwd"}}})
     from flows.configuration import load_config
 
-    config = load_config(ROOT / "params.yaml", preset=ROOT / "presets/adult.yaml")
+    config = load_config(ROOT / "params.yaml", preset=ROOT / "flows/presets/adult.yaml")
     assert config.data.dataset == "adult" and config.network.architecture == "mlp"
     assert config.synthesis.modes == ("vanilla", "fairdd", "cobra")
 

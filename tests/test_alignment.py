@@ -1,4 +1,4 @@
-"""Tests of fdd.alignment: the cobra-w2 / cobra-bures distributional alignment losses."""
+"""Tests of fdd.transport.alignment: the cobra-w2 / cobra-bures distributional alignment losses."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import ot
 import pytest
 import torch
 
-from fdd import alignment as A
-from fdd.alignment import alignment_loss
-from fdd.dm import MATCHING_MODES, WARMUP_MODES, dm_loss
+from fdd.distillation.dm import MATCHING_MODES, WARMUP_MODES, dm_loss
+from fdd.transport import alignment as A
+from fdd.transport.alignment import alignment_loss
 
 F64 = torch.float64
 

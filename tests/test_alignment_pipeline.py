@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
-from fdd import synthesis as S
 from fdd.config import NetworkConfig, SynthesisConfig
-from fdd.data import GroupedImages, SyntheticSet
-from fdd.synthesis import synthesize
+from fdd.datasets.containers import GroupedImages, SyntheticSet
+from fdd.distillation import synthesis as S
+from fdd.distillation.run import synthesize
 from flows.pipeline import STAGES, load_config, run_single_stage
 
 TINY_NET = NetworkConfig(width=8, depth=2)

@@ -1,4 +1,4 @@
-"""Tests of fdd.audit: training fresh networks on a synthetic set and auditing them."""
+"""Tests of fdd.fairness.audit: training fresh networks on a synthetic set and auditing them."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from fdd import audit as A
-from fdd.audit import AuditResult, audit_synthetic, predict
 from fdd.config import AuditConfig, NetworkConfig
-from fdd.data import GroupedImages, SyntheticSet
-from fdd.metrics import FairnessReport
-from fdd.synthesis import train_network
+from fdd.datasets.containers import GroupedImages, SyntheticSet
+from fdd.distillation.training import train_network
+from fdd.fairness import audit as A
+from fdd.fairness.audit import AuditResult, audit_synthetic, predict
+from fdd.fairness.metrics import FairnessReport
 
 TINY_NET = NetworkConfig(width=8, depth=2)
 
@@ -172,7 +172,7 @@ def test_evaluation_protocol_arguments(monkeypatch):
 
 
 def fresh_nets(count: int, norm: str = "instancenorm"):
-    from fdd.networks import build_convnet
+    from fdd.models.networks import build_convnet
 
     return [build_convnet(channels=3, num_classes=3, image_size=8, width=8, depth=2, norm=norm, seed=10 + i)
             for i in range(count)]
@@ -199,7 +199,7 @@ def test_train_stacked_equals_training_one_by_one(norm):
 def test_train_stacked_with_shuffling_and_dsa_trains_each_model():
     data = quadrant_data(per_cell=4, seed=0)
     x, y = data.normalized(), data.labels
-    from fdd.augment import DSAConfig
+    from fdd.distillation.augment import DSAConfig
 
     nets = fresh_nets(2)
     # (conv biases before instance norm get no gradient: compare weights)
@@ -225,10 +225,10 @@ def test_train_stacked_with_shuffling_and_dsa_trains_each_model():
 
 @pytest.mark.parametrize("draw_slots", [2**20, 150])  # every epoch in one draw; chunks of 2 epochs
 def test_train_stacked_dsa_one_family_per_model_and_step(monkeypatch, draw_slots):
-    from fdd.augment import DSAConfig
+    from fdd.distillation.augment import DSAConfig
 
     data = quadrant_data(per_cell=4, seed=0)  # 24 images, batches of 8
-    import fdd.synthesis as S  # train_stacked draws its chunks with draw_training_plan
+    import fdd.distillation.training as S  # train_stacked draws its chunks with draw_training_plan
 
     draws, used = [], []
     real_draw, real_apply = S.draw_dsa, A.apply_dsa
@@ -267,8 +267,8 @@ def test_train_stacked_dsa_one_family_per_model_and_step(monkeypatch, draw_slots
 
 
 def test_train_stacked_graph_switch_is_ignored_on_the_cpu():
-    from fdd.augment import DSAConfig
-    from fdd.cuda_graph import CapturedStep
+    from fdd.distillation.augment import DSAConfig
+    from fdd.distillation.cuda_graph import CapturedStep
 
     data = quadrant_data(per_cell=4, seed=0)
     trained = []
@@ -329,7 +329,7 @@ def test_class_names_mismatch_error():
 
 
 def test_predict_batches_match_single_pass():
-    from fdd.networks import build_convnet
+    from fdd.models.networks import build_convnet
 
     net = build_convnet(channels=3, num_classes=5, image_size=8, width=8, depth=2, seed=0)
     x = torch.randn(23, 3, 8, 8)

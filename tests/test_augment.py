@@ -1,4 +1,4 @@
-"""Tests of fdd.augment: differentiable siamese augmentation, batched over slots."""
+"""Tests of fdd.distillation.augment: differentiable siamese augmentation, batched over slots."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fdd.augment import FAMILIES, DSAConfig, DSADraw, apply_dsa, augment_per_image, draw_dsa
+from fdd.distillation.augment import FAMILIES, DSAConfig, DSADraw, apply_dsa, augment_per_image, draw_dsa
 
 FAM = {name: i for i, name in enumerate(FAMILIES)}
 

@@ -1,4 +1,4 @@
-"""Tests of fdd.backbones: DC, IDC, CAFE and MTT losses, schedules, state, and their pipeline runs."""
+"""Tests of fdd.distillation.backbones: DC, IDC, CAFE and MTT losses, schedules, state, and their pipeline runs."""
 
 from __future__ import annotations
 
@@ -9,16 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fdd.backbones import SYNTHESIZERS, build_synthesizer
-from fdd.backbones import dc as DC
-from fdd.backbones import mtt as MTT
-from fdd.backbones.cafe import cafe_loss, layer_features
-from fdd.backbones.dc import class_gradients, layerwise_distance, matched_parameters
-from fdd.backbones.idc import decode, encode
-from fdd.backbones.weights import cell_weights, group_balanced_weights
 from fdd.config import ConfigError, GradientMatchingConfig, NetworkConfig, parse_config
-from fdd.networks import build_convnet
-from fdd.synthesis import synthesize
+from fdd.distillation.backbones import SYNTHESIZERS, build_synthesizer
+from fdd.distillation.backbones import dc as DC
+from fdd.distillation.backbones import mtt as MTT
+from fdd.distillation.backbones.cafe import cafe_loss, layer_features
+from fdd.distillation.backbones.dc import class_gradients, layerwise_distance, matched_parameters
+from fdd.distillation.backbones.idc import decode, encode
+from fdd.distillation.backbones.weights import cell_weights, group_balanced_weights
+from fdd.distillation.run import synthesize
+from fdd.models.networks import build_convnet
 from tests.test_synthesis import TINY_NET, tiny_config, tiny_data
 
 MODES = ("vanilla", "fairdd", "cobra")
@@ -409,12 +409,12 @@ def test_backbone_through_the_pipeline_stages(tiny_workspace, backbone):
 def test_backbone_presets_validate_and_match_the_recommended_settings():
     from pathlib import Path
 
-    from fdd.backbones import RECOMMENDED
+    from fdd.distillation.backbones import RECOMMENDED
     from flows.pipeline import load_config
 
     root = Path(__file__).resolve().parent.parent
     for backbone in ("dc", "idc", "cafe", "mtt"):
-        cfg = load_config(root / "params.yaml", preset=root / f"presets/{backbone}.yaml").synthesis
+        cfg = load_config(root / "params.yaml", preset=root / f"flows/presets/{backbone}.yaml").synthesis
         assert cfg.backbone == backbone and cfg.modes == ("vanilla", "fairdd", "cobra")
         for key, value in RECOMMENDED[backbone].items():
             if key != "batch_real" or backbone != "mtt":  # MTT draws no real batches

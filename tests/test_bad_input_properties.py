@@ -17,12 +17,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fdd.config import ConfigError, PipelineConfig, parse_config
-from fdd.data import GroupedImages
+from fdd.config import ConfigError
+from fdd.datasets.containers import GroupedImages
 from flows import cli
+from flows.configuration import FlowConfig
+from flows.configuration import parse_params as parse_config
 
 SECTIONS = {  # the mapping sections (``schedules``, a list of entries, is tested in test_server.py)
-    name: field.annotation.model_fields for name, field in PipelineConfig.model_fields.items()
+    name: field.annotation.model_fields for name, field in FlowConfig.model_fields.items()
     if hasattr(field.annotation, "model_fields")
 }
 KEYS = sorted((section, key) for section, fields in SECTIONS.items() for key in fields)

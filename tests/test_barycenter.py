@@ -1,4 +1,4 @@
-"""Tests of fdd.barycenter: cell statistics, first-moment and W2 barycenters."""
+"""Tests of fdd.transport.barycenter: cell statistics, first-moment and W2 barycenters."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fdd import barycenter as B
-from fdd.barycenter import (
+from fdd.transport import barycenter as B
+from fdd.transport.barycenter import (
     BarycenterConvergenceWarning,
     CellStatistics,
     ClassBarycenters,
@@ -216,7 +216,7 @@ def test_free_support_mean_is_weighted_mean_of_group_means(weights):
     lam = {"uniform": np.full(3, 1 / 3), "proportional": sizes / sizes.sum()}.get(
         weights if isinstance(weights, str) else "", np.asarray(weights)
     )
-    expected = sum(l * s.mean(0) for l, s in zip(lam, samples))
+    expected = sum(w * s.mean(0) for w, s in zip(lam, samples, strict=True))
     assert result.support.shape == (6, 2) and result.weights.shape == (6,)
     torch.testing.assert_close(result.group_weights, torch.as_tensor(lam))
     # exact OT plans have row marginals 1/k, so the identity holds to float64 round-off
@@ -388,7 +388,7 @@ def test_validation_errors():
 
 
 def test_index_counts_is_bincount_without_a_host_read():
-    from fdd.barycenter import index_counts
+    from fdd.transport.barycenter import index_counts
 
     ids = torch.tensor([3, 0, 3, 5, 3, 0])
     assert torch.equal(index_counts(ids, 7), torch.bincount(ids, minlength=7))

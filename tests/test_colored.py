@@ -1,4 +1,4 @@
-"""Tests of the C-MNIST / C-FMNIST builders (METHOD.md section 4)."""
+"""Tests of the C-MNIST / C-FMNIST builders (docs/method.md section 4)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from fdd.colored import (
+from fdd.datasets.colored import (
     COLOR_NAMES,
     COLORS,
     ERR_BIAS,
@@ -24,7 +24,7 @@ from fdd.colored import (
     paint,
     reference_background_table,
 )
-from fdd.sources import RawSplits
+from fdd.datasets.sources import RawSplits
 
 
 def _labels(sizes: dict[int, int]) -> torch.Tensor:

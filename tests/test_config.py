@@ -17,6 +17,7 @@ from fdd.config import (
     deep_merge,
     parse_config,
 )
+from flows.configuration import parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ def test_defaults():
 
 def test_repository_params_yaml_validates():
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    cfg = parse_config(raw)
+    cfg = parse_params(raw)
     assert cfg.synthesis.iterations == raw["synthesis"]["iterations"]
     assert cfg.network.width == raw["network"]["width"]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fdd.audit import audit_synthetic
 from fdd.config import AuditConfig, FeaturesConfig, NetworkConfig, SynthesisConfig
-from fdd.data import GroupedImages
-from fdd.features import group_features, separation_table
-from fdd.synthesis import synthesize
+from fdd.datasets.containers import GroupedImages
+from fdd.distillation.run import synthesize
+from fdd.fairness.audit import audit_synthetic
+from fdd.fairness.features import group_features, separation_table
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 NET = NetworkConfig(width=8, depth=2)
@@ -75,10 +75,10 @@ def test_cuda_graph_with_compiled_forward_matches_eager() -> None:
 
 @pytest.mark.parametrize("batch_size", [6, 4])  # one batch; two batches (4 + 2) with shuffling
 def test_captured_training_trains_like_train_network(batch_size: int) -> None:
-    from fdd.augment import DSAConfig
-    from fdd.cuda_graph import CapturedTraining
-    from fdd.networks import build_convnet, reset_parameters_
-    from fdd.synthesis import train_network
+    from fdd.distillation.augment import DSAConfig
+    from fdd.distillation.cuda_graph import CapturedTraining
+    from fdd.distillation.training import train_network
+    from fdd.models.networks import build_convnet, reset_parameters_
 
     images = torch.randn(6, 3, 16, 16, device="cuda")
     labels = torch.tensor([0, 0, 1, 1, 2, 2], device="cuda")
@@ -104,7 +104,7 @@ def test_captured_training_trains_like_train_network(batch_size: int) -> None:
 def test_whole_step_graph_matches_eager_and_resumes(mode: str) -> None:
     """3 eager iterations, then the captured step replayed; a state loaded mid-run is
     captured again and continues like the uninterrupted run."""
-    from fdd.synthesis import DMSynthesizer
+    from fdd.distillation.synthesis import DMSynthesizer
 
     data = _data()
     config = SynthesisConfig(modes=(mode,), ipc=2, iterations=1, batch_real=8, warmup_epochs=2)
@@ -128,7 +128,7 @@ def test_whole_step_graph_matches_eager_and_resumes(mode: str) -> None:
 
 
 def test_whole_step_graph_falls_back_when_a_class_cannot_fill_the_batch() -> None:
-    from fdd.synthesis import DMSynthesizer
+    from fdd.distillation.synthesis import DMSynthesizer
 
     data = _data(n_per_class=6)  # batch_real 8 > 6 images: ragged real batch, no fixed shape
     config = SynthesisConfig(ipc=2, iterations=1, batch_real=8, warmup_epochs=2, cuda_graph=True)
@@ -138,7 +138,7 @@ def test_whole_step_graph_falls_back_when_a_class_cannot_fill_the_batch() -> Non
 
 
 def test_captured_step_replays_fn_on_new_inputs() -> None:
-    from fdd.cuda_graph import CapturedStep
+    from fdd.distillation.cuda_graph import CapturedStep
 
     state = torch.zeros(4, device="cuda")
 
@@ -156,9 +156,9 @@ def test_captured_step_replays_fn_on_new_inputs() -> None:
 
 @pytest.mark.parametrize("batch_size", [12, 5])  # one batch; three batches (5 + 5 + 2) with shuffling
 def test_stacked_audit_graph_trains_like_eager(batch_size: int) -> None:
-    from fdd.audit import train_stacked
-    from fdd.augment import DSAConfig
-    from fdd.networks import build_convnet
+    from fdd.distillation.augment import DSAConfig
+    from fdd.fairness.audit import train_stacked
+    from fdd.models.networks import build_convnet
 
     images = torch.randn(12, 3, 16, 16, device="cuda")
     labels = torch.arange(3, device="cuda").repeat_interleave(4)
@@ -189,7 +189,7 @@ def test_audit_with_graphed_models_on_cuda() -> None:
 
 def test_a_failed_capture_names_the_setting_that_turns_it_off() -> None:
     """Last in the file: a failed capture may leave the CUDA context unusable for later tests."""
-    from fdd.cuda_graph import CapturedStep
+    from fdd.distillation.cuda_graph import CapturedStep
 
     def reads_back(x: torch.Tensor) -> torch.Tensor:
         return x * float(x.sum())  # a host read: not capturable

@@ -1,15 +1,16 @@
-"""Tests of fdd.data: GroupedImages, SyntheticSet, atomic_save, stratified_subset."""
+"""Tests of fdd.datasets.containers: GroupedImages, SyntheticSet, atomic_save, stratified_subset."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from fdd import data as D
-from fdd.data import GroupedImages, SyntheticSet, atomic_save, stratified_subset, tensor_digest
+from fdd.datasets import containers as D
+from fdd.datasets.containers import GroupedImages, SyntheticSet, atomic_save, stratified_subset, tensor_digest
 
 
 def make_grouped(n: int = 12, channels: int = 3, size: int = 4, num_classes: int = 3, num_groups: int = 2,
@@ -140,7 +141,7 @@ def test_std_positive_error(std):
 
 def test_frozen():
     data = make_grouped()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         data.labels = torch.zeros(12, dtype=torch.long)  # type: ignore[misc]
 
 

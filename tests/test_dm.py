@@ -1,4 +1,4 @@
-"""Tests of fdd.dm: the DM matching losses in vanilla, FairDD and COBRA modes."""
+"""Tests of fdd.distillation.dm: the DM matching losses in vanilla, FairDD and COBRA modes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fdd.dm import MEAN_MODES, class_means, dm_loss
+from fdd.distillation.dm import MEAN_MODES, class_means, dm_loss
 
 PROPERTY = settings(max_examples=25, deadline=None)
 

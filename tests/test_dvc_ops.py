@@ -60,7 +60,9 @@ def test_dvc_exp_run_show_and_offline_plots(tiny_workspace: Path) -> None:
         shutil.copytree(ROOT / folder, ws / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, ws / name)
-    git = lambda *args: subprocess.run(["git", *args], cwd=ws, check=True, capture_output=True)
+    def git(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["git", *args], cwd=ws, check=True, capture_output=True)
+
     git("init", "-q")
     git("config", "user.email", "test@example.invalid")
     git("config", "user.name", "fdd test")

@@ -1,4 +1,4 @@
-"""Tests of fdd.features (reference-embedder statistics) and fdd.diagnostics (barycenter distances)."""
+"""Tests of fdd.fairness.features (reference-embedder statistics) and fdd.fairness.diagnostics (barycenter distances)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from fdd.config import BarycenterConfig, FeaturesConfig, NetworkConfig
-from fdd.data import GroupedImages
-from fdd.diagnostics import BarycenterDiagnostics, barycenter_diagnostics
-from fdd.features import GroupFeatures, embed_images, group_features, sample_cells, separation_table
-from fdd.networks import build_convnet
+from fdd.datasets.containers import GroupedImages
+from fdd.fairness.diagnostics import BarycenterDiagnostics, barycenter_diagnostics
+from fdd.fairness.features import GroupFeatures, embed_images, group_features, sample_cells, separation_table
+from fdd.models.networks import build_convnet
 
 TINY_NET = NetworkConfig(width=8, depth=2)
 

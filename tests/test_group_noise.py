@@ -1,4 +1,4 @@
-"""Tests of fdd.group_noise and of how unknown groups (-1) flow through the library."""
+"""Tests of fdd.datasets.group_noise and of how unknown groups (-1) flow through the library."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from fdd.config import ConfigError, GroupNoiseConfig, parse_config
-from fdd.data import UNKNOWN_GROUP, GroupedImages
-from fdd.dm import dm_loss
-from fdd.group_noise import perturb_groups
-from fdd.partition import cell_counts
+from fdd.datasets.containers import UNKNOWN_GROUP, GroupedImages
+from fdd.datasets.group_noise import perturb_groups
+from fdd.datasets.partition import cell_counts
+from fdd.distillation.dm import dm_loss
 
 
 def dataset(n_per_cell: int = 25, num_classes: int = 3, num_groups: int = 4, seed: int = 0) -> GroupedImages:

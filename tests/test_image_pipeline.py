@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
-from fdd.data import GroupedImages, SyntheticSet
-from flows.pipeline import STAGES, load_config, run_single_stage
 from image_fixtures import write_bffhq, write_celeba, write_cifar10, write_folder, write_utkface
+
+from fdd.datasets.containers import GroupedImages, SyntheticSet
+from flows.pipeline import STAGES, load_config, run_single_stage
 
 TINY = {
     "runtime": {"device": "cpu", "seed": 0},
@@ -108,7 +108,7 @@ def test_dataset_runs_end_to_end(tmp_path: Path, dataset: str) -> None:
 def test_celeba_64px_uses_a_depth_4_convnet(tmp_path: Path) -> None:
     """depth 'auto' pools a 64x64 image to 4x4 maps (ConvNet-4), like ConvNet-3 on 32x32."""
     from fdd.config import NetworkConfig
-    from fdd.networks import build_convnet
+    from fdd.models.networks import build_convnet
 
     network = NetworkConfig(width=8, depth="auto")
     net = build_convnet(channels=3, num_classes=2, image_size=64, width=8, depth=network.resolved_depth(64))
@@ -119,9 +119,9 @@ def test_celeba_64px_uses_a_depth_4_convnet(tmp_path: Path) -> None:
 @pytest.mark.parametrize("dataset", ["cifar10s", "celeba", "utkface", "bffhq", "folder"])
 def test_dataset_presets_validate_and_stack_with_the_schedules(dataset: str) -> None:
     root = Path(__file__).resolve().parent.parent
-    preset = root / "presets" / f"{dataset}.yaml"
+    preset = root / "flows" / "presets" / f"{dataset}.yaml"
     quick = load_config(root / "params.yaml", preset=preset)
-    full = load_config(root / "params.yaml", preset=[preset, root / "presets/full.yaml"])
+    full = load_config(root / "params.yaml", preset=[preset, root / "flows/presets/full.yaml"])
     side = 32 if dataset == "cifar10s" else 64
     for config in (quick, full):
         assert config.data.dataset == dataset and config.data.image_size == side

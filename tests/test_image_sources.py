@@ -1,4 +1,4 @@
-"""The image-benchmark loaders on tiny fixtures in the real on-disk formats (fdd.image_sources)."""
+"""The image-benchmark loaders on tiny fixtures in the real on-disk formats (fdd.datasets.image_sources)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from image_fixtures import CIFAR_CLASSES, write_bffhq, write_celeba, write_cifar10, write_folder, write_utkface
 from torchvision.transforms.v2 import functional as F
 
 from fdd.config import ConfigError, DataConfig, parse_config
-from fdd.image_sources import (
+from fdd.datasets.image_sources import (
     CIFAR10S_GROUPS,
     DEFAULT_NORMALIZATION,
     ERR_CELEBA_ATTR,
@@ -29,7 +30,6 @@ from fdd.image_sources import (
     prepare_image_dataset,
     read_images,
 )
-from image_fixtures import CIFAR_CLASSES, write_bffhq, write_celeba, write_cifar10, write_folder, write_utkface
 
 
 def _data(**raw) -> DataConfig:

@@ -1,16 +1,16 @@
-"""Tests of fdd.initialisation: group-covering starting images (stratified, barycenter)."""
+"""Tests of fdd.distillation.initialisation: group-covering starting images (stratified, barycenter)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fdd import initialisation as I
 from fdd.config import NetworkConfig
-from fdd.data import GroupedImages
-from fdd.initialisation import covering_indices, stratified_indices
-from fdd.networks import build_convnet
-from fdd.synthesis import initial_synthetic_images
+from fdd.datasets.containers import GroupedImages
+from fdd.distillation import initialisation as I
+from fdd.distillation.initialisation import covering_indices, stratified_indices
+from fdd.distillation.synthesis import initial_synthetic_images
+from fdd.models.networks import build_convnet
 
 TINY_NET = NetworkConfig(width=8, depth=2)
 

@@ -1,4 +1,4 @@
-"""Tests of fdd.metrics: hand-computed cases, fairlearn agreement, edge cases, errors."""
+"""Tests of fdd.fairness.metrics: hand-computed cases, fairlearn agreement, edge cases, errors."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fdd import metrics as M
-from fdd.metrics import (
+from fdd.fairness import metrics as M
+from fdd.fairness.metrics import (
     FairnessReport,
     RecallTable,
     fairness_report,
@@ -255,8 +255,8 @@ def _naive(y_pred, y_true, groups, num_classes, num_groups):
 
 def _naive_gap(rates, valid):
     out = []
-    for l in range(rates.shape[1]):
-        vals = rates[valid[:, l], l]
+    for label in range(rates.shape[1]):
+        vals = rates[valid[:, label], label]
         out.append(vals.max() - vals.min() if len(vals) else np.nan)
     return np.array(out)
 

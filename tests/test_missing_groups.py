@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fdd.barycenter import MissingGroupWarning
 from fdd.config import BarycenterConfig, FeaturesConfig, NetworkConfig, SynthesisConfig
-from fdd.data import GroupedImages
-from fdd.diagnostics import barycenter_diagnostics
-from fdd.features import group_features
-from fdd.synthesis import synthesize
+from fdd.datasets.containers import GroupedImages
+from fdd.distillation.run import synthesize
+from fdd.fairness.diagnostics import barycenter_diagnostics
+from fdd.fairness.features import group_features
+from fdd.transport.barycenter import MissingGroupWarning
 
 
 def _data_missing_group() -> GroupedImages:

@@ -1,4 +1,4 @@
-"""Tests of fdd.networks: the ConvNet, build_convnet and reset_parameters_."""
+"""Tests of fdd.models.networks: the ConvNet, build_convnet and reset_parameters_."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from fdd import networks as N
-from fdd.networks import ConvNet, build_convnet, reset_parameters_
+from fdd.models import networks as N
+from fdd.models.networks import ConvNet, build_convnet, reset_parameters_
 
 
 def small(**kwargs) -> ConvNet:
@@ -206,7 +206,7 @@ def test_reset_parameters_returns_net_and_no_grad_tracking():
 
 @pytest.mark.parametrize("size", [(8, 8), (7, 9)])
 def test_avg_pool_2x2_equals_torch_avg_pool(size):
-    from fdd.networks import AvgPool2x2
+    from fdd.models.networks import AvgPool2x2
 
     x = torch.randn(3, 4, *size, requires_grad=True)
     ours, theirs = AvgPool2x2()(x), nn.AvgPool2d(kernel_size=2, stride=2)(x)

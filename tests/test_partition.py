@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fdd.colored import colorize
-from fdd.data import GroupedImages
-from fdd.partition import PARTITION_COLUMNS, SUMMARY_COLUMNS, class_summary, partition_table
+from fdd.datasets.colored import colorize
+from fdd.datasets.containers import GroupedImages
+from fdd.datasets.partition import PARTITION_COLUMNS, SUMMARY_COLUMNS, class_summary, partition_table
 
 
 def _data() -> GroupedImages:

@@ -148,13 +148,13 @@ def test_cli_reports_bad_config_and_unknown_preset(tiny_workspace: Path, capsys:
 def test_shipped_params_and_presets_validate() -> None:
     root = Path(__file__).resolve().parent.parent
     quick = load_config(root / "params.yaml")
-    full = load_config(root / "params.yaml", preset=root / "presets/full.yaml")
+    full = load_config(root / "params.yaml", preset=root / "flows/presets/full.yaml")
     assert quick.synthesis.modes == ("vanilla", "cobra")
     assert (full.synthesis.iterations, full.synthesis.batch_real, full.network.width) == (2600, 600, 128)
     assert full.synthesis.resolved_warmup_epochs() == 10 and full.audit.epochs == 1500 and full.audit.num_eval == 5
-    assert yaml.safe_load((root / "presets/quick.yaml").read_text())["synthesis"]["iterations"] == quick.synthesis.iterations
+    assert yaml.safe_load((root / "flows/presets/quick.yaml").read_text())["synthesis"]["iterations"] == quick.synthesis.iterations
     assert full.synthesis.compile and full.synthesis.cuda_graph
-    cfmnist = load_config(root / "params.yaml", preset=[root / "presets/cfmnist.yaml", root / "presets/full.yaml"])
+    cfmnist = load_config(root / "params.yaml", preset=[root / "flows/presets/cfmnist.yaml", root / "flows/presets/full.yaml"])
     assert (cfmnist.data.dataset, cfmnist.data.shading, cfmnist.synthesis.iterations) == ("cfmnist", "intensity", 2600)
     assert quick.data.shading == "binary"
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from fdd.reproduction import (
+from fdd.report.reproduction import (
     ERR_CELL_COLUMNS,
     PAIRED_COLUMNS,
     PAPER_COLUMNS,

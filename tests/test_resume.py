@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from fdd.synthesis import DMSynthesizer
+from fdd.distillation.synthesis import DMSynthesizer
 from flows.pipeline import load_config, run_single_stage
 
 pytestmark = pytest.mark.slow

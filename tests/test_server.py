@@ -17,8 +17,9 @@ import httpx
 import pytest
 import yaml
 
-from fdd.config import ConfigError, parse_config
+from fdd.config import ConfigError
 from flows import cli
+from flows.configuration import parse_params as parse_config
 from flows.deployments import (
     ERR_BAD_PARAMETERS,
     ERR_NO_SCHEDULES,

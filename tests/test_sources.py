@@ -1,4 +1,4 @@
-"""Tests of fdd.sources on tiny synthetic archives; nothing here touches the network."""
+"""Tests of fdd.datasets.sources on tiny synthetic archives; nothing here touches the network."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import pytest
 import torch
 from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
-from fdd import sources
-from fdd.sources import (
+from fdd.datasets import sources
+from fdd.datasets.sources import (
     ERR_CHECKSUM,
     ERR_IDX_TYPE,
     ERR_NAME,
@@ -48,7 +48,7 @@ def _fake_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _csv(images: np.ndarray, labels: np.ndarray) -> str:
-    rows = [",".join(map(str, [int(l), *img.reshape(-1).tolist()])) for img, l in zip(images, labels)]
+    rows = [",".join(map(str, [int(y), *img.reshape(-1).tolist()])) for img, y in zip(images, labels, strict=True)]
     return HEADER + "\n" + "\n".join(rows) + "\n"
 
 

@@ -16,15 +16,17 @@ from prefect.settings import (
 )
 from prefect.testing.utilities import prefect_test_harness
 
-from fdd.config import (
+from fdd.config import ConfigError
+from flows.configuration import (
     ERR_DUPLICATE_AXIS,
     ERR_EMPTY_AXIS,
-    ConfigError,
     SweepConfig,
-    parse_config,
+    cell_config,
+    cell_id,
+    load_config,
+    sweep_cells,
 )
-from flows.configuration import load_config
-from flows.configuration import cell_config, cell_id, sweep_cells
+from flows.configuration import parse_params as parse_config
 from flows.sweep import _task_runner, run_sweep, summarize
 
 
@@ -151,7 +153,7 @@ def test_a_grid_with_bad_cells_is_refused_before_anything_runs(tiny_workspace: P
 def test_dataset_workspace_links_every_user_path(tmp_path: Path) -> None:
     """A sweep's per-dataset folder sees the user's CSV and images at the same relative paths,
     and the ingest cache key computed there covers the same file contents."""
-    from fdd.image_sources import user_files_digest
+    from fdd.datasets.image_sources import user_files_digest
     from flows.sweep import dataset_workspace
 
     (tmp_path / "mine/images/a").mkdir(parents=True)

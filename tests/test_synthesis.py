@@ -1,4 +1,4 @@
-"""Tests of fdd.synthesis: the class sampler, initialisation, training and the DM loop."""
+"""Tests of fdd.distillation.synthesis: the class sampler, initialisation, training and the DM loop."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import math
 import pytest
 import torch
 
-from fdd import synthesis as S
 from fdd.config import NetworkConfig, SynthesisConfig
-from fdd.data import GroupedImages, SyntheticSet
-from fdd.networks import build_convnet
-from fdd.synthesis import ClassSampler, initial_synthetic_images, synthesize, train_network
+from fdd.datasets.containers import GroupedImages, SyntheticSet
+from fdd.distillation import synthesis as S
+from fdd.distillation.run import synthesize
+from fdd.distillation.synthesis import ClassSampler, initial_synthetic_images
+from fdd.distillation.training import train_network
+from fdd.models.networks import build_convnet
 
 TINY_NET = NetworkConfig(width=8, depth=2)
 
@@ -290,9 +292,9 @@ def test_synthesize_too_few_for_init():
 def test_synthesize_first_loss_matches_manual_computation(dsa, mode):
     """Iteration 1: the logged loss is dm_loss on a network re-drawn from the run's generator,
     a class-balanced real batch, and one siamese DSA draw per class (real and synthetic alike)."""
-    from fdd.augment import DSAConfig, apply_dsa, draw_dsa
-    from fdd.dm import dm_loss
-    from fdd.networks import reset_parameters_
+    from fdd.distillation.augment import DSAConfig, apply_dsa, draw_dsa
+    from fdd.distillation.dm import dm_loss
+    from fdd.models.networks import reset_parameters_
 
     data = tiny_data()
     cfg = tiny_config(iterations=1, dsa=dsa, batch_real=3, warmup_epochs=0)

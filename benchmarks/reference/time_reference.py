@@ -38,8 +38,8 @@ REF = os.environ.get("COBRA_DIR") or os.path.join(os.path.dirname(os.path.dirnam
 
 # scipy >= 1.x may drop the deprecated scipy.ndimage.interpolation alias that utils.py imports
 try:  # pragma: no cover - depends on the installed scipy
-    import scipy.ndimage.interpolation  # noqa: F401
-except Exception:  # pragma: no cover
+    import scipy.ndimage.interpolation
+except ImportError:  # pragma: no cover
     import scipy.ndimage
 
     shim = types.ModuleType("scipy.ndimage.interpolation")
@@ -49,9 +49,8 @@ except Exception:  # pragma: no cover
 sys.path.insert(0, REF)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-import utils  # noqa: E402  (the reference's utils.py)
 import train_dm  # noqa: E402  (the reference's train_dm.py)
+import utils  # noqa: E402  (the reference's utils.py)
 
 
 def sync() -> None:

@@ -1,0 +1,250 @@
+"""Fairness audit of a synthetic set: train fresh networks on it, test on real data.
+
+The protocol of docs/method.md section 2: for each of ``num_eval`` seeds, a fresh ConvNet is
+trained on the synthetic set (SGD with momentum and weight decay, batch 256, DSA on,
+learning rate x0.1 once epoch ``epochs // 2 + 1`` is done, ``epochs + 1`` epochs as in
+the reference's ``range(Epoch + 1)``), then predicts the real test split; the
+predictions go through :func:`fdd.fairness.metrics.fairness_report`. Results are the per-seed
+reports and their mean and standard deviation.
+
+With ``stack_models`` (the default) the ``num_eval`` networks are trained together as
+one vectorised model (:func:`train_stacked`), which is what makes five evaluations
+about as cheap as one on a GPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from fdd.config import AuditConfig, NetworkConfig
+from fdd.datasets.containers import GroupedImages, SyntheticSet
+from fdd.distillation.augment import DSAConfig, DSADraw, apply_dsa
+from fdd.distillation.cuda_graph import CapturedStep
+from fdd.distillation.training import draw_training_plan, train_network
+from fdd.fairness.metrics import FairnessReport, fairness_report, summarize_runs
+from fdd.models.networks import build_network
+
+__all__ = ["AuditResult", "STACKED_DRAW_SLOTS", "audit_synthetic", "predict", "train_stacked"]
+
+ERR_SHAPE_MISMATCH = (
+    "the synthetic images have shape {syn} per image but the test images have {test}; "
+    "audit a synthetic set against the dataset it was distilled from"
+)
+ERR_CLASSES_MISMATCH = "the synthetic set has classes {syn} but the test split has {test}"
+ERR_NORMALISATION_MISMATCH = (
+    "the synthetic set is normalised with (mean, std) {syn} but the test split with {test}; "
+    "audit it against the dataset it was distilled from"
+)
+ERR_STACK_BUFFERS = (
+    "train_stacked needs networks without buffers (use norm='instancenorm' or 'none'); got buffers {names}"
+)
+
+
+STACKED_DRAW_SLOTS = 2**20  # DSA parameters drawn at once: a chunk of epochs of about 50 MB
+
+
+def train_stacked(
+    nets: Sequence[nn.Module],
+    images: Tensor,
+    labels: Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    batch_size: int,
+    dsa: DSAConfig | None,
+    generator: torch.Generator | None,
+    lr_decay_epoch: int | None = None,
+    cuda_graph: bool = False,
+) -> Sequence[nn.Module]:
+    """Train several networks of one architecture at once, as one vectorised model.
+
+    The parameters of the ``M`` networks are stacked (:func:`torch.func.stack_module_state`)
+    and the forward pass is vectorised with :func:`torch.func.vmap`, so each step runs
+    ``M`` models in one set of kernels. Each model keeps its own batch order and its own
+    training-time DSA draw (one family per model and batch, per-image parameters); the
+    loss is the sum of the models' mean cross-entropies, so the gradient of each model
+    is exactly its own. SGD with momentum and weight decay is element-wise, hence the
+    same as training the models one by one. Needs parameter-only networks (no
+    batch-norm running statistics).
+
+    The random choices (batch orders, DSA parameters) are drawn up front for chunks of
+    epochs, as one :func:`fdd.distillation.training.draw_training_plan` of ``count x M`` runs; an epoch then reads its share through two small device tensors, so every
+    epoch runs the same kernels. ``cuda_graph`` (CUDA only) runs the first epochs eagerly, then captures one epoch
+    as a CUDA graph (:class:`fdd.distillation.cuda_graph.CapturedStep`; one more for the decayed
+    learning rate) and replays it for the others.
+    """
+    m, n = len(nets), images.shape[0]
+    params, buffers = stack_module_state(nets)
+    if buffers:
+        raise ValueError(ERR_STACK_BUFFERS.format(names=sorted(buffers)))
+    template = copy.deepcopy(nets[0]).to("meta")
+
+    def one_model(p: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(template, p, (x,))
+
+    forward = vmap(one_model)
+    device = images.device
+    optimizer = torch.optim.SGD(list(params.values()), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    block = min(n, batch_size)
+    starts = list(range(0, n, block))
+    per_epoch = len(starts) * m * block  # DSA slots of one epoch: model i's batch j reads one family block
+    offsets = (torch.arange(m, device=device) * block).unsqueeze(1) + torch.arange(block, device=device)  # (M, block)
+    chunk = max(1, min(epochs, STACKED_DRAW_SLOTS // max(per_epoch, 1)))
+    # what an epoch reads: its batch orders and the first slot of its DSA parameters
+    order = torch.arange(n, device=device).expand(m, n).contiguous()
+    draws: DSADraw | None = None  # one chunk's DSA parameters, refilled in place
+    slot_bases = torch.arange(chunk, device=device) * per_epoch  # first DSA slot of each epoch of a chunk
+
+    def run_epoch(order: Tensor, slot_base: Tensor) -> None:
+        for j, start in enumerate(starts):
+            idx = order[:, start : start + block]  # (M, b)
+            b = idx.shape[1]
+            x = images[idx.reshape(-1)]  # (M*b, C, H, W)
+            y = labels[idx]  # (M, b)
+            if draws is not None:
+                slots = (offsets[:, :b] + (slot_base + j * m * block)).reshape(-1)
+                x = apply_dsa(x, slots, draws, config=cast(DSAConfig, dsa))  # draws exist only with dsa
+            logits = forward(params, x.view(m, b, *x.shape[1:]))  # (M, b, classes)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1)) * m
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    graphed: dict[float, CapturedStep] = {}  # learning rate -> captured epoch
+    step: Callable[[Tensor, Tensor], object] = run_epoch
+    for epoch in range(epochs):
+        if epoch % chunk == 0:  # draw the next chunk of epochs: one training plan of count x M runs
+            count = min(chunk, epochs - epoch)
+            plan = draw_training_plan(
+                n, epochs=count * m, batch_size=batch_size, image_size=tuple(images.shape[-2:]), dsa=dsa,
+                generator=generator, device=device,
+            )
+            orders = None if plan.orders is None else plan.orders.view(count, m, n)
+            if plan.dsa is not None:
+                if draws is None:
+                    draws = plan.dsa
+                else:  # same tensors (a captured epoch reads them), refilled; a shorter last chunk fills a prefix
+                    with torch.no_grad():
+                        for f in dataclasses.fields(DSADraw):
+                            getattr(draws, f.name)[: count * per_epoch].copy_(getattr(plan.dsa, f.name))
+        if orders is not None:
+            order = orders[epoch % chunk]
+        slot_base = slot_bases[epoch % chunk]
+        if cuda_graph and device.type == "cuda":
+            rate = optimizer.param_groups[0]["lr"]
+            if rate not in graphed:
+                graphed[rate] = CapturedStep(
+                    run_epoch, device=device, eager_calls=0 if graphed else 3, what="audit epoch", setting="audit.cuda_graph"
+                )
+            step = graphed[rate]
+        step(order, slot_base)
+        if lr_decay_epoch is not None and epoch == lr_decay_epoch:
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.1
+    with torch.no_grad():
+        for i, net in enumerate(nets):
+            for name, value in net.named_parameters():
+                value.copy_(params[name][i])
+    return nets
+
+
+@torch.no_grad()
+def predict(net: nn.Module, images: Tensor, *, batch_size: int) -> Tensor:
+    """Arg-max predictions of ``net`` for normalised ``images``, in batches."""
+    net.eval()
+    out = [net(images[i : i + batch_size]).argmax(dim=1) for i in range(0, images.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """Per-seed fairness reports of a synthetic set and their summary."""
+
+    reports: tuple[FairnessReport, ...]
+    summary: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary, "runs": [r.to_dict() for r in self.reports]}
+
+
+def audit_synthetic(
+    synthetic: SyntheticSet,
+    test: GroupedImages,
+    *,
+    config: AuditConfig,
+    network: NetworkConfig,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> AuditResult:
+    """Train ``config.num_eval`` fresh ConvNets on ``synthetic`` and audit them on ``test``.
+
+    Parameters
+    ----------
+    synthetic : SyntheticSet
+        Images in the normalised space of ``test``.
+    test : GroupedImages
+        Real test split with group ids.
+    config : AuditConfig
+    network : NetworkConfig
+    device : torch.device or str
+    progress : callable(evaluations_done), optional
+    """
+    if tuple(synthetic.images.shape[1:]) != test.image_shape:
+        raise ValueError(ERR_SHAPE_MISMATCH.format(syn=tuple(synthetic.images.shape[1:]), test=test.image_shape))
+    if tuple(synthetic.class_names) != test.class_names:
+        raise ValueError(ERR_CLASSES_MISMATCH.format(syn=synthetic.class_names, test=test.class_names))
+    if not (np.allclose(synthetic.mean, test.mean) and np.allclose(synthetic.std, test.std)):
+        raise ValueError(
+            ERR_NORMALISATION_MISMATCH.format(syn=(synthetic.mean, synthetic.std), test=(test.mean, test.std))
+        )
+    device = torch.device(device)
+    images = synthetic.images.to(device, torch.float32)
+    labels = synthetic.labels.to(device)
+    test_images = test.normalized(device)
+    dsa = DSAConfig() if config.dsa else None
+    seeds = [config.seed * 1000 + run for run in range(config.num_eval)]
+    nets = [
+        build_network(
+            input_shape=test.image_shape, num_classes=test.num_classes, network=network, seed=seed, device=device
+        )
+        for seed in seeds
+    ]
+    schedule: dict[str, Any] = dict(
+        epochs=config.epochs + 1, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+        batch_size=config.batch_size, dsa=dsa, lr_decay_epoch=config.epochs // 2 + 1,
+    )
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seeds[0])
+    if config.stack_models and network.norm != "batchnorm" and len(nets) > 1:
+        train_stacked(
+            nets, images, labels, generator=generator, cuda_graph=config.cuda_graph, **schedule
+        )
+    else:
+        for seed, net in zip(seeds, nets):
+            generator.manual_seed(seed)
+            train_network(net, images, labels, generator=generator, **schedule)
+    reports = []
+    for run, net in enumerate(nets):
+        predictions = predict(net, test_images, batch_size=config.test_batch_size).cpu()
+        reports.append(
+            fairness_report(
+                predictions, test.labels, sensitive_features=test.groups,
+                num_classes=test.num_classes, num_groups=test.num_groups,
+                class_names=test.class_names, group_names=test.group_names,
+            )
+        )
+        if progress is not None:
+            progress(run + 1)
+    return AuditResult(reports=tuple(reports), summary=summarize_runs(reports))

@@ -1,0 +1,137 @@
+"""The run report: the modes side by side, the data, the diagnostics and the settings, as markdown.
+
+Pure functions of what the earlier stages wrote (already read by the caller): the
+``report`` stage reads the files, calls :func:`comparison_table` and
+:func:`report_markdown`, and writes the results.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fdd.config import NetworkConfig, SynthesisConfig
+
+__all__ = [
+    "COLUMNS",
+    "FIGURES_MARKER",
+    "comparison_table",
+    "figure_markdown",
+    "recall_series",
+    "report_markdown",
+]
+
+#: The headline metrics of the comparison table and their column labels.
+COLUMNS = {
+    "accuracy": "Acc (%)",
+    "deo_m": "DEO_M (%)",
+    "deo_a": "DEO_A (%)",
+    "worst_group_accuracy": "worst-group acc (%)",
+    "suff_m": "suff gap (%)",
+}
+#: Where :func:`report_markdown` leaves room for the figures (:func:`figure_markdown`).
+FIGURES_MARKER = "<!-- figures -->"
+
+
+def comparison_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
+    """One row per mode: mean +/- std of the headline metrics."""
+    rows = []
+    for mode, values in metrics.items():
+        row: dict[str, Any] = {"mode": mode}
+        for key, label in COLUMNS.items():
+            if key in values:  # metrics.json of an older fdd has no sufficiency gap
+                row[label] = f"{values[key]:.2f} ± {values[key + '_std']:.2f}"
+        row["evaluations"] = values["num_eval"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def recall_series(recall: pd.DataFrame) -> pd.DataFrame:
+    """The per-(class, group) recall table with a ``cell`` label first (``class / group``), for DVC plots."""
+    series = recall.copy()
+    series.insert(0, "cell", series["class"].astype(str) + " / " + series["group"].astype(str))
+    return series
+
+
+def figure_markdown(figures: Sequence[tuple[str, Path]], *, base: Path | None) -> str:
+    """Markdown images: linked relative to ``base`` (the report's folder), or inline PNG data when None."""
+    parts = []
+    for caption, path in figures:
+        if base is None:
+            target = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+        else:
+            target = Path(os.path.relpath(path, base)).as_posix()
+        parts.append(f"**{caption}**\n\n![{caption}]({target})")
+    return "\n\n".join(parts)
+
+
+def report_markdown(
+    *,
+    table: pd.DataFrame,
+    dataset: Mapping[str, Any],
+    timing: Mapping[str, Mapping[str, Any]],
+    classes: pd.DataFrame,
+    separation: pd.DataFrame,
+    diagnostics: pd.DataFrame,
+    network: NetworkConfig,
+    synthesis: SynthesisConfig,
+    settings: Mapping[str, Any],
+) -> str:
+    """The report's markdown, with :data:`FIGURES_MARKER` where the figures go.
+
+    Parameters
+    ----------
+    table : DataFrame
+        :func:`comparison_table` of the audited modes.
+    dataset : mapping
+        The ingest summary (``data/prepared/dataset.json``).
+    timing : mapping
+        Per mode, the synthesis time record (``seconds``, ``seconds_per_iteration``, ``device``).
+    classes, separation, diagnostics : DataFrame
+        The per-class partition, the group separation under the reference embedder and the
+        barycenter distances.
+    network, synthesis : config sections
+        The settings the summary line names.
+    settings : mapping
+        The whole configuration (JSON-able), printed at the end.
+    """
+    unit = "rows" if "feature_names" in dataset else "images"  # tabular data (docs/tabular.md)
+    net_name = "MLP" if network.architecture == "mlp" else "ConvNet"
+    sections = [
+        "# Fair dataset distillation report",
+        f"Dataset **{dataset['dataset']}** ({dataset.get('description') or str(dataset['bias']) + ' bias'}; "
+        f"{dataset['train_images']} train / "
+        f"{dataset['test_images']} test {unit}; source: {dataset['source']}). Backbone "
+        f"**{synthesis.backbone.upper()}**, {synthesis.ipc} {unit} per class, "
+        f"{synthesis.iterations} iterations, {net_name} width {network.width}"
+        + (f", depth {network.resolved_depth(dataset['image_shape'][-1])} on "
+           f"{dataset['image_shape'][-2]}x{dataset['image_shape'][-1]} images."
+           if "image_shape" in dataset and unit == "images" else ".")
+        + f"\n\nClasses: {', '.join(dataset['class_names'])}. Protected groups: {', '.join(dataset['group_names'])}.",
+        "## Results (mean ± std over evaluation seeds)",
+        table.to_markdown(index=False),
+        "## Synthesis time",
+        pd.DataFrame(
+            [{"mode": m, "seconds": round(t["seconds"], 1), "s/iteration": round(t["seconds_per_iteration"], 4),
+              "device": t["device"]} for m, t in timing.items()]
+        ).to_markdown(index=False),
+        "## Train-split partition (per class)",
+        classes.round(3).to_markdown(index=False),
+        "## Group separation under the reference embedder",
+        separation.round(3).to_markdown(index=False),
+        "## Distance of each group to the uniform barycenter vs to the pooled (vanilla) target",
+        "Means over the groups of each class; `w2_*` are W2 distances of the groups' embedding clouds "
+        "to the free-support barycenter with uniform and with proportional (vanilla) weights.",
+        diagnostics.round(3).to_markdown(index=False),
+        "## Figures",
+        FIGURES_MARKER,
+        "## Configuration",
+        "```json\n" + json.dumps(dict(settings), indent=2) + "\n```",
+    ]
+    return "\n\n".join(sections) + "\n"

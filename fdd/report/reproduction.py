@@ -1,0 +1,195 @@
+"""The published DM table (docs/method.md section 5) and the comparison of measured cells with it.
+
+A *cell* is one synthesis seed of one (dataset, bias, IPC, mode): its metrics are the mean
+of its evaluations. The comparison aggregates cells over synthesis seeds,
+
+.. math::
+
+    \\bar m = \\frac1S \\sum_s m_s, \\qquad
+    \\sigma_m = \\sqrt{\\frac1{S-1} \\sum_s (m_s - \\bar m)^2}
+
+(sample standard deviation, blank for one seed), and gives each row a verdict:
+``match`` when :math:`|\\bar{acc} - acc_{pub}| \\le 1` and
+:math:`|\\bar{DEO_M} - DEO_{M,pub}| \\le 3` points, ``unpublished`` where the paper has no
+value, ``not run`` without cells, otherwise the differences to the published values.
+
+The paired comparison of two modes uses the seeds both were run with: the difference
+:math:`d_s = m^{a}_s - m^{b}_s` per seed, its mean and sample standard deviation, and the
+two-sided paired t-test (``scipy.stats.ttest_rel``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+__all__ = [
+    "CELL_COLUMNS",
+    "MATCH_ACC",
+    "MATCH_DEO_M",
+    "PAIRED_COLUMNS",
+    "PAPER_COLUMNS",
+    "PUBLISHED_DM",
+    "paired_comparison",
+    "paper_table",
+    "verdict",
+]
+
+#: Published DM numbers, ConvNet, ``(acc, DEO_M, DEO_A)`` in %, keyed by
+#: ``(dataset, bias, ipc, mode)`` (docs/method.md section 5; COBRA's pre-publication runs).
+PUBLISHED_DM: dict[tuple[str, str, int, str], tuple[float, float, float]] = {
+    ("cmnist", "foreground", 10, "vanilla"): (25.8, 100.0, 99.9),
+    ("cmnist", "foreground", 10, "fairdd"): (94.4, 17.8, 8.0),
+    ("cmnist", "foreground", 10, "cobra"): (94.6, 15.7, 7.5),
+    ("cmnist", "foreground", 50, "vanilla"): (56.7, 100.0, 90.5),
+    ("cmnist", "foreground", 50, "fairdd"): (96.3, 9.8, 5.5),
+    ("cmnist", "foreground", 50, "cobra"): (96.7, 9.3, 5.4),
+    ("cmnist", "foreground", 100, "vanilla"): (71.0, 100.0, 73.4),
+    ("cmnist", "foreground", 100, "fairdd"): (97.1, 8.5, 4.7),
+    ("cmnist", "foreground", 100, "cobra"): (97.4, 8.8, 5.1),
+    ("cmnist", "background", 10, "vanilla"): (23.5, 100.0, 99.9),
+    ("cmnist", "background", 10, "fairdd"): (94.7, 16.0, 7.4),
+    ("cmnist", "background", 10, "cobra"): (94.5, 12.6, 6.7),
+    ("cfmnist", "foreground", 10, "vanilla"): (33.2, 100.0, 99.2),
+    ("cfmnist", "foreground", 10, "fairdd"): (76.2, 29.3, 17.7),
+    ("cfmnist", "foreground", 10, "cobra"): (76.2, 27.2, 16.9),
+    ("cfmnist", "background", 50, "vanilla"): (36.6, 100.0, 99.6),
+    ("cfmnist", "background", 50, "fairdd"): (78.7, 24.3, 14.2),
+    ("cfmnist", "background", 50, "cobra"): (80.0, 20.8, 13.4),
+}
+
+#: Tolerances of a ``match`` verdict, in points.
+MATCH_ACC = 1.0
+MATCH_DEO_M = 3.0
+
+#: The columns of the comparison table, in order.
+PAPER_COLUMNS: tuple[str, ...] = (
+    "dataset", "bias", "ipc", "mode", "seeds",
+    "acc_mean", "acc_std", "deo_m_mean", "deo_m_std", "deo_a_mean", "deo_a_std", "suff_gap_mean",
+    "published_acc", "published_deo_m", "published_deo_a", "verdict",
+)
+#: Columns a frame of cells must have (one row per synthesis seed).
+CELL_COLUMNS: tuple[str, ...] = ("dataset", "bias", "ipc", "mode", "seed", "accuracy", "deo_m", "deo_a", "suff_m")
+PAIRED_COLUMNS: tuple[str, ...] = (
+    "dataset", "bias", "ipc", "pair", "seeds",
+    "acc_diff_mean", "acc_diff_std", "acc_p", "deo_m_diff_mean", "deo_m_diff_std", "deo_m_p",
+    "deo_m_lower_in",
+)
+
+ERR_CELL_COLUMNS = "cells lack the columns {missing}; each row needs {needed}"
+
+
+def verdict(acc: float, deo_m: float, seeds: int, published: tuple[float, float, float] | None) -> str:
+    """``match``, ``unpublished``, ``not run``, or the differences to the published values.
+
+    Parameters
+    ----------
+    acc, deo_m : float
+        Means over the seeds, in %.
+    seeds : int
+        How many synthesis seeds were measured (0: not run).
+    published : (acc, DEO_M, DEO_A) or None
+
+    Returns
+    -------
+    str
+    """
+    if seeds == 0:
+        return "not run"
+    if published is None:
+        return "unpublished"
+    d_acc, d_deo = acc - published[0], deo_m - published[1]
+    if abs(d_acc) <= MATCH_ACC and abs(d_deo) <= MATCH_DEO_M:
+        return "match"
+    parts = []
+    if abs(d_acc) > MATCH_ACC:
+        parts.append(f"acc {d_acc:+.1f}")
+    if abs(d_deo) > MATCH_DEO_M:
+        parts.append(f"DEO_M {d_deo:+.1f}")
+    return " and ".join(parts) + " points from published"
+
+
+def _check_cells(cells: pd.DataFrame) -> None:
+    missing = [c for c in CELL_COLUMNS if c not in cells.columns]
+    if missing:
+        raise ValueError(ERR_CELL_COLUMNS.format(missing=missing, needed=list(CELL_COLUMNS)))
+
+
+def _std(values: pd.Series) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def paper_table(cells: pd.DataFrame, grid: Sequence[tuple[str, str, int, str]] = ()) -> pd.DataFrame:
+    """One row per ``(dataset, bias, ipc, mode)``: mean and std over seeds, published values, verdict.
+
+    Parameters
+    ----------
+    cells : DataFrame
+        One row per synthesis seed with :data:`CELL_COLUMNS` (metrics in %, each the mean of
+        the seed's evaluations).
+    grid : sequence of (dataset, bias, ipc, mode)
+        Rows to include even without cells (``seeds`` 0, verdict ``not run``), in order;
+        rows of ``cells`` outside it follow.
+
+    Returns
+    -------
+    DataFrame with :data:`PAPER_COLUMNS`.
+    """
+    _check_cells(cells)
+    keys = list(dict.fromkeys([*grid, *(
+        (r.dataset, r.bias, int(r.ipc), r.mode) for r in cells.itertuples(index=False)
+    )]))
+    rows = []
+    for dataset, bias, ipc, mode in keys:
+        part = cells[(cells["dataset"] == dataset) & (cells["bias"] == bias) & (cells["ipc"] == ipc)
+                     & (cells["mode"] == mode)]
+        published = PUBLISHED_DM.get((dataset, bias, ipc, mode))
+        seeds = int(part["seed"].nunique())
+        acc, deo_m = float(part["accuracy"].mean()), float(part["deo_m"].mean())
+        rows.append({
+            "dataset": dataset, "bias": bias, "ipc": ipc, "mode": mode, "seeds": seeds,
+            "acc_mean": acc, "acc_std": _std(part["accuracy"]),
+            "deo_m_mean": deo_m, "deo_m_std": _std(part["deo_m"]),
+            "deo_a_mean": float(part["deo_a"].mean()), "deo_a_std": _std(part["deo_a"]),
+            "suff_gap_mean": float(part["suff_m"].mean()),
+            "published_acc": published[0] if published else math.nan,
+            "published_deo_m": published[1] if published else math.nan,
+            "published_deo_a": published[2] if published else math.nan,
+            "verdict": verdict(acc, deo_m, seeds, published),
+        })
+    return pd.DataFrame(rows, columns=list(PAPER_COLUMNS))
+
+
+def paired_comparison(cells: pd.DataFrame, a: str = "cobra", b: str = "fairdd") -> pd.DataFrame:
+    """Mode ``a`` against mode ``b`` on the seeds both were run with, per (dataset, bias, ipc).
+
+    Returns
+    -------
+    DataFrame with :data:`PAIRED_COLUMNS`: mean and sample std of the per-seed differences
+    ``a - b`` of accuracy and DEO_M, the paired t-test p-values (NaN below 2 seeds or for
+    identical differences), and on how many seeds ``a`` had the lower DEO_M.
+    """
+    _check_cells(cells)
+    rows = []
+    for (dataset, bias, ipc), part in cells.groupby(["dataset", "bias", "ipc"], sort=False):
+        left = part[part["mode"] == a].set_index("seed")
+        right = part[part["mode"] == b].set_index("seed")
+        seeds = left.index.intersection(right.index)
+        if len(seeds) == 0:
+            continue
+        row: dict[str, object] = {"dataset": dataset, "bias": bias, "ipc": int(ipc), "pair": f"{a} - {b}",
+                                  "seeds": len(seeds)}
+        for metric, name in (("accuracy", "acc"), ("deo_m", "deo_m")):
+            x, y = left.loc[seeds, metric].to_numpy(float), right.loc[seeds, metric].to_numpy(float)
+            diff = x - y
+            row[f"{name}_diff_mean"] = float(diff.mean())
+            row[f"{name}_diff_std"] = float(diff.std(ddof=1)) if len(diff) > 1 else math.nan
+            defined = len(diff) > 1 and float(np.ptp(diff)) > 0
+            row[f"{name}_p"] = float(stats.ttest_rel(x, y).pvalue) if defined else math.nan
+        row["deo_m_lower_in"] = f"{int((left.loc[seeds, 'deo_m'] < right.loc[seeds, 'deo_m']).sum())}/{len(seeds)}"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))
