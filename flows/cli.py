@@ -143,7 +143,7 @@ def _check_command(config: FlowConfig, args: argparse.Namespace) -> None:
 
     if args.command == "sweep":
         sweep_cell_configs(config)
-        if args.from_records and not config.sweep.records:
+        if getattr(args, "from_records", False) and not config.sweep.records:
             raise ConfigError(ERR_NO_RECORDS)
     elif args.command == "distill" or (args.command == "stage" and args.mode is not None):
         with_modes(config, [args.mode])
