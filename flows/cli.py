@@ -193,9 +193,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"prepared data under {Path(workspace) / 'data/prepared'}")
                 return 0
             if args.command == "sweep":
-                from flows.sweep import SWEEP_DIR, run_sweep
+                from flows.sweep import SWEEP_DIR, SweepCellsFailedError, run_sweep
 
-                result = run_sweep(config, workspace=workspace)
+                try:
+                    result = run_sweep(config, workspace=workspace)
+                except SweepCellsFailedError as exc:  # the other cells finished: their table, then the failures
+                    print((Path(workspace) / SWEEP_DIR / "summary.md").read_text())
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 1
                 print((Path(workspace) / SWEEP_DIR / "summary.md").read_text())
                 print(f"{result['cells']} cells ({result['computed']} computed, the rest cached) in "
                       f"{time.perf_counter() - start:.0f} s; table: {result['summary']}")

@@ -19,6 +19,7 @@ from prefect import flow
 
 from fdd.config import ConfigError, PipelineConfig
 from fdd.image_sources import user_files_digest
+from flows.lock import holds_workspace_lock
 from flows.configuration import load_config, with_modes  # noqa: F401  (load_config re-exported for callers of the flows)
 from tasks.audit import audit_set
 from tasks.base import STAGE_FOLDERS, call_stage
@@ -123,12 +124,14 @@ def run_stages(config: PipelineConfig, workspace: str, modes: tuple[str, ...]) -
 
 
 @flow(name="fdd-compare", log_prints=True)
+@holds_workspace_lock
 def compare_flow(config: PipelineConfig, workspace: str = ".") -> dict[str, Any]:
     """Distil with every mode of ``config.synthesis.modes`` and compare them side by side."""
     return run_stages(config, workspace, tuple(config.synthesis.modes))
 
 
 @flow(name="fdd-distill", log_prints=True)
+@holds_workspace_lock
 def distill_flow(config: PipelineConfig, mode: str = "cobra", workspace: str = ".") -> dict[str, Any]:
     """Distil with one fairness mode and audit the result."""
     return run_stages(with_modes(config, (mode,)), workspace, (mode,))
