@@ -255,11 +255,11 @@ def _task_runner(sweep: SweepConfig, device: str, *, gpus: int | None = None) ->
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs), gpus
 
 
-def _cluster_declares_gpus() -> bool:
-    """Whether a worker of this flow's Dask cluster declares the resource ``GPU``."""
-    from prefect_dask import get_dask_client
+def _cluster_declares_gpus(address: str) -> bool:
+    """Whether a worker of the Dask cluster at ``address`` declares the resource ``GPU``."""
+    from distributed import Client
 
-    with get_dask_client() as client:
+    with Client(address, set_as_default=False) as client:
         workers = client.scheduler_info(n_workers=-1)["workers"]
     return any("GPU" in (info.get("resources") or {}) for info in workers.values())
 
@@ -272,7 +272,7 @@ def _sweep_body(config: PipelineConfig, workspace: str, local_gpus: int) -> pd.D
     sweep = config.sweep
     device = resolve_device(config.runtime.device)
     configured = sweep_cell_configs(config)
-    one_gpu_each = local_gpus > 0 or (sweep.address is not None and _cluster_declares_gpus())
+    one_gpu_each = local_gpus > 0 or (sweep.address is not None and _cluster_declares_gpus(sweep.address))
     submitted = []
     for dataset in sweep.datasets:
         home = dataset_workspace(workspace, config, dataset)
