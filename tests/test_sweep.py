@@ -233,21 +233,35 @@ def test_sweep_checks_do_not_import_prefect_before_the_workspace_sets_it_up():
 
 
 @pytest.mark.slow
-def test_a_failing_cell_is_reported_and_the_others_finish(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """IPC 50 asks for more images per class than the tiny set has (40): that cell's synthesis
-    raises; the IPC 2 cells still finish, and the tables carry the failure's row and error."""
-    from fdd.synthesis import ERR_TOO_FEW_FOR_INIT
+def test_a_failing_cell_is_reported_and_the_others_finish(
+    tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`fdd sweep` where IPC 50 asks for more images per class than the tiny set has (40): that
+    cell's synthesis raises; the IPC 2 cell still finishes, the tables carry the failure's row and
+    error, and the command prints the summary and the error, and exits with status 1."""
+    import yaml
 
+    from fdd.synthesis import ERR_TOO_FEW_FOR_INIT
+    from flows import cli
+    from flows.settings import DEFAULTS
+
+    for key, value in {**DEFAULTS, "PREFECT_HOME": str(tiny_workspace / ".prefect")}.items():
+        monkeypatch.setenv(key, value)  # what the command sets, undone after the test
+    params = yaml.safe_load((tiny_workspace / "params.yaml").read_text())
+    params["synthesis"]["init"] = "real"
+    params["sweep"] = {"datasets": ["cmnist"], "ipcs": [2, 50], "backbones": ["dm"], "modes": ["cobra"],
+                       "seeds": [0], "n_workers": 2, "processes": False}
+    (tiny_workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     storage = tmp_path_factory.mktemp("prefect-results")
-    overrides = {"sweep": {"datasets": ["cmnist"], "ipcs": [2, 50], "backbones": ["dm"], "modes": ["cobra"],
-                           "seeds": [0], "n_workers": 2, "processes": False}, "synthesis": {"init": "real"}}
-    config = load_config(tiny_workspace / "params.yaml", overrides=overrides)
     with prefect_test_harness(server_startup_timeout=120):
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_LOCAL_STORAGE_PATH: storage}):
-            with pytest.raises(SweepCellsFailedError) as info:
-                run_sweep(config, workspace=str(tiny_workspace))
+            code = cli.main(["sweep", "--params", str(tiny_workspace / "params.yaml"), "--workspace", str(tiny_workspace)])
+    out = capsys.readouterr()
     table = tiny_workspace / "data/sweep/cells.csv"
-    assert str(info.value) == ERR_CELLS_FAILED.format(failed=1, cells=2, names="cmnist-ipc50-dm-cobra-seed0", table=table)
+    assert code == 1
+    assert "error: " + ERR_CELLS_FAILED.format(failed=1, cells=2, names="cmnist-ipc50-dm-cobra-seed0", table=table) in out.err
+    assert (tiny_workspace / "data/sweep/summary.md").read_text() in out.out
     cells = pd.read_csv(table, dtype={"worker": str}).fillna({"error": ""}).set_index("ipc")
     good, bad = cells.loc[2], cells.loc[50]
     metrics = json.loads((tiny_workspace / "data/sweep/cmnist/cells/ipc2-dm-cobra-seed0/data/audit/cobra/metrics.json").read_text())
@@ -263,4 +277,3 @@ def test_a_failing_cell_is_reported_and_the_others_finish(tiny_workspace: Path, 
     assert summary.loc[2, "status"] == "ok" and summary.loc[2, "seeds"] == 1
     assert summary.loc[50, "status"] == "failed" and summary.loc[50, "seeds"] == 0
     assert summary.loc[50, "error"] == "seed 0: " + bad["error"]
-    assert "failed" in (tiny_workspace / "data/sweep/summary.md").read_text()
