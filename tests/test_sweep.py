@@ -147,7 +147,7 @@ def test_two_cell_sweep_on_a_local_dask_cluster(tiny_workspace: Path, tmp_path_f
     with prefect_test_harness(server_startup_timeout=120):
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_LOCAL_STORAGE_PATH: storage}):
             first = run_sweep(config, workspace=ws)
-            assert first == {"cells": 2, "computed": 2, "summary": str(tiny_workspace / "data/sweep/summary.csv")}
+            assert first == {"cells": 2, "computed": 2, "failed": 0, "summary": str(tiny_workspace / "data/sweep/summary.csv")}
             home = tiny_workspace / "data/sweep/cmnist/cells"
             synthetic = {s: home / f"ipc2-dm-cobra-seed{s}" / "data/synthetic/cobra/synthetic.pt" for s in (0, 1)}
             stamps = {s: p.stat().st_mtime_ns for s, p in synthetic.items()}
