@@ -64,7 +64,6 @@ ERR_CELLS_FAILED = (
     "({table}: status and error of each cell)"
 )
 STATUS_OK, STATUS_FAILED = "ok", "failed"
-RUN_COLUMNS: tuple[str, ...] = ("status", "error", "device", "worker", "started", "finished")
 
 
 class CellFailedError(RuntimeError):
@@ -193,10 +192,13 @@ def _cell_row(cell: dict[str, Any], future: Any) -> dict[str, Any]:
         value = exc
     if isinstance(value, dict):
         return value
-    error = _one_line(value) if isinstance(value, BaseException) else f"the task run ended without a result: {value!r}"
-    record = value.record if isinstance(value, CellFailedError) else {}
-    return {**cell, **dict.fromkeys(METRICS, float("nan")), "cached": False, "status": STATUS_FAILED,
-            "error": str(value) if isinstance(value, CellFailedError) else error,
+    if isinstance(value, CellFailedError):
+        error, record = str(value), value.record
+    elif isinstance(value, BaseException):
+        error, record = _one_line(value), {}
+    else:
+        error, record = f"the task run ended without a result: {value!r}", {}
+    return {**cell, **dict.fromkeys(METRICS, float("nan")), "cached": False, "status": STATUS_FAILED, "error": error,
             **{k: record.get(k) for k in ("device", "worker", "started", "finished")}}
 
 

@@ -125,6 +125,43 @@ def test_cell_device_is_its_workers_gpu() -> None:
     assert _cell_device("cuda", local_gpus=2) == "cuda"  # outside Dask
 
 
+def test_a_cell_that_failed_or_that_dask_gave_up_on_becomes_a_failed_row() -> None:
+    """A cell's error comes back from its worker pickled, with where and when it ran; a cell
+    whose workers kept dying (Dask's KilledWorker) is reported with what is known."""
+    import pickle
+
+    from distributed.scheduler import KilledWorker
+
+    from flows.sweep import CellFailedError, _cell_row
+
+    cell = {"dataset": "cmnist", "ipc": 2, "backbone": "dm", "mode": "cobra", "seed": 1}
+    record = {"device": "cuda:1", "worker": "1", "started": "2026-01-01T00:00:00+00:00", "finished": "2026-01-01T00:00:09+00:00"}
+    error = pickle.loads(pickle.dumps(CellFailedError("ValueError: boom", record)))
+    assert str(error) == "ValueError: boom" and error.record == record
+
+    class Done:  # what PrefectDaskFuture.result gives: a failed run's exception, or raises what Dask raised
+        def __init__(self, outcome: object) -> None:
+            self.outcome = outcome
+
+        def result(self, raise_on_failure: bool = True) -> object:
+            assert raise_on_failure is False
+            if isinstance(self.outcome, KilledWorker):
+                raise self.outcome
+            return self.outcome
+
+    row = _cell_row(cell, Done(error))
+    assert row == {**cell, **row, "status": "failed", "error": "ValueError: boom", "cached": False, **record}
+    assert all(math.isnan(row[m]) for m in ("accuracy", "deo_m", "deo_a", "worst_group_accuracy"))
+    from types import SimpleNamespace
+
+    gone = KilledWorker("run_cell-1", SimpleNamespace(address="tcp://127.0.0.1:4000"), 3)  # the scheduler's WorkerState
+    row = _cell_row(cell, Done(gone))
+    assert row["status"] == "failed" and row["worker"] is None
+    assert row["error"].startswith("KilledWorker: Attempted to run task 'run_cell-1' on 4 different workers")
+    ok = {**cell, "accuracy": 90.0, "status": "ok"}
+    assert _cell_row(cell, Done(ok)) is ok
+
+
 def test_task_runner_declares_one_gpu_per_worker() -> None:
     runner, gpus = _task_runner(SweepConfig(n_workers=3, processes=False), "cpu", gpus=2)
     assert gpus == 2  # min(n_workers, GPUs) workers, each holding GPU=1

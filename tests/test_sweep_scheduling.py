@@ -33,7 +33,6 @@ from flows.configuration import load_config
 from flows.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +73,7 @@ def test_overlap_check_finds_two_cells_at_once_on_one_worker() -> None:
     assert overlapping(cells) == [("0", "1", "3")]
 
 
+@pytest.mark.slow
 def test_fake_gpus_one_cell_per_worker_on_its_device(tiny_workspace: Path, prefect_api: tuple[str, Path]) -> None:
     """Four cells on a local cluster of two fake GPUs: each worker holds GPU=1, runs its cells
     one at a time, each on its own device (worker k on cpu:k, as cuda:k on a GPU host)."""
@@ -93,6 +93,7 @@ def test_fake_gpus_one_cell_per_worker_on_its_device(tiny_workspace: Path, prefe
         assert f'"device": "{row["device"]}"' in timing.read_text()
 
 
+@pytest.mark.slow
 def test_two_threads_sharing_one_gpu_never_run_two_cells_at_once(tiny_workspace: Path, prefect_api: tuple[str, Path]) -> None:
     """A cluster given by address whose one worker has two threads but one GPU (GPU=1): the
     sweep sees the declared resource, asks GPU=1 per cell, and the cells run one after the other
@@ -128,6 +129,7 @@ def _wait(predicate, *, timeout: float, what: str, processes: tuple[subprocess.P
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_a_separately_started_cluster_and_a_worker_killed_mid_cell(
     tiny_workspace: Path, prefect_api: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
