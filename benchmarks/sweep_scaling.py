@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
 
     config = slice_config(args)
     server = contextlib.nullcontext()
-    if args.processes:  # worker processes report to the same (temporary) Prefect server
+    if args.processes:  # worker processes import fdd from here and report to the same (temporary) Prefect server
+        root = str(Path(__file__).resolve().parent.parent)
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         from prefect.testing.utilities import prefect_test_harness
 
         server = prefect_test_harness(server_startup_timeout=120)
