@@ -208,9 +208,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"prepared data under {Path(workspace) / 'data/prepared'}")
                 return 0
             if args.command == "sweep":
-                from flows.sweep import SWEEP_DIR, run_sweep
+                from flows.sweep import SWEEP_DIR, SweepCellsFailedError, run_sweep
 
-                result = run_sweep(config, workspace=workspace, compute=not args.from_records)
+                try:
+                    result = run_sweep(config, workspace=workspace, compute=not args.from_records)
+                except SweepCellsFailedError as exc:  # the other cells finished: their table, then the failures
+                    print((Path(workspace) / SWEEP_DIR / "summary.md").read_text())
+                    print(f"error: {exc}", file=sys.stderr)
+                    return 1
                 print((Path(workspace) / SWEEP_DIR / "summary.md").read_text())
                 print(f"{result['cells']} cells ({result['computed']} computed, the rest cached or recorded; "
                       f"{result['not_run']} not run) in {time.perf_counter() - start:.0f} s; table: {result['summary']}")

@@ -18,6 +18,10 @@ deployment only. For example a nightly re-distillation and a weekly comparison::
 The configuration of each deployment is validated when it is registered (a bad entry
 names the schedule), and passed to the flow as its ``config`` parameter, visible in the
 Prefect UI; edit ``params.yaml`` and restart ``fdd serve`` to change it.
+
+Every run of these flows takes the workspace lock (:mod:`flows.lock`): a run that falls
+due while another fdd command writes the workspace fails at once, naming that command,
+and writes nothing.
 """
 
 from __future__ import annotations

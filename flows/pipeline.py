@@ -20,6 +20,7 @@ from prefect import flow
 from fdd.config import ConfigError
 from fdd.datasets.image_sources import user_files_digest
 from flows.configuration import FlowConfig, load_config, with_modes  # noqa: F401  (load_config re-exported for callers of the flows)
+from flows.lock import holds_workspace_lock
 from tasks.audit import audit_set
 from tasks.barycenters import compute_barycenters
 from tasks.base import STAGE_FOLDERS, call_stage
@@ -124,12 +125,14 @@ def run_stages(config: FlowConfig, workspace: str, modes: tuple[str, ...]) -> di
 
 
 @flow(name="fdd-compare", log_prints=True)
+@holds_workspace_lock
 def compare_flow(config: FlowConfig, workspace: str = ".") -> dict[str, Any]:
     """Distil with every mode of ``config.synthesis.modes`` and compare them side by side."""
     return run_stages(config, workspace, tuple(config.synthesis.modes))
 
 
 @flow(name="fdd-distill", log_prints=True)
+@holds_workspace_lock
 def distill_flow(config: FlowConfig, mode: str = "cobra", workspace: str = ".") -> dict[str, Any]:
     """Distil with one fairness mode and audit the result."""
     return run_stages(with_modes(config, (mode,)), workspace, (mode,))

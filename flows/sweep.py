@@ -10,6 +10,20 @@ tasks are the pipeline's own cached tasks, so a cell computed before (same data,
 settings and ``fdd/`` source) is skipped. The cells are gathered into one table with
 the mean and standard deviation over the seeds (``data/sweep/summary.{csv,md}``).
 
+A cell that fails (its stage raises, or Dask gives up on it after its worker died
+``distributed.scheduler.allowed-failures`` times; a cell whose worker dies is first run
+again on another worker) does not stop the others: its row in ``cells.csv`` has
+``status`` ``failed`` and its ``error``, its group's summary row says how many seeds
+failed, and once the tables are written the flow fails naming the failed cells. Each row
+also records where and when the cell ran: its ``device``, Dask ``worker``, and
+``started`` / ``finished`` (UTC, ISO 8601).
+
+GPUs. On a local cluster with GPUs each worker declares the Dask resource ``GPU=1`` and
+each cell asks for it, so a worker runs one cell at a time, on its own GPU (worker ``k``
+on ``cuda:<k mod GPUs>``). On a cluster given by ``sweep.address``, cells ask for
+``GPU=1`` when its workers declare that resource (``dask worker --resources GPU=1``),
+and run on the device the worker sees (``CUDA_VISIBLE_DEVICES`` picks it).
+
 Folders. A dataset is prepared once under ``data/sweep/<dataset>/`` (its own workspace;
 ``data.root`` and ``data.idx_dir`` are linked from the main workspace), and each cell
 is a workspace ``data/sweep/<dataset>/cells/<cell id>/`` whose ``data/prepared`` links
@@ -23,6 +37,7 @@ import json
 import os
 import subprocess
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +56,7 @@ from flows.configuration import (  # the grid is read without Prefect
     cell_id,
     sweep_cell_configs,
 )
+from flows.lock import holds_workspace_lock
 from flows.pipeline import resolve_device, stage_call
 from tasks.base import (
     atomic_write_text,
@@ -64,6 +80,35 @@ NOT_IN_FINGERPRINT: dict[str, tuple[str, ...]] = {
     "audit": ("cuda_graph", "test_batch_size"),
 }
 ERR_NO_PREPARED = "cell {cell} has no prepared data at {path}; the dataset's ingest must run first"
+ERR_CELLS_FAILED = (
+    "{failed} of {cells} sweep cells failed: {names}; the other cells finished and the tables are written "
+    "({table}: status and error of each cell)"
+)
+STATUS_OK, STATUS_FAILED = "ok", "failed"
+
+
+class CellFailedError(RuntimeError):
+    """A sweep cell raised; the message is its error, ``record`` where and when it ran."""
+
+    def __init__(self, message: str, record: dict[str, Any]) -> None:
+        super().__init__(message, record)  # both in args: the error pickles back from a Dask worker
+        self.record = record
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SweepCellsFailedError(RuntimeError):
+    """Some cells of a sweep failed (the others finished; the tables are written)."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (for a table cell)."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def _link(link: Path, target: Path) -> None:
@@ -107,12 +152,18 @@ def _worker_name() -> str | None:
         return None
 
 
-def _cell_device(device: str, *, local_gpus: int) -> str:
-    """``cuda:<k>`` for the k-th worker of a local cluster on a multi-GPU machine."""
-    name = _worker_name()
-    if device != "cuda" or local_gpus <= 1 or name is None or not name.isdigit():
+def _cell_device(device: str, *, local_gpus: int, worker: str | None = None) -> str:
+    """The device of a cell run by ``worker`` (default: this Dask worker).
+
+    On a local cluster of ``local_gpus`` GPUs, worker ``k`` (a local cluster names its
+    workers 0, 1, ...) holds ``<kind>:<k mod local_gpus>``, the kind being that of
+    ``device`` (``cuda``; ``cpu`` when a test or benchmark declares fake GPUs on the
+    CPU). Elsewhere (no GPUs, a named worker of a cluster started separately) ``device``.
+    """
+    name = _worker_name() if worker is None else worker
+    if local_gpus < 1 or name is None or not name.isdigit():
         return device
-    return f"cuda:{int(name) % local_gpus}"
+    return f"{torch.device(device).type}:{int(name) % local_gpus}"
 
 
 def cell_fingerprint(config: FlowConfig) -> str:
@@ -195,22 +246,37 @@ def _device_name(device: str) -> str:
 @task(name="sweep-cell", task_run_name="cell[{cell_name}]", cache_policy=NO_CACHE, persist_result=False)
 def run_cell(
     cell_name: str, cell: dict[str, Any], config: FlowConfig, workspace: str, device: str, local_gpus: int = 0,
-    record: str | None = None,
+    record_file: str | None = None,
 ) -> dict[str, Any]:
-    """Synthesize and audit one cell (each stage skipped when cached); its metrics.
+    """Synthesize and audit one cell (each stage skipped when cached); its metrics and where and when it ran.
 
-    ``record``: a path where the cell's row is kept (:func:`write_record`) once it is done.
+    Raises :class:`CellFailedError` (the error, with the cell's device, worker and times)
+    when a stage raises. ``record_file``: where the finished cell's row is kept
+    (:func:`write_record`).
     """
-    folder = Path(workspace)
+    device = _cell_device(device, local_gpus=local_gpus)
+    record = {"device": device, "worker": _worker_name(), "started": _now()}
+    started = time.time()
+    try:
+        row = _cell_metrics(cell_name, cell, config, Path(workspace), device)
+    except Exception as exc:
+        raise CellFailedError(_one_line(exc), {**record, "finished": _now()}) from exc
+    row = {**row, "status": STATUS_OK, "error": "", **record, "finished": _now(), "device_name": _device_name(device),
+           "seconds": round(time.time() - started, 1), "fdd_commit": source_commit()}
+    if record_file is not None:
+        write_record(Path(record_file), row, cell_fingerprint(config), config)
+    return row
+
+
+def _cell_metrics(cell_name: str, cell: dict[str, Any], config: FlowConfig, folder: Path, device: str) -> dict[str, Any]:
+    """The cell's row: its keys, the audit's metrics and whether both stages were cached."""
     if not (folder / "data/prepared/train.pt").exists():
         raise FileNotFoundError(ERR_NO_PREPARED.format(cell=cell_name, path=folder / "data/prepared"))
-    device = _cell_device(device, local_gpus=local_gpus)
     if config.runtime.num_threads:
         torch.set_num_threads(config.runtime.num_threads)
     mode = cell["mode"]
     done: dict[str, dict[str, str]] = {"prepared": json.loads((folder / "data/prepared/manifest.json").read_text())["outputs"]}
     cached = True
-    started = time.time()
     for name in ("synthesize", "audit"):
         stage_task, kwargs = stage_call(
             name, mode, config=config, workspace=str(folder), device=device, modes=(mode,), outputs=done.__getitem__
@@ -220,32 +286,80 @@ def run_cell(
     metrics = json.loads((folder / "data/audit" / mode / "metrics.json").read_text())
     run_logger().info("cell %s: accuracy %.2f, DEO_M %.2f%s", cell_name, metrics["accuracy"], metrics["deo_m"],
                       " (cached)" if cached else "")
-    row = {**cell, **data_columns(config), **{k: metrics.get(k) for k in METRICS},
-           **{f"{k}_std": metrics.get(f"{k}_std") for k in METRICS}, "num_eval": metrics.get("num_eval"),
-           "cached": cached, "device": device, "device_name": _device_name(device), "worker": _worker_name(),
-           "seconds": round(time.time() - started, 1), "fdd_commit": source_commit()}
-    if record is not None:
-        write_record(Path(record), row, cell_fingerprint(config), config)
-    return row
+    return {**cell, **data_columns(config), **{k: metrics.get(k) for k in METRICS},
+            **{f"{k}_std": metrics.get(f"{k}_std") for k in METRICS}, "num_eval": metrics.get("num_eval"),
+            "cached": cached}
+
+
+def _cell_row(cell: dict[str, Any], future: Any, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The row of a submitted cell: its metrics, or its error (``status`` ``failed``).
+
+    ``data``: the cell's :func:`data_columns`, kept on a failed row so it joins its group.
+    """
+    try:
+        value = future.result(raise_on_failure=False)  # a failed task run gives its exception back
+    except Exception as exc:  # noqa: BLE001 - any failure of the Dask future itself, e.g. KilledWorker after repeated worker deaths
+        value = exc
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, CellFailedError):
+        error, record = str(value), value.record
+    elif isinstance(value, BaseException):
+        error, record = _one_line(value), {}
+    else:
+        error, record = f"the task run ended without a result: {value!r}", {}
+    return {**cell, **(data or {}), **dict.fromkeys(METRICS, float("nan")), "cached": False, "status": STATUS_FAILED,
+            "error": error,
+            **{k: record.get(k) for k in ("device", "worker", "started", "finished")}}
 
 
 def summarize(cells: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample standard deviation (ddof=1) of each metric over the seeds of a cell."""
     keys = [k for k in CELL_KEYS if k != "seed"]
     keys[1:1] = [c for c in DATA_COLUMNS if c in cells.columns]
-    grouped = cells.groupby(keys, sort=False)[[m for m in METRICS if m in cells.columns]]
+    grouped = _finished(cells).groupby(keys, sort=False)[[m for m in METRICS if m in cells.columns]]
     summary = grouped.agg(["mean", "std"])
     summary.columns = [f"{metric}_{stat}" for metric, stat in summary.columns]
     summary.insert(0, "seeds", grouped.size())
-    return summary.reset_index()
+    return _with_failures(summary, cells, keys).reset_index()
 
 
-def _task_runner(sweep: SweepConfig, device: str) -> tuple[Any, int]:
+def _finished(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells that finished (all of them in a table without a ``status`` column)."""
+    return cells[cells["status"].eq(STATUS_OK)] if "status" in cells else cells
+
+
+def _with_failures(summary: pd.DataFrame, cells: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``summary`` with a row for every group, ``seeds`` counting the finished seeds only,
+    ``status`` (``ok``; ``partial``: some seeds failed; ``failed``: all did) and ``error``
+    (``seed <s>: <error>`` of each failed seed)."""
+    failed = cells["status"].ne(STATUS_OK) if "status" in cells else pd.Series(False, index=cells.index)
+    errors = cells["error"].fillna("").astype(str) if "error" in cells else pd.Series("", index=cells.index)
+    notes = cells[keys].assign(
+        _failed=failed, _note=("seed " + cells["seed"].astype(str) + ": " + errors).where(failed)
+    )
+    info = notes.groupby(keys, sort=False).agg(_failed=("_failed", "sum"), error=("_note", lambda s: " | ".join(s.dropna())))
+    out = info[[]].join(summary, how="left")  # every group, even one whose seeds all failed
+    out["seeds"] = out["seeds"].fillna(0).astype(int)
+    out["status"] = [STATUS_OK if not n else ("partial" if seeds else STATUS_FAILED)
+                     for n, seeds in zip(info["_failed"], out["seeds"])]
+    out["error"] = info["error"]
+    return out
+
+
+def _task_runner(sweep: SweepConfig, device: str, *, gpus: int | None = None) -> tuple[Any, int]:
+    """The Dask task runner of the sweep and the GPUs of its local cluster (0 for ``sweep.address``).
+
+    ``gpus``: the GPUs of the local cluster, one worker each (resource ``GPU=1``);
+    default ``torch.cuda.device_count()`` on CUDA, 0 elsewhere. A test or benchmark may
+    declare fake GPUs on the CPU: the scheduling is the same, each cell on ``cpu:<k>``.
+    """
     from prefect_dask import DaskTaskRunner
 
     if sweep.address:
         return DaskTaskRunner(address=sweep.address), 0
-    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    if gpus is None:
+        gpus = torch.cuda.device_count() if device == "cuda" else 0
     workers = min(sweep.n_workers, gpus) if gpus else sweep.n_workers
     cluster_kwargs: dict[str, Any] = {
         "n_workers": workers, "threads_per_worker": 1, "processes": sweep.processes, "dashboard_address": None,
@@ -253,6 +367,15 @@ def _task_runner(sweep: SweepConfig, device: str) -> tuple[Any, int]:
     if gpus:
         cluster_kwargs["resources"] = {"GPU": 1}
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=cluster_kwargs), gpus
+
+
+def _cluster_declares_gpus(address: str) -> bool:
+    """Whether a worker of the Dask cluster at ``address`` declares the resource ``GPU``."""
+    from distributed import Client
+
+    with Client(address, set_as_default=False) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    return any("GPU" in (info.get("resources") or {}) for info in workers.values())
 
 
 def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bool = True) -> pd.DataFrame:
@@ -263,7 +386,8 @@ def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bo
     sweep = config.sweep
     device = resolve_device(config.runtime.device)
     configured = sweep_cell_configs(config)
-    futures, rows = [], []
+    one_gpu_each = local_gpus > 0 or (sweep.address is not None and _cluster_declares_gpus(sweep.address))
+    submitted, rows = [], []
     records = Path(workspace) / sweep.records if sweep.records else None
     for dataset in sweep.datasets:
         cells = []
@@ -275,7 +399,7 @@ def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bo
                 rows.append({**recorded, "cached": True})
             elif compute and selected(sweep, cell):
                 cells.append((cell, cell_cfg))
-        if not cells:  # every cell of this dataset has its record: nothing to prepare
+        if not cells:  # every cell of this dataset has its record, or none is computed in this run
             continue
         home = dataset_workspace(workspace, config, dataset)
         # the flow's own ingest wiring: the cache key covers the user's files (raw_digest)
@@ -290,12 +414,13 @@ def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bo
             _link(cell_home / "data/prepared", home / "data/prepared")
             (home / "data/cache").mkdir(parents=True, exist_ok=True)
             _link(cell_home / "data/cache", home / "data/cache")  # MTT experts shared by the dataset's cells
-            # one GPU per cell on a local multi-GPU cluster (its workers each hold GPU=1)
-            with dask.annotate(resources={"GPU": 1}) if local_gpus else contextlib.nullcontext():
-                record = str(record_path(records, dataset, cell)) if records else None
-                futures.append(run_cell.submit(f"{dataset}-{name}", cell, cell_cfg, str(cell_home), device, local_gpus,
-                                               record))
-    rows.extend(future.result() for future in futures)
+            # one GPU per cell when the workers declare GPUs (each holds GPU=1): one cell at a time each
+            with dask.annotate(resources={"GPU": 1}) if one_gpu_each else contextlib.nullcontext():
+                record_file = str(record_path(records, dataset, cell)) if records else None
+                future = run_cell.submit(f"{dataset}-{name}", cell, cell_cfg, str(cell_home), device, local_gpus,
+                                         record_file)
+            submitted.append((cell, data_columns(cell_cfg), future))
+    rows.extend(_cell_row(cell, future, data) for cell, data, future in submitted)
     order = {(c["dataset"], cell_id(c)): i for i, (c, _) in enumerate(configured)}
     rows.sort(key=lambda r: order.get((r["dataset"], cell_id(r)), len(order)))
     return pd.DataFrame(rows)
@@ -307,24 +432,32 @@ def grid_flow(config: FlowConfig, workspace: str = ".", local_gpus: int = 0, com
 
     ``local_gpus``: GPUs of the local Dask cluster the runner started (one per cell), 0 otherwise.
     ``compute=False`` builds the tables from ``sweep.records`` alone (nothing is computed).
+    Raises :class:`SweepCellsFailedError` after writing the tables when a cell failed.
     """
     cells = _sweep_body(config, workspace, local_gpus, compute)
     result = write_tables(cells, workspace, grid_size=len(sweep_cell_configs(config)))
     if config.sweep.paper_table:
         result["paper_table"] = write_paper_table(cells, config, workspace)
+    failed = cells[cells["status"].ne(STATUS_OK)] if "status" in cells else cells.iloc[:0]
+    if len(failed):
+        names = [f"{cell['dataset']}-{cell_id(cell)}" for cell in failed[list(CELL_KEYS)].to_dict(orient="records")]
+        raise SweepCellsFailedError(ERR_CELLS_FAILED.format(
+            failed=len(failed), cells=len(cells), names=", ".join(names), table=Path(workspace) / SWEEP_DIR / "cells.csv"))
     return result
 
 
 @flow(name="fdd-sweep", log_prints=True)
-def sweep_flow(config: FlowConfig, workspace: str = ".", compute: bool = True) -> dict[str, Any]:
+@holds_workspace_lock
+def sweep_flow(config: FlowConfig, workspace: str = ".", gpus: int | None = None, compute: bool = True) -> dict[str, Any]:
     """Run every cell of ``config.sweep`` on Dask (a local cluster or ``sweep.address``).
 
     The grid runs as a subflow whose task runner is ``prefect-dask``'s
     ``DaskTaskRunner``, so the flow uses Dask however it is started (CLI or deployment).
+    ``gpus``: GPUs of the local cluster (see :func:`_task_runner`; default: those of the machine).
     """
     if not compute:  # the tables from the records: no cluster, no device
         return grid_flow(config, workspace=workspace, compute=False)
-    runner, local_gpus = _task_runner(config.sweep, resolve_device(config.runtime.device))
+    runner, local_gpus = _task_runner(config.sweep, resolve_device(config.runtime.device), gpus=gpus)
     return grid_flow.with_options(task_runner=runner)(config, workspace=workspace, local_gpus=local_gpus)
 
 
@@ -336,7 +469,7 @@ def write_tables(cells: pd.DataFrame, workspace: str, grid_size: int | None = No
     """
     out = Path(workspace) / SWEEP_DIR
     if cells.empty:
-        cells = pd.DataFrame(columns=[*CELL_KEYS, *METRICS, "cached"])
+        cells = pd.DataFrame(columns=[*CELL_KEYS, *METRICS, "cached", "status", "error"])
     summary = summarize(cells)
     atomic_write_text(out / "cells.csv", cells.to_csv(index=False))
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
@@ -344,9 +477,10 @@ def write_tables(cells: pd.DataFrame, workspace: str, grid_size: int | None = No
     atomic_write_text(out / "summary.md", markdown)
     publish_markdown("sweep", markdown, "sweep summary (mean and std over seeds)")
     publish_table("sweep-cells", json.loads(cells.to_json(orient="records")), "one row per sweep cell")
-    computed = int((~cells["cached"].astype(bool)).sum())
+    finished = cells["status"].eq(STATUS_OK) if "status" in cells else pd.Series(True, index=cells.index)
     not_run = 0 if grid_size is None else grid_size - len(cells)
-    return {"cells": len(cells), "computed": computed, "not_run": not_run, "summary": str(out / "summary.csv")}
+    return {"cells": len(cells), "computed": int((finished & ~cells["cached"].astype(bool)).sum()),
+            "failed": int((~finished).sum()), "not_run": not_run, "summary": str(out / "summary.csv")}
 
 
 def paper_grid(config: FlowConfig) -> list[tuple[str, str, int, str]]:
@@ -362,7 +496,8 @@ def paper_grid(config: FlowConfig) -> list[tuple[str, str, int, str]]:
 def write_paper_table(cells: pd.DataFrame, config: FlowConfig, workspace: str) -> str:
     """``sweep.paper_table`` (CSV) and its markdown rendering: the DM cells against docs/method.md section 5."""
     path = Path(workspace) / str(config.sweep.paper_table)
-    dm = cells[cells["backbone"] == "dm"].rename(columns={"dataset": "sweep_dataset", "data_dataset": "dataset"})
+    dm = _finished(cells)
+    dm = dm[dm["backbone"] == "dm"].rename(columns={"dataset": "sweep_dataset", "data_dataset": "dataset"})
     table = paper_table(dm, paper_grid(config))
     paired = paired_comparison(dm, "cobra", "fairdd")
     atomic_write_text(path, table.to_csv(index=False, float_format="%.2f"))
@@ -384,7 +519,7 @@ def write_paper_table(cells: pd.DataFrame, config: FlowConfig, workspace: str) -
     return str(path)
 
 
-def run_sweep(config: FlowConfig, workspace: str = ".", compute: bool = True) -> dict[str, Any]:
+def run_sweep(config: FlowConfig, workspace: str = ".", compute: bool = True, *, gpus: int | None = None) -> dict[str, Any]:
     """Check every cell, then run :func:`sweep_flow` (the entry point of ``fdd sweep``).
 
     ``compute=False`` (``fdd sweep --from-records``) only rebuilds the tables from the
@@ -393,4 +528,4 @@ def run_sweep(config: FlowConfig, workspace: str = ".", compute: bool = True) ->
     sweep_cell_configs(config)
     if not compute and not config.sweep.records:
         raise ConfigError(ERR_NO_RECORDS)
-    return sweep_flow(config, workspace=workspace, compute=compute)
+    return sweep_flow(config, workspace=workspace, gpus=gpus, compute=compute)

@@ -27,7 +27,13 @@ from flows.configuration import (
     sweep_cells,
 )
 from flows.configuration import parse_params as parse_config
-from flows.sweep import _task_runner, run_sweep, summarize
+from flows.sweep import (
+    ERR_CELLS_FAILED,
+    _cell_device,
+    _task_runner,
+    run_sweep,
+    summarize,
+)
 
 
 def test_grid_is_the_product_of_the_axes() -> None:
@@ -89,6 +95,83 @@ def test_task_runner_is_a_local_dask_cluster_or_the_given_address() -> None:
     assert remote.address == "tcp://10.0.0.5:8786" and remote.cluster_class is None
 
 
+def test_summary_reports_failed_seeds_and_averages_the_finished_ones() -> None:
+    """A group with a failed seed is 'partial' (its mean over the seeds that finished), a group
+    whose seeds all failed still has a row ('failed', no metrics), each with its errors."""
+    def row(mode: str, seed: int, accuracy: float, status: str = "ok", error: str = "") -> dict:
+        return {"dataset": "cmnist", "ipc": 1, "backbone": "dm", "mode": mode, "seed": seed, "accuracy": accuracy,
+                "deo_m": 1.0, "deo_a": 1.0, "worst_group_accuracy": 1.0, "status": status, "error": error}
+
+    cells = pd.DataFrame([
+        row("cobra", 0, 50.0), row("cobra", 1, math.nan, "failed", "ValueError: boom"), row("cobra", 2, 70.0),
+        row("vanilla", 0, 40.0),
+        row("fairdd", 0, math.nan, "failed", "RuntimeError: a"), row("fairdd", 1, math.nan, "failed", "KilledWorker: b"),
+    ])
+    summary = summarize(cells).set_index("mode")
+    assert list(summary.index) == ["cobra", "vanilla", "fairdd"]  # the grid's order, failed group included
+    assert summary.loc["cobra", "seeds"] == 2 and summary.loc["cobra", "accuracy_mean"] == pytest.approx(60.0)
+    assert summary.loc["cobra", "status"] == "partial" and summary.loc["cobra", "error"] == "seed 1: ValueError: boom"
+    assert summary.loc["vanilla", "status"] == "ok" and summary.loc["vanilla", "error"] == ""
+    assert summary.loc["fairdd", "seeds"] == 0 and summary.loc["fairdd", "status"] == "failed"
+    assert math.isnan(summary.loc["fairdd", "accuracy_mean"])
+    assert summary.loc["fairdd", "error"] == "seed 0: RuntimeError: a | seed 1: KilledWorker: b"
+
+
+def test_cell_device_is_its_workers_gpu() -> None:
+    """Worker k of a local cluster of G GPUs runs on <kind>:<k mod G>; the kind is injected
+    (cuda on a GPU host, cpu for a cluster declaring fake GPUs), so the mapping is checked here."""
+    assert [_cell_device("cuda", local_gpus=4, worker=str(k)) for k in range(5)] == [
+        "cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0"]
+    assert _cell_device("cpu", local_gpus=2, worker="1") == "cpu:1"  # fake GPUs on the CPU
+    assert _cell_device("cuda", local_gpus=0, worker="1") == "cuda"  # no local GPUs: the configured device
+    assert _cell_device("cuda", local_gpus=2, worker="tcp://10.0.0.5:4000") == "cuda"  # a separately started worker
+    assert _cell_device("cuda", local_gpus=2) == "cuda"  # outside Dask
+
+
+def test_a_cell_that_failed_or_that_dask_gave_up_on_becomes_a_failed_row() -> None:
+    """A cell's error comes back from its worker pickled, with where and when it ran; a cell
+    whose workers kept dying (Dask's KilledWorker) is reported with what is known."""
+    import pickle
+
+    from distributed.scheduler import KilledWorker
+
+    from flows.sweep import CellFailedError, _cell_row
+
+    cell = {"dataset": "cmnist", "ipc": 2, "backbone": "dm", "mode": "cobra", "seed": 1}
+    record = {"device": "cuda:1", "worker": "1", "started": "2026-01-01T00:00:00+00:00", "finished": "2026-01-01T00:00:09+00:00"}
+    error = pickle.loads(pickle.dumps(CellFailedError("ValueError: boom", record)))
+    assert str(error) == "ValueError: boom" and error.record == record
+
+    class Done:  # what PrefectDaskFuture.result gives: a failed run's exception, or raises what Dask raised
+        def __init__(self, outcome: object) -> None:
+            self.outcome = outcome
+
+        def result(self, raise_on_failure: bool = True) -> object:
+            assert raise_on_failure is False
+            if isinstance(self.outcome, KilledWorker):
+                raise self.outcome
+            return self.outcome
+
+    row = _cell_row(cell, Done(error))
+    assert row == {**cell, **row, "status": "failed", "error": "ValueError: boom", "cached": False, **record}
+    assert all(math.isnan(row[m]) for m in ("accuracy", "deo_m", "deo_a", "worst_group_accuracy"))
+    from types import SimpleNamespace
+
+    gone = KilledWorker("run_cell-1", SimpleNamespace(address="tcp://127.0.0.1:4000"), 3)  # the scheduler's WorkerState
+    row = _cell_row(cell, Done(gone))
+    assert row["status"] == "failed" and row["worker"] is None
+    assert row["error"].startswith("KilledWorker: Attempted to run task 'run_cell-1' on 4 different workers")
+    ok = {**cell, "accuracy": 90.0, "status": "ok"}
+    assert _cell_row(cell, Done(ok)) is ok
+
+
+def test_task_runner_declares_one_gpu_per_worker() -> None:
+    runner, gpus = _task_runner(SweepConfig(n_workers=3, processes=False), "cpu", gpus=2)
+    assert gpus == 2  # min(n_workers, GPUs) workers, each holding GPU=1
+    assert runner.cluster_kwargs == {"n_workers": 2, "threads_per_worker": 1, "processes": False,
+                                     "dashboard_address": None, "resources": {"GPU": 1}}
+
+
 @pytest.mark.slow
 def test_two_cell_sweep_on_a_local_dask_cluster(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Two seeds of one (dataset, ipc, backbone, mode): two cells on two Dask workers.
@@ -104,7 +187,7 @@ def test_two_cell_sweep_on_a_local_dask_cluster(tiny_workspace: Path, tmp_path_f
     with prefect_test_harness(server_startup_timeout=120):
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_LOCAL_STORAGE_PATH: storage}):
             first = run_sweep(config, workspace=ws)
-            assert first == {"cells": 2, "computed": 2, "not_run": 0,
+            assert first == {"cells": 2, "computed": 2, "failed": 0, "not_run": 0,
                              "summary": str(tiny_workspace / "data/sweep/summary.csv")}
             home = tiny_workspace / "data/sweep/cmnist/cells"
             synthetic = {s: home / f"ipc2-dm-cobra-seed{s}" / "data/synthetic/cobra/synthetic.pt" for s in (0, 1)}
@@ -274,3 +357,50 @@ def test_sweep_variants_and_compute_only_are_validated() -> None:
     resolved = cell_config(config, config_cell)
     assert cell["dataset"] == "cfm-bg"
     assert (resolved.data.dataset, resolved.data.bias, resolved.data.shading) == ("cfmnist", "background", "intensity")
+
+
+@pytest.mark.slow
+def test_a_failing_cell_is_reported_and_the_others_finish(
+    tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`fdd sweep` where IPC 50 asks for more images per class than the tiny set has (40): that
+    cell's synthesis raises; the IPC 2 cell still finishes, the tables carry the failure's row and
+    error, and the command prints the summary and the error, and exits with status 1."""
+    import yaml
+
+    from fdd.distillation.synthesis import ERR_TOO_FEW_FOR_INIT
+    from flows import cli
+    from flows.settings import DEFAULTS
+
+    for key, value in {**DEFAULTS, "PREFECT_HOME": str(tiny_workspace / ".prefect")}.items():
+        monkeypatch.setenv(key, value)  # what the command sets, undone after the test
+    params = yaml.safe_load((tiny_workspace / "params.yaml").read_text())
+    params["synthesis"]["init"] = "real"
+    params["sweep"] = {"datasets": ["cmnist"], "ipcs": [2, 50], "backbones": ["dm"], "modes": ["cobra"],
+                       "seeds": [0], "n_workers": 2, "processes": False}
+    (tiny_workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    storage = tmp_path_factory.mktemp("prefect-results")
+    with prefect_test_harness(server_startup_timeout=120):
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_LOCAL_STORAGE_PATH: storage}):
+            code = cli.main(["sweep", "--params", str(tiny_workspace / "params.yaml"), "--workspace", str(tiny_workspace)])
+    out = capsys.readouterr()
+    table = tiny_workspace / "data/sweep/cells.csv"
+    assert code == 1
+    assert "error: " + ERR_CELLS_FAILED.format(failed=1, cells=2, names="cmnist-ipc50-dm-cobra-seed0", table=table) in out.err
+    assert (tiny_workspace / "data/sweep/summary.md").read_text() in out.out
+    cells = pd.read_csv(table, dtype={"worker": str}).fillna({"error": ""}).set_index("ipc")
+    good, bad = cells.loc[2], cells.loc[50]
+    metrics = json.loads((tiny_workspace / "data/sweep/cmnist/cells/ipc2-dm-cobra-seed0/data/audit/cobra/metrics.json").read_text())
+    assert good["status"] == "ok" and good["error"] == "" and good["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert bad["status"] == "failed" and math.isnan(bad["accuracy"])  # no metrics: blank in the CSV
+    prefix = ERR_TOO_FEW_FOR_INIT.split("{")[0]
+    assert bad["error"].startswith("ValueError: " + prefix), bad["error"]
+    for row in (good, bad):  # where and when each cell ran, the failed one too
+        assert row["device"] == "cpu" and row["worker"] in {"0", "1"}
+        assert pd.Timestamp(row["started"]) <= pd.Timestamp(row["finished"])
+    assert not (tiny_workspace / "data/sweep/cmnist/cells/ipc50-dm-cobra-seed0/data/synthetic/cobra/synthetic.pt").exists()
+    summary = pd.read_csv(tiny_workspace / "data/sweep/summary.csv").fillna({"error": ""}).set_index("ipc")
+    assert summary.loc[2, "status"] == "ok" and summary.loc[2, "seeds"] == 1
+    assert summary.loc[50, "status"] == "failed" and summary.loc[50, "seeds"] == 0
+    assert summary.loc[50, "error"] == "seed 0: " + bad["error"]
