@@ -64,12 +64,15 @@ COMPUTE_DTYPES = ("bf16", "tf32", "fp32")
 #: "with sparsity", i.e. 989 / 494 dense; FP32 67 TFLOPS; HBM3 3.35 TB/s) and NVIDIA H200
 #: Tensor Core GPU datasheet (H200 SXM: the same FLOPS; HBM3e 4.8 TB/s). The SXM H100
 #: reports itself as "NVIDIA H100 80GB HBM3"; the PCIe and NVL parts (lower peaks) are not
-#: listed, so they need --peak-tflops / --peak-gbps.
+#: listed (a name with a word of :data:`UNLISTED_PARTS` matches no entry), so they need
+#: --peak-tflops / --peak-gbps.
 PEAKS: tuple[tuple[str, str, dict[str, float], float], ...] = (
     ("H200", "H200 SXM (NVIDIA H200 datasheet)", {"bf16": 989e12, "tf32": 494e12, "fp32": 67e12}, 4.8e12),
     ("H100 80GB HBM3", "H100 SXM (NVIDIA H100 datasheet)", {"bf16": 989e12, "tf32": 494e12, "fp32": 67e12}, 3.35e12),
     ("H100 SXM", "H100 SXM (NVIDIA H100 datasheet)", {"bf16": 989e12, "tf32": 494e12, "fp32": 67e12}, 3.35e12),
 )
+
+UNLISTED_PARTS = ("PCIe", "NVL")
 
 
 def _reached_bytes(t: torch.Tensor) -> int:
@@ -229,7 +232,8 @@ def peak_for(
     not in the table and not both numbers are given."""
     if dtype not in COMPUTE_DTYPES:
         raise ValueError(ERR_DTYPE.format(allowed=COMPUTE_DTYPES, value=dtype))
-    entry = next((e for e in PEAKS if e[0] in device_name), None)
+    listed = not any(part in device_name for part in UNLISTED_PARTS)
+    entry = next((e for e in PEAKS if e[0] in device_name), None) if listed else None
     if entry is None and (tflops is None or gbps is None):
         return None
     flops = tflops * 1e12 if tflops is not None else entry[2][dtype]  # type: ignore[index]

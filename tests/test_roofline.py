@@ -104,6 +104,7 @@ def test_peak_table_and_overrides():
     assert h100 is not None and h100.flops_per_s == 989e12 and h100.bytes_per_s == 3.35e12
     assert peak_for("NVIDIA H100 80GB HBM3", "fp32").flops_per_s == 67e12  # type: ignore[union-attr]
     assert peak_for("NVIDIA A100-SXM4-40GB", "tf32") is None  # not in the table
+    assert peak_for("NVIDIA H100 PCIe", "bf16") is None and peak_for("NVIDIA H200 NVL", "bf16") is None  # lower peaks
     assert peak_for("NVIDIA A100-SXM4-40GB", "tf32", tflops=156, gbps=1555).bytes_per_s == 1555e9  # type: ignore[union-attr]
     overridden = peak_for("NVIDIA H200", "bf16", gbps=1000)
     assert overridden is not None and overridden.flops_per_s == 989e12 and overridden.bytes_per_s == 1e12
