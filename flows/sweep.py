@@ -205,7 +205,7 @@ def read_record(path: Path, fingerprint: str) -> dict[str, Any] | None:
     if record.get("version") != RECORD_VERSION or record.get("fingerprint") != fingerprint:
         run_logger().info("sweep record %s was made with other settings; the cell runs again", path)
         return None
-    return dict(record["row"])
+    return {"status": STATUS_OK, "error": "", **record["row"]}  # only finished cells have records
 
 
 def write_record(path: Path, row: dict[str, Any], fingerprint: str, config: FlowConfig) -> None:
