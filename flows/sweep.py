@@ -115,7 +115,8 @@ def run_cell(
         cached = cached and outputs_current(stage_task, **kwargs)
         done[f"{'synthetic' if name == 'synthesize' else 'audit'}/{mode}"] = call_stage(stage_task, **kwargs)
     metrics = json.loads((folder / "data/audit" / mode / "metrics.json").read_text())
-    run_logger().info("cell %s: accuracy %.2f, DEO_M %.2f%s", cell_name, metrics["accuracy"], metrics["deo_m"],
+    deo_m = "n/a (one group)" if metrics["deo_m"] is None else f"{metrics['deo_m']:.2f}"
+    run_logger().info("cell %s: accuracy %.2f, DEO_M %s%s", cell_name, metrics["accuracy"], deo_m,
                       " (cached)" if cached else "")
     return {**cell, **{k: metrics[k] for k in METRICS}, "cached": cached, "device": device,
             "worker": _worker_name()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from fdd.adult import encode_adult, load_adult_frames
@@ -9,6 +10,7 @@ from fdd.colored import build_colored
 from fdd.config import IMAGE_DATASETS, TABULAR_DATASETS, DataConfig
 from fdd.data import stratified_subset
 from fdd.image_sources import prepare_image_dataset
+from fdd.metrics import NOTE_ONE_GROUP, SingleGroupWarning, groups_with_samples
 from fdd.group_noise import perturb_groups
 from fdd.sources import load_idx_folder, load_raw
 from tasks.base import atomic_write_json, publish_markdown, run_logger, stage, stage_dir
@@ -89,6 +91,13 @@ def ingest(workspace: str, data: DataConfig, raw_digest: str | None = None) -> l
         **extra,
         **noise,
     }
+    for split_name, split in (("train", train), ("test", test)):
+        present = groups_with_samples(split.groups, split.group_names)
+        if len(present) < 2:  # recorded (and shown in the report) only when it applies
+            note = NOTE_ONE_GROUP.format(groups=", ".join(present) or "none", split=split_name)
+            summary.setdefault("warnings", []).append(note)
+            warnings.warn(note, SingleGroupWarning, stacklevel=2)
+            run_logger().warning("%s", note)
     atomic_write_json(out / "dataset.json", summary)
     run_logger().info("ingested %s (%s): %d train / %d test %s", data.dataset, source, len(splits.train), len(test), unit)
     publish_markdown(

@@ -35,6 +35,9 @@ def comparison_table(metrics: dict[str, dict[str, float]]) -> pd.DataFrame:
     for mode, values in metrics.items():
         row = {"mode": mode}
         for key, label in COLUMNS.items():
+            if values[key] is None:  # fairness not measurable (one group in the test split)
+                row[label] = "n/a (one group)"
+                continue
             row[label] = f"{values[key]:.2f} ± {values[key + '_std']:.2f}"
         row["evaluations"] = values["num_eval"]
         rows.append(row)
@@ -104,6 +107,7 @@ def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...],
            if "image_shape" in dataset and unit == "images" else ".")
         + f"\n\nClasses: {', '.join(dataset['class_names'])}. Protected groups: {', '.join(dataset['group_names'])}.",
         "## Results (mean ± std over evaluation seeds)",
+        *[f"**Warning:** {note}" for note in dataset.get("warnings", [])],
         table.to_markdown(index=False),
         "## Synthesis time",
         pd.DataFrame(
