@@ -190,7 +190,8 @@ def _parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     data_sub.add_parser("fetch", parents=[common], help="acquire and prepare the dataset (stage ingest)")
     one = sub.add_parser("stage", parents=[common], help="run one stage without Prefect (dvc.yaml uses this)")
-    one.add_argument("name", choices=["ingest", "partition", "features", "barycenters", "synthesize", "audit", "report"])
+    one.add_argument("name", choices=["inputs", "ingest", "partition", "features", "barycenters", "synthesize", "audit", "report"],
+                     help="a stage of the pipeline, or 'inputs': hash the user's own data files into data/inputs.json")
     one.add_argument("--mode", choices=list(MODES))
     show = sub.add_parser("show", parents=[common], help="print the last comparison table")
     del show
@@ -306,7 +307,7 @@ def _preflight(config: PipelineConfig, workspace: str, args: argparse.Namespace)
     resolve_device(config.runtime.device)
     if args.command == "sweep":
         datas = {cell_cfg.data for _cell, cell_cfg in sweep_cell_configs(config)}
-    elif args.command == "stage" and args.name != "ingest":
+    elif args.command == "stage" and args.name not in ("ingest", "inputs"):
         datas = set()
     else:
         datas = {config.data}
@@ -382,6 +383,11 @@ def _main(args: argparse.Namespace, workspace: str) -> int:
         _quiet_tracebacks()
     start = time.perf_counter()
     with workspace_lock(workspace):
+        if args.command == "stage" and args.name == "inputs":
+            from tasks.ingest import write_inputs_fingerprint
+
+            write_inputs_fingerprint(workspace, config.data)
+            return 0
         if args.command == "stage":
             pipeline.run_single_stage(args.name, config, workspace, args.mode)
             return 0

@@ -5,6 +5,11 @@ writes (``fdd run``, ``fdd distill``, ``fdd stage``, ``fdd data fetch``) takes a
 exclusive lock on ``<workspace>/.fdd.lock`` (:mod:`filelock`, an OS-level lock that is
 released when the process ends, even by SIGKILL, so it is never left broken). A second
 run fails at once with a message naming the run that holds it.
+
+Holding the lock means no other fdd process writes the workspace, so what a killed run left
+behind is removed once it is taken: the temporary files of interrupted atomic writes under
+``data/`` (:func:`fdd.files.remove_stale_temp_files`) and the download scratch folders of
+dead fdd processes in the system temporary directory (:func:`fdd.files.remove_stale_scratch_dirs`).
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from fdd.files import remove_stale_scratch_dirs, remove_stale_temp_files
+
 LOCK_NAME = ".fdd.lock"
 OWNER_NAME = ".fdd.lock.owner"
+NOTE_CLEANED = "note: removed {count} temporary file(s) and folder(s) left by a killed run, e.g. {example}"
 ERR_BUSY = (
     "workspace {workspace} is in use by another fdd run ({owner}); wait for it to finish "
     "or use another --workspace"
@@ -55,6 +63,9 @@ def workspace_lock(workspace: str | os.PathLike[str]) -> Iterator[None]:
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
             })
         )
+        removed = remove_stale_temp_files(root / "data") + remove_stale_scratch_dirs()
+        if removed:
+            print(NOTE_CLEANED.format(count=len(removed), example=removed[0]), file=sys.stderr)
         yield
     finally:
         owner_file.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -9,13 +10,37 @@ from fdd.adult import encode_adult, load_adult_frames
 from fdd.colored import build_colored
 from fdd.config import IMAGE_DATASETS, TABULAR_DATASETS, DataConfig
 from fdd.data import stratified_subset
-from fdd.image_sources import prepare_image_dataset
+from fdd.image_sources import prepare_image_dataset, user_files_digest
 from fdd.metrics import NOTE_ONE_GROUP, SingleGroupWarning, groups_with_samples
 from fdd.group_noise import perturb_groups
 from fdd.sources import load_idx_folder, load_raw
-from tasks.base import atomic_write_json, publish_markdown, run_logger, stage, stage_dir
+from tasks.base import atomic_write_json, atomic_write_text, publish_markdown, run_logger, stage, stage_dir
 
 RAW_NAMES = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
+#: The fingerprint of the user's own data files, a dependency of ``ingest`` in ``dvc.yaml``.
+INPUTS_FINGERPRINT = "data/inputs.json"
+
+
+def write_inputs_fingerprint(workspace: str, data: DataConfig) -> Path:
+    """Write ``data/inputs.json``: the SHA-256 of the user's own data files (``data.idx_dir``, the
+    ``folder`` dataset's CSV and images, ``data.tabular.csv`` / ``test_csv``; null for the
+    published releases, which are checksummed when fetched).
+
+    DVC cannot list paths that depend on ``params.yaml`` as dependencies, so ``dvc.yaml``'s
+    ``inputs`` stage (``always_changed``) runs this on every ``dvc repro`` and ``ingest``
+    depends on the file: its bytes, and so ``ingest``, change only when the user's files do.
+    The flow's ``ingest`` writes the same file, so ``fdd run`` and ``dvc repro`` agree.
+    """
+    root = Path(workspace)
+    # the configuration allows each of these only for its own dataset
+    paths = [p for p in (data.idx_dir, data.folder.csv, data.folder.images, data.tabular.csv, data.tabular.test_csv) if p]
+    payload = {"dataset": data.dataset, "paths": paths,
+               "user_files_sha256": user_files_digest(data, workspace=root)}
+    path = root / INPUTS_FINGERPRINT
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    if not path.is_file() or path.read_text() != text:  # unchanged bytes: DVC sees nothing new
+        atomic_write_text(path, text)
+    return path
 
 
 @stage("ingest", retries=2)
@@ -99,6 +124,7 @@ def ingest(workspace: str, data: DataConfig, raw_digest: str | None = None) -> l
             warnings.warn(note, SingleGroupWarning, stacklevel=2)
             run_logger().warning("%s", note)
     atomic_write_json(out / "dataset.json", summary)
+    write_inputs_fingerprint(workspace, data)
     run_logger().info("ingested %s (%s): %d train / %d test %s", data.dataset, source, len(splits.train), len(test), unit)
     publish_markdown(
         "ingest",
