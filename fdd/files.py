@@ -39,6 +39,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], objec
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600 files; outputs are meant to be shared
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # e.g. ENOSPC from write or fsync: name the file being written
+            raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
