@@ -324,8 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     try:
         return _main(args, workspace)
-    except (KeyboardInterrupt, SystemExit):
+    except SystemExit:
         raise
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under flows.processes.stop_on_signals
+        if debug:
+            raise
+        print("stopped: interrupted (SIGINT or SIGTERM); run the command again to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 - sorted into user errors and bugs below
         from fdd.synthesis import SynthesisInterrupted
         from flows.lock import WorkspaceBusyError

@@ -4,6 +4,7 @@ the traceback only with --debug."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import sqlite3
 import struct
@@ -189,3 +190,24 @@ def test_error_inside_the_prefect_flow_is_unwrapped(tiny_workspace: Path) -> Non
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and IDX_FILES[3] in errors[0] and "labels must be 0..2" in errors[0], result.stderr
+
+
+@pytest.mark.slow
+def test_one_group_warns_and_leaves_the_fairness_figures_empty(tiny_workspace: Path) -> None:
+    """A DEO of 0 on data with one protected group would read as perfectly fair: warn, and say so."""
+    from fdd.metrics import SingleGroupWarning
+    from flows.pipeline import STAGES, load_config, run_single_stage
+
+    write_folder(tiny_workspace, cells={("benign", "F"): 10, ("malignant", "F"): 10})
+    _params(tiny_workspace, data={"dataset": "folder", "folder": FOLDER_KEYS, "download": False, "image_size": 16},
+            synthesis={"modes": ["vanilla"]})
+    config = load_config(tiny_workspace / "params.yaml")
+    with pytest.warns(SingleGroupWarning, match=r"only one protected group \(F\) has samples in the train split"):
+        run_single_stage("ingest", config, str(tiny_workspace))
+    for name in STAGES[1:]:
+        run_single_stage(name, config, str(tiny_workspace), "vanilla" if name in ("synthesize", "audit") else None)
+    metrics = json.loads((tiny_workspace / "data/metrics.json").read_text())["vanilla"]
+    assert metrics["deo_m"] is None and metrics["deo_a"] is None and "fairness cannot be assessed" in metrics["note"]
+    assert metrics["accuracy"] is not None
+    report = (tiny_workspace / "data/report/report.md").read_text()
+    assert "**Warning:** only one protected group (F)" in report and "n/a (one group)" in report
