@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sqlite3
 import sys
 import time
@@ -425,4 +426,9 @@ def _main(args: argparse.Namespace, workspace: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status == EXIT_INTERRUPTED:  # every child was stopped; threads of Dask or Prefect may still
+        sys.stdout.flush()  # wait on them, so leave without joining them
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

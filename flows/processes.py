@@ -81,10 +81,27 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def become_subreaper() -> bool:
+    """Adopt the orphans among this process's descendants (Linux ``PR_SET_CHILD_SUBREAPER``).
+
+    A worker that is stopped before its own children (a Dask worker's temporary Prefect
+    server, a flow run's subprocess) leaves them orphaned; as a subreaper this process
+    inherits them instead of init, so :func:`stop_descendants` still finds them.
+    Returns whether the request was made.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """SIGTERM ends the block as Ctrl-C does (KeyboardInterrupt), and on the way out every
-    process this one started is stopped (:func:`stop_descendants`)."""
+    process this one started, or that its children left behind, is stopped
+    (:func:`become_subreaper`, :func:`stop_descendants`)."""
+    become_subreaper()
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         yield

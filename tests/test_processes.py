@@ -193,3 +193,27 @@ def test_stop_on_signals_ends_every_child(tmp_path: Path) -> None:
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
     assert process.returncode != 0 and _gone(everything), everything
+
+
+@pytest.mark.slow
+def test_sigterm_to_fdd_sweep_stops_its_workers_and_servers(tiny_workspace: Path) -> None:
+    params = yaml.safe_load((tiny_workspace / "params.yaml").read_text())
+    params["synthesis"]["iterations"] = 100_000
+    params["sweep"] = {"datasets": ["cmnist"], "ipcs": [2], "modes": ["vanilla"], "seeds": [0, 1], "n_workers": 1,
+                       "processes": True}
+    (tiny_workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "sweep"], cwd=tiny_workspace, env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def uvicorns() -> list[psutil.Process]:
+            return [p for p in psutil.Process(process.pid).children(recursive=True) if "uvicorn" in " ".join(p.cmdline())]
+        # the run's temporary Prefect server, then a Dask worker process with its own one (a grandchild)
+        _wait(lambda: len(uvicorns()) >= 2, timeout=240, what="the Dask worker's Prefect server", process=process)
+        everything = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+        assert process.returncode == 130, process.stderr.read()[-2000:]
+        assert _gone(everything), f"left running: {everything}"
+    finally:
+        if process.poll() is None:
+            process.kill()
