@@ -15,7 +15,7 @@ Settings come from ``params.yaml`` (``--params``), optionally merged with a pres
 Exit codes: 0 done; 1 an unexpected error (a bug: the traceback is printed); 2 a user error
 (bad settings, data, files, disk or device: one or two lines naming the file or key and what
 is allowed; ``--debug`` adds the traceback); 3 the workspace is in use by another fdd run;
-4 no Prefect server answers (``fdd serve``).
+4 no Prefect server answers at ``PREFECT_API_URL`` / ``--api-url``.
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ ERR_UNEXPECTED = "unexpected {kind}: {message} (this is a bug in fdd; the traceb
 
 class PrefectDatabaseError(RuntimeError):
     """The workspace's Prefect database (``.prefect/prefect.db``) is damaged or cannot be written."""
+
+
+class PrefectUnreachableError(RuntimeError):
+    """``PREFECT_API_URL`` names a Prefect server that does not answer."""
 
 
 def _overrides(items: list[str]) -> dict[str, Any]:
@@ -103,10 +107,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from PIL import Image
 
     from fdd.config import ConfigError
+    from fdd.sources import DatasetUnavailableError
     from flows.lock import WorkspaceBusyError
 
-    return (ConfigError, PrefectDatabaseError, WorkspaceBusyError, ValueError, OSError, Image.DecompressionBombError,
-            sqlite3.DatabaseError)
+    return (ConfigError, PrefectDatabaseError, PrefectUnreachableError, WorkspaceBusyError, DatasetUnavailableError,
+            ValueError, OSError, Image.DecompressionBombError, sqlite3.DatabaseError)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -141,14 +146,19 @@ def _is_disk_full(exc: BaseException) -> bool:
     )
 
 
+#: what SQLite says about a damaged database file or a full disk (sqlite3 or SQLAlchemy errors)
+DATABASE_PROBLEMS: tuple[str, ...] = ("file is not a database", "malformed", "disk is full", "disk I/O error")
+
+
 def _is_database_error(exc: BaseException) -> bool:
-    return type(exc).__module__.startswith(("sqlite3", "sqlalchemy")) and isinstance(exc, Exception)
+    return (type(exc).__module__.startswith(("sqlite3", "sqlalchemy")) and isinstance(exc, Exception)
+            and any(text in str(exc) for text in DATABASE_PROBLEMS))
 
 
 def describe(exc: BaseException, workspace: str | Path = ".") -> str:
     """The one- or two-line message for a user error: what is wrong, with which file or key."""
     prefect_home = Path(workspace) / ".prefect"
-    if _is_database_error(exc) or isinstance(exc, sqlite3.DatabaseError):
+    if _is_database_error(exc):
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         if "disk is full" in reason:
             return ERR_PREFECT_DB_FULL.format(reason=reason, folder=prefect_home)
@@ -180,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="fdd", description="Fair dataset distillation (COBRA) pipeline",
         epilog="exit codes: 0 done; 1 unexpected error (a bug; traceback printed); 2 user error (settings, data, "
         "files, disk, device: one or two lines naming the file or key; --debug adds the traceback); 3 workspace "
-        "in use by another fdd run; 4 no Prefect server answers (fdd serve)",
+        "in use by another fdd run; 4 no Prefect server answers at PREFECT_API_URL (or fdd serve --api-url)",
     )
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -279,10 +289,15 @@ def _quiet_tracebacks() -> None:
 
 def check_prefect_database(workspace: str | Path) -> None:
     """Refuse a damaged ``<PREFECT_HOME>/prefect.db`` before Prefect starts on it (it would log
-    dozens of tracebacks and then time out). Nothing to check when ``PREFECT_API_URL`` names a server."""
+    dozens of tracebacks and then time out); when ``PREFECT_API_URL`` names a server, check
+    that it answers instead (:class:`PrefectUnreachableError`, exit code 4)."""
     import os
 
-    if os.environ.get("PREFECT_API_URL"):
+    if url := os.environ.get("PREFECT_API_URL"):
+        from flows.deployments import api_reachable
+
+        if not api_reachable(url):
+            raise PrefectUnreachableError(ERR_NO_API.format(url=url))
         return
     home = Path(os.environ.get("PREFECT_HOME") or Path(workspace) / ".prefect")
     path = home / "prefect.db"
@@ -347,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return EXIT_BUG
         print(f"error: {describe(inner, workspace)}", file=sys.stderr)
-        return EXIT_BUSY if isinstance(inner, WorkspaceBusyError) else EXIT_USER_ERROR
+        if isinstance(inner, (WorkspaceBusyError, PrefectUnreachableError)):
+            return EXIT_BUSY if isinstance(inner, WorkspaceBusyError) else EXIT_NO_API
+        return EXIT_USER_ERROR
 
 
 def _main(args: argparse.Namespace, workspace: str) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import sqlite3
 import struct
 import subprocess
@@ -30,9 +31,10 @@ FOLDER_KEYS = {"csv": "my_labels.csv", "images": "my_images", "path_column": "fi
 FOLDER_CELLS = {("benign", "F"): 6, ("benign", "M"): 6, ("malignant", "F"): 6, ("malignant", "M"): 6}
 
 
-def _fdd(ws: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _fdd(ws: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("PREFECT_API_URL", None)
+    env.update(extra_env)
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ws, env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -142,6 +144,15 @@ def test_user_error_is_one_or_two_lines_with_exit_code_2(case: str, tiny_workspa
     for text in expected:
         assert text in result.stderr, (text, result.stderr)
     assert not (tiny_workspace / "data/prepared").exists()  # nothing was written
+
+
+def test_unreachable_prefect_server_is_exit_code_4(tiny_workspace: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/api"  # nothing listens there
+    result = _fdd(tiny_workspace, "run", PREFECT_API_URL=url)
+    assert result.returncode == 4 and result.stderr.strip().splitlines() == [f"error: {cli.ERR_NO_API.format(url=url)}"]
+    assert not (tiny_workspace / "data/prepared").exists()
 
 
 def test_debug_adds_the_traceback(tiny_workspace: Path) -> None:
