@@ -26,8 +26,8 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F

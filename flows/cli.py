@@ -123,7 +123,8 @@ def _chain(exc: BaseException) -> list[BaseException]:
         if current is None or any(current is s for s in seen):
             continue
         seen.append(current)
-        todo.extend(getattr(current, "exceptions", ()) if isinstance(current, BaseExceptionGroup) else ())
+        members = getattr(current, "exceptions", None)  # an exception group (Python 3.11+, or the backport)
+        todo.extend(members if isinstance(members, (list, tuple)) else ())
         todo.extend([current.__cause__, current.__context__])
     return seen
 

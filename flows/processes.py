@@ -59,7 +59,7 @@ class _ReapingSubprocess(types.ModuleType):
         return getattr(subprocess, name)
 
     @staticmethod
-    def Popen(args: Sequence[str], *rest: Any, **kwargs: Any) -> subprocess.Popen[Any]:  # noqa: N802 - as subprocess
+    def Popen(args: Sequence[str], *rest: Any, **kwargs: Any) -> subprocess.Popen[Any]:  # named as in subprocess
         return subprocess.Popen(die_with_parent(args), *rest, **kwargs)
 
 

@@ -10,9 +10,9 @@ from fdd.adult import encode_adult, load_adult_frames
 from fdd.colored import build_colored
 from fdd.config import IMAGE_DATASETS, TABULAR_DATASETS, DataConfig
 from fdd.data import stratified_subset
+from fdd.group_noise import perturb_groups
 from fdd.image_sources import prepare_image_dataset, user_files_digest
 from fdd.metrics import NOTE_ONE_GROUP, SingleGroupWarning, groups_with_samples
-from fdd.group_noise import perturb_groups
 from fdd.sources import load_idx_folder, load_raw
 from tasks.base import atomic_write_json, atomic_write_text, publish_markdown, run_logger, stage, stage_dir
 

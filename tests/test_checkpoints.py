@@ -11,7 +11,12 @@ import torch
 
 from fdd import synthesis as S
 from fdd.backbones import build_synthesizer
-from fdd.synthesis import CheckpointDiscardedWarning, checkpoint_digest_path, synthesize, write_checkpoint
+from fdd.synthesis import (
+    CheckpointDiscardedWarning,
+    checkpoint_digest_path,
+    synthesize,
+    write_checkpoint,
+)
 from tests.test_synthesis import TINY_NET, tiny_config, tiny_data
 
 ITERATIONS, DONE = 6, 3

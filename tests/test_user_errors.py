@@ -22,7 +22,6 @@ import yaml
 
 from fdd.sources import IDX_FILES, decode_idx, encode_idx
 from flows import cli
-from tests.conftest import TINY_PARAMS
 from tests.image_fixtures import write_folder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +35,7 @@ def _fdd(ws: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[
     env.pop("PREFECT_API_URL", None)
     env.update(extra_env)
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ws, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
 
 
 def _params(ws: Path, **sections: dict) -> None:
