@@ -111,7 +111,9 @@ ERR_MLP_DEPTH = "network.architecture='mlp' needs an integer network.depth (hidd
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: every float setting must be a finite number (an infinite learning rate
+    # passes `> 0` and trains to a constant classifier whose DEO of 0 reads as perfectly fair)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def digest(self) -> str:
         """Stable hash of this section's values (used in cache keys and provenance)."""

@@ -11,13 +11,23 @@
 
 Settings come from ``params.yaml`` (``--params``), optionally merged with a preset
 (``--preset full``) and ``--set section.key=value`` overrides.
+
+Exit codes: 0 done; 1 an unexpected error (a bug: the traceback is printed); 2 a user error
+(bad settings, data, files, disk or device: one or two lines naming the file or key and what
+is allowed; ``--debug`` adds the traceback); 3 the workspace is in use by another fdd run;
+4 no Prefect server answers at ``PREFECT_API_URL`` / ``--api-url``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
+import os
+import sqlite3
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -25,34 +35,142 @@ import yaml
 
 from fdd.config import MODES
 from flows.configuration import FlowConfig
-from flows.lock import WorkspaceBusyError, workspace_lock
+from flows.lock import workspace_lock
 from flows.settings import configure_environment
 from flows.workspace import init_workspace, preset_file
 
+EXIT_BUG, EXIT_USER_ERROR, EXIT_BUSY, EXIT_NO_API = 1, 2, 3, 4
+EXIT_INTERRUPTED = 130  # SIGTERM / Ctrl-C during synthesis: the checkpoint was saved; run again to resume
+ERR_SET_FORM = "--set expects section.key=value (e.g. --set synthesis.ipc=50); got {item!r}"
+ERR_SET_YAML = "--set {key}: the value {value!r} is not valid YAML ({problem}); e.g. --set synthesis.modes=[vanilla,cobra]"
+ERR_SET_CONFLICT = "--set {key}: {parent} was already set to a value, not a section; set {parent}.KEY or {parent}, not both"
+ERR_NO_SPACE = "no space left on the device holding {path}; free some space (or use --workspace on another disk) and run again"
+ERR_READ_ONLY = "{path} is on a read-only file system; use --workspace on a writable disk"
+ERR_OS = "{path}: {reason}"
+ERR_PREFECT_DB = (
+    "{path} is not a usable SQLite database ({reason}); it holds only Prefect's run history and cache "
+    "records: move it away (or delete {folder}) and run again"
+)
+ERR_PREFECT_DB_FULL = "Prefect's database cannot be written ({reason}); free some space on the disk holding {folder}"
+ERR_UNEXPECTED = "unexpected {kind}: {message} (this is a bug in fdd; the traceback is above)"
+
+
+class PrefectDatabaseError(RuntimeError):
+    """The workspace's Prefect database (``.prefect/prefect.db``) is damaged or cannot be written."""
+
+
+class PrefectUnreachableError(RuntimeError):
+    """``PREFECT_API_URL`` names a Prefect server that does not answer."""
+
 
 def _overrides(items: list[str]) -> dict[str, Any]:
+    from fdd.config import ConfigError
+    from flows.configuration import _yaml_problem
+
     result: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set expects section.key=value; got {item!r}")
-        node = result
         parts = key.split(".")
-        for part in parts[:-1]:
+        if not sep or not all(parts):
+            raise ConfigError(ERR_SET_FORM.format(item=item))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(ERR_SET_YAML.format(key=key, value=value, problem=_yaml_problem(exc))) from None
+        node = result
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
+            if not isinstance(node, dict):
+                raise ConfigError(ERR_SET_CONFLICT.format(key=key, parent=".".join(parts[: depth + 1])))
+        node[parts[-1]] = parsed
     return result
 
 
 def _preset_path(preset: str) -> Path:
     """A preset given as a path, or the name of one shipped with fdd (flows/presets/)."""
+    from fdd.config import ConfigError
+
     path = Path(preset)
     if path.exists():
-        return path
+        return path  # a folder, non-UTF-8 or non-mapping file is refused when read (flows.configuration)
     try:
         return preset_file(preset)
     except ValueError as exc:
-        raise SystemExit(str(exc)) from None
+        raise ConfigError(str(exc)) from None
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes that mean a problem with the user's settings, data, files, disk or device."""
+    from PIL import Image
+
+    from fdd.config import ConfigError
+    from fdd.datasets.sources import DatasetUnavailableError
+    from flows.lock import WorkspaceBusyError
+
+    return (ConfigError, PrefectDatabaseError, PrefectUnreachableError, WorkspaceBusyError, DatasetUnavailableError,
+            ValueError, OSError, Image.DecompressionBombError, sqlite3.DatabaseError)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception it wraps (causes, contexts, members of exception groups), outermost first."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if current is None or any(current is s for s in seen):
+            continue
+        seen.append(current)
+        members = getattr(current, "exceptions", None)  # an exception group (Python 3.11+, or the backport)
+        todo.extend(members if isinstance(members, (list, tuple)) else ())
+        todo.extend([current.__cause__, current.__context__])
+    return seen
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The user error inside ``exc`` (Prefect and Dask re-raise or wrap what a task raised), or None."""
+    kinds = _user_errors()
+    for inner in _chain(exc):
+        if _is_disk_full(inner) or _is_database_error(inner):
+            return inner
+    for inner in _chain(exc):
+        if isinstance(inner, kinds):
+            return inner
+    return None
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        "database or disk is full" in str(exc)
+    )
+
+
+#: what SQLite says about a damaged database file or a full disk (sqlite3 or SQLAlchemy errors)
+DATABASE_PROBLEMS: tuple[str, ...] = ("file is not a database", "malformed", "disk is full", "disk I/O error")
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    return (type(exc).__module__.startswith(("sqlite3", "sqlalchemy")) and isinstance(exc, Exception)
+            and any(text in str(exc) for text in DATABASE_PROBLEMS))
+
+
+def describe(exc: BaseException, workspace: str | Path = ".") -> str:
+    """The one- or two-line message for a user error: what is wrong, with which file or key."""
+    prefect_home = Path(workspace) / ".prefect"
+    if _is_database_error(exc):
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        if "disk is full" in reason:
+            return ERR_PREFECT_DB_FULL.format(reason=reason, folder=prefect_home)
+        return ERR_PREFECT_DB.format(path=prefect_home / "prefect.db", reason=reason, folder=prefect_home)
+    if isinstance(exc, OSError) and exc.errno is not None:
+        path = exc.filename or workspace
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return ERR_NO_SPACE.format(path=path)
+        if exc.errno == errno.EROFS:
+            return ERR_READ_ONLY.format(path=path)
+        if exc.filename is not None:
+            return ERR_OS.format(path=exc.filename, reason=exc.strerror or type(exc).__name__)
+    text = str(exc).strip() or type(exc).__name__
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +182,15 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set synthesis.ipc=50 (repeatable)")
     common.add_argument("--workspace", default=".", help="folder holding data/ and .prefect/ (default: .)")
-    parser = argparse.ArgumentParser(prog="fdd", description="Fair dataset distillation (COBRA) pipeline")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="print the traceback of an error (default: one or two lines naming the file or key)")
+    parser = argparse.ArgumentParser(
+        prog="fdd", description="Fair dataset distillation (COBRA) pipeline",
+        epilog="exit codes: 0 done; 1 unexpected error (a bug; traceback printed); 2 user error (settings, data, "
+        "files, disk, device: one or two lines naming the file or key; --debug adds the traceback); 3 workspace "
+        "in use by another fdd run; 4 no Prefect server answers at PREFECT_API_URL (or fdd serve --api-url)",
+    )
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="write params.yaml and dvc.yaml into a new workspace")
     init.add_argument("directory", nargs="?", default=".", help="the workspace folder (default: .; created if missing)")
@@ -76,7 +202,8 @@ def _parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     data_sub.add_parser("fetch", parents=[common], help="acquire and prepare the dataset (stage ingest)")
     one = sub.add_parser("stage", parents=[common], help="run one stage without Prefect (dvc.yaml uses this)")
-    one.add_argument("name", choices=["ingest", "partition", "features", "barycenters", "synthesize", "audit", "report"])
+    one.add_argument("name", choices=["inputs", "ingest", "partition", "features", "barycenters", "synthesize", "audit", "report"],
+                     help="a stage of the pipeline, or 'inputs': hash the user's own data files into data/inputs.json")
     one.add_argument("--mode", choices=list(MODES))
     show = sub.add_parser("show", parents=[common], help="print the last comparison table")
     del show
@@ -149,7 +276,71 @@ def _check_command(config: FlowConfig, args: argparse.Namespace) -> None:
         with_modes(config, [args.mode])
 
 
+class _OneLineErrors(logging.Filter):
+    """Drops tracebacks from console log records (Prefect logs a failed task or flow run with
+    its traceback; the error itself is reported once, in one or two lines, by :func:`main`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+def _quiet_tracebacks() -> None:
+    """Install :class:`_OneLineErrors` on the console handlers Prefect configured."""
+    for name in ("", "prefect"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not any(isinstance(f, _OneLineErrors) for f in handler.filters):
+                handler.addFilter(_OneLineErrors())
+
+
+def check_prefect_database(workspace: str | Path) -> None:
+    """Refuse a damaged ``<PREFECT_HOME>/prefect.db`` before Prefect starts on it (it would log
+    dozens of tracebacks and then time out); when ``PREFECT_API_URL`` names a server, check
+    that it answers instead (:class:`PrefectUnreachableError`, exit code 4)."""
+    import os
+
+    if url := os.environ.get("PREFECT_API_URL"):
+        from flows.deployments import api_reachable
+
+        if not api_reachable(url):
+            raise PrefectUnreachableError(ERR_NO_API.format(url=url))
+        return
+    home = Path(os.environ.get("PREFECT_HOME") or Path(workspace) / ".prefect")
+    path = home / "prefect.db"
+    if not path.exists():
+        return
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+            result = connection.execute("PRAGMA quick_check").fetchone()
+        connection.close()
+    except sqlite3.DatabaseError as exc:
+        raise PrefectDatabaseError(ERR_PREFECT_DB.format(path=path, reason=exc, folder=home)) from None
+    if result is None or result[0] != "ok":
+        reason = result[0] if result else "no answer to PRAGMA quick_check"
+        raise PrefectDatabaseError(ERR_PREFECT_DB.format(path=path, reason=reason, folder=home))
+
+
+def _preflight(config: FlowConfig, workspace: str, args: argparse.Namespace) -> None:
+    """Cheap checks of what a run would otherwise find minutes later inside the flow: the
+    device, the user's own data files, and the Prefect database."""
+    from fdd.datasets.image_sources import check_user_files
+    from flows.configuration import resolve_device, sweep_cell_configs
+
+    resolve_device(config.runtime.device)
+    if args.command == "sweep":
+        datas = {cell_cfg.data for _cell, cell_cfg in sweep_cell_configs(config)}
+    elif args.command == "stage" and args.name not in ("ingest", "inputs"):
+        datas = set()
+    else:
+        datas = {config.data}
+    for data in datas:
+        check_user_files(data, workspace=workspace)
+    if args.command in ("run", "distill", "data", "sweep"):
+        check_prefect_database(workspace)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``fdd`` command ``argv``; user errors become one or two lines and exit code 2."""
     args = _parser().parse_args(argv)
     if args.command == "init":
         try:
@@ -161,74 +352,110 @@ def main(argv: list[str] | None = None) -> int:
         print(f"next: cd {args.directory} && fdd run   (or: git init && dvc init && dvc repro)")
         return 0
     workspace = str(Path(args.workspace).resolve())
-    from fdd.config import ConfigError
+    debug = getattr(args, "debug", False)
+    try:
+        return _main(args, workspace)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under flows.processes.stop_on_signals
+        if debug:
+            raise
+        print("stopped: interrupted (SIGINT or SIGTERM); run the command again to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BaseException as exc:  # noqa: BLE001 - sorted into user errors and bugs below
+        from fdd.distillation.run import SynthesisInterrupted
+        from flows.lock import WorkspaceBusyError
+
+        if isinstance(exc, SynthesisInterrupted) and not debug:
+            print(f"stopped: {exc}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        inner = user_error(exc)
+        if debug or inner is None:
+            traceback.print_exception(exc)
+        if inner is None:
+            print(f"error: {ERR_UNEXPECTED.format(kind=type(exc).__name__, message=str(exc).splitlines()[0] if str(exc) else '')}",
+                  file=sys.stderr)
+            return EXIT_BUG
+        print(f"error: {describe(inner, workspace)}", file=sys.stderr)
+        if isinstance(inner, (WorkspaceBusyError, PrefectUnreachableError)):
+            return EXIT_BUSY if isinstance(inner, WorkspaceBusyError) else EXIT_NO_API
+        return EXIT_USER_ERROR
+
+
+def _main(args: argparse.Namespace, workspace: str) -> int:
     from flows.configuration import load_config
 
     if args.command == "server":
         import os
-        import subprocess
+
+        from flows.processes import run_group
 
         Path(workspace).mkdir(parents=True, exist_ok=True)
         configure_environment(workspace)
         print(f"Prefect UI: http://{args.host}:{args.port} (runs use it with PREFECT_API_URL=http://{args.host}:{args.port}/api)")
-        return subprocess.call(server_command(args.host, args.port), env=os.environ.copy())
+        return run_group(server_command(args.host, args.port), env=os.environ.copy())
     if args.command == "show":
         table = Path(workspace) / "data/report/comparison.csv"
         if not table.exists():
-            print(f"no results yet: {table} is missing; run `fdd run` first", file=sys.stderr)
-            return 1
+            raise FileNotFoundError(errno.ENOENT, "no results yet; run `fdd run` first", str(table))
         import pandas as pd
 
         print(pd.read_csv(table).to_markdown(index=False))
         return 0
-    try:
-        presets = [_preset_path(p) for p in args.preset]
-        config = load_config(args.params, preset=presets, overrides=_overrides(args.overrides))
-        _check_command(config, args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    presets = [_preset_path(p) for p in args.preset]
+    config = load_config(args.params, preset=presets, overrides=_overrides(args.overrides))
+    _check_command(config, args)
     Path(workspace).mkdir(parents=True, exist_ok=True)
     configure_environment(workspace)
     if args.command == "serve":
-        return _serve(config, workspace, args)
+        from flows.processes import stop_on_signals
+
+        with stop_on_signals():
+            return _serve(config, workspace, args)
+    _preflight(config, workspace, args)
     from flows import pipeline
+    from flows.processes import reap_temporary_server, stop_on_signals
 
+    reap_temporary_server()
+    if not getattr(args, "debug", False):
+        _quiet_tracebacks()
     start = time.perf_counter()
-    try:
-        with workspace_lock(workspace):
-            if args.command == "stage":
-                pipeline.run_single_stage(args.name, config, workspace, args.mode)
-                return 0
-            if args.command == "data":
-                ingest_task, kwargs = pipeline.stage_call(
-                    "ingest", None, config=config, workspace=workspace, device="cpu", modes=(), outputs=lambda _folder: {}
-                )
-                pipeline.call_stage(ingest_task, **kwargs)  # cached like in the flow
-                print(f"prepared data under {Path(workspace) / 'data/prepared'}")
-                return 0
-            if args.command == "sweep":
-                from flows.sweep import SWEEP_DIR, SweepCellsFailedError, run_sweep
+    with workspace_lock(workspace):
+        if args.command == "stage" and args.name == "inputs":
+            from tasks.ingest import write_inputs_fingerprint
 
-                try:
+            write_inputs_fingerprint(workspace, config.data)
+            return 0
+        if args.command == "stage":
+            pipeline.run_single_stage(args.name, config, workspace, args.mode)
+            return 0
+        if args.command == "data":
+            ingest_task, kwargs = pipeline.stage_call(
+                "ingest", None, config=config, workspace=workspace, device="cpu", modes=(), outputs=lambda _folder: {}
+            )
+            pipeline.call_stage(ingest_task, **kwargs)  # cached like in the flow
+            print(f"prepared data under {Path(workspace) / 'data/prepared'}")
+            return 0
+        if args.command == "sweep":
+            from flows.sweep import SWEEP_DIR, SweepCellsFailedError, run_sweep
+
+            try:
+                with stop_on_signals():
                     result = run_sweep(config, workspace=workspace, compute=not args.from_records)
-                except SweepCellsFailedError as exc:  # the other cells finished: their table, then the failures
-                    print((Path(workspace) / SWEEP_DIR / "summary.md").read_text())
-                    print(f"error: {exc}", file=sys.stderr)
-                    return 1
+            except SweepCellsFailedError as exc:  # the other cells finished: their table, then the failures
                 print((Path(workspace) / SWEEP_DIR / "summary.md").read_text())
-                print(f"{result['cells']} cells ({result['computed']} computed, the rest cached or recorded; "
-                      f"{result['not_run']} not run) in {time.perf_counter() - start:.0f} s; table: {result['summary']}")
-                if "paper_table" in result:
-                    print(f"published-table comparison: {result['paper_table']}")
-                return 0
-            if args.command == "distill":
-                pipeline.distill_flow(config, mode=args.mode, workspace=workspace)
-            else:
-                pipeline.compare_flow(config, workspace=workspace)
-    except WorkspaceBusyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            print((Path(workspace) / SWEEP_DIR / "summary.md").read_text())
+            print(f"{result['cells']} cells ({result['computed']} computed, the rest cached or recorded; "
+                  f"{result['not_run']} not run) in {time.perf_counter() - start:.0f} s; table: {result['summary']}")
+            if "paper_table" in result:
+                print(f"published-table comparison: {result['paper_table']}")
+            return 0
+        if args.command == "distill":
+            pipeline.distill_flow(config, mode=args.mode, workspace=workspace)
+        else:
+            pipeline.compare_flow(config, workspace=workspace)
     import pandas as pd
 
     table = pd.read_csv(Path(workspace) / "data/report/comparison.csv")
@@ -238,4 +465,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status == EXIT_INTERRUPTED:  # every child was stopped; threads of Dask or Prefect may still
+        sys.stdout.flush()  # wait on them, so leave without joining them
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

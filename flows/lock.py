@@ -10,6 +10,10 @@ The flows take it too (:func:`holds_workspace_lock` on ``compare``, ``distill`` 
 ``sweep``), so a scheduled run of ``fdd serve`` (a flow run in its own process) cannot
 write the ``data/`` of a manual ``fdd run`` either. The lock is re-entrant within one
 process: the flow called by ``fdd run``, which already holds it, goes on.
+Holding the lock means no other fdd process writes the workspace, so what a killed run left
+behind is removed once it is taken: the temporary files of interrupted atomic writes under
+``data/`` (:func:`fdd.files.remove_stale_temp_files`) and the download scratch folders of
+dead fdd processes in the system temporary directory (:func:`fdd.files.remove_stale_scratch_dirs`).
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
 
+from fdd.files import remove_stale_scratch_dirs, remove_stale_temp_files
+
 LOCK_NAME = ".fdd.lock"
 OWNER_NAME = ".fdd.lock.owner"
+NOTE_CLEANED = "note: removed {count} temporary file(s) and folder(s) left by a killed run, e.g. {example}"
 ERR_BUSY = (
     "workspace {workspace} is in use by another fdd run ({owner}); wait for it to finish "
     "or use another --workspace"
@@ -77,6 +84,9 @@ def workspace_lock(workspace: str | os.PathLike[str]) -> Iterator[None]:
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
             })
         )
+        removed = remove_stale_temp_files(root / "data") + remove_stale_scratch_dirs()
+        if removed:
+            print(NOTE_CLEANED.format(count=len(removed), example=removed[0]), file=sys.stderr)
         yield
     finally:
         _HELD.discard(key)

@@ -17,9 +17,14 @@ from typing import Any
 import torch
 from prefect import flow
 
-from fdd.config import ConfigError
 from fdd.datasets.image_sources import user_files_digest
-from flows.configuration import FlowConfig, load_config, with_modes  # noqa: F401  (load_config re-exported for callers of the flows)
+from flows.configuration import (  # noqa: F401  (re-exported for callers of the flows)
+    ERR_NO_CUDA,
+    FlowConfig,
+    load_config,
+    resolve_device,
+    with_modes,
+)
 from flows.lock import holds_workspace_lock
 from tasks.audit import audit_set
 from tasks.barycenters import compute_barycenters
@@ -32,18 +37,6 @@ from tasks.synthesize import synthesize_set
 
 STAGES: tuple[str, ...] = ("ingest", "partition", "features", "barycenters", "synthesize", "audit", "report")
 PER_MODE_STAGES: tuple[str, ...] = ("synthesize", "audit")
-ERR_NO_CUDA = "runtime.device is 'cuda' but torch.cuda.is_available() is False on this machine; use 'cpu' or 'auto'"
-
-
-def resolve_device(choice: str) -> str:
-    """The device of ``runtime.device``: 'auto' is CUDA when present, else CPU."""
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(ERR_NO_CUDA)
-    return choice
-
-
 def _pick(outputs: dict[str, str], *names: str) -> dict[str, str]:
     return {path: digest for path, digest in outputs.items() if Path(path).name in names}
 

@@ -284,7 +284,8 @@ def _cell_metrics(cell_name: str, cell: dict[str, Any], config: FlowConfig, fold
         cached = cached and outputs_current(stage_task, **kwargs)
         done[f"{'synthetic' if name == 'synthesize' else 'audit'}/{mode}"] = call_stage(stage_task, **kwargs)
     metrics = json.loads((folder / "data/audit" / mode / "metrics.json").read_text())
-    run_logger().info("cell %s: accuracy %.2f, DEO_M %.2f%s", cell_name, metrics["accuracy"], metrics["deo_m"],
+    deo_m = "n/a (one group)" if metrics["deo_m"] is None else f"{metrics['deo_m']:.2f}"
+    run_logger().info("cell %s: accuracy %.2f, DEO_M %s%s", cell_name, metrics["accuracy"], deo_m,
                       " (cached)" if cached else "")
     return {**cell, **data_columns(config), **{k: metrics.get(k) for k in METRICS},
             **{f"{k}_std": metrics.get(f"{k}_std") for k in METRICS}, "num_eval": metrics.get("num_eval"),

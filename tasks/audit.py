@@ -7,6 +7,7 @@ from pathlib import Path
 from fdd.config import AuditConfig, NetworkConfig
 from fdd.datasets.containers import GroupedImages, SyntheticSet
 from fdd.fairness.audit import audit_synthetic
+from fdd.fairness.metrics import NOTE_ONE_GROUP, groups_with_samples
 from fdd.report.plots import recall_heatmap, save_figure
 from tasks.base import (
     artifact_key,
@@ -42,6 +43,12 @@ def audit_set(
     metrics = {name: summary[name]["mean"] for name in HEADLINE}
     metrics.update({f"{name}_std": summary[name]["std"] for name in HEADLINE})
     metrics["num_eval"] = audit.num_eval
+    present = groups_with_samples(test.groups, test.group_names)
+    if len(present) < 2:  # DEO of 0 would read as perfectly fair: empty figures and a note instead
+        for name in ("deo_m", "deo_a"):
+            metrics[name] = metrics[f"{name}_std"] = None
+        metrics["note"] = NOTE_ONE_GROUP.format(groups=", ".join(present) or "none", split="test")
+        logger.warning("%s: %s", mode, metrics["note"])
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / "runs.json", result.to_dict())
     first = result.reports[0]
@@ -55,12 +62,12 @@ def audit_set(
                                    title=f"{mode}: recall per group and class (%)")),
     )
     logger.info(
-        "%s: accuracy %.2f, DEO_M %.2f, DEO_A %.2f (mean of %d)", mode,
-        metrics["accuracy"], metrics["deo_m"], metrics["deo_a"], audit.num_eval,
+        "%s: accuracy %.2f, DEO_M %s, DEO_A %s (mean of %d)", mode, metrics["accuracy"],
+        *("n/a" if metrics[k] is None else f"{metrics[k]:.2f}" for k in ("deo_m", "deo_a")), audit.num_eval,
     )
     publish_table(
         artifact_key("metrics", mode),
-        [{"mode": mode, **{k: round(float(v), 3) for k, v in metrics.items()}}],
+        [{"mode": mode, **{k: v if v is None or isinstance(v, str) else round(float(v), 3) for k, v in metrics.items()}}],
         f"fairness metrics of the {mode} synthetic set",
     )
     return [out / "metrics.json", out / "runs.json", out / "group_recall.csv", out / "class_gaps.csv", out / "group_recall.png"]

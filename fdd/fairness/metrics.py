@@ -75,6 +75,23 @@ ERR_NAMES_LENGTH = "{name} must have {expected} entries (one per {what}); got {g
 ERR_STD_KIND = "std must be one of {allowed}; got {value!r}"
 ERR_NO_REPORTS = "summarize_runs needs at least one FairnessReport; got an empty list"
 ERR_REPORT_TYPE = "reports[{index}] must be a FairnessReport; got {type_name}"
+#: A split whose samples all lie in one protected group: every gap is 0 by construction.
+NOTE_ONE_GROUP = (
+    "only one protected group ({groups}) has samples in the {split} split, so DEO_M and DEO_A are 0 "
+    "by construction and measure nothing: fairness cannot be assessed on this data (it needs at least two groups)"
+)
+
+
+class SingleGroupWarning(UserWarning):
+    """The data has samples of one protected group only; the fairness figures are empty."""
+
+
+def groups_with_samples(groups: Tensor, group_names: Sequence[str]) -> list[str]:
+    """Names of the groups that have at least one sample in ``groups`` (ids; -1, unknown, is ignored)."""
+    present = torch.unique(groups[groups >= 0]).tolist()
+    return [str(group_names[int(g)]) for g in present]
+
+
 ERR_REPORT_SHAPE = (
     "all reports must share num_classes and num_groups; reports[0] has "
     "(num_classes={c0}, num_groups={g0}), reports[{index}] has "

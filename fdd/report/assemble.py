@@ -45,8 +45,12 @@ def comparison_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame
     for mode, values in metrics.items():
         row: dict[str, Any] = {"mode": mode}
         for key, label in COLUMNS.items():
-            if key in values:  # metrics.json of an older fdd has no sufficiency gap
-                row[label] = f"{values[key]:.2f} ± {values[key + '_std']:.2f}"
+            if key not in values:  # metrics.json of an older fdd has no sufficiency gap
+                continue
+            if values[key] is None:  # fairness not measurable (one group in the test split)
+                row[label] = "n/a (one group)"
+                continue
+            row[label] = f"{values[key]:.2f} ± {values[key + '_std']:.2f}"
         row["evaluations"] = values["num_eval"]
         rows.append(row)
     return pd.DataFrame(rows)
@@ -115,6 +119,7 @@ def report_markdown(
            if "image_shape" in dataset and unit == "images" else ".")
         + f"\n\nClasses: {', '.join(dataset['class_names'])}. Protected groups: {', '.join(dataset['group_names'])}.",
         "## Results (mean ± std over evaluation seeds)",
+        *[f"**Warning:** {note}" for note in dataset.get("warnings", [])],
         table.to_markdown(index=False),
         "## Synthesis time",
         pd.DataFrame(

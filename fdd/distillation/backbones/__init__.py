@@ -56,6 +56,7 @@ class Backbone(Protocol):
 
     iteration: int
     device: torch.device
+    syn_images: Tensor  # the learnable synthetic images (their shape is checked against a checkpoint's)
 
     def step(self) -> Tensor: ...
 

@@ -1,0 +1,224 @@
+"""kill -9 at any point leaves no process and no temporary file that a rerun does not clean up;
+SIGTERM / SIGINT to the long-running commands stop every process they started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+import yaml
+
+from fdd.files import (
+    SCRATCH_PREFIX,
+    TEMP_NAME,
+    remove_stale_scratch_dirs,
+    remove_stale_temp_files,
+)
+from flows.lock import workspace_lock
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def _wait(predicate, *, timeout: float, what: str, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process is not None and process.poll() is not None:
+            out = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"{what}: the process exited with {process.returncode}: {out[-2000:]}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _gone(pids: list[int], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _killed_writer(folder: Path, name: str) -> Path:
+    """A real process that dies by SIGKILL in the middle of fdd's atomic write of ``folder/name``."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        from fdd.files import atomic_write
+        def write(handle):
+            handle.write(b"x" * 1000)
+            handle.flush()
+            print("writing", flush=True)
+            time.sleep(300)
+        atomic_write({str(folder / name)!r}, write)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "writing"
+    process.kill()
+    process.wait(timeout=30)
+    (left,) = [p for p in folder.iterdir() if p.name.startswith(f".{name}.")]
+    return left
+
+
+def test_temporary_files_of_a_killed_write_are_removed_by_the_next_run(tiny_workspace: Path) -> None:
+    prepared = tiny_workspace / "data/prepared"
+    left = _killed_writer(prepared, "train.pt")
+    assert TEMP_NAME.match(left.name) and left.stat().st_size == 1000
+    keep = [prepared / ".notes.tmp", prepared / "train.pt.tmp", tiny_workspace / "tiny_idx/.mine.abcdefgh.tmp"]
+    for path in keep:  # not fdd's temporary names, or outside data/
+        path.write_text("the user's")
+    env = _env()
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "stage", "ingest", "--workspace", str(tiny_workspace)],
+        cwd=tiny_workspace, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not left.exists() and "removed 1 temporary file(s)" in result.stderr
+    assert all(path.exists() for path in keep)
+
+
+def test_remove_stale_temp_files_respects_the_name_pattern_and_age(tmp_path: Path) -> None:
+    stale = tmp_path / "a/b/.synthetic.pt.x1y2z3_9.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"1")
+    fresh = tmp_path / ".losses.csv.abcdefgh.tmp"
+    fresh.write_bytes(b"1")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    assert remove_stale_temp_files(tmp_path, older_than=60) == [stale]
+    assert fresh.exists()
+    assert remove_stale_temp_files(tmp_path) == [fresh]
+    assert remove_stale_temp_files(tmp_path / "missing") == []
+
+
+def test_scratch_folders_of_dead_processes_are_removed(tmp_path: Path) -> None:
+    code = "from fdd.files import scratch_dir; import time; d = scratch_dir(); print(d.name, flush=True); time.sleep(300)"
+    processes = [subprocess.Popen([sys.executable, "-c", code], env=_env(TMPDIR=str(tmp_path)), stdout=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+    dead, alive = processes
+    folders = [Path(p.stdout.readline().strip()) for p in processes]
+    assert all(f.is_dir() and f.name.startswith(f"{SCRATCH_PREFIX}{p.pid}-") for f, p in zip(folders, processes))
+    dead.kill()
+    dead.wait(timeout=30)
+    try:
+        assert remove_stale_scratch_dirs(tmp_path) == [folders[0]]
+        assert not folders[0].exists() and folders[1].exists()  # its owner still runs
+    finally:
+        alive.kill()
+        alive.wait(timeout=30)
+    with workspace_lock(tmp_path / "ws"):  # what every locked command does first (system temporary directory)
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_fdd_server_stops_its_prefect_server(sig: int, tmp_path: Path) -> None:
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "server", "--port", str(port), "--workspace", str(tmp_path)],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        _wait(lambda: _answers(port), timeout=180, what="the Prefect server", process=process)
+        children = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
+        assert children, "fdd server started no process"
+        process.send_signal(sig)
+        process.wait(timeout=60)
+        assert _gone(children), f"left running after {signal.Signals(sig).name}: {children}"
+        assert not _answers(port)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.mark.slow
+def test_temporary_prefect_server_dies_with_a_killed_run(tiny_workspace: Path) -> None:
+    params = yaml.safe_load((tiny_workspace / "params.yaml").read_text())
+    params["synthesis"].update({"iterations": 100_000, "modes": ["vanilla"]})
+    (tiny_workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "run"], cwd=tiny_workspace, env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def server() -> list[int]:
+            return [p.pid for p in psutil.Process(process.pid).children(recursive=True) if "uvicorn" in " ".join(p.cmdline())]
+        _wait(lambda: bool(server()), timeout=180, what="the temporary Prefect server", process=process)
+        _wait(lambda: (tiny_workspace / "data/prepared/train.pt").exists(), timeout=180, what="ingest", process=process)
+        pids = server()
+        process.kill()  # SIGKILL: no atexit, no finally
+        process.wait(timeout=30)
+        assert _gone(pids), f"temporary Prefect server {pids} outlived the killed run"
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_stop_on_signals_ends_every_child(tmp_path: Path) -> None:
+    """What `fdd serve` and `fdd sweep` run under: SIGTERM stops the command and every process it started."""
+    code = textwrap.dedent("""
+        import subprocess, sys, time
+        from flows.processes import stop_on_signals
+        with stop_on_signals():
+            children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"]) for _ in range(2)]
+            grandchild = subprocess.Popen(["sh", "-c", "sleep 300 & wait"])
+            print(" ".join(str(c.pid) for c in children + [grandchild]), flush=True)
+            time.sleep(300)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    pids = [int(p) for p in process.stdout.readline().split()]
+    _wait(lambda: len(psutil.Process(process.pid).children(recursive=True)) >= 4, timeout=30, what="the children")
+    everything = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
+    assert set(pids) <= set(everything)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    assert process.returncode != 0 and _gone(everything), everything
+
+
+@pytest.mark.slow
+def test_sigterm_to_fdd_sweep_stops_its_workers_and_servers(tiny_workspace: Path) -> None:
+    params = yaml.safe_load((tiny_workspace / "params.yaml").read_text())
+    params["synthesis"]["iterations"] = 100_000
+    params["sweep"] = {"datasets": ["cmnist"], "ipcs": [2], "modes": ["vanilla"], "seeds": [0, 1], "n_workers": 1,
+                       "processes": True}
+    (tiny_workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "sweep"], cwd=tiny_workspace, env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def uvicorns() -> list[psutil.Process]:
+            return [p for p in psutil.Process(process.pid).children(recursive=True) if "uvicorn" in " ".join(p.cmdline())]
+        # the run's temporary Prefect server, then a Dask worker process with its own one (a grandchild)
+        _wait(lambda: len(uvicorns()) >= 2, timeout=240, what="the Dask worker's Prefect server", process=process)
+        everything = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+        assert process.returncode == 130, process.stderr.read()[-2000:]
+        assert _gone(everything), f"left running: {everything}"
+    finally:
+        if process.poll() is None:
+            process.kill()
