@@ -121,7 +121,8 @@ def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...],
         "## Figures",
         FIGURES_MARKER,
         "## Configuration",
-        "```json\n" + json.dumps(config.model_dump(mode="json"), indent=2) + "\n```",
+        "The settings that define these results (the stages' cache keys; `fdd/config.py` lists the others).",
+        "```json\n" + json.dumps(config.output_settings(), indent=2) + "\n```",
     ]
     markdown = "\n\n".join(sections) + "\n"
     figures = report_figures(root, modes)
