@@ -75,7 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     data_sub.add_parser("fetch", parents=[common], help="acquire and prepare the dataset (stage ingest)")
     one = sub.add_parser("stage", parents=[common], help="run one stage without Prefect (dvc.yaml uses this)")
-    one.add_argument("name", choices=["ingest", "partition", "features", "barycenters", "synthesize", "audit", "report"])
+    one.add_argument("name", choices=["settings", "ingest", "partition", "features", "barycenters", "synthesize", "audit",
+                                      "report"], help="a stage, or 'settings': write data/settings/<stage>.json (dvc.yaml)")
     one.add_argument("--mode", choices=list(MODES))
     show = sub.add_parser("show", parents=[common], help="print the last comparison table")
     del show
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         with workspace_lock(workspace):
+            if args.command == "stage" and args.name == "settings":
+                pipeline.write_stage_settings(config, workspace)
+                return 0
             if args.command == "stage":
                 pipeline.run_single_stage(args.name, config, workspace, args.mode)
                 return 0

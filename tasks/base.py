@@ -58,6 +58,9 @@ SOURCE_PACKAGES = ("fdd", "tasks")
 MANIFEST = "manifest.json"
 #: stage parameters that say where or on what device to run, never what to compute
 UNHASHED_PARAMETERS = ("workspace", "device")
+#: parameters of one call that are not settings: the files it reads (``inputs``; ``raw_digest``,
+#: the hash of the user's own data files) and the mode (DVC sees them as deps and stage names)
+CALL_PARAMETERS = ("inputs", "raw_digest", "mode")
 
 ERR_OUTSIDE_WORKSPACE = "{what} {path} lies outside the workspace {workspace}; stages only write inside it"
 ERR_MISSING_INPUT = (
@@ -266,14 +269,25 @@ def manifest_matches(workspace: str | os.PathLike[str], folder: Path, key: str) 
     return manifest_check(workspace, folder, key) is not None
 
 
+def stage_settings(stage: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """What a stage's key holds besides its inputs and mode, as JSON data.
+
+    ``{"stage", "settings", "source"}``: the stage's settings (its parameters without
+    :data:`UNHASHED_PARAMETERS` and :data:`CALL_PARAMETERS`, config sections reduced to
+    their ``output_settings()``) and :func:`source_digest` of its task module. The same
+    for every mode of a per-mode stage; ``fdd stage settings`` writes it to
+    ``data/settings/<stage>.json`` for ``dvc.yaml``, so DVC reruns a stage exactly when
+    this (or a dependency file) changes, like the flow.
+    """
+    settings = {k: v for k, v in parameters.items() if k not in UNHASHED_PARAMETERS + CALL_PARAMETERS}
+    normalised = json.loads(json.dumps(settings, sort_keys=True, default=_json_default))
+    return {"stage": stage, "settings": normalised, "source": source_digest(stage_module(stage))}
+
+
 def stage_key(stage: str, parameters: dict[str, Any]) -> str:
-    """The content key of a stage run (see the module docstring)."""
-    hashed = {k: v for k, v in parameters.items() if k not in UNHASHED_PARAMETERS}
-    payload = json.dumps(
-        {"stage": stage, "params": hashed, "source": source_digest(stage_module(stage))},
-        sort_keys=True,
-        default=_json_default,
-    )
+    """The content key of a stage run (see the module docstring): its settings, inputs and mode."""
+    call = {k: parameters[k] for k in CALL_PARAMETERS if k in parameters}
+    payload = json.dumps({**stage_settings(stage, parameters), "call": call}, sort_keys=True, default=_json_default)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -12,19 +12,31 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.pipeline import PER_MODE_STAGES, STAGES
+from flows.pipeline import PER_MODE_STAGES, SETTINGS_DIR, STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_dvc_stages_match_the_flow_stages() -> None:
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert tuple(dvc) == STAGES
+    assert tuple(dvc) == ("settings", *STAGES)
+    settings = dvc.pop("settings")
+    # the settings stage sees every parameter and every source the keys are computed from
+    assert settings["cmd"] == "python -m flows.cli stage settings"
+    assert {"fdd", "tasks", "flows"} <= set(settings["deps"]) and settings["params"] == [{"params.yaml": None}]
+    assert settings["outs"] == [SETTINGS_DIR]
     for name, stage in dvc.items():
         body = stage.get("do", stage)
         assert body["cmd"].startswith(f"python -m flows.cli stage {name}")
         assert ("foreach" in stage) == (name in PER_MODE_STAGES), name
-        assert "fdd" in body["deps"] and "tasks" in body["deps"], name
+        # a stage's settings and sources reach DVC only through its settings file, as in its cache key:
+        # no params.yaml section (it would hold synthesis.modes, log_every, ...) and no source folder
+        assert f"{SETTINGS_DIR}/{name}.json" in body["deps"], name
+        assert "params" not in body, name
+        assert not {"fdd", "tasks", "flows"} & set(body["deps"]), name
+        # DVC keeps a stage's outputs while its command runs: a stage that is done computes nothing
+        for out in body["outs"] + stage.get("metrics", []) + stage.get("plots", []):
+            assert isinstance(out, dict) and next(iter(out.values()))["persist"] is True, (name, out)
 
 
 def _dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
