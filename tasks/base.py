@@ -73,7 +73,7 @@ ERR_CHANGED_INPUT = (
 )
 ERR_UNKNOWN_STAGE = "no stage task named {name!r} is defined (known: {known}); import its tasks module first"
 WARN_BAD_MANIFEST = "stage {stage}: {path} cannot be read ({reason}); running the stage again"
-WARN_ALTERED_OUTPUT = "stage {stage}: output {path} {what} since the stage wrote it; running the stage again"
+WARN_ALTERED_OUTPUT = "stage {stage}: output {path} {what}; running the stage again"
 INFO_OTHER_KEY = "stage {stage}: {path} was written with other settings, inputs or code; running the stage again"
 
 #: stage name -> module of its task function (filled by :func:`stage`)
@@ -259,7 +259,7 @@ def manifest_check(workspace: str | os.PathLike[str], folder: Path, key: str, *,
             logger.warning(WARN_ALTERED_OUTPUT.format(stage=label, path=path, what="is missing"))
             return None
         if sha256_file(path) != expected:
-            logger.warning(WARN_ALTERED_OUTPUT.format(stage=label, path=path, what="changed"))
+            logger.warning(WARN_ALTERED_OUTPUT.format(stage=label, path=path, what="changed since the stage wrote it"))
             return None
     return dict(outputs)
 

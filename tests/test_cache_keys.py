@@ -174,3 +174,37 @@ def test_settings_files_follow_the_keys(tmp_path: Path) -> None:
     _task, kwargs = stage_call("audit", "cobra", config=config, workspace=str(tmp_path), device="cpu",
                                modes=("vanilla", "cobra"), outputs=lambda folder: {})
     assert json.loads(audit["audit"]) == stage_settings("audit", kwargs)
+
+
+def test_manifest_check_trusts_only_unaltered_outputs_and_names_what_is_wrong(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tasks.base import manifest_check, record_outputs
+
+    folder = tmp_path / "data/partition"
+    folder.mkdir(parents=True)
+    out = folder / "partition.csv"
+    out.write_text("a,b\n1,2\n")
+    outputs = record_outputs(tmp_path, folder, [out], key="k1")
+    assert manifest_check(tmp_path, folder, "k1") == outputs == {"data/partition/partition.csv": base.sha256_file(out)}
+    with caplog.at_level("INFO", logger="fdd"):
+        assert manifest_check(tmp_path, folder, "k2", stage="partition") is None  # other settings: no warning
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+    def warned(expected: str) -> None:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="fdd"):
+            assert manifest_check(tmp_path, folder, "k1", stage="partition") is None
+        assert any(expected in r.getMessage() for r in caplog.records if r.levelname == "WARNING"), caplog.text
+
+    out.write_text("a,b\n1,3\n")
+    warned(f"output {out} changed since the stage wrote it")
+    out.unlink()
+    warned(f"output {out} is missing; running the stage again")
+    manifest = folder / "manifest.json"
+    manifest.write_text(json.dumps({"cache_key": "k1", "outputs": {"../../etc/passwd": "0" * 64}}))
+    warned("is outside the workspace")
+    manifest.write_text("{not json")
+    warned(f"{manifest} cannot be read")
+    manifest.write_text(json.dumps({"cache_key": "k1", "outputs": ["data/partition/partition.csv"]}))
+    warned(f"{manifest} cannot be read")
