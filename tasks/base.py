@@ -368,8 +368,11 @@ def stage(name: str, *, retries: int = 0, retry_delay_seconds: float = 2.0) -> C
             if done is not None:
                 message = f"stage {label}: outputs match {folder / MANIFEST}; nothing to compute"
                 run_logger().info(message)
-                # inside a flow the task run ends as Cached (no result is persisted or read back)
-                return Completed(name="Cached", data=done, message=message) if TaskRunContext.get() is not None else done
+                # as this Prefect task's run, it ends as Cached (no result is persisted or read back);
+                # called as plain ``task.fn`` (fdd stage, or inside another task) it returns the outputs
+                context = TaskRunContext.get()
+                in_own_run = context is not None and getattr(context.task, "fn", None) is run
+                return Completed(name="Cached", data=done, message=message) if in_own_run else done
             files = fn(*args, **kwargs)
             outputs = record_outputs(workspace, folder, files, key=key)
             run_logger().info("stage %s wrote %d files", label, len(outputs))

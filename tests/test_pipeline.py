@@ -91,8 +91,15 @@ def test_flow_end_to_end_caches_and_reruns_only_downstream(harness, tiny_workspa
     fourth = _task_states(fourth_state.state_details.flow_run_id)
     assert fourth["synthesize[cobra]"] == "Completed" and fourth["synthesize[vanilla]"] == "Cached", fourth
 
-    # the stages' manifests are the only cache: nothing is persisted to Prefect's result storage
-    assert [p for p in Path(harness).rglob("*") if p.is_file()] == []
+    # the stages' manifests are the only cache: no stage persists a result to Prefect's storage or looks one up
+    from prefect.cache_policies import NO_CACHE
+
+    from tasks.audit import audit_set
+    from tasks.ingest import ingest
+    from tasks.report import write_report
+
+    for stage_task in (ingest, audit_set, write_report):
+        assert stage_task.persist_result is False and stage_task.cache_policy is NO_CACHE, stage_task.name
     # damaged manifests are never trusted: every stage recomputes, with the same results
     for manifest in (tiny_workspace / "data").rglob(MANIFEST):
         manifest.write_bytes(manifest.read_bytes()[: manifest.stat().st_size // 2])
