@@ -3,7 +3,8 @@
     fdd run                 the default pipeline: every mode of synthesis.modes, side by side
     fdd distill --mode M    one mode
     fdd data fetch          acquire and prepare the dataset only
-    fdd stage NAME          one stage without Prefect (used by dvc.yaml)
+    fdd stage NAME          one stage without Prefect (used by dvc.yaml); NAME 'settings' writes
+                            data/settings/<stage>.json, what dvc.yaml's stages depend on
     fdd show                print the last comparison table
     fdd server              the Prefect server and UI on 127.0.0.1 for this workspace
     fdd serve               register the deployments of the schedules section and serve them
