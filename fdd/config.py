@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import PurePosixPath
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -115,9 +115,34 @@ class _Section(BaseModel):
     # passes `> 0` and trains to a constant classifier whose DEO of 0 reads as perfectly fair)
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
+    #: keys that change how a run is carried out, logged or checkpointed, never what it
+    #: writes; :meth:`output_settings` leaves them out (stage cache keys, provenance, and
+    #: the ``params:`` of ``dvc.yaml``, which a test keeps in step)
+    NON_OUTPUT_KEYS: ClassVar[tuple[str, ...]] = ()
+
     def digest(self) -> str:
-        """Stable hash of this section's values (used in cache keys and provenance)."""
+        """Stable hash of this section's values (all of them)."""
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def output_settings(self) -> dict[str, Any]:
+        """The values that can change a stage's outputs, as JSON data.
+
+        Every field except :attr:`NON_OUTPUT_KEYS`, recursively through sub-sections;
+        two configurations with equal ``output_settings()`` give the same artifacts.
+        """
+        dump = self.model_dump(mode="json")
+        settings: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            if name in self.NON_OUTPUT_KEYS:
+                continue
+            value = getattr(self, name)
+            settings[name] = value.output_settings() if isinstance(value, _Section) else dump[name]
+        return settings
+
+    def output_digest(self) -> str:
+        """Stable hash of :meth:`output_settings`."""
+        text = json.dumps(self.output_settings(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -127,6 +152,8 @@ Section = _Section
 
 class RuntimeConfig(_Section):
     """Where and how to run: device, base seed, threads."""
+
+    NON_OUTPUT_KEYS: ClassVar[tuple[str, ...]] = ("device", "num_threads")  # stages take the device as an argument
 
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="'auto' picks CUDA when present")
     seed: int = Field(0, ge=0)
@@ -440,6 +467,10 @@ class MTTConfig(_Section):
 class SynthesisConfig(_Section):
     """Synthetic-set optimisation (docs/method.md section 2); ``dc`` / ``idc`` / ``cafe`` / ``mtt`` hold backbone settings."""
 
+    #: a mode's synthetic set does not depend on the other modes listed, nor on the
+    #: progress and checkpoint cadence: adding a mode runs only that mode's stages
+    NON_OUTPUT_KEYS: ClassVar[tuple[str, ...]] = ("modes", "log_every", "checkpoint_every")
+
     backbone: Backbone = "dm"
     modes: tuple[Mode, ...] = ("vanilla", "cobra")
     ipc: int = Field(10, ge=1, le=1000)
@@ -548,6 +579,7 @@ class PipelineConfig(_Section):
     The orchestration sections (``sweep``, ``schedules``) belong to the flows, whose
     configuration extends this one (``flows.configuration.FlowConfig``).
     """
+
 
     runtime: RuntimeConfig = RuntimeConfig()
     data: DataConfig = DataConfig()

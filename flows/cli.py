@@ -3,7 +3,8 @@
     fdd run                 the default pipeline: every mode of synthesis.modes, side by side
     fdd distill --mode M    one mode
     fdd data fetch          acquire and prepare the dataset only
-    fdd stage NAME          one stage without Prefect (used by dvc.yaml)
+    fdd stage NAME          one stage without Prefect (used by dvc.yaml); NAME 'settings' writes
+                            data/settings/<stage>.json, what dvc.yaml's stages depend on
     fdd show                print the last comparison table
     fdd server              the Prefect server and UI on 127.0.0.1 for this workspace
     fdd serve               register the deployments of the schedules section and serve them
@@ -202,8 +203,10 @@ def _parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     data_sub.add_parser("fetch", parents=[common], help="acquire and prepare the dataset (stage ingest)")
     one = sub.add_parser("stage", parents=[common], help="run one stage without Prefect (dvc.yaml uses this)")
-    one.add_argument("name", choices=["inputs", "ingest", "partition", "features", "barycenters", "synthesize", "audit", "report"],
-                     help="a stage of the pipeline, or 'inputs': hash the user's own data files into data/inputs.json")
+    one.add_argument("name", choices=["settings", "inputs", "ingest", "partition", "features", "barycenters", "synthesize",
+                                      "audit", "report"],
+                     help="a stage of the pipeline; 'settings': write data/settings/<stage>.json, 'inputs': hash the "
+                     "user's own data files into data/inputs.json (both for dvc.yaml)")
     one.add_argument("--mode", choices=list(MODES))
     show = sub.add_parser("show", parents=[common], help="print the last comparison table")
     del show
@@ -421,6 +424,9 @@ def _main(args: argparse.Namespace, workspace: str) -> int:
         _quiet_tracebacks()
     start = time.perf_counter()
     with workspace_lock(workspace):
+        if args.command == "stage" and args.name == "settings":
+            pipeline.write_stage_settings(config, workspace)
+            return 0
         if args.command == "stage" and args.name == "inputs":
             from tasks.ingest import write_inputs_fingerprint
 

@@ -15,7 +15,7 @@ import itertools
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -183,6 +183,8 @@ class ScheduleConfig(Section):
 
 class FlowConfig(PipelineConfig):
     """The whole ``params.yaml``: the pipeline's sections plus ``sweep`` and ``schedules``."""
+
+    NON_OUTPUT_KEYS: ClassVar[tuple[str, ...]] = ("sweep", "schedules")  # other commands' settings: in no stage's key
 
     sweep: SweepConfig = SweepConfig()
     schedules: tuple[ScheduleConfig, ...] = ()

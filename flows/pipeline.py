@@ -138,6 +138,34 @@ def _manifest(workspace: str, folder: str) -> dict[str, str]:
     return json.loads(path.read_text())["outputs"]
 
 
+SETTINGS_DIR = "data/settings"
+
+
+def write_stage_settings(config: FlowConfig, workspace: str) -> list[Path]:
+    """Write ``data/settings/<stage>.json`` for every stage: what its key holds besides inputs and mode.
+
+    ``dvc.yaml``'s first stage (``settings``) runs this when ``params.yaml`` or the
+    sources change, and every stage depends on its own file instead of on ``params.yaml``
+    sections and source folders: DVC then reruns a stage exactly when the flow's key
+    changes (a new mode, ``log_every`` or the report's code leave synthesis alone).
+    Files whose content is unchanged are not rewritten.
+    """
+    from tasks.base import atomic_write_text, stage_settings
+
+    modes = tuple(config.synthesis.modes)
+    written = []
+    for name in STAGES:
+        mode = modes[0] if name in PER_MODE_STAGES else None  # the settings are the same for every mode
+        stage_task, kwargs = stage_call(name, mode, config=config, workspace=workspace, device="cpu", modes=modes,
+                                        outputs=lambda _folder: {})
+        text = json.dumps(stage_settings(name, kwargs), indent=2, sort_keys=True) + "\n"
+        path = Path(workspace) / SETTINGS_DIR / f"{name}.json"
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            atomic_write_text(path, text)
+        written.append(path)
+    return written
+
+
 def run_single_stage(name: str, config: FlowConfig, workspace: str, mode: str | None = None) -> dict[str, str]:
     """Run one stage without Prefect (what each ``dvc.yaml`` stage calls).
 

@@ -58,7 +58,7 @@ def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...],
         diagnostics=pd.read_csv(root / "data/barycenters/classes.csv"),
         network=config.network,
         synthesis=config.synthesis,
-        settings=config.model_dump(mode="json"),
+        settings=config.output_settings(),
     )
     figures = report_figures(root, modes)
     atomic_write_text(out / "report.md", markdown.replace(FIGURES_MARKER, figure_markdown(figures, base=out)))

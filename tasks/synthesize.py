@@ -63,8 +63,10 @@ def synthesize_set(
         device=device,
         provenance={
             "train_digest": dataset["train_digest"],
-            "synthesis_config": synthesis.model_dump(mode="json"),
-            "synthesis_config_digest": synthesis.digest(),
+            # the settings that define the set (not modes, log_every, checkpoint_every): the same
+            # set made by `fdd run`, `fdd distill` or `dvc repro` carries the same record, byte for byte
+            "synthesis_config": synthesis.output_settings(),
+            "synthesis_config_digest": synthesis.output_digest(),
             "network_config": network.model_dump(mode="json"),
             "dataset": dataset["dataset"],
         },

@@ -12,22 +12,34 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.pipeline import PER_MODE_STAGES, STAGES
+from flows.pipeline import PER_MODE_STAGES, SETTINGS_DIR, STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_dvc_stages_match_the_flow_stages() -> None:
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert tuple(dvc) == ("settings", "inputs", *STAGES)
+    settings = dvc.pop("settings")
+    # the settings stage sees every parameter and every source the keys are computed from
+    assert settings["cmd"] == "python -m flows.cli stage settings"
+    assert {"fdd", "tasks", "flows"} <= set(settings["deps"]) and settings["params"] == [{"params.yaml": None}]
+    assert settings["outs"] == [SETTINGS_DIR]
     inputs = dvc.pop("inputs")  # the fingerprint of the user's files, before the flow's stages
     assert inputs["always_changed"] and inputs["cmd"] == "python -m flows.cli stage inputs"
     assert "data/inputs.json" in dvc["ingest"]["deps"]
-    assert tuple(dvc) == STAGES
     for name, stage in dvc.items():
         body = stage.get("do", stage)
         assert body["cmd"].startswith(f"python -m flows.cli stage {name}")
         assert ("foreach" in stage) == (name in PER_MODE_STAGES), name
-        assert "fdd" in body["deps"] and "tasks" in body["deps"], name
+        # a stage's settings and sources reach DVC only through its settings file, as in its cache key:
+        # no params.yaml section (it would hold synthesis.modes, log_every, ...) and no source folder
+        assert f"{SETTINGS_DIR}/{name}.json" in body["deps"], name
+        assert "params" not in body, name
+        assert not {"fdd", "tasks", "flows"} & set(body["deps"]), name
+        # DVC keeps a stage's outputs while its command runs: a stage that is done computes nothing
+        for out in body["outs"] + stage.get("metrics", []) + stage.get("plots", []):
+            assert isinstance(out, dict) and next(iter(out.values()))["persist"] is True, (name, out)
 
 
 def _dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -84,7 +96,8 @@ def test_dvc_repro_then_status_clean_and_metrics(tiny_workspace: Path) -> None:
     assert again.returncode == 0, again.stderr[-3000:]
     ran = {line.split("'")[1] for line in again.stdout.splitlines() if line.startswith("Running stage")}
     skipped = {line.split("'")[1] for line in again.stdout.splitlines() if "didn't change" in line}
-    assert ran == {"inputs", "audit@vanilla", "audit@cobra", "report"}, again.stdout  # inputs: always (it only hashes)
+    # settings: writes the stages' key files; inputs: always runs (it only hashes the user's files)
+    assert ran == {"settings", "inputs", "audit@vanilla", "audit@cobra", "report"}, again.stdout
     assert skipped == {"ingest", "partition", "features", "barycenters", "synthesize@vanilla", "synthesize@cobra"}
 
 

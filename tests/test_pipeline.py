@@ -91,15 +91,69 @@ def test_flow_end_to_end_caches_and_reruns_only_downstream(harness, tiny_workspa
     fourth = _task_states(fourth_state.state_details.flow_run_id)
     assert fourth["synthesize[cobra]"] == "Completed" and fourth["synthesize[vanilla]"] == "Cached", fourth
 
-    # damaged cache entries are never used: every stage recomputes, with the same results
-    entries = [p for p in Path(harness).rglob("*") if p.is_file()]
-    assert entries
-    for entry in entries:
-        entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    # the stages' manifests are the only cache: no stage persists a result to Prefect's storage or looks one up
+    from prefect.cache_policies import NO_CACHE
+
+    from tasks.audit import audit_set
+    from tasks.ingest import ingest
+    from tasks.report import write_report
+
+    for stage_task in (ingest, audit_set, write_report):
+        assert stage_task.persist_result is False and stage_task.cache_policy is NO_CACHE, stage_task.name
+    # damaged manifests are never trusted: every stage recomputes, with the same results
+    for manifest in (tiny_workspace / "data").rglob(MANIFEST):
+        manifest.write_bytes(manifest.read_bytes()[: manifest.stat().st_size // 2])
     fifth_state = compare_flow(changed, workspace=ws, return_state=True)
     fifth = _task_states(fifth_state.state_details.flow_run_id)
     assert set(fifth.values()) == {"Completed"}, fifth
     assert json.loads((tiny_workspace / "data/metrics.json").read_text()) == third_metrics
+
+
+class _WritesAFile:
+    """Unpickling this runs ``Path(marker).write_text("pwned")``: what a hostile record could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+def test_planted_pickle_records_are_never_read(harness, tiny_workspace: Path) -> None:
+    """A record under Prefect's result storage names its own deserialiser; fdd reads none of them."""
+    from prefect.results import ResultRecord, ResultRecordMetadata
+    from prefect.serializers import PickleSerializer
+
+    ws = str(tiny_workspace)
+    config = load_config(tiny_workspace / "params.yaml")
+    assert compare_flow(config, workspace=ws, return_state=True).is_completed()
+    marker = tiny_workspace / "pwned.txt"
+    record = ResultRecord(
+        metadata=ResultRecordMetadata(storage_key="planted", serializer=PickleSerializer()), result=_WritesAFile(marker)
+    ).serialize()
+    ResultRecord.deserialize(record)  # the payload is live: Prefect's reader runs it
+    assert marker.read_text() == "pwned"
+    marker.unlink()
+    # plant it under every name a cache hit of a stage could look up: <stage>-<key> (Prefect's
+    # cache_key_fn naming) and <key>, in the harness's storage and in the workspace's .prefect/storage
+    planted = []
+    for manifest in (tiny_workspace / "data").rglob(MANIFEST):
+        key = json.loads(manifest.read_text())["cache_key"]
+        stage = {"prepared": "ingest", "synthetic": "synthesize", "audit": "audit"}.get(
+            manifest.parent.relative_to(tiny_workspace / "data").parts[0], manifest.parent.name)
+        for folder in (Path(harness), tiny_workspace / ".prefect/storage"):
+            for name in (f"{stage}-{key}", key):
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / name).write_bytes(record)
+                planted.append(folder / name)
+    assert len(planted) == 4 * 9
+    before = {p: p.stat().st_mtime_ns for p in (tiny_workspace / "data").rglob(MANIFEST)}
+    again = compare_flow(config, workspace=ws, return_state=True)
+    assert again.is_completed()
+    assert not marker.exists()
+    states = _task_states(again.state_details.flow_run_id)
+    assert set(states.values()) == {"Cached"}, states  # served from the manifests, nothing recomputed
+    assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
 def test_single_stages_without_prefect_match_the_flow_outputs(tiny_workspace: Path) -> None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import types
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,13 +86,82 @@ def _check_normalisation(mean: tuple[float, ...], std: tuple[float, ...], channe
         raise ValueError(ERR_STD_POSITIVE.format(value=std))
 
 
+class _ContentPickler(pickle.Pickler):
+    """A pickler without memo: an object is written by value wherever it occurs.
+
+    The standard memo writes a repeated object as a back-reference, so two equal
+    payloads pickle to different bytes when one holds two references to one string or
+    tuple and the other two equal copies (which depends on interning, on how a config
+    was loaded, on the process). Artifacts hold no cycles, so the memo is not needed.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fast = True
+
+
+#: what :func:`torch.save` takes as ``pickle_module``: only ``Pickler`` is used for saving
+_CONTENT_PICKLE = types.SimpleNamespace(__name__="fdd.data.content_pickle", Pickler=_ContentPickler)
+
+
+def canonical_payload(obj: Any) -> Any:
+    """``obj`` with the same content in a form whose :func:`torch.save` bytes depend only on it.
+
+    * a tensor that views a larger storage (a slice, a non-contiguous view) or shares
+      its storage with another tensor of ``obj`` is copied into a storage of its own:
+      :func:`torch.save` writes whole storages, so a view would carry the bytes it does
+      not show and two shared tensors one storage record instead of two;
+    * plain ``dict`` s with string keys are sorted by key (equal dicts, equal bytes);
+      other mappings (``OrderedDict``, e.g. a ``state_dict``) keep their order.
+
+    Lists, tuples and dicts are walked recursively; other objects are kept as they are.
+    """
+    seen: set[tuple[str, int]] = set()
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            storage = value.untyped_storage()
+            key = (str(storage.device), storage.data_ptr())
+            owns = (
+                value.is_contiguous()
+                and value.storage_offset() == 0
+                and storage.nbytes() == value.numel() * value.element_size()
+                and key not in seen
+            )
+            if owns:
+                seen.add(key)
+                return value
+            copy = value.detach().clone(memory_format=torch.contiguous_format)
+            copy.requires_grad_(value.requires_grad and copy.is_leaf)
+            seen.add((str(copy.untyped_storage().device), copy.untyped_storage().data_ptr()))
+            return copy
+        if type(value) is dict:
+            keys = list(value)
+            if all(isinstance(k, str) for k in keys):
+                keys = sorted(keys)
+            return {k: walk(value[k]) for k in keys}
+        if isinstance(value, OrderedDict):
+            return type(value)((k, walk(v)) for k, v in value.items())
+        if type(value) in (list, tuple):
+            return type(value)(walk(v) for v in value)
+        return value
+
+    return walk(obj)
+
+
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """Save ``obj`` with :func:`torch.save` to ``path`` atomically.
+    """Save ``obj`` with :func:`torch.save` to ``path`` atomically, as bytes that depend only on its content.
 
     The object is written to a temporary file in the same folder, flushed to disk and
-    renamed over ``path``, so a crash never leaves a half-written file behind.
+    renamed over ``path``, so a crash never leaves a half-written file behind. It is
+    first brought to :func:`canonical_payload` form and pickled without memo, so the
+    same content saved by any process (the Prefect flow, ``dvc repro``'s fresh stage
+    process, a test) gives the same file, byte for byte, and the same sha256 in the
+    stage manifests and in ``dvc.lock``. ``torch.load(path, weights_only=True)`` reads
+    it as usual.
     """
-    atomic_write(path, lambda handle: torch.save(obj, handle))
+    payload = canonical_payload(obj)
+    atomic_write(path, lambda handle: torch.save(payload, handle, pickle_module=_CONTENT_PICKLE))
 
 
 def _load_dict(path: str | os.PathLike[str], required: set[str], kind: str) -> dict[str, Any]:

@@ -137,6 +137,7 @@ def report_markdown(
         "## Figures",
         FIGURES_MARKER,
         "## Configuration",
+        "The settings that define these results (the stages' cache keys; `fdd/config.py` lists the others).",
         "```json\n" + json.dumps(dict(settings), indent=2) + "\n```",
     ]
     return "\n\n".join(sections) + "\n"
