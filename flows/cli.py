@@ -8,15 +8,21 @@
     fdd server              the Prefect server and UI on 127.0.0.1 for this workspace
     fdd serve               register the deployments of the schedules section and serve them
     fdd sweep               the grid of the sweep section on a Dask cluster (local by default)
+    fdd config              print the resolved configuration and where each value came from
+    fdd --version           the versions of fdd and of the libraries it runs on
 
 Settings come from ``params.yaml`` (``--params``), optionally merged with a preset
-(``--preset full``) and ``--set section.key=value`` overrides.
+(``--preset full``) and ``--set section.key=value`` overrides. Exit codes: :data:`EXIT_CODES`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
+from collections.abc import Iterator
+from importlib import metadata
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +63,34 @@ def _preset_path(preset: str | None) -> Path | None:
     return candidate
 
 
+#: What ``fdd`` exits with (also in ``fdd --help`` and the README).
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "success"),
+    (1, "the run failed (a stage raised; the traceback says which), or `fdd show` found no results yet"),
+    (2, "bad command line or configuration (params.yaml, --preset, --set): nothing was run or written"),
+    (3, "the workspace is busy: another fdd process holds its lock (`<workspace>/.fdd.lock`)"),
+    (4, "`fdd serve`: no Prefect server answers at the API URL"),
+)
+VERSION_LIBRARIES = ("torch", "prefect", "dvc", "pot")
+
+
+def version_text() -> str:
+    """``fdd X (Python Y; torch ..., prefect ..., dvc ..., pot ...)``, from the installed metadata."""
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {version(name)}" for name in VERSION_LIBRARIES)
+    return f"fdd {version('fdd')} (Python {sys.version.split()[0]}; {libraries})"
+
+
+def _exit_codes_epilog() -> str:
+    return "exit codes:\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES)
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
@@ -66,7 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set synthesis.ipc=50 (repeatable)")
     common.add_argument("--workspace", default=".", help="folder holding data/ and .prefect/ (default: .)")
-    parser = argparse.ArgumentParser(prog="fdd", description="Fair dataset distillation (COBRA) pipeline")
+    parser = argparse.ArgumentParser(prog="fdd", description="Fair dataset distillation (COBRA) pipeline",
+                                     epilog=_exit_codes_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", parents=[common], help="run the comparison pipeline (all modes in synthesis.modes)")
     distill = sub.add_parser("distill", parents=[common], help="run the pipeline for one mode")
@@ -87,7 +123,60 @@ def _parser() -> argparse.ArgumentParser:
     server = sub.add_parser("server", parents=[common], help="start the Prefect server and UI for this workspace")
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     server.add_argument("--port", type=int, default=4200)
+    config = sub.add_parser("config", parents=[common],
+                            help="print the resolved configuration (params file + presets + --set) and each value's source")
+    config.add_argument("--json", action="store_true",
+                        help='print {"config": ..., "sources": {"section.key": source}} as JSON instead of YAML')
     return parser
+
+
+def _print_config(config: PipelineConfig, args: argparse.Namespace, presets: list[Path]) -> int:
+    """``fdd config``: the validated configuration, each value labelled with the layer that set it."""
+    import json
+
+    from flows.configuration import config_layers, render_config, value_sources
+
+    layers = config_layers(args.params, preset=presets, preset_names=args.preset, overrides=_overrides(args.overrides))
+    sources = value_sources(config, layers)
+    if args.json:
+        print(json.dumps({"config": config.model_dump(mode="json"), "sources": sources}, indent=2))
+    else:
+        print(f"# resolved configuration; each value's source: {' < '.join(['default', *(n for n, _ in layers)])}")
+        print(render_config(config, sources), end="")
+    return 0
+
+
+def _print_headline(workspace: Path) -> None:
+    """The report's one-sentence summary of the table (what each mode changed against vanilla)."""
+    import json
+
+    from tasks.report import headline
+
+    metrics = workspace / "data/metrics.json"
+    summary = headline(json.loads(metrics.read_text())) if metrics.exists() else None
+    if summary:
+        print("\n" + summary)
+
+
+STAGE_LOG_FORMAT = "%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"
+
+
+@contextlib.contextmanager
+def _stage_logging() -> Iterator[None]:
+    """INFO lines of the ``fdd`` loggers on stderr while ``fdd stage`` runs (no Prefect logger there)."""
+    logger = logging.getLogger("fdd")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(STAGE_LOG_FORMAT, datefmt="%H:%M:%S"))
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # Prefect's root handlers would print each line twice
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -165,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         import pandas as pd
 
         print(pd.read_csv(table).to_markdown(index=False))
+        _print_headline(Path(workspace))
         return 0
     try:
         presets = [_preset_path(p) for p in args.preset]
@@ -173,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "config":
+        return _print_config(config, args, [p for p in presets if p is not None])
     Path(workspace).mkdir(parents=True, exist_ok=True)
     configure_environment(workspace)
     if args.command == "serve":
@@ -183,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with workspace_lock(workspace):
             if args.command == "stage":
-                pipeline.run_single_stage(args.name, config, workspace, args.mode)
+                with _stage_logging():
+                    pipeline.run_single_stage(args.name, config, workspace, args.mode)
                 return 0
             if args.command == "data":
                 ingest_task, kwargs = pipeline.stage_call(
@@ -211,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
     table = pd.read_csv(Path(workspace) / "data/report/comparison.csv")
     print("\n" + table.to_markdown(index=False))
+    _print_headline(Path(workspace))
     print(f"\nfinished in {time.perf_counter() - start:.0f} s; report: {Path(workspace) / 'data/report/report.md'}")
     return 0
 
