@@ -144,3 +144,19 @@ def test_fdd_show_prints_the_table_and_its_headline(tmp_path: Path, capsys) -> N
     out = capsys.readouterr().out
     assert "| cobra   | 89.67 ± 0.00 |" in out
     assert out.rstrip().endswith("cut the worst-class gap DEO_M from 100.00 to 16.89 points.")
+
+
+def test_quick_preset_restores_the_shipped_params_and_full_restores_the_published_settings() -> None:
+    """presets/quick.yaml holds exactly the quick CPU values of params.yaml (merging it over
+    params.yaml, or over the full preset, gives back the shipped configuration), and the full
+    preset resets each quick-only choice to the published COBRA-DM setting."""
+    params = ROOT / "params.yaml"
+    shipped = load_config(params).model_dump(mode="json")
+    quick = yaml.safe_load((ROOT / "presets/quick.yaml").read_text())
+    assert load_config(params, preset=ROOT / "presets/quick.yaml").model_dump(mode="json") == shipped
+    back = load_config(params, preset=[ROOT / "presets/full.yaml", ROOT / "presets/quick.yaml"])
+    assert back.model_dump(mode="json") == shipped
+    full = load_config(params, preset=ROOT / "presets/full.yaml")
+    assert (full.synthesis.init, full.synthesis.lr_img, full.runtime.num_threads) == ("real", 1.0, None)
+    assert (full.synthesis.iterations, full.synthesis.batch_real, full.network.width) == (2600, 600, 128)
+    assert quick["synthesis"]["init"] == "barycenter" and shipped["synthesis"]["init"] == "barycenter"

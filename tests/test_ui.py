@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -15,15 +13,11 @@ import httpx
 import pytest
 
 from flows import cli
+from scripts.screenshot_ui import chromium, rendered_dom
 from tests.test_server import _free_port, _stop, _wait
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# what the machine's closed network needs (Chromium otherwise retries Google's hosts at every start)
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-)
+CHROMIUM = chromium()
 
 
 class _Page(HTMLParser):
@@ -53,18 +47,6 @@ class _Page(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._cell is not None:
             self._cell.append(data)
-
-
-def rendered_dom(url: str, *, budget_ms: int = 30000) -> str:
-    """The DOM of ``url`` after headless Chromium ran its scripts for ``budget_ms`` of virtual time."""
-    with tempfile.TemporaryDirectory() as profile:
-        done = subprocess.run(
-            [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}",
-             "--dump-dom", url],
-            capture_output=True, text=True, timeout=240,
-        )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
 
 
 @pytest.mark.slow
