@@ -123,7 +123,7 @@ def main() -> int:
                        size="1400,1000", budget_ms=args.budget_ms)
             screenshot(f"{base}/artifacts", out / "ui_artifacts.png", size="1400,1100", budget_ms=args.budget_ms)
             screenshot(f"{base}/artifacts/artifact/{report['id']}", out / "ui_report.png",
-                       size="1400,3400", budget_ms=args.budget_ms)
+                       size="1400,5000", budget_ms=args.budget_ms)
         finally:
             server.send_signal(signal.SIGINT)
             try:

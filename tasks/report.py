@@ -137,6 +137,8 @@ def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...],
         "## Results (mean ± std over evaluation seeds)",
         *([f"**{summary}**"] if (summary := headline(metrics)) else []),
         table.to_markdown(index=False),
+        "## Figures",
+        FIGURES_MARKER,
         "## Synthesis time",
         pd.DataFrame(
             [{"mode": m, "seconds": round(t["seconds"], 1), "s/iteration": round(t["seconds_per_iteration"], 4),
@@ -150,8 +152,6 @@ def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...],
         "Means over the groups of each class; `w2_*` are W2 distances of the groups' embedding clouds "
         "to the free-support barycenter with uniform and with proportional (vanilla) weights.",
         diagnostics.round(3).to_markdown(index=False),
-        "## Figures",
-        FIGURES_MARKER,
         "## Configuration",
         "```json\n" + json.dumps(config.model_dump(mode="json"), indent=2) + "\n```",
     ]
