@@ -21,9 +21,9 @@ import argparse
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from importlib import metadata
-import time
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ def _preset_path(preset: str | None) -> Path | None:
 #: What ``fdd`` exits with (also in ``fdd --help`` and the README).
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (0, "success"),
-    (1, "the run failed (a stage raised; the traceback says which), or `fdd show` found no results yet"),
+    (1, "the run failed (a stage raised an error), or `fdd show` found no results yet"),
     (2, "bad command line or configuration (params.yaml, --preset, --set): nothing was run or written"),
     (3, "the workspace is busy: another fdd process holds its lock (`<workspace>/.fdd.lock`)"),
     (4, "`fdd serve`: no Prefect server answers at the API URL"),
