@@ -9,6 +9,8 @@
     fdd server              the Prefect server and UI on 127.0.0.1 for this workspace
     fdd serve               register the deployments of the schedules section and serve them
     fdd sweep               the grid of the sweep section on a Dask cluster (local by default)
+    fdd config              print the resolved configuration and where each value came from
+    fdd --version           the versions of fdd and of the libraries it runs on
 
 Settings come from ``params.yaml`` (``--params``), optionally merged with a preset
 (``--preset full``) and ``--set section.key=value`` overrides.
@@ -16,12 +18,14 @@ Settings come from ``params.yaml`` (``--params``), optionally merged with a pres
 Exit codes: 0 done; 1 an unexpected error (a bug: the traceback is printed); 2 a user error
 (bad settings, data, files, disk or device: one or two lines naming the file or key and what
 is allowed; ``--debug`` adds the traceback); 3 the workspace is in use by another fdd run;
-4 no Prefect server answers at ``PREFECT_API_URL`` / ``--api-url``.
+4 no Prefect server answers at ``PREFECT_API_URL`` / ``--api-url``; 130 interrupted. The table:
+:data:`EXIT_CODES` (shown by ``fdd --help``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -29,6 +33,8 @@ import sqlite3
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +180,36 @@ def describe(exc: BaseException, workspace: str | Path = ".") -> str:
     return text
 
 
+#: What ``fdd`` exits with (also in ``fdd --help`` and the README).
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "success"),
+    (1, "an unexpected error (a bug: the traceback is printed), or `fdd sweep` with failed cells (the others finished)"),
+    (2, "a user error: settings, data, files, disk or device; one or two lines name the file or key (--debug adds "
+        "the traceback); nothing is half-written"),
+    (3, "the workspace is busy: another fdd process holds its lock (`<workspace>/.fdd.lock`)"),
+    (4, "no Prefect server answers at PREFECT_API_URL (or `fdd serve --api-url`)"),
+    (130, "interrupted (SIGINT or SIGTERM); run the command again to continue"),
+)
+VERSION_LIBRARIES = ("torch", "prefect", "dvc", "pot")
+
+
+def version_text() -> str:
+    """``fdd X (Python Y; torch ..., prefect ..., dvc ..., pot ...)``, from the installed metadata."""
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {version(name)}" for name in VERSION_LIBRARIES)
+    return f"fdd {version('fdd')} (Python {sys.version.split()[0]}; {libraries})"
+
+
+def _exit_codes_epilog() -> str:
+    return "exit codes:\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES)
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
@@ -185,13 +221,10 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--workspace", default=".", help="folder holding data/ and .prefect/ (default: .)")
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="print the traceback of an error (default: one or two lines naming the file or key)")
-    parser = argparse.ArgumentParser(
-        prog="fdd", description="Fair dataset distillation (COBRA) pipeline",
-        epilog="exit codes: 0 done; 1 unexpected error (a bug; traceback printed); 2 user error (settings, data, "
-        "files, disk, device: one or two lines naming the file or key; --debug adds the traceback); 3 workspace "
-        "in use by another fdd run; 4 no Prefect server answers at PREFECT_API_URL (or fdd serve --api-url)",
-    )
+    parser = argparse.ArgumentParser(prog="fdd", description="Fair dataset distillation (COBRA) pipeline",
+                                     epilog=_exit_codes_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="write params.yaml and dvc.yaml into a new workspace")
     init.add_argument("directory", nargs="?", default=".", help="the workspace folder (default: .; created if missing)")
@@ -220,7 +253,60 @@ def _parser() -> argparse.ArgumentParser:
     server = sub.add_parser("server", parents=[common], help="start the Prefect server and UI for this workspace")
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     server.add_argument("--port", type=int, default=4200)
+    config = sub.add_parser("config", parents=[common],
+                            help="print the resolved configuration (params file + presets + --set) and each value's source")
+    config.add_argument("--json", action="store_true",
+                        help='print {"config": ..., "sources": {"section.key": source}} as JSON instead of YAML')
     return parser
+
+
+def _print_config(config: FlowConfig, args: argparse.Namespace, presets: list[Path]) -> int:
+    """``fdd config``: the validated configuration, each value labelled with the layer that set it."""
+    import json
+
+    from flows.configuration import config_layers, render_config, value_sources
+
+    layers = config_layers(args.params, preset=presets, preset_names=args.preset, overrides=_overrides(args.overrides))
+    sources = value_sources(config, layers)
+    if args.json:
+        print(json.dumps({"config": config.model_dump(mode="json"), "sources": sources}, indent=2))
+    else:
+        print(f"# resolved configuration; each value's source: {' < '.join(['default', *(n for n, _ in layers)])}")
+        print(render_config(config, sources), end="")
+    return 0
+
+
+def _print_headline(workspace: Path) -> None:
+    """The report's one-sentence summary of the table (what each mode changed against vanilla)."""
+    import json
+
+    from fdd.report.assemble import headline
+
+    metrics = workspace / "data/metrics.json"
+    summary = headline(json.loads(metrics.read_text())) if metrics.exists() else None
+    if summary:
+        print("\n" + summary)
+
+
+STAGE_LOG_FORMAT = "%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"
+
+
+@contextlib.contextmanager
+def _stage_logging() -> Iterator[None]:
+    """INFO lines of the ``fdd`` loggers on stderr while ``fdd stage`` runs (no Prefect logger there)."""
+    logger = logging.getLogger("fdd")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(STAGE_LOG_FORMAT, datefmt="%H:%M:%S"))
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # Prefect's root handlers would print each line twice
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -404,10 +490,13 @@ def _main(args: argparse.Namespace, workspace: str) -> int:
         import pandas as pd
 
         print(pd.read_csv(table).to_markdown(index=False))
+        _print_headline(Path(workspace))
         return 0
     presets = [_preset_path(p) for p in args.preset]
     config = load_config(args.params, preset=presets, overrides=_overrides(args.overrides))
     _check_command(config, args)
+    if args.command == "config":
+        return _print_config(config, args, presets)
     Path(workspace).mkdir(parents=True, exist_ok=True)
     configure_environment(workspace)
     if args.command == "serve":
@@ -433,7 +522,8 @@ def _main(args: argparse.Namespace, workspace: str) -> int:
             write_inputs_fingerprint(workspace, config.data)
             return 0
         if args.command == "stage":
-            pipeline.run_single_stage(args.name, config, workspace, args.mode)
+            with _stage_logging():
+                pipeline.run_single_stage(args.name, config, workspace, args.mode)
             return 0
         if args.command == "data":
             ingest_task, kwargs = pipeline.stage_call(
@@ -466,6 +556,7 @@ def _main(args: argparse.Namespace, workspace: str) -> int:
 
     table = pd.read_csv(Path(workspace) / "data/report/comparison.csv")
     print("\n" + table.to_markdown(index=False))
+    _print_headline(Path(workspace))
     print(f"\nfinished in {time.perf_counter() - start:.0f} s; report: {Path(workspace) / 'data/report/report.md'}")
     return 0
 

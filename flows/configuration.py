@@ -347,3 +347,82 @@ def sweep_cell_configs(config: FlowConfig) -> list[tuple[dict[str, Any], FlowCon
         raise ConfigError(ERR_SWEEP_CELLS.format(count=len(problems), total=len(problems) + len(cells),
                                                  problems="\n".join(problems)))
     return cells
+
+
+DEFAULT_SOURCE = "default"
+OVERRIDE_SOURCE = "--set"
+_MISSING = object()
+
+
+def config_layers(
+    path: str | Path = "params.yaml",
+    *,
+    preset: Sequence[str | Path] = (),
+    preset_names: Sequence[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """The layers :func:`load_config` merges, in order, each with a label saying where it came from.
+
+    ``params.yaml`` first, then each preset (labelled ``preset NAME`` with ``preset_names``,
+    else by its path), then the ``--set`` overrides.
+    """
+    names = list(preset_names) if preset_names is not None else [str(p) for p in preset]
+    layers = [(str(path), yaml.safe_load(Path(path).read_text()) or {})]
+    layers += [(f"preset {name}", yaml.safe_load(Path(one).read_text()) or {}) for name, one in zip(names, preset)]
+    if overrides:
+        layers.append((OVERRIDE_SOURCE, overrides))
+    return layers
+
+
+def value_sources(config: PipelineConfig, layers: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+    """``{section.key: label}`` for every value of ``config``: the last layer that set it, else 'default'.
+
+    Nested sections (``data.group_noise.seed``) are walked; lists (``synthesis.modes``,
+    ``schedules``) are single values.
+    """
+    sources: dict[str, str] = {}
+
+    def walk(resolved: Any, prefix: str) -> None:
+        if isinstance(resolved, dict) and resolved:
+            for key, value in resolved.items():
+                walk(value, f"{prefix}.{key}" if prefix else key)
+            return
+        label = DEFAULT_SOURCE
+        for name, raw in layers:
+            node: Any = raw
+            for part in prefix.split("."):
+                node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+            if node is not _MISSING:
+                label = name
+        sources[prefix] = label
+
+    walk(config.model_dump(mode="json"), "")
+    return sources
+
+
+def render_config(config: PipelineConfig, sources: dict[str, str]) -> str:
+    """The resolved configuration as YAML, each value followed by ``# <where it came from>``.
+
+    The text parses back (``yaml.safe_load``) to ``config.model_dump(mode='json')``.
+    """
+    lines: list[str] = []
+
+    def scalar(value: Any) -> str:
+        text = yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False)
+        return text.removesuffix("\n").removesuffix("\n...").strip()
+
+    def walk(node: dict[str, Any], prefix: str, indent: int) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}.{key}" if prefix else key
+            if isinstance(value, dict) and value:
+                lines.append(" " * indent + f"{key}:")
+                walk(value, dotted, indent + 2)
+            elif isinstance(value, list) and any(isinstance(item, dict) for item in value):  # e.g. schedules
+                lines.append(" " * indent + f"{key}:  # {sources.get(dotted, DEFAULT_SOURCE)}")
+                block = yaml.safe_dump(value, default_flow_style=False, width=10**9, sort_keys=False)
+                lines.extend(" " * (indent + 2) + line for line in block.splitlines())
+            else:
+                lines.append(" " * indent + f"{key}: {scalar(value)}  # {sources.get(dotted, DEFAULT_SOURCE)}")
+
+    walk(config.model_dump(mode="json"), "", 0)
+    return "\n".join(lines) + "\n"

@@ -8,7 +8,14 @@ from pathlib import Path
 import pandas as pd
 
 from fdd.config import PipelineConfig
-from fdd.report.assemble import FIGURES_MARKER, comparison_table, figure_markdown, recall_series, report_markdown
+from fdd.report.assemble import (
+    FIGURES_MARKER,
+    comparison_table,
+    figure_markdown,
+    headline,
+    recall_series,
+    report_markdown,
+)
 from fdd.report.plots import loss_curves, save_figure
 from tasks.base import (
     atomic_write_bytes,
@@ -49,6 +56,7 @@ def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...],
             atomic_write_text(path, frame.to_csv(index=False))
             plot_files.append(path)
     atomic_write_bytes(out / "loss_curves.png", save_figure(loss_curves(curves)))
+    summary = headline(metrics)
     markdown = report_markdown(
         table=table,
         dataset=json.loads((root / "data/prepared/dataset.json").read_text()),
@@ -59,11 +67,12 @@ def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...],
         network=config.network,
         synthesis=config.synthesis,
         settings=config.output_settings(),
+        summary=summary,
     )
     figures = report_figures(root, modes)
     atomic_write_text(out / "report.md", markdown.replace(FIGURES_MARKER, figure_markdown(figures, base=out)))
     # the Prefect UI cannot read local files: its copy of the report carries the PNGs inline
     publish_markdown("report", markdown.replace(FIGURES_MARKER, figure_markdown(figures, base=None)),
                      "fair distillation report")
-    publish_table("comparison", table.to_dict("records"), "modes side by side")
+    publish_table("comparison", table.to_dict("records"), summary or "modes side by side")
     return [out / "report.md", out / "comparison.csv", out / "loss_curves.png", root / "data/metrics.json", *plot_files]

@@ -43,7 +43,13 @@ def synthesize_set(
     dataset = json.loads((root / "data/prepared/dataset.json").read_text())
     out = stage_dir(workspace, "synthesize", mode)
     logger = run_logger()
-    progress_id = create_progress_artifact(0.0, key=artifact_key("synthesis", mode)) if in_prefect_run() else None
+    progress_id = (
+        create_progress_artifact(
+            0.0, key=artifact_key("synthesis", mode),
+            description=f"synthesis progress of {mode}: % of {synthesis.iterations} iterations done",
+        )
+        if in_prefect_run() else None
+    )
 
     bar = tqdm(total=synthesis.iterations, desc=f"synthesize[{mode}]", unit="it", disable=None, leave=False)
 

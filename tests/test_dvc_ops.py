@@ -39,6 +39,54 @@ def _external(html: str) -> list[str]:
     return [url for url in parser.urls if url.startswith(("http:", "https:", "//"))]
 
 
+def _plot_specs(ws: Path) -> dict[str, dict]:
+    """``dvc plots show --json``: the rendered Vega-Lite spec of every plot file, by path."""
+    shown = _dvc(["plots", "show", "--json"], ws)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    return {path: items[0]["content"] for path, items in json.loads(shown.stdout)["data"].items()}
+
+
+def _encodings(spec: dict) -> list[dict]:
+    """Every ``encoding`` block of a spec, its layers' included."""
+    found = [spec["encoding"]] if "encoding" in spec else []
+    for layer in spec.get("layer", []):
+        found += _encodings(layer)
+    return found
+
+
+def _check_plot_specs(specs: dict[str, dict], modes: list[str]) -> None:
+    """The group-recall bars grow along x (recall, a number) per y category (class / group);
+    the loss curves put the iteration on x and the loss on y."""
+    for mode in modes:
+        recall = specs[f"data/plots/group_recall/{mode}.csv"]
+        assert recall["mark"]["type"] == "bar"
+        x, y = recall["encoding"]["x"], recall["encoding"]["y"]
+        assert (x["field"], x["type"]) == ("recall", "quantitative"), x
+        assert (y["field"], y["type"]) == ("cell", "nominal"), y
+        rows = recall["data"]["values"]
+        assert rows and all(0.0 <= float(row["recall"]) <= 100.0 for row in rows)
+        assert all(" / " in row["cell"] for row in rows)
+        losses = specs[f"data/plots/losses/{mode}.csv"]
+        pairs = {(e["x"]["field"], e["y"]["field"]) for e in _encodings(losses) if "x" in e and "y" in e}
+        assert pairs == {("iteration", "loss")}, pairs
+
+
+def test_dvc_plot_specs_put_the_numbers_on_the_value_axis(tmp_path: Path) -> None:
+    """dvc.yaml's plots, rendered by DVC from files shaped like the report's (fast: no pipeline run)."""
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    assert _dvc(["init", "-q"], tmp_path).returncode == 0
+    for mode in ("vanilla", "cobra"):
+        (tmp_path / "data/plots/group_recall").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data/plots/losses").mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"data/plots/group_recall/{mode}.csv").write_text(
+            "cell,group,class,recall\n0 / red,red,0,97.5\n0 / green,green,0,12.0\n1 / red,red,1,88.25\n"
+        )
+        (tmp_path / f"data/plots/losses/{mode}.csv").write_text("iteration,loss\n1,3.5\n2,2.75\n3,2.5\n")
+    _check_plot_specs(_plot_specs(tmp_path), ["vanilla", "cobra"])
+
+
 def test_offline_template_inlines_vega_and_loads_nothing_remote() -> None:
     html = TEMPLATE.read_text(encoding="utf-8")
     assert "{plot_divs}" in html and "{scripts}" not in html  # dvc-render adds its CDN scripts at {scripts}
@@ -97,3 +145,4 @@ def test_dvc_exp_run_show_and_offline_plots(tiny_workspace: Path) -> None:
     assert "cdn.jsdelivr.net" not in html
     assert html.count("vegaEmbed(") >= 2  # the loss curves and the group recall plots
     assert "/* vega-embed 6.18.2 */" in html
+    _check_plot_specs(_plot_specs(ws), ["vanilla"])  # the files the report stage wrote
