@@ -289,7 +289,9 @@ def _cell_metrics(cell_name: str, cell: dict[str, Any], config: FlowConfig, fold
     return {**cell, **data_columns(config), "architecture": metrics.get("architecture", "matching"),
             **{k: metrics.get(k) for k in METRICS},
             **{f"{k}_std": metrics.get(f"{k}_std") for k in METRICS}, "num_eval": metrics.get("num_eval"),
-            "architectures": json.dumps(metrics.get("architectures", {})), "cached": cached}
+            "architectures": json.dumps({name: metrics["architectures"][name]  # in the order of audit.architectures
+                                         for name in metrics.get("architecture_names", metrics.get("architectures", {}))}),
+            "cached": cached}
 
 
 def _cell_row(cell: dict[str, Any], future: Any, data: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -49,14 +49,16 @@ def write_audit(
 
     ``metrics.json`` keeps the first architecture's figures at the top level (the matching
     network by default, as before evaluation architectures existed), names it in
-    ``architecture`` and holds every architecture's figures under ``architectures``;
+    ``architecture``, holds every architecture's figures under ``architectures`` and their
+    order (that of ``audit.architectures``) in ``architecture_names``;
     ``architectures.csv`` has one row per architecture; ``runs.json`` the per-seed reports
     (the first architecture's at the top level, each under ``architectures``). The recall
     table, gap table and heatmap are the first architecture's first evaluation.
     """
     first_name, first = next(iter(results.items()))
     figures = {name: headline(result, num_eval) for name, result in results.items()}
-    metrics = {**figures[first_name], "architecture": first_name, "architectures": figures}
+    metrics = {**figures[first_name], "architecture": first_name, "architectures": figures,
+               "architecture_names": list(figures)}  # JSON keys are written sorted: this keeps the listed order
     runs = {**first.to_dict(), "architectures": {name: result.to_dict() for name, result in results.items()}}
     table = pd.DataFrame([{"architecture": name, **values} for name, values in figures.items()])
     atomic_write_json(out / "metrics.json", metrics)
@@ -132,8 +134,7 @@ def audit_external(
     )
     written = write_audit(out, results, test, title=name, num_eval=audit.num_eval)
     metrics = json.loads((out / "metrics.json").read_text())
-    source = f"{synthetic.provenance['source']} ({synthetic.provenance.get('format', 'fdd synthetic.pt')}, " \
-             f"{synthetic.images.shape[0]} images)"
+    source = f"{path} ({synthetic.provenance['format']}, {synthetic.images.shape[0]} images)"
     markdown = audit_markdown(
         table=comparison_table({name: metrics}), name=name, source=source,
         dataset=json.loads((root / "data/prepared/dataset.json").read_text()),

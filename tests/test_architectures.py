@@ -162,3 +162,34 @@ def test_audit_architectures_audits_each_listed_network_in_order():
     single = audit_synthetic(synthetic_from(train), test, config=config, network=NET, architecture="mlp-w32-d1")
     assert results["mlp-w32-d1"].summary == single.summary
     assert results["matching"].summary["accuracy"]["mean"] > 90  # the quadrants are linearly separable
+
+
+def test_sweep_summary_has_one_row_per_mode_and_architecture():
+    import json
+    import math
+
+    import pandas as pd
+
+    from flows.sweep import summarize
+
+    def figures(acc: float) -> dict:
+        return {"accuracy": acc, "deo_m": acc / 10, "deo_a": 1.0, "worst_group_accuracy": 1.0, "suff_m": 1.0, "suff_a": 1.0}
+
+    def row(seed: int, matching: float, resnet: float, status: str = "ok") -> dict:
+        listed = {"matching": figures(matching), "resnet18": figures(resnet)} if status == "ok" else {"matching": {}, "resnet18": {}}
+        top = figures(matching) if status == "ok" else dict.fromkeys(figures(0.0), math.nan)
+        return {"dataset": "cmnist", "ipc": 1, "backbone": "dm", "mode": "cobra", "seed": seed, **top,
+                "architecture": "matching", "architectures": json.dumps(listed), "status": status,
+                "error": "" if status == "ok" else "ValueError: boom"}
+
+    cells = pd.DataFrame([row(0, 50.0, 30.0), row(1, 60.0, 40.0), row(2, math.nan, math.nan, "failed")])
+    summary = summarize(cells)
+    assert summary["architecture"].tolist() == ["matching", "resnet18"]
+    assert list(summary.columns[:5]) == ["dataset", "ipc", "backbone", "mode", "architecture"]
+    by_arch = summary.set_index("architecture")
+    assert by_arch.loc["matching", "accuracy_mean"] == pytest.approx(55.0)
+    assert by_arch.loc["resnet18", "accuracy_mean"] == pytest.approx(35.0)
+    assert by_arch.loc["resnet18", "deo_m_mean"] == pytest.approx(3.5)
+    assert (by_arch["seeds"] == 2).all() and (by_arch["status"] == "partial").all()  # the failed seed counts in each
+    old = cells.drop(columns=["architecture", "architectures"]).iloc[:2]  # records of an fdd before architectures
+    assert summarize(old)["architecture"].tolist() == ["matching"]

@@ -18,6 +18,7 @@ dictionaries only, never arbitrary pickled objects (a pickle can run code when l
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 from pathlib import Path
@@ -92,7 +93,8 @@ def load_external_set(
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
         raise ValueError(ERR_UNSAFE.format(path=path, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from None
     if isinstance(payload, dict) and str(payload.get("format", "")).startswith("fdd.SyntheticSet"):
-        return SyntheticSet.load(path)
+        own = SyntheticSet.load(path)
+        return dataclasses.replace(own, provenance={**own.provenance, "source": str(path), "format": "fdd synthetic.pt"})
     images, labels, source = _reference_tensors(payload, path, experiment)
     if not (isinstance(images, Tensor) and images.dtype.is_floating_point and images.dim() == 4
             and isinstance(labels, Tensor) and not labels.dtype.is_floating_point and labels.dim() == 1):

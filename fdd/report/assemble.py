@@ -44,13 +44,15 @@ def comparison_table(metrics: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """One row per mode and evaluation architecture: mean +/- std of the headline metrics.
 
     ``metrics`` maps a mode (or any label) to its ``metrics.json``; the architectures are those
-    of its ``architectures`` entry, else the one it names in ``architecture`` (``matching``
-    for a metrics.json written before evaluation architectures existed).
+    of its ``architectures`` entry in the order of ``architecture_names``, else the one it names
+    in ``architecture`` (``matching`` for a metrics.json written before evaluation
+    architectures existed).
     """
     rows = []
     for mode, values in metrics.items():
         per_architecture = values.get("architectures") or {values.get("architecture", "matching"): values}
-        for architecture, figures in per_architecture.items():
+        for architecture in values.get("architecture_names") or list(per_architecture):
+            figures = per_architecture[architecture]
             row: dict[str, Any] = {"mode": mode, "architecture": architecture}
             for key, label in COLUMNS.items():
                 if key in figures:  # metrics.json of an older fdd has no sufficiency gap
