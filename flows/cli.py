@@ -79,7 +79,7 @@ def _audit(config: FlowConfig, workspace: str, args: argparse.Namespace) -> int:
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         print(f"error: {ERR_AUDIT_NAME.format(name=name)}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path(workspace) / "data/audit/external" / name
+    out = Path(args.out) if args.out else Path(workspace) / "data/audit_external" / name
     ingest_task, kwargs = pipeline.stage_call(
         "ingest", None, config=config, workspace=workspace, device="cpu", modes=(), outputs=lambda _folder: {}
     )
@@ -138,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("path", help="synthetic.pt, a reference res_*.pt file, or a folder of images with labels.csv")
     audit.add_argument("--out", default=None,
-                       help="output folder (default: <workspace>/data/audit/external/<name>)")
+                       help="output folder (default: <workspace>/data/audit_external/<name>; outside data/audit, which the report stage of dvc.yaml reads)")
     audit.add_argument("--name", default=None, help="label of the set in the report (default: the file or folder name)")
     audit.add_argument("--experiment", type=int, default=0,
                        help="which experiment of a res_*.pt file (its 'data' list, one per --num_exp; default 0)")

@@ -163,14 +163,14 @@ def test_fdd_audit_command_on_an_fdd_set_a_reference_file_and_an_image_folder(ti
                          "--out", str(tiny_workspace / "ref_out")]) == 0
         assert cli.main(["audit", str(folder), *common, "--name", "folder-set"]) == 0
         assert cli.main(["audit", str(tiny_workspace / "missing.pt"), *common]) == 2
-    own = json.loads((tiny_workspace / "data/audit/external/synthetic/metrics.json").read_text())
+    own = json.loads((tiny_workspace / "data/audit_external/synthetic/metrics.json").read_text())
     reference = json.loads((tiny_workspace / "ref_out/metrics.json").read_text())
-    images = json.loads((tiny_workspace / "data/audit/external/folder-set/metrics.json").read_text())
+    images = json.loads((tiny_workspace / "data/audit_external/folder-set/metrics.json").read_text())
     assert own["architecture_names"] == ["matching", "mlp-w16-d1"]
     assert own == reference  # the same tensors, read from either layout, audited with the same seeds
     assert images["architectures"]["matching"]["num_eval"] == 1 and math.isfinite(images["accuracy"])
-    for out in (tiny_workspace / "data/audit/external/synthetic", tiny_workspace / "ref_out",
-                tiny_workspace / "data/audit/external/folder-set"):
+    for out in (tiny_workspace / "data/audit_external/synthetic", tiny_workspace / "ref_out",
+                tiny_workspace / "data/audit_external/folder-set"):
         assert {"metrics.json", "runs.json", "architectures.csv", "group_recall.csv", "class_gaps.csv",
                 "group_recall.png", "report.md"} <= {p.name for p in out.iterdir()}
     report = (tiny_workspace / "ref_out/report.md").read_text()
