@@ -101,6 +101,10 @@ ERR_IDC_INIT = (
     "synthesis.backbone='idc' supports synthesis.init 'real' or 'noise' (it encodes factor^2 real images per "
     "stored image); got {init!r}"
 )
+ERR_LAMBDA_SCOPE = (
+    "synthesis.barycenter_lambda applies to synthesis.backbone 'dm' in mode 'cobra' only; got backbone {backbone!r} "
+    "and modes {modes} (leave it at 1.0, or use backbone dm with mode cobra)"
+)
 ERR_MTT_EPOCHS = (
     "synthesis.mtt: max_start_epoch ({start}) + expert_epochs ({span}) must not exceed train_epochs ({train}), "
     "the length of the saved expert trajectories"
@@ -461,6 +465,11 @@ class SynthesisConfig(_Section):
         None, ge=0,
         description="DM in cobra, cobra-w2 and cobra-bures: embedder training epochs before matching; None: 10 / 50 / 100 by IPC",
     )
+    barycenter_lambda: float = Field(
+        1.0, ge=0.0, le=1.0,
+        description="DM in mode cobra: the target's group weights, (1 - lambda) x proportional (0: vanilla's pooled "
+        "target) + lambda x uniform (1, the default: COBRA's barycenter); the fairness-accuracy frontier",
+    )
     w2_solver: Literal["emd", "sinkhorn"] = Field(
         "emd", description="cobra-w2: exact OT (POT network simplex, CPU) or debiased Sinkhorn (batched, on the device)"
     )
@@ -515,6 +524,8 @@ class SynthesisConfig(_Section):
             raise ValueError(ERR_BACKBONE_MODES.format(backbone=self.backbone, allowed=list(allowed), bad=bad))
         if self.backbone == "idc" and self.init not in ("real", "noise"):
             raise ValueError(ERR_IDC_INIT.format(init=self.init))
+        if self.barycenter_lambda != 1.0 and (self.backbone != "dm" or "cobra" not in self.modes):
+            raise ValueError(ERR_LAMBDA_SCOPE.format(backbone=self.backbone, modes=list(self.modes)))
         return self
 
     def resolved_warmup_epochs(self) -> int:

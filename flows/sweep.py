@@ -79,6 +79,12 @@ NOT_IN_FINGERPRINT: dict[str, tuple[str, ...]] = {
     "synthesis": ("modes", "log_every", "checkpoint_every", "compile", "cuda_graph"),
     "audit": ("cuda_graph", "test_batch_size"),
 }
+#: Settings added after records were first kept: left out of the fingerprint while at these defaults
+#: (what every earlier record was computed with), so adding them does not invalidate the records.
+FINGERPRINT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "audit": {"architectures": ["matching"]},
+    "synthesis": {"barycenter_lambda": 1.0},
+}
 ERR_NO_PREPARED = "cell {cell} has no prepared data at {path}; the dataset's ingest must run first"
 ERR_CELLS_FAILED = (
     "{failed} of {cells} sweep cells failed: {names}; the other cells finished and the tables are written "
@@ -173,6 +179,10 @@ def cell_fingerprint(config: FlowConfig) -> str:
     for section, keys in NOT_IN_FINGERPRINT.items():
         for key in keys:
             kept[section].pop(key, None)
+    for section, defaults in FINGERPRINT_DEFAULTS.items():
+        for key, default in defaults.items():
+            if kept[section].get(key, default) == default:
+                kept[section].pop(key, None)
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
