@@ -9,6 +9,7 @@ as sub-configs; nothing mutates it during a run (the models are frozen).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -19,6 +20,8 @@ from typing import Any, ClassVar, Literal, TypeVar, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
+    "ARCHITECTURES",
+    "ArchitectureSpec",
     "AuditConfig",
     "BACKBONES",
     "BACKBONE_MODES",
@@ -29,6 +32,7 @@ __all__ = [
     "CAFEConfig",
     "COLORED_DATASETS",
     "DATASETS",
+    "DEFAULT_NORMS",
     "COLORED_KEYS",
     "CelebAConfig",
     "Cifar10sConfig",
@@ -53,6 +57,7 @@ __all__ = [
     "TabularConfig",
     "UTKFaceConfig",
     "deep_merge",
+    "parse_architecture",
     "parse_config",
 ]
 
@@ -95,6 +100,10 @@ ERR_BACKBONE_MODES = "synthesis.backbone={backbone!r} supports modes {allowed}; 
 ERR_IDC_INIT = (
     "synthesis.backbone='idc' supports synthesis.init 'real' or 'noise' (it encodes factor^2 real images per "
     "stored image); got {init!r}"
+)
+ERR_LAMBDA_SCOPE = (
+    "synthesis.barycenter_lambda applies to synthesis.backbone 'dm' in mode 'cobra' only; got backbone {backbone!r} "
+    "and modes {modes} (leave it at 1.0, or use backbone dm with mode cobra)"
 )
 ERR_MTT_EPOCHS = (
     "synthesis.mtt: max_start_epoch ({start}) + expert_epochs ({span}) must not exceed train_epochs ({train}), "
@@ -489,6 +498,11 @@ class SynthesisConfig(_Section):
         None, ge=0,
         description="DM in cobra, cobra-w2 and cobra-bures: embedder training epochs before matching; None: 10 / 50 / 100 by IPC",
     )
+    barycenter_lambda: float = Field(
+        1.0, ge=0.0, le=1.0,
+        description="DM in mode cobra: the target's group weights, (1 - lambda) x proportional (0: vanilla's pooled "
+        "target) + lambda x uniform (1, the default: COBRA's barycenter); the fairness-accuracy frontier",
+    )
     w2_solver: Literal["emd", "sinkhorn"] = Field(
         "emd", description="cobra-w2: exact OT (POT network simplex, CPU) or debiased Sinkhorn (batched, on the device)"
     )
@@ -543,12 +557,110 @@ class SynthesisConfig(_Section):
             raise ValueError(ERR_BACKBONE_MODES.format(backbone=self.backbone, allowed=list(allowed), bad=bad))
         if self.backbone == "idc" and self.init not in ("real", "noise"):
             raise ValueError(ERR_IDC_INIT.format(init=self.init))
+        if self.barycenter_lambda != 1.0 and (self.backbone != "dm" or "cobra" not in self.modes):
+            raise ValueError(ERR_LAMBDA_SCOPE.format(backbone=self.backbone, modes=list(self.modes)))
         return self
 
     def resolved_warmup_epochs(self) -> int:
         if self.warmup_epochs is not None:
             return self.warmup_epochs
         return 10 if self.ipc <= 10 else 50 if self.ipc <= 50 else 100
+
+
+#: The evaluation architectures of ``audit.architectures`` (docs/evaluation.md): the base names of
+#: :func:`parse_architecture`'s specs, and per base the options it accepts.
+ARCHITECTURES: dict[str, tuple[str, ...]] = {
+    "matching": (),
+    "convnet": ("w<width>", "d<depth>", "in", "bn", "nonorm", "avgpool", "maxpool", "nopool", "relu", "sigmoid", "leakyrelu"),
+    "alexnet": ("in", "bn", "nonorm"),
+    "vgg11": ("in", "bn", "nonorm"),
+    "resnet18": ("in", "bn", "nonorm"),
+    "mlp": ("w<width>", "d<depth>"),
+}
+#: The norm each base uses when its spec names none (the reference's AlexNet has none, its VGG11 instance
+#: norm; ResNet18 is torchvision's, with batch norm).
+DEFAULT_NORMS: dict[str, str] = {
+    "convnet": "instancenorm", "alexnet": "none", "vgg11": "instancenorm", "resnet18": "batchnorm", "mlp": "none",
+}
+_NORM_OPTIONS = {"in": "instancenorm", "bn": "batchnorm", "nonorm": "none"}
+_POOL_OPTIONS = {"avgpool": "avgpooling", "maxpool": "maxpooling", "nopool": "none"}
+_ACTIVATIONS = ("relu", "sigmoid", "leakyrelu")
+ERR_ARCHITECTURE = (
+    "audit.architectures: {name!r} is not an evaluation architecture: {why}; a spec is a base of {bases} "
+    "followed by '-'-separated options, per base: {options} (e.g. 'convnet-w64-d4-bn-maxpool', 'resnet18-in')"
+)
+ERR_DUPLICATE_ARCHITECTURES = "audit.architectures lists {dupes} more than once; list each architecture once"
+ERR_TABULAR_ARCHITECTURES = (
+    "data.dataset={dataset!r} is tabular: audit.architectures may list only 'matching' and 'mlp[-w<width>][-d<depth>]'; "
+    "got {bad}"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchitectureSpec:
+    """A parsed ``audit.architectures`` entry (:func:`parse_architecture`).
+
+    ``width`` / ``depth`` are None where the spec leaves them to the base's default (the
+    ConvNet's depth then follows the image side, as ``network.depth: auto``).
+    """
+
+    name: str
+    base: str
+    width: int | None = None
+    depth: int | None = None
+    norm: str = "none"
+    pooling: str = "avgpooling"
+    activation: str = "relu"
+
+
+def parse_architecture(name: str) -> ArchitectureSpec:
+    """Parse an evaluation-architecture spec: ``base[-option]...``.
+
+    ``base`` is a key of :data:`ARCHITECTURES`; the options (any order, each at most once per
+    kind) are ``w<int>`` (width: channels of the ConvNet, hidden units of the MLP), ``d<int>``
+    (depth: conv blocks / hidden layers), a norm (``in`` instance norm, ``bn`` batch norm,
+    ``nonorm``), a pooling (``avgpool``, ``maxpool``, ``nopool``) and an activation (``relu``,
+    ``sigmoid``, ``leakyrelu``), each only where :data:`ARCHITECTURES` lists it for the base.
+
+    Raises
+    ------
+    ValueError
+        Naming the spec, what is wrong and every base with its options.
+    """
+
+    def bad(why: str) -> ValueError:
+        options = "; ".join(f"{b}: {', '.join(o) or '(none)'}" for b, o in ARCHITECTURES.items())
+        return ValueError(ERR_ARCHITECTURE.format(name=name, why=why, bases=list(ARCHITECTURES), options=options))
+
+    if not isinstance(name, str) or not name:
+        raise bad("empty")
+    base, *options = name.split("-")
+    if base not in ARCHITECTURES:
+        raise bad(f"unknown base {base!r}")
+    allowed = ARCHITECTURES[base]
+    values: dict[str, Any] = {"norm": DEFAULT_NORMS.get(base, "none")}
+    seen: set[str] = set()
+    for option in options:
+        kind: str
+        value: int | str
+        if option[:1] in ("w", "d") and option[1:].isdigit() and f"{option[0]}<{'width' if option[0] == 'w' else 'depth'}>" in allowed:
+            kind, value = ("width", int(option[1:])) if option[0] == "w" else ("depth", int(option[1:]))
+            limit = 4096 if kind == "width" else 8
+            if not 1 <= value <= limit:
+                raise bad(f"{kind} must be in 1..{limit}, got {value}")
+        elif option in _NORM_OPTIONS and option in allowed:
+            kind, value = "norm", _NORM_OPTIONS[option]
+        elif option in _POOL_OPTIONS and option in allowed:
+            kind, value = "pooling", _POOL_OPTIONS[option]
+        elif option in _ACTIVATIONS and option in allowed:
+            kind, value = "activation", option
+        else:
+            raise bad(f"option {option!r} does not apply to {base!r}")
+        if kind in seen:
+            raise bad(f"it sets the {kind} twice")
+        seen.add(kind)
+        values[kind] = value
+    return ArchitectureSpec(name=name, base=base, **values)
 
 
 class AuditConfig(_Section):
@@ -571,6 +683,23 @@ class AuditConfig(_Section):
         description="replay each epoch of the stacked training as one captured CUDA graph "
         "(stack_models only; CUDA devices; ignored on the CPU)",
     )
+    architectures: tuple[str, ...] = Field(
+        ("matching",), min_length=1,
+        description="networks trained on the synthetic set, each audited on its own: 'matching' (the network "
+        "section's network, which synthesis matched with), or a spec of fdd.config.parse_architecture such as "
+        "'convnet-w64', 'alexnet', 'vgg11-bn', 'resnet18', 'resnet18-in', 'mlp' (docs/evaluation.md); the first one's "
+        "figures are metrics.json's headline",
+    )
+
+    @field_validator("architectures")
+    @classmethod
+    def _known_architectures(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            parse_architecture(name)
+        dupes = sorted({a for a in value if value.count(a) > 1})
+        if dupes:
+            raise ValueError(ERR_DUPLICATE_ARCHITECTURES.format(dupes=dupes))
+        return value
 
 
 class PipelineConfig(_Section):
@@ -605,6 +734,9 @@ class PipelineConfig(_Section):
             ]
             if fixes:
                 raise ValueError(ERR_TABULAR_SETTINGS.format(dataset=self.data.dataset, fixes=", ".join(fixes)))
+            image_nets = [a for a in self.audit.architectures if parse_architecture(a).base not in ("matching", "mlp")]
+            if image_nets:
+                raise ValueError(ERR_TABULAR_ARCHITECTURES.format(dataset=self.data.dataset, bad=image_nets))
         return self
 
 

@@ -11,6 +11,7 @@
     fdd sweep               the grid of the sweep section on a Dask cluster (local by default)
     fdd config              print the resolved configuration and where each value came from
     fdd --version           the versions of fdd and of the libraries it runs on
+    fdd audit PATH          audit any synthetic set (synthetic.pt, a reference res_*.pt, an image folder)
 
 Settings come from ``params.yaml`` (``--params``), optionally merged with a preset
 (``--preset full``) and ``--set section.key=value`` overrides.
@@ -210,6 +211,50 @@ def _exit_codes_epilog() -> str:
     return "exit codes:\n" + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_CODES)
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    """A comma-separated list of numbers (argparse type of --source-mean / --source-std)."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,0.5,0.5; got {text!r}") from None
+
+
+ERR_AUDIT_NAME = "--name must be letters, digits, '.', '_' or '-' (it names the output folder); got {name!r}"
+
+
+def _audit(config: FlowConfig, workspace: str, args: argparse.Namespace) -> int:
+    """``fdd audit PATH``: prepare the test split (cached), audit the set, print its table."""
+    import re
+
+    from flows import pipeline
+    from tasks.audit import audit_external
+
+    path = Path(args.path)
+    name = args.name or (path.name if path.is_dir() else path.stem)
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        print(f"error: {ERR_AUDIT_NAME.format(name=name)}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(workspace) / "data/audit_external" / name
+    ingest_task, kwargs = pipeline.stage_call(
+        "ingest", None, config=config, workspace=workspace, device="cpu", modes=(), outputs=lambda _folder: {}
+    )
+    pipeline.call_stage(ingest_task, **kwargs)
+    try:
+        audit_external(
+            workspace, path, out, name=name, audit=config.audit, network=config.network,
+            device=pipeline.resolve_device(config.runtime.device), experiment=args.experiment,
+            source_mean=args.source_mean, source_std=args.source_std,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import pandas as pd
+
+    print(pd.read_csv(out / "architectures.csv").round(2).to_markdown(index=False))
+    print(f"\nreport: {out / 'report.md'}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
@@ -246,6 +291,24 @@ def _parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", parents=[common], help="run the sweep grid (sweep section) on a Dask cluster")
     sweep.add_argument("--from-records", action="store_true",
                        help="compute nothing: rebuild the tables from the cell records of sweep.records")
+    audit = sub.add_parser(
+        "audit", parents=[common], help="audit any synthetic set on the dataset of the configuration",
+        description="Train the networks of audit.architectures on a synthetic set and audit them on the prepared "
+        "test split of the configured dataset (prepared first when missing). PATH: fdd's synthetic.pt, a COBRA / "
+        "FairDD result file res_*.pt (read with torch.load(weights_only=True)), or a folder of images with a "
+        "labels.csv (columns path,label). Writes metrics.json, runs.json, architectures.csv, the recall tables "
+        "and heatmap, and report.md into --out.",
+    )
+    audit.add_argument("path", help="synthetic.pt, a reference res_*.pt file, or a folder of images with labels.csv")
+    audit.add_argument("--out", default=None,
+                       help="output folder (default: <workspace>/data/audit_external/<name>; outside data/audit, which the report stage of dvc.yaml reads)")
+    audit.add_argument("--name", default=None, help="label of the set in the report (default: the file or folder name)")
+    audit.add_argument("--experiment", type=int, default=0,
+                       help="which experiment of a res_*.pt file (its 'data' list, one per --num_exp; default 0)")
+    audit.add_argument("--source-mean", type=_floats, default=None, metavar="M1,M2,M3",
+                       help="normalisation mean of a res_*.pt file's images, when not the test split's")
+    audit.add_argument("--source-std", type=_floats, default=None, metavar="S1,S2,S3",
+                       help="normalisation std of a res_*.pt file's images (with --source-mean)")
     serve = sub.add_parser("serve", parents=[common], help="serve the scheduled deployments of the schedules section")
     serve.add_argument("--only", action="append", default=[], metavar="NAME", help="serve only this schedule (repeatable)")
     serve.add_argument("--api-url", default=None,
@@ -525,6 +588,8 @@ def _main(args: argparse.Namespace, workspace: str) -> int:
             with _stage_logging():
                 pipeline.run_single_stage(args.name, config, workspace, args.mode)
             return 0
+        if args.command == "audit":
+            return _audit(config, workspace, args)
         if args.command == "data":
             ingest_task, kwargs = pipeline.stage_call(
                 "ingest", None, config=config, workspace=workspace, device="cpu", modes=(), outputs=lambda _folder: {}

@@ -79,6 +79,12 @@ NOT_IN_FINGERPRINT: dict[str, tuple[str, ...]] = {
     "synthesis": ("modes", "log_every", "checkpoint_every", "compile", "cuda_graph"),
     "audit": ("cuda_graph", "test_batch_size"),
 }
+#: Settings added after records were first kept: left out of the fingerprint while at these defaults
+#: (what every earlier record was computed with), so adding them does not invalidate the records.
+FINGERPRINT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "audit": {"architectures": ["matching"]},
+    "synthesis": {"barycenter_lambda": 1.0},
+}
 ERR_NO_PREPARED = "cell {cell} has no prepared data at {path}; the dataset's ingest must run first"
 ERR_CELLS_FAILED = (
     "{failed} of {cells} sweep cells failed: {names}; the other cells finished and the tables are written "
@@ -173,6 +179,10 @@ def cell_fingerprint(config: FlowConfig) -> str:
     for section, keys in NOT_IN_FINGERPRINT.items():
         for key in keys:
             kept[section].pop(key, None)
+    for section, defaults in FINGERPRINT_DEFAULTS.items():
+        for key, default in defaults.items():
+            if kept[section].get(key, default) == default:
+                kept[section].pop(key, None)
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
@@ -287,8 +297,11 @@ def _cell_metrics(cell_name: str, cell: dict[str, Any], config: FlowConfig, fold
     deo_m = "n/a (one group)" if metrics["deo_m"] is None else f"{metrics['deo_m']:.2f}"
     run_logger().info("cell %s: accuracy %.2f, DEO_M %s%s", cell_name, metrics["accuracy"], deo_m,
                       " (cached)" if cached else "")
-    return {**cell, **data_columns(config), **{k: metrics.get(k) for k in METRICS},
+    return {**cell, **data_columns(config), "architecture": metrics.get("architecture", "matching"),
+            **{k: metrics.get(k) for k in METRICS},
             **{f"{k}_std": metrics.get(f"{k}_std") for k in METRICS}, "num_eval": metrics.get("num_eval"),
+            "architectures": json.dumps({name: metrics["architectures"][name]  # in the order of audit.architectures
+                                         for name in metrics.get("architecture_names", metrics.get("architectures", {}))}),
             "cached": cached}
 
 
@@ -314,10 +327,39 @@ def _cell_row(cell: dict[str, Any], future: Any, data: dict[str, Any] | None = N
             **{k: record.get(k) for k in ("device", "worker", "started", "finished")}}
 
 
+def per_architecture(cells: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell and evaluation architecture (``architecture``), from the cells' ``architectures`` JSON.
+
+    A cell row holds its headline architecture's figures and, in ``architectures``, every
+    audited architecture's (tasks/audit.py's metrics.json); a failed cell lists its
+    architectures with no figures, so each one's group counts the failure. Rows without
+    the column (records of an older fdd) are the matching network's.
+    """
+    if "architectures" not in cells.columns:
+        return cells.assign(architecture=cells["architecture"] if "architecture" in cells else "matching")
+    rows = []
+    for row in cells.to_dict(orient="records"):
+        listed = row.pop("architectures")
+        figures = json.loads(listed) if isinstance(listed, str) and listed else {}
+        if not figures:
+            rows.append({**row, "architecture": row.get("architecture") if isinstance(row.get("architecture"), str) else "matching"})
+            continue
+        for name, values in figures.items():
+            rows.append({**row, "architecture": name, **{k: values.get(k, float("nan")) for k in METRICS},
+                         **{f"{k}_std": values.get(f"{k}_std", float("nan")) for k in METRICS}})
+    return pd.DataFrame(rows)
+
+
 def summarize(cells: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sample standard deviation (ddof=1) of each metric over the seeds of a cell."""
+    """Mean and sample standard deviation (ddof=1) of each metric over the seeds of a cell, per architecture.
+
+    The cells are first expanded to one row per evaluation architecture (:func:`per_architecture`);
+    ``architecture`` is a key of the summary, after ``mode``.
+    """
+    cells = per_architecture(cells)
     keys = [k for k in CELL_KEYS if k != "seed"]
     keys[1:1] = [c for c in DATA_COLUMNS if c in cells.columns]
+    keys.insert(keys.index("mode") + 1, "architecture")
     grouped = _finished(cells).groupby(keys, sort=False)[[m for m in METRICS if m in cells.columns]]
     summary = grouped.agg(["mean", "std"])
     summary.columns = [f"{metric}_{stat}" for metric, stat in summary.columns]
@@ -420,7 +462,9 @@ def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bo
                 record_file = str(record_path(records, dataset, cell)) if records else None
                 future = run_cell.submit(f"{dataset}-{name}", cell, cell_cfg, str(cell_home), device, local_gpus,
                                          record_file)
-            submitted.append((cell, data_columns(cell_cfg), future))
+            architectures = {"architecture": cell_cfg.audit.architectures[0],  # kept on a failed row (_cell_row)
+                             "architectures": json.dumps(dict.fromkeys(cell_cfg.audit.architectures, {}))}
+            submitted.append((cell, {**data_columns(cell_cfg), **architectures}, future))
     rows.extend(_cell_row(cell, future, data) for cell, data, future in submitted)
     order = {(c["dataset"], cell_id(c)): i for i, (c, _) in enumerate(configured)}
     rows.sort(key=lambda r: order.get((r["dataset"], cell_id(r)), len(order)))

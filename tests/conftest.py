@@ -60,3 +60,17 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Each test sees the environment as it was: `fdd` commands called in-process set
+    PREFECT_HOME and other variables (flows.settings.configure_environment), which would
+    otherwise point later tests, and their subprocesses, at another test's workspace."""
+    import os
+
+    before = dict(os.environ)
+    yield
+    if dict(os.environ) != before:
+        os.environ.clear()
+        os.environ.update(before)

@@ -93,13 +93,13 @@ def test_num_eval_reports_and_summary(monkeypatch):
     train = quadrant_data(per_cell=3, seed=0)
     test = quadrant_data(per_cell=5, seed=1)
     seeds = []
-    real_build = A.build_network
+    real_build = A.build_architecture
 
-    def spy(**kwargs):
+    def spy(*args, **kwargs):
         seeds.append(kwargs["seed"])
-        return real_build(**kwargs)
+        return real_build(*args, **kwargs)
 
-    monkeypatch.setattr(A, "build_network", spy)
+    monkeypatch.setattr(A, "build_architecture", spy)
     done = []
     config = tiny_audit(num_eval=3, epochs=3, seed=2, dsa=True)
     assert config.stack_models  # the default path

@@ -14,7 +14,10 @@ All three compare, per class ``c``, the mean embedding of the class's synthetic 
 where ``m_{c,g}`` is the mean embedding of the real images of class ``c`` and group
 ``g`` in the batch and ``P_c`` the groups present in it. ``b_c`` is the uniform
 (imbalance-agnostic) first-moment barycenter of :func:`fdd.transport.barycenter.mean_barycenter`,
-the same function the barycenters stage uses. Everything is computed for all classes
+the same function the barycenters stage uses. With ``barycenter_lambda`` :math:`\\ell < 1`
+cobra's target is the barycenter with :func:`fdd.transport.barycenter.frontier_weights`,
+:math:`b_c^{(\\ell)} = (1 - \\ell)\\, \\bar m_c + \\ell\\, b_c` when every sample's group is known: the
+frontier from vanilla's target (0) to cobra's (1). Everything is computed for all classes
 at once with scatter operations: no Python loop over classes or groups.
 
 The distributional modes ``cobra-w2`` and ``cobra-bures`` align the whole synthetic
@@ -81,6 +84,7 @@ def dm_loss(
     solver: W2Solver = "emd",
     reg: float = 0.05,
     reduction: Reduction = "sum",
+    barycenter_lambda: float = 1.0,
 ) -> Tensor:
     """The DM matching loss of ``mode``, summed over classes (see the module docstring).
 
@@ -97,6 +101,9 @@ def dm_loss(
     mode : {"vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures"}
     solver, reg, reduction
         ``cobra-w2`` / ``cobra-bures`` only: see :func:`fdd.transport.alignment.alignment_loss`.
+    barycenter_lambda : float in [0, 1]
+        ``cobra`` only: the target's group weights, from proportional (0, vanilla's target)
+        to uniform (1, the default: COBRA's).
 
     Returns
     -------
@@ -114,7 +121,7 @@ def dm_loss(
         )
     return mean_matching_loss(
         real_features, real_labels, real_groups, syn_features, syn_labels, num_classes=num_classes,
-        num_groups=num_groups, mode=mode, barycenter_distance="l1",
+        num_groups=num_groups, mode=mode, barycenter_distance="l1", barycenter_lambda=barycenter_lambda,
     )
 
 
@@ -129,12 +136,14 @@ def mean_matching_loss(
     num_groups: int,
     mode: str,
     barycenter_distance: Literal["l1", "squared"],
+    barycenter_lambda: float = 1.0,
 ) -> Tensor:
     """The first-moment losses of the module docstring, for features of shape (N, D).
 
     ``barycenter_distance`` is cobra's distance to :math:`b_c`: ``"l1"`` (COBRA-DM) or
     ``"squared"`` (squared L2, as CAFE matches its layer features). ``mode`` is one of
-    :data:`MEAN_MODES`; callers check it.
+    :data:`MEAN_MODES`; callers check it. ``barycenter_lambda``: cobra's group weights on the
+    frontier from proportional (0) to uniform (1; :func:`fdd.transport.barycenter.frontier_weights`).
     """
     syn_means = class_means(syn_features, syn_labels, num_classes=num_classes)  # (C, D)
     if mode == "vanilla":  # pooled class mean: every real sample, labelled or not
@@ -155,6 +164,9 @@ def mean_matching_loss(
         per_cell = diff.pow(2).sum(dim=2) * present.to(diff.dtype)
         return per_cell.sum()
     safe_counts = counts + (1 - has_real).unsqueeze(1)  # empty classes: any weights, masked below
-    target = mean_barycenter(means, safe_counts, weights="uniform", validate=False)  # (C, D)
+    if barycenter_lambda == 1:
+        target = mean_barycenter(means, safe_counts, weights="uniform", validate=False)  # (C, D)
+    else:
+        target = mean_barycenter(means, safe_counts, lam=barycenter_lambda, validate=False)
     diff = (target - syn_means) * has_real.unsqueeze(1)
     return diff.abs().sum() if barycenter_distance == "l1" else diff.pow(2).sum()

@@ -379,6 +379,7 @@ class DMSynthesizer(Synthesizer):
             real_features, real_labels, self.real_groups[index], syn_features, self.syn_labels,
             num_classes=train.num_classes, num_groups=train.num_groups, mode=cast(MatchingMode, self.mode),
             solver=config.w2_solver, reg=config.w2_reg, reduction=config.w2_reduction,
+            barycenter_lambda=config.barycenter_lambda,
         )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

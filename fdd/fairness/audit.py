@@ -10,6 +10,12 @@ reports and their mean and standard deviation.
 With ``stack_models`` (the default) the ``num_eval`` networks are trained together as
 one vectorised model (:func:`train_stacked`), which is what makes five evaluations
 about as cheap as one on a GPU.
+
+The network is the matching network (the ``network`` section) or any evaluation
+architecture of :func:`fdd.models.architectures.build_architecture` (``architecture``;
+:func:`audit_architectures` audits several). Networks with batch norm keep running
+statistics in buffers, which :func:`torch.func.functional_call` under :func:`torch.func.vmap`
+cannot update per model: they are trained one at a time, with the same schedule.
 """
 
 from __future__ import annotations
@@ -32,9 +38,9 @@ from fdd.distillation.augment import DSAConfig, DSADraw, apply_dsa
 from fdd.distillation.cuda_graph import CapturedStep
 from fdd.distillation.training import draw_training_plan, train_network
 from fdd.fairness.metrics import FairnessReport, fairness_report, summarize_runs
-from fdd.models.networks import build_network
+from fdd.models.architectures import build_architecture, has_buffers
 
-__all__ = ["AuditResult", "STACKED_DRAW_SLOTS", "audit_synthetic", "predict", "train_stacked"]
+__all__ = ["AuditResult", "STACKED_DRAW_SLOTS", "audit_architectures", "audit_synthetic", "predict", "train_stacked"]
 
 ERR_SHAPE_MISMATCH = (
     "the synthetic images have shape {syn} per image but the test images have {test}; "
@@ -187,6 +193,7 @@ def audit_synthetic(
     network: NetworkConfig,
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
+    architecture: str = "matching",
 ) -> AuditResult:
     """Train ``config.num_eval`` fresh ConvNets on ``synthetic`` and audit them on ``test``.
 
@@ -198,8 +205,12 @@ def audit_synthetic(
         Real test split with group ids.
     config : AuditConfig
     network : NetworkConfig
+        The matching network's settings (what ``architecture="matching"`` trains).
     device : torch.device or str
     progress : callable(evaluations_done), optional
+    architecture : str
+        An evaluation-architecture spec (:func:`fdd.config.parse_architecture`); default the
+        matching network.
     """
     if tuple(synthetic.images.shape[1:]) != test.image_shape:
         raise ValueError(ERR_SHAPE_MISMATCH.format(syn=tuple(synthetic.images.shape[1:]), test=test.image_shape))
@@ -216,8 +227,9 @@ def audit_synthetic(
     dsa = DSAConfig() if config.dsa else None
     seeds = [config.seed * 1000 + run for run in range(config.num_eval)]
     nets = [
-        build_network(
-            input_shape=test.image_shape, num_classes=test.num_classes, network=network, seed=seed, device=device
+        build_architecture(
+            architecture, input_shape=test.image_shape, num_classes=test.num_classes, network=network, seed=seed,
+            device=device,
         )
         for seed in seeds
     ]
@@ -227,7 +239,7 @@ def audit_synthetic(
     )
     generator = torch.Generator(device=device)
     generator.manual_seed(seeds[0])
-    if config.stack_models and network.norm != "batchnorm" and len(nets) > 1:
+    if config.stack_models and not has_buffers(nets[0]) and len(nets) > 1:
         train_stacked(
             nets, images, labels, generator=generator, cuda_graph=config.cuda_graph, **schedule
         )
@@ -248,3 +260,25 @@ def audit_synthetic(
         if progress is not None:
             progress(run + 1)
     return AuditResult(reports=tuple(reports), summary=summarize_runs(reports))
+
+
+def audit_architectures(
+    synthetic: SyntheticSet,
+    test: GroupedImages,
+    *,
+    config: AuditConfig,
+    network: NetworkConfig,
+    device: torch.device | str = "cpu",
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, AuditResult]:
+    """:func:`audit_synthetic` for every network of ``config.architectures``, in that order.
+
+    ``progress(architecture, done)`` is called after each evaluation.
+    """
+    results = {}
+    for name in config.architectures:
+        report = None if progress is None else (lambda done, name=name: progress(name, done))
+        results[name] = audit_synthetic(
+            synthetic, test, config=config, network=network, device=device, progress=report, architecture=name
+        )
+    return results

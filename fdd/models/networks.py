@@ -19,6 +19,8 @@ from fdd.models.mlp import MLP, build_mlp
 from fdd.models.parameters import reset_parameters_
 
 __all__ = [
+    "ACTIVATIONS",
+    "Activation",
     "AvgPool2x2",
     "ConvNet",
     "NORMS",
@@ -33,6 +35,8 @@ __all__ = [
 
 Norm = Literal["instancenorm", "batchnorm", "none"]
 Pooling = Literal["avgpooling", "maxpooling", "none"]
+Activation = Literal["relu", "sigmoid", "leakyrelu"]
+ACTIVATIONS: tuple[str, ...] = ("relu", "sigmoid", "leakyrelu")
 NORMS: tuple[str, ...] = ("instancenorm", "batchnorm", "none")
 POOLINGS: tuple[str, ...] = ("avgpooling", "maxpooling", "none")
 
@@ -69,6 +73,14 @@ class AvgPool2x2(nn.Module):
         return x.unflatten(-1, (width, 2)).unflatten(-3, (height, 2)).mean(dim=(-3, -1))
 
 
+def _activation_layer(activation: str) -> nn.Module:
+    if activation == "sigmoid":
+        return nn.Sigmoid()
+    if activation == "leakyrelu":
+        return nn.LeakyReLU(negative_slope=0.01)
+    return nn.ReLU(inplace=True)
+
+
 def _pool_layer(pooling: str) -> nn.Module:
     if pooling == "avgpooling":
         return AvgPool2x2()
@@ -92,6 +104,9 @@ class ConvNet(nn.Module):
         Channels per convolution and number of conv blocks (128 and 3 in the papers).
     norm : {"instancenorm", "batchnorm", "none"}
     pooling : {"avgpooling", "maxpooling", "none"}
+    activation : {"relu", "sigmoid", "leakyrelu"}
+        The non-linearity of every block (the reference's ConvNet ablations: ReLU, sigmoid,
+        leaky ReLU with slope 0.01).
 
     Notes
     -----
@@ -110,6 +125,7 @@ class ConvNet(nn.Module):
         depth: int = 3,
         norm: Norm = "instancenorm",
         pooling: Pooling = "avgpooling",
+        activation: Activation = "relu",
     ) -> None:
         super().__init__()
         for name, value in (
@@ -125,6 +141,8 @@ class ConvNet(nn.Module):
             raise ValueError(ERR_CHOICE.format(name="norm", allowed=NORMS, value=norm))
         if pooling not in POOLINGS:
             raise ValueError(ERR_CHOICE.format(name="pooling", allowed=POOLINGS, value=pooling))
+        if activation not in ACTIVATIONS:
+            raise ValueError(ERR_CHOICE.format(name="activation", allowed=ACTIVATIONS, value=activation))
         size = image_size
         layers: list[nn.Module] = []
         in_channels = channels
@@ -132,7 +150,7 @@ class ConvNet(nn.Module):
             layers += [
                 nn.Conv2d(in_channels, width, kernel_size=3, padding=1),
                 _norm_layer(norm, width),
-                nn.ReLU(inplace=True),
+                _activation_layer(activation),
                 _pool_layer(pooling),
             ]
             in_channels = width
@@ -162,6 +180,7 @@ def build_convnet(
     depth: int = 3,
     norm: Norm = "instancenorm",
     pooling: Pooling = "avgpooling",
+    activation: Activation = "relu",
     seed: int | None = None,
     device: torch.device | str | None = None,
 ) -> ConvNet:
@@ -173,7 +192,7 @@ def build_convnet(
     with torch.random.fork_rng(devices=[]):  # construction draws from the global CPU RNG: restore it
         net = ConvNet(
             channels=channels, num_classes=num_classes, image_size=image_size,
-            width=width, depth=depth, norm=norm, pooling=pooling,
+            width=width, depth=depth, norm=norm, pooling=pooling, activation=activation,
         )
     if seed is not None:
         reset_parameters_(net, generator=torch.Generator().manual_seed(seed))

@@ -23,6 +23,7 @@ __all__ = [
     "headline",
     "COLUMNS",
     "FIGURES_MARKER",
+    "audit_markdown",
     "comparison_table",
     "figure_markdown",
     "recall_series",
@@ -41,20 +42,29 @@ COLUMNS = {
 FIGURES_MARKER = "<!-- figures -->"
 
 
-def comparison_table(metrics: Mapping[str, Mapping[str, float]]) -> pd.DataFrame:
-    """One row per mode: mean +/- std of the headline metrics."""
+def comparison_table(metrics: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per mode and evaluation architecture: mean +/- std of the headline metrics.
+
+    ``metrics`` maps a mode (or any label) to its ``metrics.json``; the architectures are those
+    of its ``architectures`` entry in the order of ``architecture_names``, else the one it names
+    in ``architecture`` (``matching`` for a metrics.json written before evaluation
+    architectures existed).
+    """
     rows = []
     for mode, values in metrics.items():
-        row: dict[str, Any] = {"mode": mode}
-        for key, label in COLUMNS.items():
-            if key not in values:  # metrics.json of an older fdd has no sufficiency gap
-                continue
-            if values[key] is None:  # fairness not measurable (one group in the test split)
-                row[label] = "n/a (one group)"
-                continue
-            row[label] = f"{values[key]:.2f} ± {values[key + '_std']:.2f}"
-        row["evaluations"] = values["num_eval"]
-        rows.append(row)
+        per_architecture = values.get("architectures") or {values.get("architecture", "matching"): values}
+        for architecture in values.get("architecture_names") or list(per_architecture):
+            figures = per_architecture[architecture]
+            row: dict[str, Any] = {"mode": mode, "architecture": architecture}
+            for key, label in COLUMNS.items():
+                if key not in figures:  # metrics.json of an older fdd has no sufficiency gap
+                    continue
+                if figures[key] is None:  # fairness not measurable (one group in the test split)
+                    row[label] = "n/a (one group)"
+                    continue
+                row[label] = f"{figures[key]:.2f} ± {figures[key + '_std']:.2f}"
+            row["evaluations"] = figures["num_eval"]
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -177,4 +187,30 @@ def report_markdown(
         "The settings that define these results (the stages' cache keys; `fdd/config.py` lists the others).",
         "```json\n" + json.dumps(dict(settings), indent=2) + "\n```",
     ]
+    return "\n\n".join(sections) + "\n"
+
+
+def audit_markdown(*, table: pd.DataFrame, name: str, source: str, dataset: Mapping[str, Any], figures: str = "") -> str:
+    """The report of ``fdd audit PATH``: the results section of the pipeline's report for one set.
+
+    Parameters
+    ----------
+    table : DataFrame
+        :func:`comparison_table` of ``{name: metrics.json}`` (one row per architecture).
+    name, source : str
+        The set's label and where it was read from (file or folder, and its layout).
+    dataset : mapping
+        The ingest summary of the test split it was audited on (``data/prepared/dataset.json``).
+    figures : str
+        :func:`figure_markdown` of the recall heatmap, or empty.
+    """
+    sections = [
+        f"# Audit of {name}",
+        f"Synthetic set: {source}. Audited on the test split of **{dataset['dataset']}** "
+        f"({dataset.get('description') or str(dataset.get('bias', '')) + ' bias'}; {dataset['test_images']} test images).",
+        "## Results (mean ± std over evaluation seeds)",
+        table.to_markdown(index=False),
+    ]
+    if figures:
+        sections += ["## Figures", figures]
     return "\n\n".join(sections) + "\n"

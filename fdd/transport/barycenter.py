@@ -64,6 +64,7 @@ __all__ = [
     "TargetDistances",
     "cell_statistics",
     "barycenter_weights",
+    "frontier_weights",
     "mean_barycenter",
     "free_support_barycenter",
     "gaussian_barycenter",
@@ -90,6 +91,7 @@ ERR_INDEX_DTYPE = "{name} must be an integer tensor; got dtype {dtype}"
 ERR_INDEX_RANGE = "{name} must lie in [0, {limit}) ({limit_name}={limit}); got values in [{low}, {high}]"
 ERR_DEVICE = "{name} must be on the same device as {other} ({expected}); got {device}"
 ERR_COUNTS_SHAPE = "counts must have shape (C, G){expected}; got shape {shape}"
+ERR_LAMBDA = "lam must be a number in [0, 1] (0: proportional weights, vanilla's target; 1: uniform, cobra's); got {value!r}"
 ERR_MEANS_SHAPE = "means must have shape (C, G, D); got shape {shape}"
 ERR_NEGATIVE = "{name} must be non-negative; got {count} negative entries (minimum {minimum})"
 ERR_EMPTY_CLASS = (
@@ -567,12 +569,44 @@ def barycenter_weights(
     return mass / mass.sum(dim=1, keepdim=True)
 
 
+def frontier_weights(counts: Tensor, *, lam: float, validate: bool = True) -> Tensor:
+    r"""Weights on the frontier from proportional (``lam=0``) to uniform (``lam=1``) group weights.
+
+    .. math::
+        \lambda^{(\ell)}_{c,g} = (1 - \ell)\, \frac{n_{c,g}}{n_c} + \ell\, \frac{[n_{c,g} > 0]}{G_c}
+
+    The mean barycenter is linear in the weights, so its target moves on the segment from the
+    pooled class mean (vanilla's target) to the uniform barycenter (cobra's): a trade-off
+    between the data's group shares and imbalance-agnostic fairness. Rows sum to one.
+
+    Parameters
+    ----------
+    counts : Tensor, shape (C, G)
+        As :func:`barycenter_weights`.
+    lam : float in [0, 1]
+    validate : bool, default True
+
+    Raises
+    ------
+    ValueError
+        For ``lam`` outside [0, 1], and as :func:`barycenter_weights`.
+    """
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not 0.0 <= float(lam) <= 1.0:
+        raise ValueError(ERR_LAMBDA.format(value=lam))
+    uniform = barycenter_weights(counts, weights="uniform", validate=validate)
+    if lam == 1:
+        return uniform
+    proportional = barycenter_weights(counts, weights="proportional", validate=False)
+    return (1.0 - float(lam)) * proportional + float(lam) * uniform
+
+
 def mean_barycenter(
     means: Tensor,
     counts: Tensor,
     *,
     weights: WeightsMode = "uniform",
     validate: bool = True,
+    lam: float | None = None,
 ) -> Tensor:
     r"""First-moment barycenter of the group means of every class.
 
@@ -595,6 +629,9 @@ def mean_barycenter(
     weights : {'uniform', 'proportional'}, default 'uniform'
     validate : bool, default True
         Check shapes, counts and finiteness; synchronises with the device.
+    lam : float in [0, 1], optional
+        When given, the weights are :func:`frontier_weights` (``lam`` 0: proportional,
+        1: uniform) and ``weights`` is not read.
 
     Returns
     -------
@@ -617,14 +654,15 @@ def mean_barycenter(
             raise ValueError(ERR_MEANS_SHAPE.format(shape=tuple(means.shape)))
         _check_float("means", means)
         _check_counts(counts, expected=(means.shape[0], means.shape[1]))
-    lam = barycenter_weights(counts, weights=weights, validate=validate).to(
-        device=means.device, dtype=means.dtype
-    )
-    present = (lam > 0).unsqueeze(-1)
+    coefficients = (
+        barycenter_weights(counts, weights=weights, validate=validate) if lam is None
+        else frontier_weights(counts, lam=lam, validate=validate)
+    ).to(device=means.device, dtype=means.dtype)
+    present = (counts > 0).to(means.device).unsqueeze(-1)
     safe = torch.where(present, means, torch.zeros_like(means))
     if validate:
         _check_finite("means", safe)
-    return torch.einsum("cg,cgd->cd", lam, safe)
+    return torch.einsum("cg,cgd->cd", coefficients, safe)
 
 
 # --------------------------------------------------------------------------- W2 barycenters
