@@ -41,8 +41,12 @@ from fdd.files import atomic_write_bytes
 
 METRICS = ("accuracy", "deo_m", "deo_a", "tnr_gap", "tpr_gap", "worst_group_accuracy")
 LABELS = {
-    "accuracy": "Acc", "deo_m": "DEO_M", "deo_a": "DEO_A", "tnr_gap": "gap(<=50K) = TNR gap",
-    "tpr_gap": "gap(>50K) = TPR gap", "worst_group_accuracy": "worst-group acc",
+    "accuracy": "Acc",
+    "deo_m": "DEO_M",
+    "deo_a": "DEO_A",
+    "tnr_gap": "gap(<=50K) = TNR gap",
+    "tpr_gap": "gap(>50K) = TPR gap",
+    "worst_group_accuracy": "worst-group acc",
 }
 
 
@@ -52,8 +56,10 @@ def _scores(audited: AuditResult) -> dict[str, float]:
     gaps = np.stack([np.asarray(r.class_gap, dtype=float) for r in audited.reports])  # (R, 2)
     return {
         **{k: float(s[k]["mean"]) for k in ("accuracy", "deo_m", "deo_a", "worst_group_accuracy")},
-        "tnr_gap": float(np.nanmean(gaps[:, 0])), "tpr_gap": float(np.nanmean(gaps[:, 1])),
-        "eval_std_accuracy": float(s["accuracy"]["std"]), "eval_std_deo_m": float(s["deo_m"]["std"]),
+        "tnr_gap": float(np.nanmean(gaps[:, 0])),
+        "tpr_gap": float(np.nanmean(gaps[:, 1])),
+        "eval_std_accuracy": float(s["accuracy"]["std"]),
+        "eval_std_deo_m": float(s["deo_m"]["std"]),
     }
 
 
@@ -86,7 +92,9 @@ def main() -> int:
     modes = args.modes.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     frames = load_adult_frames(root=args.data_root, download=not args.no_download)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
+    device_name = (
+        torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
+    )
     rows: list[dict] = []
     started = time.perf_counter()
 
@@ -97,27 +105,59 @@ def main() -> int:
     for protected in args.protected.split(","):
         splits = encode_adult(frames.train, frames.test, protected=protected)  # type: ignore[arg-type]
         train, test = splits.train, splits.test
-        whole = SyntheticSet(images=train.normalized(), labels=train.labels, class_names=train.class_names,
-                             mean=train.mean, std=train.std)
+        whole = SyntheticSet(
+            images=train.normalized(),
+            labels=train.labels,
+            class_names=train.class_names,
+            mean=train.mean,
+            std=train.std,
+        )
         t0 = time.perf_counter()
         scores = _scores(audit_synthetic(whole, test, config=full_audit, network=network, device=args.device))
-        record(protected=protected, ipc=len(train), mode="full real train split", seed=0,
-               synthesis_s=0.0, audit_s=time.perf_counter() - t0, **scores)
+        record(
+            protected=protected,
+            ipc=len(train),
+            mode="full real train split",
+            seed=0,
+            synthesis_s=0.0,
+            audit_s=time.perf_counter() - t0,
+            **scores,
+        )
         for ipc in [int(i) for i in args.ipc.split(",")]:
             for seed in seeds:
                 for mode in ["random real rows", *modes]:
                     config = SynthesisConfig(
-                        ipc=ipc, iterations=0 if mode == "random real rows" else args.iterations,
-                        batch_real=args.batch_real, lr_img=args.lr_img, dsa=False, warmup_epochs=args.warmup_epochs,
-                        checkpoint_every=0, log_every=max(args.iterations, 1),
+                        ipc=ipc,
+                        iterations=0 if mode == "random real rows" else args.iterations,
+                        batch_real=args.batch_real,
+                        lr_img=args.lr_img,
+                        dsa=False,
+                        warmup_epochs=args.warmup_epochs,
+                        checkpoint_every=0,
+                        log_every=max(args.iterations, 1),
                     )
                     t0 = time.perf_counter()
-                    result = synthesize(train, mode="vanilla" if mode == "random real rows" else mode, config=config,
-                                        network=network, seed=seed, device=args.device)
+                    result = synthesize(
+                        train,
+                        mode="vanilla" if mode == "random real rows" else mode,
+                        config=config,
+                        network=network,
+                        seed=seed,
+                        device=args.device,
+                    )
                     t1 = time.perf_counter()
-                    scores = _scores(audit_synthetic(result.synthetic, test, config=audit, network=network, device=args.device))
-                    record(protected=protected, ipc=ipc, mode=mode, seed=seed, synthesis_s=t1 - t0,
-                           audit_s=time.perf_counter() - t1, **scores)
+                    scores = _scores(
+                        audit_synthetic(result.synthetic, test, config=audit, network=network, device=args.device)
+                    )
+                    record(
+                        protected=protected,
+                        ipc=ipc,
+                        mode=mode,
+                        seed=seed,
+                        synthesis_s=t1 - t0,
+                        audit_s=time.perf_counter() - t1,
+                        **scores,
+                    )
     frame = pd.DataFrame(rows)
     out = Path(args.out)
     atomic_write_bytes(out.with_suffix(".csv"), frame.to_csv(index=False).encode())
@@ -156,7 +196,10 @@ def render(frame: pd.DataFrame, args: argparse.Namespace, device_name: str, sour
         lines += [f"## Protected attribute: {protected} ({'2' if protected == 'sex' else '5'} groups)", ""]
         table = []
         cells = part.groupby(["ipc", "mode"])
-        for (ipc, mode), cell in sorted(cells, key=lambda kv: (-1 if kv[0][1] == "full real train split" else kv[0][0], order.get(kv[0][1], len(order)))):
+        for (ipc, mode), cell in sorted(
+            cells,
+            key=lambda kv: (-1 if kv[0][1] == "full real train split" else kv[0][0], order.get(kv[0][1], len(order))),
+        ):
             full = mode == "full real train split"
             row = {"rows per class": "all" if full else ipc, "mode": mode, "seeds": len(cell)}
             for key in METRICS:
@@ -170,10 +213,13 @@ def render(frame: pd.DataFrame, args: argparse.Namespace, device_name: str, sour
             table.append(row)
         lines += [pd.DataFrame(table).to_markdown(index=False), ""]
     lines += [
-        "Reproduce: `python benchmarks/adult.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        "Reproduce: `python benchmarks/adult.py "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
             if v is not None and v is not False and k not in ("out", "device", "threads", "data_root", "no_download")
-        ) + "`. Per-seed rows: `adult.csv`.",
+        )
+        + "`. Per-seed rows: `adult.csv`.",
         "",
     ]
     return "\n".join(lines)

@@ -58,10 +58,13 @@ def parse_variants(text: str) -> list[tuple[str, str]]:
     return variants
 
 
-def init_coverage(train, *, mode: str, config: SynthesisConfig, network: NetworkConfig, seed: int, device: str) -> float:
+def init_coverage(
+    train, *, mode: str, config: SynthesisConfig, network: NetworkConfig, seed: int, device: str
+) -> float:
     """Mean number of distinct groups among each class's initial synthetic images."""
-    loop = DMSynthesizer(train, mode=mode, config=config.model_copy(update={"iterations": 0}), network=network,
-                         seed=seed, device=device)
+    loop = DMSynthesizer(
+        train, mode=mode, config=config.model_copy(update={"iterations": 0}), network=network, seed=seed, device=device
+    )
     real = train.normalized(device).flatten(1)
     init = loop.syn_images.detach().flatten(1)
     nearest = torch.cdist(init, real, compute_mode="donot_use_mm_for_euclid_dist").argmin(dim=1).cpu()
@@ -71,8 +74,19 @@ def init_coverage(train, *, mode: str, config: SynthesisConfig, network: Network
 
 def to_markdown(frame: pd.DataFrame, header: str) -> str:
     lines = [header, ""]
-    cols = ["dataset", "mode", "init", "flip", "hide", "accuracy", "deo_m", "deo_a", "worst_group_accuracy",
-            "s_per_iteration", "init_groups_per_class"]
+    cols = [
+        "dataset",
+        "mode",
+        "init",
+        "flip",
+        "hide",
+        "accuracy",
+        "deo_m",
+        "deo_a",
+        "worst_group_accuracy",
+        "s_per_iteration",
+        "init_groups_per_class",
+    ]
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "---|" * len(cols))
     for _, row in frame.iterrows():
@@ -94,9 +108,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", default="cmnist,cfmnist")
     parser.add_argument("--bias", choices=["foreground", "background"], default="foreground")
-    parser.add_argument("--shading", choices=["binary", "intensity"], default="binary",
-                        help="colouring of the digits/garments (data.shading; flows/presets/cfmnist.yaml uses intensity)")
-    parser.add_argument("--variants", default="cobra:real,cobra-w2:real,cobra-bures:real,cobra:barycenter,cobra-w2:barycenter")
+    parser.add_argument(
+        "--shading",
+        choices=["binary", "intensity"],
+        default="binary",
+        help="colouring of the digits/garments (data.shading; flows/presets/cfmnist.yaml uses intensity)",
+    )
+    parser.add_argument(
+        "--variants", default="cobra:real,cobra-w2:real,cobra-bures:real,cobra:barycenter,cobra-w2:barycenter"
+    )
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--iterations", type=int, default=2600)
     parser.add_argument("--batch-real", type=int, default=600)
@@ -140,15 +160,31 @@ def main() -> int:
             train = perturb_groups(train, flip_fraction=args.flip, hide_fraction=args.hide, seed=args.seed).data
         for mode, init in variants:
             config = SynthesisConfig(
-                modes=(mode,), ipc=args.ipc, iterations=args.iterations, batch_real=args.batch_real, init=init,
-                warmup_epochs=args.warmup_epochs, w2_solver=args.w2_solver, w2_reg=args.w2_reg,
-                w2_reduction=args.w2_reduction, lr_img=args.lr_img,
-                log_every=max(args.iterations // 5, 1), checkpoint_every=0, compile=args.compile,
+                modes=(mode,),
+                ipc=args.ipc,
+                iterations=args.iterations,
+                batch_real=args.batch_real,
+                init=init,
+                warmup_epochs=args.warmup_epochs,
+                w2_solver=args.w2_solver,
+                w2_reg=args.w2_reg,
+                w2_reduction=args.w2_reduction,
+                lr_img=args.lr_img,
+                log_every=max(args.iterations // 5, 1),
+                checkpoint_every=0,
+                compile=args.compile,
             )
-            coverage = init_coverage(train, mode=mode, config=config, network=network, seed=args.seed, device=args.device)
+            coverage = init_coverage(
+                train, mode=mode, config=config, network=network, seed=args.seed, device=args.device
+            )
             start = time.perf_counter()
             result = synthesize(
-                train, mode=mode, config=config, network=network, seed=args.seed, device=args.device,
+                train,
+                mode=mode,
+                config=config,
+                network=network,
+                seed=args.seed,
+                device=args.device,
                 progress=lambda it, loss, d=dataset, m=mode, i=init: print(
                     f"  {d} {m}:{i} {it}/{args.iterations} loss {loss:.3f}", flush=True
                 ),
@@ -158,13 +194,30 @@ def main() -> int:
             audited = audit_synthetic(result.synthetic, test, config=audit, network=network, device=args.device)
             s = audited.summary
             row = {
-                "dataset": dataset, "bias": args.bias, "ipc": args.ipc, "mode": mode, "init": init,
-                "flip": args.flip, "hide": args.hide, "iterations": args.iterations, "batch_real": args.batch_real,
-                "w2_solver": args.w2_solver, "w2_reduction": args.w2_reduction, "lr_img": args.lr_img, "num_eval": args.num_eval, "eval_epochs": args.eval_epochs,
-                "width": args.width, "seed": args.seed, "device": device_name, "torch": torch.__version__,
-                "synthesis_s": synth_s, "s_per_iteration": result.seconds_per_iteration,
-                "audit_s": time.perf_counter() - start, "init_groups_per_class": coverage,
-                **{f"{k}_mean": s[k]["mean"] for k in METRICS}, **{f"{k}_std": s[k]["std"] for k in METRICS},
+                "dataset": dataset,
+                "bias": args.bias,
+                "ipc": args.ipc,
+                "mode": mode,
+                "init": init,
+                "flip": args.flip,
+                "hide": args.hide,
+                "iterations": args.iterations,
+                "batch_real": args.batch_real,
+                "w2_solver": args.w2_solver,
+                "w2_reduction": args.w2_reduction,
+                "lr_img": args.lr_img,
+                "num_eval": args.num_eval,
+                "eval_epochs": args.eval_epochs,
+                "width": args.width,
+                "seed": args.seed,
+                "device": device_name,
+                "torch": torch.__version__,
+                "synthesis_s": synth_s,
+                "s_per_iteration": result.seconds_per_iteration,
+                "audit_s": time.perf_counter() - start,
+                "init_groups_per_class": coverage,
+                **{f"{k}_mean": s[k]["mean"] for k in METRICS},
+                **{f"{k}_std": s[k]["std"] for k in METRICS},
             }
             rows.append(row)
             print(json.dumps(row), flush=True)

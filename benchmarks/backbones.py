@@ -51,7 +51,9 @@ def per_backbone(text: str | None, backbones: list[str], name: str) -> dict[str,
     for item in text.split(","):
         key, _, value = item.partition("=")
         if key not in RECOMMENDED or not value.isdigit():
-            raise SystemExit(f"--{name}: expected N or backbone=N pairs with backbones {list(RECOMMENDED)}; got {item!r}")
+            raise SystemExit(
+                f"--{name}: expected N or backbone=N pairs with backbones {list(RECOMMENDED)}; got {item!r}"
+            )
         out[key] = int(value)
     return out
 
@@ -67,14 +69,20 @@ def table(rows: list[dict]) -> str:
     frame = pd.DataFrame(rows)
     recommended_lr = frame["backbone"].map(lambda b: RECOMMENDED[b]["lr_img"])  # rows written before lr_img was kept
     lr_img = frame["lr_img"].fillna(recommended_lr) if "lr_img" in frame else recommended_lr
-    show = pd.DataFrame({
-        "backbone": frame["backbone"], "mode": frame["mode"], "iterations": frame["iterations"], "lr_img": lr_img,
-        "Acc": [f"{a:.2f}±{s:.2f}" for a, s in zip(frame["accuracy_mean"], frame["accuracy_std"])],
-        "DEO_M": [f"{a:.2f}±{s:.2f}" for a, s in zip(frame["deo_m_mean"], frame["deo_m_std"])],
-        "DEO_A": [f"{a:.2f}±{s:.2f}" for a, s in zip(frame["deo_a_mean"], frame["deo_a_std"])],
-        "s/iteration": frame["s_per_iteration"].round(4), "synthesis s": frame["synthesis_s"].round(1),
-        "audit s": frame["audit_s"].round(1),
-    })
+    show = pd.DataFrame(
+        {
+            "backbone": frame["backbone"],
+            "mode": frame["mode"],
+            "iterations": frame["iterations"],
+            "lr_img": lr_img,
+            "Acc": [f"{a:.2f}±{s:.2f}" for a, s in zip(frame["accuracy_mean"], frame["accuracy_std"])],
+            "DEO_M": [f"{a:.2f}±{s:.2f}" for a, s in zip(frame["deo_m_mean"], frame["deo_m_std"])],
+            "DEO_A": [f"{a:.2f}±{s:.2f}" for a, s in zip(frame["deo_a_mean"], frame["deo_a_std"])],
+            "s/iteration": frame["s_per_iteration"].round(4),
+            "synthesis s": frame["synthesis_s"].round(1),
+            "audit s": frame["audit_s"].round(1),
+        }
+    )
     lines = ["| " + " | ".join(show.columns) + " |", "|" + "---|" * len(show.columns)]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in show.itertuples(index=False)]
     return "\n".join(lines)
@@ -102,12 +110,23 @@ def main() -> int:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", help="file stem (default: backbones_<device>)")
     parser.add_argument("--compile", action="store_true", help="synthesis.compile (DM)")
-    parser.add_argument("--cuda-graph", action="store_true",
-                        help="synthesis.cuda_graph: DM's cobra warm-up and DC/IDC/CAFE's inner loop as CUDA graphs")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="a backbone setting, e.g. dc.inner_loop=10 or mtt.num_experts=2 (repeatable)")
-    parser.add_argument("--append", action="store_true",
-                        help="keep the cells of an existing <name>.csv (same backbone/mode cells are replaced)")
+    parser.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="synthesis.cuda_graph: DM's cobra warm-up and DC/IDC/CAFE's inner loop as CUDA graphs",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a backbone setting, e.g. dc.inner_loop=10 or mtt.num_experts=2 (repeatable)",
+    )
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="keep the cells of an existing <name>.csv (same backbone/mode cells are replaced)",
+    )
     parser.add_argument("--cache-dir", default="data/cache/experts", help="where MTT's expert trajectories are kept")
     args = parser.parse_args()
     backbones = args.backbones.split(",")
@@ -150,26 +169,46 @@ def main() -> int:
                 settings["lr_img"] = args.lr_img
             n_iter = int(settings["iterations"])
             config = SynthesisConfig(
-                backbone=backbone, modes=(mode,), ipc=args.ipc, log_every=max(n_iter // 5, 1),
-                compile=args.compile, cuda_graph=args.cuda_graph, **sections, **settings
+                backbone=backbone,
+                modes=(mode,),
+                ipc=args.ipc,
+                log_every=max(n_iter // 5, 1),
+                compile=args.compile,
+                cuda_graph=args.cuda_graph,
+                **sections,
+                **settings,
             )
             start = time.perf_counter()
             result = synthesize(
-                train, mode=mode, config=config, network=network, seed=args.seed, device=args.device,
+                train,
+                mode=mode,
+                config=config,
+                network=network,
+                seed=args.seed,
+                device=args.device,
                 cache_dir=args.cache_dir,
-                progress=lambda it, loss, b=backbone, m=mode, n=n_iter: print(f"  {b}/{m} {it}/{n} loss {loss:.4f}", flush=True),
+                progress=lambda it, loss, b=backbone, m=mode, n=n_iter: print(
+                    f"  {b}/{m} {it}/{n} loss {loss:.4f}", flush=True
+                ),
             )
             synth_s = time.perf_counter() - start
             start = time.perf_counter()
             audited = audit_synthetic(result.synthetic, test, config=audit, network=network, device=args.device)
             audit_s = time.perf_counter() - start
             s = audited.summary
-            rows = [r for r in rows if (r["backbone"], r["mode"]) != (backbone, mode)] + [{
-                "backbone": backbone, "mode": mode, "iterations": n_iter, "lr_img": float(settings["lr_img"]), "ipc": args.ipc,
-                "synthesis_s": synth_s,
-                "s_per_iteration": result.seconds_per_iteration, "audit_s": audit_s,
-                **{f"{k}_{stat}": s[k][stat] for k in ("accuracy", "deo_m", "deo_a") for stat in ("mean", "std")},
-            }]
+            rows = [r for r in rows if (r["backbone"], r["mode"]) != (backbone, mode)] + [
+                {
+                    "backbone": backbone,
+                    "mode": mode,
+                    "iterations": n_iter,
+                    "lr_img": float(settings["lr_img"]),
+                    "ipc": args.ipc,
+                    "synthesis_s": synth_s,
+                    "s_per_iteration": result.seconds_per_iteration,
+                    "audit_s": audit_s,
+                    **{f"{k}_{stat}": s[k][stat] for k in ("accuracy", "deo_m", "deo_a") for stat in ("mean", "std")},
+                }
+            ]
             print(rows[-1], flush=True)
             header = (
                 f"# Backbones x modes: {args.dataset} {args.bias}, IPC {args.ipc}\n\n"

@@ -70,30 +70,55 @@ def main() -> int:
     for it in range(1, args.iterations + 1):
         loop.step()
         if it % args.every == 0:
-            rows.append({"phase": "long run", "step": it, "rss_mib": rss_mib(), **dict(zip(("gpu_alloc_mib", "gpu_reserved_mib"), gpu_mib(device)))})
+            rows.append(
+                {
+                    "phase": "long run",
+                    "step": it,
+                    "rss_mib": rss_mib(),
+                    **dict(zip(("gpu_alloc_mib", "gpu_reserved_mib"), gpu_mib(device))),
+                }
+            )
     del loop
     small = SynthesisConfig(ipc=10, iterations=5, batch_real=args.batch_real, warmup_epochs=2)
     for cell in range(args.cells):
-        result_loop = DMSynthesizer(splits.train, mode=args.mode, config=small, network=network, seed=cell, device=device)
+        result_loop = DMSynthesizer(
+            splits.train, mode=args.mode, config=small, network=network, seed=cell, device=device
+        )
         for _ in range(small.iterations):
             result_loop.step()
-        audit_synthetic(result_loop.synthetic_set(), splits.test, config=AuditConfig(num_eval=2, epochs=5),
-                        network=network, device=device)
+        audit_synthetic(
+            result_loop.synthetic_set(),
+            splits.test,
+            config=AuditConfig(num_eval=2, epochs=5),
+            network=network,
+            device=device,
+        )
         del result_loop
         gc.collect()
-        rows.append({"phase": "sweep", "step": cell + 1, "rss_mib": rss_mib(), **dict(zip(("gpu_alloc_mib", "gpu_reserved_mib"), gpu_mib(device)))})
+        rows.append(
+            {
+                "phase": "sweep",
+                "step": cell + 1,
+                "rss_mib": rss_mib(),
+                **dict(zip(("gpu_alloc_mib", "gpu_reserved_mib"), gpu_mib(device))),
+            }
+        )
     table = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / f"memory_{device.type}.csv", index=False)
     summary = []
     for phase, part in table.groupby("phase", sort=False):
-        summary.append({
-            "phase": phase, "samples": len(part),
-            "rss first (MiB)": round(part["rss_mib"].iloc[0], 1), "rss last (MiB)": round(part["rss_mib"].iloc[-1], 1),
-            "rss growth, last vs first quarter (MiB)": round(growth(part["rss_mib"].tolist()), 1),
-            "gpu allocated growth (MiB)": round(growth(part["gpu_alloc_mib"].tolist()), 1),
-        })
+        summary.append(
+            {
+                "phase": phase,
+                "samples": len(part),
+                "rss first (MiB)": round(part["rss_mib"].iloc[0], 1),
+                "rss last (MiB)": round(part["rss_mib"].iloc[-1], 1),
+                "rss growth, last vs first quarter (MiB)": round(growth(part["rss_mib"].tolist()), 1),
+                "gpu allocated growth (MiB)": round(growth(part["gpu_alloc_mib"].tolist()), 1),
+            }
+        )
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU"
     text = (
         f"# Memory over iterations and over a sweep\n\nMachine: {machine}; torch {torch.__version__}. "

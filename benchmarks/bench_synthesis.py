@@ -78,10 +78,15 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1500)
     parser.add_argument("--skip-naive-eval", action="store_true", help="skip the one-by-one audit")
     parser.add_argument(
-        "--audit-variants", default="stacked,stacked+graph",
+        "--audit-variants",
+        default="stacked,stacked+graph",
         help="comma list of audit variants: stacked, stacked+graph (each epoch replayed as a CUDA graph)",
     )
-    parser.add_argument("--variants", default="fp32", help="comma list of fp32, bf16, cl (channels-last), compile, graph (synthesis.cuda_graph: each DM iteration as one CUDA graph), and +-joins")
+    parser.add_argument(
+        "--variants",
+        default="fp32",
+        help="comma list of fp32, bf16, cl (channels-last), compile, graph (synthesis.cuda_graph: each DM iteration as one CUDA graph), and +-joins",
+    )
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-audit", action="store_true")
     parser.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
@@ -99,24 +104,40 @@ def main() -> int:
             naive_s = float("nan")
             if not args.skip_naive:
                 naive = NaiveDM(
-                    train, mode=mode, ipc=ipc, batch_real=args.batch_real, width=args.width,
-                    warmup_epochs=SynthesisConfig(ipc=ipc).resolved_warmup_epochs(), device=device,
+                    train,
+                    mode=mode,
+                    ipc=ipc,
+                    batch_real=args.batch_real,
+                    width=args.width,
+                    warmup_epochs=SynthesisConfig(ipc=ipc).resolved_warmup_epochs(),
+                    device=device,
                 )
-                naive_s = statistics.median(time_steps(naive.step, warmup=2, iterations=args.naive_iterations, device=device))
+                naive_s = statistics.median(
+                    time_steps(naive.step, warmup=2, iterations=args.naive_iterations, device=device)
+                )
                 del naive
             for variant in args.variants.split(","):
                 parts = set(variant.split("+"))
                 config = SynthesisConfig(
-                    modes=(mode,), ipc=ipc, iterations=1, batch_real=args.batch_real,
-                    precision="bf16" if "bf16" in parts else "fp32", channels_last="cl" in parts,
-                    compile="compile" in parts, cuda_graph="graph" in parts,
+                    modes=(mode,),
+                    ipc=ipc,
+                    iterations=1,
+                    batch_real=args.batch_real,
+                    precision="bf16" if "bf16" in parts else "fp32",
+                    channels_last="cl" in parts,
+                    compile="compile" in parts,
+                    cuda_graph="graph" in parts,
                 )
                 fast = DMSynthesizer(train, mode=mode, config=config, network=network, seed=0, device=device)
                 warm = args.warmup + (3 if "compile" in parts else 0)
                 times = time_steps(fast.step, warmup=warm, iterations=args.iterations, device=device)
                 row = {
-                    "what": "synthesis iteration", "variant": variant, "ipc": ipc, "mode": mode,
-                    "fdd_s": statistics.median(times), "naive_s": naive_s,
+                    "what": "synthesis iteration",
+                    "variant": variant,
+                    "ipc": ipc,
+                    "mode": mode,
+                    "fdd_s": statistics.median(times),
+                    "naive_s": naive_s,
                 }
                 row["speedup"] = row["naive_s"] / row["fdd_s"]
                 rows.append(row)
@@ -129,17 +150,24 @@ def main() -> int:
     for variant in audits:
         parts = set(variant.split("+"))
         audit = AuditConfig(
-            num_eval=args.num_eval, epochs=args.epochs, stack_models="one-by-one" not in parts,
+            num_eval=args.num_eval,
+            epochs=args.epochs,
+            stack_models="one-by-one" not in parts,
             cuda_graph="graph" in parts,
         )
         sync(device)
         start = time.perf_counter()
         audit_synthetic(synthetic, test, config=audit, network=network, device=device)
         sync(device)
-        rows.append({
-            "what": f"audit: {args.num_eval} models x {args.epochs} epochs + test", "variant": variant,
-            "ipc": 10, "mode": "cobra", "fdd_s": time.perf_counter() - start,
-        })
+        rows.append(
+            {
+                "what": f"audit: {args.num_eval} models x {args.epochs} epochs + test",
+                "variant": variant,
+                "ipc": 10,
+                "mode": "cobra",
+                "fdd_s": time.perf_counter() - start,
+            }
+        )
         print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     out = Path(args.out)
@@ -150,7 +178,8 @@ def main() -> int:
         f"# Synthesis and audit speed\n\nMachine: {machine(device)}\n\n"
         f"ConvNet width {args.width}, batch_real {args.batch_real} per class, C-MNIST (foreground); "
         f"median of {args.iterations} iterations (naive: {args.naive_iterations}) after warm-up, synchronised.\n\n"
-        + table.to_markdown(index=False, floatfmt=".4f") + "\n"
+        + table.to_markdown(index=False, floatfmt=".4f")
+        + "\n"
     )
     print(table.to_markdown(index=False, floatfmt=".4f"))
     return 0

@@ -55,7 +55,9 @@ def main() -> int:
                 config = SynthesisConfig(
                     backbone=backbone, modes=(mode,), ipc=args.ipc, iterations=1, batch_real=args.batch_real, **settings
                 )
-                loop = build_synthesizer(train, mode=mode, config=config, network=network, seed=seed, device=args.device)
+                loop = build_synthesizer(
+                    train, mode=mode, config=config, network=network, seed=seed, device=args.device
+                )
                 reset_parameters_(loop.net, generator=loop.generator)
                 loop.net.requires_grad_(False)
                 (pixels,) = torch.autograd.grad(loop.matching_loss(), loop.syn_images)

@@ -29,7 +29,10 @@ class NaiveDM:
         labels = train.labels.numpy()
         self.indices_class = [np.flatnonzero(labels == c) for c in range(train.num_classes)]
         self.rng = np.random.default_rng(seed)
-        init = [self.indices_class[c][self.rng.permutation(len(self.indices_class[c]))[:ipc]] for c in range(train.num_classes)]
+        init = [
+            self.indices_class[c][self.rng.permutation(len(self.indices_class[c]))[:ipc]]
+            for c in range(train.num_classes)
+        ]
         self.syn = self.images_all[np.concatenate(init)].detach().clone().requires_grad_(True)
         self.syn_labels = torch.arange(train.num_classes, device=self.device).repeat_interleave(ipc)
         self.optimizer = torch.optim.SGD([self.syn], lr=1.0, momentum=0.5)
@@ -43,13 +46,24 @@ class NaiveDM:
     def step(self):
         train = self.train
         net = build_convnet(
-            channels=train.image_shape[0], num_classes=train.num_classes, image_size=train.image_shape[1],
-            width=self.width, device=self.device,
+            channels=train.image_shape[0],
+            num_classes=train.num_classes,
+            image_size=train.image_shape[1],
+            width=self.width,
+            device=self.device,
         )
         if self.mode == "cobra":
             train_network(
-                net, self.syn.detach(), self.syn_labels, epochs=self.warmup_epochs, lr=0.01, momentum=0.9,
-                weight_decay=5e-4, batch_size=256, dsa=self.dsa, generator=None,
+                net,
+                self.syn.detach(),
+                self.syn_labels,
+                epochs=self.warmup_epochs,
+                lr=0.01,
+                momentum=0.9,
+                weight_decay=5e-4,
+                batch_size=256,
+                dsa=self.dsa,
+                generator=None,
             )
         net.requires_grad_(False)
         loss = torch.tensor(0.0, device=self.device)

@@ -74,7 +74,10 @@ def _profile(run, *, steps: int, device: torch.device, row_limit: int) -> tuple[
     ranges = {e.key: _device_ms(e) / steps for e in events if e.key.startswith("fdd.")}
     kernels = sum(_device_ms(e) for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / steps
     ranges["all kernels"] = kernels
-    table = events.table(sort_by="device_time_total" if hasattr(events[0], "device_time_total") else "cuda_time_total", row_limit=row_limit)
+    table = events.table(
+        sort_by="device_time_total" if hasattr(events[0], "device_time_total") else "cuda_time_total",
+        row_limit=row_limit,
+    )
     return wall_ms, table, ranges
 
 
@@ -92,7 +95,9 @@ def _time(run, *, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def _roofline_lines(label: str, counts: Counts, peak: Peak | None, measured_s: float, kernels_ms: float | None) -> list[str]:
+def _roofline_lines(
+    label: str, counts: Counts, peak: Peak | None, measured_s: float, kernels_ms: float | None
+) -> list[str]:
     """The roofline line of one cell (or the counts alone when no peak is known) and the op breakdown."""
     if peak is None:
         head = (
@@ -122,8 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=8, help="untimed steps first (compilation, graph capture)")
     parser.add_argument("--audit-epochs", type=int, default=50)
     parser.add_argument("--row-limit", type=int, default=18)
-    parser.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s of the dtype in use (overrides the table)")
-    parser.add_argument("--peak-gbps", type=float, default=None, help="peak memory bandwidth in GB/s (overrides the table)")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="peak TFLOP/s of the dtype in use (overrides the table)"
+    )
+    parser.add_argument(
+        "--peak-gbps", type=float, default=None, help="peak memory bandwidth in GB/s (overrides the table)"
+    )
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--tag", default="")
     args = parser.parse_args(argv)
@@ -167,8 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(note)
     for mode in args.modes.split(","):
         config = SynthesisConfig(
-            modes=(mode,), ipc=args.ipc, iterations=1, batch_real=args.batch_real, precision=args.precision,
-            compile="compile" in parts, cuda_graph="graph" in parts,
+            modes=(mode,),
+            ipc=args.ipc,
+            iterations=1,
+            batch_real=args.batch_real,
+            precision=args.precision,
+            compile="compile" in parts,
+            cuda_graph="graph" in parts,
         )
         synth = DMSynthesizer(data.train, mode=mode, config=config, network=network, seed=0, device=device)
         for _ in range(args.warmup_steps):
@@ -184,13 +198,19 @@ def main(argv: list[str] | None = None) -> int:
             head, body = f"## {mode}: {measured * 1e3:.2f} ms wall per step", []
         del synth
         eager = DMSynthesizer(
-            data.train, mode=mode, config=config.model_copy(update={"compile": False, "cuda_graph": False}),
-            network=network, seed=0, device=device,
+            data.train,
+            mode=mode,
+            config=config.model_copy(update={"compile": False, "cuda_graph": False}),
+            network=network,
+            seed=0,
+            device=device,
         )
         eager.step()
         counts = count_step(eager.step)
         del eager
-        cell = _roofline_lines(f"{mode} (eager step counted, variant `{args.variant}` timed)", counts, peak, measured, kernels_ms)
+        cell = _roofline_lines(
+            f"{mode} (eager step counted, variant `{args.variant}` timed)", counts, peak, measured, kernels_ms
+        )
         print(head, *cell, sep="\n", flush=True)
         if body:
             print(body[1], flush=True)
@@ -199,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         audit = AuditConfig()
         num_classes = data.test.num_classes
         nets = [
-            build_network(input_shape=data.test.image_shape, num_classes=num_classes, network=network, seed=s, device=device)
+            build_network(
+                input_shape=data.test.image_shape, num_classes=num_classes, network=network, seed=s, device=device
+            )
             for s in range(audit.num_eval)
         ]
         images = torch.randn(num_classes * args.ipc, *data.test.image_shape, device=device)
@@ -208,8 +230,16 @@ def main(argv: list[str] | None = None) -> int:
 
         def epochs() -> None:
             train_stacked(
-                nets, images, labels, epochs=args.audit_epochs, lr=audit.lr, momentum=audit.momentum,
-                weight_decay=audit.weight_decay, batch_size=audit.batch_size, dsa=DSAConfig(), generator=generator,
+                nets,
+                images,
+                labels,
+                epochs=args.audit_epochs,
+                lr=audit.lr,
+                momentum=audit.momentum,
+                weight_decay=audit.weight_decay,
+                batch_size=audit.batch_size,
+                dsa=DSAConfig(),
+                generator=generator,
             )
 
         epochs()
@@ -228,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
         counts = count_step(epochs).scaled(1 / args.audit_epochs)
         cell = _roofline_lines(
             f"audit epoch (eager, counted over {args.audit_epochs} epochs incl. set-up, per epoch)",
-            counts, audit_peak, measured, kernels_ms,
+            counts,
+            audit_peak,
+            measured,
+            kernels_ms,
         )
         print(head, *cell, sep="\n", flush=True)
         if body:

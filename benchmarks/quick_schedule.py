@@ -32,8 +32,18 @@ from fdd.datasets.containers import GroupedImages
 from fdd.distillation.run import synthesize
 from fdd.fairness.audit import audit_synthetic
 
-BASE = dict(backbone="dm", ipc=10, iterations=30, batch_real=32, lr_img=0.2, momentum=0.5, init="barycenter",
-            dsa=True, warmup_epochs=2, log_every=10)
+BASE = dict(
+    backbone="dm",
+    ipc=10,
+    iterations=30,
+    batch_real=32,
+    lr_img=0.2,
+    momentum=0.5,
+    init="barycenter",
+    dsa=True,
+    warmup_epochs=2,
+    log_every=10,
+)
 
 
 def main() -> int:
@@ -53,16 +63,29 @@ def main() -> int:
         syn_wall, syn_cpu = time.perf_counter() - wall, time.process_time() - cpu
         for epochs in variant.get("epochs", [150]):
             wall, cpu = time.perf_counter(), time.process_time()
-            audit = audit_synthetic(result.synthetic, test, config=AuditConfig(num_eval=1, epochs=epochs),
-                                    network=network, device="cpu")
+            audit = audit_synthetic(
+                result.synthetic, test, config=AuditConfig(num_eval=1, epochs=epochs), network=network, device="cpu"
+            )
             summary = audit.summary
-            print(json.dumps({
-                **variant, "epochs": epochs, "accuracy": round(summary["accuracy"]["mean"], 2),
-                "deo_m": round(summary["deo_m"]["mean"], 2), "deo_a": round(summary["deo_a"]["mean"], 2),
-                "synthesis_wall_s": round(syn_wall, 1), "synthesis_cpu_s": round(syn_cpu, 1),
-                "audit_wall_s": round(time.perf_counter() - wall, 1), "audit_cpu_s": round(time.process_time() - cpu, 1),
-                "load": Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else None,
-            }), flush=True)
+            print(
+                json.dumps(
+                    {
+                        **variant,
+                        "epochs": epochs,
+                        "accuracy": round(summary["accuracy"]["mean"], 2),
+                        "deo_m": round(summary["deo_m"]["mean"], 2),
+                        "deo_a": round(summary["deo_a"]["mean"], 2),
+                        "synthesis_wall_s": round(syn_wall, 1),
+                        "synthesis_cpu_s": round(syn_cpu, 1),
+                        "audit_wall_s": round(time.perf_counter() - wall, 1),
+                        "audit_cpu_s": round(time.process_time() - cpu, 1),
+                        "load": Path("/proc/loadavg").read_text().split()[0]
+                        if Path("/proc/loadavg").exists()
+                        else None,
+                    }
+                ),
+                flush=True,
+            )
     return 0
 
 

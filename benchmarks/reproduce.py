@@ -29,7 +29,10 @@ from fdd.distillation.run import SynthesisInterrupted, synthesize
 from fdd.fairness.audit import audit_synthetic
 
 RAW = {"cmnist": "mnist", "cfmnist": "fashion_mnist"}
-DEFAULT_ITERATIONS, DEFAULT_BATCH_REAL = 2600, 600  # the COBRA-DM schedule (docs/method.md); other schedules get their own file
+DEFAULT_ITERATIONS, DEFAULT_BATCH_REAL = (
+    2600,
+    600,
+)  # the COBRA-DM schedule (docs/method.md); other schedules get their own file
 
 
 def main() -> int:
@@ -45,9 +48,12 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1500)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--cuda-graph", action="store_true", help="synthesis.cuda_graph: each DM iteration replayed as one CUDA graph")
     parser.add_argument(
-        "--checkpoint-dir", default=None,
+        "--cuda-graph", action="store_true", help="synthesis.cuda_graph: each DM iteration replayed as one CUDA graph"
+    )
+    parser.add_argument(
+        "--checkpoint-dir",
+        default=None,
         help="resumable checkpoints here (written every 100 iterations and on SIGTERM); a rerun continues them",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -64,12 +70,22 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     for mode in args.modes.split(","):
         config = SynthesisConfig(
-            modes=(mode,), ipc=args.ipc, iterations=args.iterations, batch_real=args.batch_real,
-            compile=args.compile, cuda_graph=args.cuda_graph, log_every=max(args.iterations // 5, 1),
+            modes=(mode,),
+            ipc=args.ipc,
+            iterations=args.iterations,
+            batch_real=args.batch_real,
+            compile=args.compile,
+            cuda_graph=args.cuda_graph,
+            log_every=max(args.iterations // 5, 1),
             checkpoint_every=100,
         )
-        name = f"{args.dataset}_{args.bias}_ipc{args.ipc}_{mode}" + ("_intensity" if args.shading == "intensity" else "")
-        if (args.iterations, args.batch_real) != (DEFAULT_ITERATIONS, DEFAULT_BATCH_REAL):  # keeps the default run's file
+        name = f"{args.dataset}_{args.bias}_ipc{args.ipc}_{mode}" + (
+            "_intensity" if args.shading == "intensity" else ""
+        )
+        if (args.iterations, args.batch_real) != (
+            DEFAULT_ITERATIONS,
+            DEFAULT_BATCH_REAL,
+        ):  # keeps the default run's file
             name += f"_{args.iterations}x{args.batch_real}"
         checkpoint = Path(args.checkpoint_dir) / f"{name}.ckpt" if args.checkpoint_dir else None
         saved = Path(args.checkpoint_dir) / f"{name}.synthetic.pt" if args.checkpoint_dir else None
@@ -81,8 +97,15 @@ def main() -> int:
             start = time.perf_counter()
             try:
                 result = synthesize(
-                    splits.train, mode=mode, config=config, network=network, seed=args.seed, device=args.device,
-                    progress=lambda it, loss, mode=mode: print(f"  {mode} {it}/{args.iterations} loss {loss:.3f}", flush=True),
+                    splits.train,
+                    mode=mode,
+                    config=config,
+                    network=network,
+                    seed=args.seed,
+                    device=args.device,
+                    progress=lambda it, loss, mode=mode: print(
+                        f"  {mode} {it}/{args.iterations} loss {loss:.3f}", flush=True
+                    ),
                     checkpoint=checkpoint,
                 )
             except SynthesisInterrupted as stop:
@@ -98,10 +121,21 @@ def main() -> int:
         audit_s = time.perf_counter() - start
         s = audited.summary
         record = {
-            "dataset": args.dataset, "bias": args.bias, "shading": args.shading, "ipc": args.ipc, "mode": mode,
-            "iterations": args.iterations, "batch_real": args.batch_real, "num_eval": args.num_eval,
-            "epochs": args.epochs, "seed": args.seed, "device": device_name, "torch": torch.__version__,
-            "synthesis_s": synth_s, "s_per_iteration": s_per_iteration, "audit_s": audit_s,
+            "dataset": args.dataset,
+            "bias": args.bias,
+            "shading": args.shading,
+            "ipc": args.ipc,
+            "mode": mode,
+            "iterations": args.iterations,
+            "batch_real": args.batch_real,
+            "num_eval": args.num_eval,
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "device": device_name,
+            "torch": torch.__version__,
+            "synthesis_s": synth_s,
+            "s_per_iteration": s_per_iteration,
+            "audit_s": audit_s,
             **{f"{k}_mean": s[k]["mean"] for k in ("accuracy", "deo_m", "deo_a", "worst_group_accuracy")},
             **{f"{k}_std": s[k]["std"] for k in ("accuracy", "deo_m", "deo_a", "worst_group_accuracy")},
         }

@@ -46,12 +46,28 @@ aten = torch.ops.aten
 
 #: Ops that return no data of their own or only read metadata: no bytes (views are found by schema).
 NO_TRAFFIC = {
-    aten._unsafe_view.default, aten.lift_fresh.default, aten.empty.memory_format, aten.empty_like.default,
-    aten.empty_strided.default, aten.new_empty.default, aten.new_empty_strided.default, aten.resize_.default,
-    aten.is_contiguous.default, aten.is_contiguous.memory_format, aten.is_strides_like_format.default,
-    aten.is_non_overlapping_and_dense.default, aten.size.default, aten.sym_size.default, aten.stride.default,
-    aten.sym_stride.default, aten.storage_offset.default, aten.sym_storage_offset.default, aten.numel.default,
-    aten.sym_numel.default, aten.dim.default, aten.set_.source_Storage_storage_offset,
+    aten._unsafe_view.default,
+    aten.lift_fresh.default,
+    aten.empty.memory_format,
+    aten.empty_like.default,
+    aten.empty_strided.default,
+    aten.new_empty.default,
+    aten.new_empty_strided.default,
+    aten.resize_.default,
+    aten.is_contiguous.default,
+    aten.is_contiguous.memory_format,
+    aten.is_strides_like_format.default,
+    aten.is_non_overlapping_and_dense.default,
+    aten.size.default,
+    aten.sym_size.default,
+    aten.stride.default,
+    aten.sym_stride.default,
+    aten.storage_offset.default,
+    aten.sym_storage_offset.default,
+    aten.numel.default,
+    aten.sym_numel.default,
+    aten.dim.default,
+    aten.set_.source_Storage_storage_offset,
 }
 #: In-place ops that overwrite ``self`` without reading it.
 WRITE_ONLY_SELF = {"copy_", "fill_", "zero_", "uniform_", "normal_", "bernoulli_", "random_", "exponential_"}
@@ -167,8 +183,10 @@ class Counts:
     def scaled(self, factor: float) -> Counts:
         """These counts times ``factor`` (e.g. ``1 / epochs`` for a per-epoch figure)."""
         return Counts(
-            flops=round(self.flops * factor), bytes_upper=round(self.bytes_upper * factor),
-            bytes_lower=round(self.bytes_lower * factor), ops=round(self.ops * factor),
+            flops=round(self.flops * factor),
+            bytes_upper=round(self.bytes_upper * factor),
+            bytes_lower=round(self.bytes_lower * factor),
+            ops=round(self.ops * factor),
             flops_by_op={k: round(v * factor) for k, v in self.flops_by_op.items()},
             bytes_by_op={k: round(v * factor) for k, v in self.bytes_by_op.items()},
         )
@@ -190,8 +208,12 @@ def count_step(fn: Callable[[], Any]) -> Counts:
         name = str(getattr(op, "__name__", op))
         flops_by_op[name] = flops_by_op.get(name, 0) + int(count)
     return Counts(
-        flops=int(flop_mode.get_total_flops()), bytes_upper=bytes_mode.upper, bytes_lower=bytes_mode.lower,
-        ops=bytes_mode.ops, flops_by_op=flops_by_op, bytes_by_op=dict(bytes_mode.by_op),
+        flops=int(flop_mode.get_total_flops()),
+        bytes_upper=bytes_mode.upper,
+        bytes_lower=bytes_mode.lower,
+        ops=bytes_mode.ops,
+        flops_by_op=flops_by_op,
+        bytes_by_op=dict(bytes_mode.by_op),
     )
 
 
@@ -224,9 +246,7 @@ def compute_dtype(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
-def peak_for(
-    device_name: str, dtype: str, *, tflops: float | None = None, gbps: float | None = None
-) -> Peak | None:
+def peak_for(device_name: str, dtype: str, *, tflops: float | None = None, gbps: float | None = None) -> Peak | None:
     """The peak of ``device_name`` for ``dtype`` from :data:`PEAKS`, with either number
     replaced by ``tflops`` (TFLOP/s) / ``gbps`` (GB/s) when given; ``None`` when the device is
     not in the table and not both numbers are given."""
@@ -289,9 +309,16 @@ def roofline(counts: Counts, peak: Peak, *, measured_s: float) -> Roofline:
     roofline_s = max(compute_s, memory_s)
     fused_s = max(compute_s, memory_lower_s)
     return Roofline(
-        counts=counts, peak=peak, compute_s=compute_s, memory_s=memory_s, memory_lower_s=memory_lower_s,
-        roofline_s=roofline_s, fused_s=fused_s, bound="compute" if compute_s >= memory_s else "memory",
-        measured_s=measured_s, ratio=measured_s / roofline_s if roofline_s else math.inf,
+        counts=counts,
+        peak=peak,
+        compute_s=compute_s,
+        memory_s=memory_s,
+        memory_lower_s=memory_lower_s,
+        roofline_s=roofline_s,
+        fused_s=fused_s,
+        bound="compute" if compute_s >= memory_s else "memory",
+        measured_s=measured_s,
+        ratio=measured_s / roofline_s if roofline_s else math.inf,
         fused_ratio=measured_s / fused_s if fused_s else math.inf,
     )
 

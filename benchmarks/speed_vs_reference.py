@@ -42,8 +42,9 @@ def build(reference: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
         ref_eval = reference[(reference["what"] == "evaluation") & (reference["ipc"] == ipc)]
         if len(ref_eval):
             fdd_s = float(part["evaluation_s"].median())
-            rows.append(("evaluation", ipc, mode, fdd_s, NUM_EVAL * float(ref_eval["reference_s"].iloc[0]), device,
-                         commit))
+            rows.append(
+                ("evaluation", ipc, mode, fdd_s, NUM_EVAL * float(ref_eval["reference_s"].iloc[0]), device, commit)
+            )
     table = pd.DataFrame(rows, columns=["what", "ipc", "mode", "fdd_s", "reference_s", "device", "commit"])
     table.insert(5, "ratio", table["reference_s"] / table["fdd_s"])
     return table.sort_values(["what", "ipc", "mode"], ascending=[False, True, True]).reset_index(drop=True)
@@ -58,15 +59,20 @@ def main() -> None:
     cells = pd.read_csv(inputs / f"fdd_cell_times_{args.device_tag}.csv")
     table = build(reference, cells)
     table.to_csv(RESULTS / "speed_vs_reference.csv", index=False, float_format="%.4f")
-    markdown = "\n\n".join([
-        "# fdd against the COBRA reference code (same GPU machine, same session)",
-        "Seconds per DM outer iteration (`iteration`) and for 5 evaluations of 1500 epochs on the synthetic "
-        "set (`evaluation`); ratio = reference / fdd. fdd: median over its sweep cells "
-        f"(`{inputs.name}/fdd_cell_times_{args.device_tag}.csv`); reference: "
-        f"`{inputs.name}/reference_times_{args.device_tag}.csv` (its evaluation row is 5 x one measured "
-        "evaluation). See `benchmarks/speed_vs_reference.py` for what each number includes.",
-        table.round(4).to_markdown(index=False),
-    ]) + "\n"
+    markdown = (
+        "\n\n".join(
+            [
+                "# fdd against the COBRA reference code (same GPU machine, same session)",
+                "Seconds per DM outer iteration (`iteration`) and for 5 evaluations of 1500 epochs on the synthetic "
+                "set (`evaluation`); ratio = reference / fdd. fdd: median over its sweep cells "
+                f"(`{inputs.name}/fdd_cell_times_{args.device_tag}.csv`); reference: "
+                f"`{inputs.name}/reference_times_{args.device_tag}.csv` (its evaluation row is 5 x one measured "
+                "evaluation). See `benchmarks/speed_vs_reference.py` for what each number includes.",
+                table.round(4).to_markdown(index=False),
+            ]
+        )
+        + "\n"
+    )
     (RESULTS / "speed_vs_reference.md").write_text(markdown)
     print(markdown)
 

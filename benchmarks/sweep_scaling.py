@@ -49,8 +49,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from flows.settings import configure_environment
 
 COLUMNS = ("gpus", "cells", "wall_s", "cells_per_hour", "device")
-CELL_COLUMNS = ("gpus", "seed", "status", "error", "device", "worker", "started", "finished",
-                "accuracy", "deo_m", "deo_a", "worst_group_accuracy")
+CELL_COLUMNS = (
+    "gpus",
+    "seed",
+    "status",
+    "error",
+    "device",
+    "worker",
+    "started",
+    "finished",
+    "accuracy",
+    "deo_m",
+    "deo_a",
+    "worst_group_accuracy",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,8 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", default=None, help="the runs' workspaces (default: a temporary folder)")
     parser.add_argument("--out", default="benchmarks/results/sweep_scaling.csv")
     parser.add_argument("--fake-gpus", action="store_true", help="declare the GPUs on the CPU (device cpu:<k>)")
-    parser.add_argument("--shared-gpu", action="store_true",
-                        help="also run the slice with two worker threads sharing one GPU (GPU=1 in all)")
+    parser.add_argument(
+        "--shared-gpu",
+        action="store_true",
+        help="also run the slice with two worker threads sharing one GPU (GPU=1 in all)",
+    )
     parser.add_argument("--processes", action="store_true", help="workers as processes (a temporary Prefect server)")
     args = parser.parse_args(argv)
     try:
@@ -85,9 +100,17 @@ def slice_config(args: argparse.Namespace):  # -> PipelineConfig
 
     presets = [_preset_path(p) for p in args.preset]
     sweep = load_config(args.params, preset=presets, overrides=_overrides(args.overrides)).sweep
-    overrides = {"sweep": {"datasets": [sweep.datasets[0]], "ipcs": [sweep.ipcs[0]], "backbones": [sweep.backbones[0]],
-                           "modes": [sweep.modes[0]], "seeds": list(range(args.cells)), "processes": args.processes,
-                           "address": None}}
+    overrides = {
+        "sweep": {
+            "datasets": [sweep.datasets[0]],
+            "ipcs": [sweep.ipcs[0]],
+            "backbones": [sweep.backbones[0]],
+            "modes": [sweep.modes[0]],
+            "seeds": list(range(args.cells)),
+            "processes": args.processes,
+            "address": None,
+        }
+    }
     if args.fake_gpus:
         overrides["runtime"] = {"device": "cpu"}
     config = load_config(args.params, preset=presets, overrides=deep_merge(_overrides(args.overrides), overrides))
@@ -176,8 +199,15 @@ def main(argv: list[str] | None = None) -> int:
             run = config.model_copy(update={"sweep": config.sweep.model_copy(update={"n_workers": g})})
             cells = run_slice(run, workspace, gpus=g if args.fake_gpus else None)
             wall = (cells["finished"].max() - cells["started"].min()).total_seconds()
-            rows.append({"gpus": g, "cells": len(cells), "wall_s": round(wall, 2),
-                         "cells_per_hour": round(len(cells) * 3600 / wall, 1), "device": device})
+            rows.append(
+                {
+                    "gpus": g,
+                    "cells": len(cells),
+                    "wall_s": round(wall, 2),
+                    "cells_per_hour": round(len(cells) * 3600 / wall, 1),
+                    "device": device,
+                }
+            )
             per_cell.append(cells.assign(gpus=g))
             expected = [f"{'cpu' if args.fake_gpus else 'cuda'}:{int(w)}" for w in cells["worker"]]
             if list(cells["device"]) != expected:
@@ -185,34 +215,51 @@ def main(argv: list[str] | None = None) -> int:
             if cells["worker"].nunique() != min(g, len(cells)):
                 problems.append(f"{g} GPUs: the cells ran on workers {sorted(set(cells['worker']))}, not on {g}")
             problems += [f"{g} GPUs: cells {a} and {b} overlapped on worker {w}" for w, a, b in overlaps(cells)]
-            problems += [f"{g} GPUs: cell seed {s} failed: {e}" for s, e in
-                         zip(cells["seed"], cells["error"]) if isinstance(e, str) and e]
-            print(f"{g} GPU(s): {len(cells)} cells in {wall:.1f} s ({rows[-1]['cells_per_hour']} cells/hour)", flush=True)
+            problems += [
+                f"{g} GPUs: cell seed {s} failed: {e}"
+                for s, e in zip(cells["seed"], cells["error"])
+                if isinstance(e, str) and e
+            ]
+            print(
+                f"{g} GPU(s): {len(cells)} cells in {wall:.1f} s ({rows[-1]['cells_per_hour']} cells/hour)", flush=True
+            )
         if args.shared_gpu:
             from distributed import LocalCluster
 
             workspace = workdir / "shared_gpu"
             link_dataset(config, source, workspace)
-            with LocalCluster(n_workers=1, threads_per_worker=2, processes=args.processes, resources={"GPU": 1},
-                              dashboard_address=None) as cluster:
+            with LocalCluster(
+                n_workers=1,
+                threads_per_worker=2,
+                processes=args.processes,
+                resources={"GPU": 1},
+                dashboard_address=None,
+            ) as cluster:
                 shared = run_slice(config, workspace, gpus=None, address=cluster.scheduler_address)
             found = overlaps(shared)
             problems += [f"shared GPU: cells {a} and {b} ran at once on worker {w}" for w, a, b in found]
-            print(f"shared GPU (two worker threads, GPU=1): {len(shared)} cells, "
-                  f"{'no two at once' if not found else f'{len(found)} overlaps'}", flush=True)
+            print(
+                f"shared GPU (two worker threads, GPU=1): {len(shared)} cells, "
+                f"{'no two at once' if not found else f'{len(found)} overlaps'}",
+                flush=True,
+            )
     out = Path(args.out)
     table = pd.DataFrame(rows, columns=list(COLUMNS))
     atomic_write_bytes(out, table.to_csv(index=False).encode())
     cells = pd.concat(per_cell)[list(CELL_COLUMNS)]
     atomic_write_bytes(out.with_name(f"{out.stem}_cells.csv"), cells.to_csv(index=False).encode())
     if args.shared_gpu:
-        atomic_write_bytes(out.with_name(f"{out.stem}_shared_gpu.csv"),
-                     shared[[c for c in CELL_COLUMNS if c != "gpus"]].to_csv(index=False).encode())
+        atomic_write_bytes(
+            out.with_name(f"{out.stem}_shared_gpu.csv"),
+            shared[[c for c in CELL_COLUMNS if c != "gpus"]].to_csv(index=False).encode(),
+        )
     fewest = cells[cells["gpus"] == args.gpu_counts[0]].set_index("seed")
     for g, group in cells.groupby("gpus"):
         diff = (group.set_index("seed")[["accuracy", "deo_m"]] - fewest[["accuracy", "deo_m"]]).abs().max()
-        print(f"{g} GPU(s) vs {args.gpu_counts[0]}: largest |difference| accuracy {diff['accuracy']:.3f}, "
-              f"DEO_M {diff['deo_m']:.3f}")
+        print(
+            f"{g} GPU(s) vs {args.gpu_counts[0]}: largest |difference| accuracy {diff['accuracy']:.3f}, "
+            f"DEO_M {diff['deo_m']:.3f}"
+        )
     print(table.to_markdown(index=False))
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)

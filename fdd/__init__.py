@@ -7,10 +7,8 @@ accurate and fair across the groups (docs/method.md). From Python::
 
     config = fdd.parse_config({"synthesis": {"ipc": 10, "modes": ["cobra"]}})
     data = fdd.prepare_dataset(config.data, workspace=".")
-    result = fdd.synthesize(data.train, mode="cobra", config=config.synthesis,
-                            network=config.network, seed=0)
-    audit = fdd.audit_synthetic(result.synthetic, data.test, config=config.audit,
-                                network=config.network)
+    result = fdd.synthesize(data.train, mode="cobra", config=config.synthesis, network=config.network, seed=0)
+    audit = fdd.audit_synthetic(result.synthetic, data.test, config=config.audit, network=config.network)
     print(audit.summary["deo_m"]["mean"])  # DEO_M (%), mean over the evaluation models
 
 The subpackages, bottom to top (docs/architecture.md): :mod:`fdd.datasets`,

@@ -77,9 +77,7 @@ MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures
 # modes each backbone implements; a backbone missing here implements every mode of MODES
 BACKBONE_MODES: dict[str, tuple[str, ...]] = {b: ("vanilla", "fairdd", "cobra") for b in ("dc", "idc", "cafe", "mtt")}
 
-ERR_OUTSIDE_WORKSPACE = (
-    "{field} must be a relative path inside the workspace (no leading '/', no '..'); got {value!r}"
-)
+ERR_OUTSIDE_WORKSPACE = "{field} must be a relative path inside the workspace (no leading '/', no '..'); got {value!r}"
 ERR_NOISE_SUM = "data.group_noise: flip_fraction + hide_fraction must be at most 1; got {flip} + {hide}"
 ERR_DUPLICATE_MODES = "synthesis.modes lists {dupes} more than once; list each of {allowed} at most once"
 ERR_OTHER_DATASET_SECTION = (
@@ -93,8 +91,12 @@ ERR_NOT_FOR_DATASET = (
 #: data keys that only the colour-biased datasets read (fdd.datasets.prepare -> fdd.datasets.colored).
 COLORED_KEYS: tuple[str, ...] = ("bias", "shading", "train_correlation", "test_correlation", "num_confusing_colors")
 ERR_IDX_DIR_DATASET = "data.idx_dir only applies to the datasets {allowed}; data.dataset is {dataset!r}"
-ERR_COLORED_SIZE = "data.image_size must be 32 (or null) for {dataset!r}: C-MNIST images are 28x28 padded to 32x32; got {size}"
-ERR_NORM_PAIR = "data.mean and data.std must be given together (3 values each, one per RGB channel); got mean={mean}, std={std}"
+ERR_COLORED_SIZE = (
+    "data.image_size must be 32 (or null) for {dataset!r}: C-MNIST images are 28x28 padded to 32x32; got {size}"
+)
+ERR_NORM_PAIR = (
+    "data.mean and data.std must be given together (3 values each, one per RGB channel); got mean={mean}, std={std}"
+)
 ERR_FOLDER_PATHS = "data.dataset 'folder' needs data.folder.csv and data.folder.images (paths inside the workspace); got csv={csv!r}, images={images!r}"
 ERR_BACKBONE_MODES = "synthesis.backbone={backbone!r} supports modes {allowed}; synthesis.modes lists {bad}"
 ERR_IDC_INIT = (
@@ -173,7 +175,9 @@ class Cifar10sConfig(_Section):
     """CIFAR10-S (docs/method.md section 4): CIFAR-10 with a grayscale / colour skew."""
 
     skew: float = Field(
-        0.9, ge=0.0, le=1.0,
+        0.9,
+        ge=0.0,
+        le=1.0,
         description="share of each class in its majority group: grayscale for classes 0-4, colour for 5-9",
     )
 
@@ -184,7 +188,9 @@ class CelebAConfig(_Section):
     target: str = Field("Attractive", description="attribute predicted (one of the 40 of list_attr_celeba.txt)")
     group: str = Field("Male", description="protected attribute (another of the 40)")
     crop: int = Field(178, ge=8, description="side of the centre crop applied before resizing")
-    test_split: Literal["test", "valid"] = Field("test", description="partition of list_eval_partition.txt used as test split")
+    test_split: Literal["test", "valid"] = Field(
+        "test", description="partition of list_eval_partition.txt used as test split"
+    )
 
 
 class UTKFaceConfig(_Section):
@@ -193,8 +199,12 @@ class UTKFaceConfig(_Section):
     age_edges: tuple[int, ...] = Field(
         (20, 40), min_length=1, description="bucket edges: (20, 40) gives the classes <20, 20-39, >=40"
     )
-    include_others: bool = Field(False, description="keep race 4 (Others) as a fifth group; the benchmark uses races 0-3")
-    test_per_cell: int = Field(100, ge=1, description="balanced test split: min(cell size, this) images per (age, race) cell")
+    include_others: bool = Field(
+        False, description="keep race 4 (Others) as a fifth group; the benchmark uses races 0-3"
+    )
+    test_per_cell: int = Field(
+        100, ge=1, description="balanced test split: min(cell size, this) images per (age, race) cell"
+    )
 
     @field_validator("age_edges")
     @classmethod
@@ -243,9 +253,7 @@ class TabularConfig(_Section):
     """
 
     protected: Literal["sex", "race"] = Field("sex", description="protected group: sex (2) or race (5 groups)")
-    group_feature: bool = Field(
-        False, description="also give the protected column to the models as a one-hot feature"
-    )
+    group_feature: bool = Field(False, description="also give the protected column to the models as a one-hot feature")
     missing: Literal["drop", "category"] = Field(
         "drop", description="rows with '?' values: drop them, or keep '?' as its own category"
     )
@@ -308,7 +316,9 @@ class DataConfig(_Section):
     tabular: TabularConfig = TabularConfig()
 
     image_size: int | None = Field(
-        None, ge=8, le=512,
+        None,
+        ge=8,
+        le=512,
         description="side of the square images after centre crop and resize; None: the dataset's "
         "standard (32 for C-MNIST and CIFAR10-S, 64 for CelebA, UTKFace, BFFHQ and folder)",
     )
@@ -349,11 +359,15 @@ class DataConfig(_Section):
         if self.dataset not in COLORED_DATASETS:  # settings the chosen dataset would silently ignore
             for key in COLORED_KEYS:
                 if getattr(self, key) != type(self).model_fields[key].default:
-                    raise ValueError(ERR_NOT_FOR_DATASET.format(key=key, allowed=list(COLORED_DATASETS), dataset=self.dataset))
+                    raise ValueError(
+                        ERR_NOT_FOR_DATASET.format(key=key, allowed=list(COLORED_DATASETS), dataset=self.dataset)
+                    )
         if self.dataset not in IMAGE_DATASETS and self.mean is not None:
             raise ValueError(ERR_NOT_FOR_DATASET.format(key="mean", allowed=list(IMAGE_DATASETS), dataset=self.dataset))
         if self.dataset not in TABULAR_DATASETS and self.tabular != TabularConfig():
-            raise ValueError(ERR_NOT_FOR_DATASET.format(key="tabular", allowed=list(TABULAR_DATASETS), dataset=self.dataset))
+            raise ValueError(
+                ERR_NOT_FOR_DATASET.format(key="tabular", allowed=list(TABULAR_DATASETS), dataset=self.dataset)
+            )
         if self.idx_dir is not None and self.dataset not in COLORED_DATASETS:
             raise ValueError(ERR_IDX_DIR_DATASET.format(allowed=list(COLORED_DATASETS), dataset=self.dataset))
         if self.dataset in COLORED_DATASETS and self.image_size not in (None, 32):
@@ -468,8 +482,9 @@ class MTTConfig(_Section):
     @model_validator(mode="after")
     def _trajectory_long_enough(self) -> MTTConfig:
         if self.max_start_epoch + self.expert_epochs > self.train_epochs:
-            raise ValueError(ERR_MTT_EPOCHS.format(
-                start=self.max_start_epoch, span=self.expert_epochs, train=self.train_epochs))
+            raise ValueError(
+                ERR_MTT_EPOCHS.format(start=self.max_start_epoch, span=self.expert_epochs, train=self.train_epochs)
+            )
         return self
 
 
@@ -495,11 +510,14 @@ class SynthesisConfig(_Section):
     )
     dsa: bool = True
     warmup_epochs: int | None = Field(
-        None, ge=0,
+        None,
+        ge=0,
         description="DM in cobra, cobra-w2 and cobra-bures: embedder training epochs before matching; None: 10 / 50 / 100 by IPC",
     )
     barycenter_lambda: float = Field(
-        1.0, ge=0.0, le=1.0,
+        1.0,
+        ge=0.0,
+        le=1.0,
         description="DM in mode cobra: the target's group weights, (1 - lambda) x proportional (0: vanilla's pooled "
         "target) + lambda x uniform (1, the default: COBRA's barycenter); the fairness-accuracy frontier",
     )
@@ -508,7 +526,8 @@ class SynthesisConfig(_Section):
     )
     w2_reg: float = Field(0.05, gt=0, description="cobra-w2 with sinkhorn: epsilon relative to the mean cost")
     w2_reduction: Literal["sum", "mean"] = Field(
-        "sum", description="cobra-w2/-bures: sum over groups (FairDD's scale, default) or mean (1/G weights); same minimiser"
+        "sum",
+        description="cobra-w2/-bures: sum over groups (FairDD's scale, default) or mean (1/G weights); same minimiser",
     )
     warmup_lr: float = Field(0.01, gt=0)
     warmup_batch: int = Field(256, ge=1)
@@ -571,7 +590,19 @@ class SynthesisConfig(_Section):
 #: :func:`parse_architecture`'s specs, and per base the options it accepts.
 ARCHITECTURES: dict[str, tuple[str, ...]] = {
     "matching": (),
-    "convnet": ("w<width>", "d<depth>", "in", "bn", "nonorm", "avgpool", "maxpool", "nopool", "relu", "sigmoid", "leakyrelu"),
+    "convnet": (
+        "w<width>",
+        "d<depth>",
+        "in",
+        "bn",
+        "nonorm",
+        "avgpool",
+        "maxpool",
+        "nopool",
+        "relu",
+        "sigmoid",
+        "leakyrelu",
+    ),
     "alexnet": ("in", "bn", "nonorm"),
     "vgg11": ("in", "bn", "nonorm"),
     "resnet18": ("in", "bn", "nonorm"),
@@ -580,7 +611,11 @@ ARCHITECTURES: dict[str, tuple[str, ...]] = {
 #: The norm each base uses when its spec names none (the reference's AlexNet has none, its VGG11 instance
 #: norm; ResNet18 is torchvision's, with batch norm).
 DEFAULT_NORMS: dict[str, str] = {
-    "convnet": "instancenorm", "alexnet": "none", "vgg11": "instancenorm", "resnet18": "batchnorm", "mlp": "none",
+    "convnet": "instancenorm",
+    "alexnet": "none",
+    "vgg11": "instancenorm",
+    "resnet18": "batchnorm",
+    "mlp": "none",
 }
 _NORM_OPTIONS = {"in": "instancenorm", "bn": "batchnorm", "nonorm": "none"}
 _POOL_OPTIONS = {"avgpool": "avgpooling", "maxpool": "maxpooling", "nopool": "none"}
@@ -643,7 +678,11 @@ def parse_architecture(name: str) -> ArchitectureSpec:
     for option in options:
         kind: str
         value: int | str
-        if option[:1] in ("w", "d") and option[1:].isdigit() and f"{option[0]}<{'width' if option[0] == 'w' else 'depth'}>" in allowed:
+        if (
+            option[:1] in ("w", "d")
+            and option[1:].isdigit()
+            and f"{option[0]}<{'width' if option[0] == 'w' else 'depth'}>" in allowed
+        ):
             kind, value = ("width", int(option[1:])) if option[0] == "w" else ("depth", int(option[1:]))
             limit = 4096 if kind == "width" else 8
             if not 1 <= value <= limit:
@@ -684,7 +723,8 @@ class AuditConfig(_Section):
         "(stack_models only; CUDA devices; ignored on the CPU)",
     )
     architectures: tuple[str, ...] = Field(
-        ("matching",), min_length=1,
+        ("matching",),
+        min_length=1,
         description="networks trained on the synthetic set, each audited on its own: 'matching' (the network "
         "section's network, which synthesis matched with), or a spec of fdd.config.parse_architecture such as "
         "'convnet-w64', 'alexnet', 'vgg11-bn', 'resnet18', 'resnet18-in', 'mlp' (docs/evaluation.md); the first one's "
@@ -709,7 +749,6 @@ class PipelineConfig(_Section):
     configuration extends this one (``flows.configuration.FlowConfig``).
     """
 
-
     runtime: RuntimeConfig = RuntimeConfig()
     data: DataConfig = DataConfig()
     network: NetworkConfig = NetworkConfig()
@@ -726,11 +765,13 @@ class PipelineConfig(_Section):
             raise ValueError(ERR_MLP_DEPTH)
         if self.data.dataset in TABULAR_DATASETS:
             fixes = [
-                text for text, ok in (
+                text
+                for text, ok in (
                     ("network.architecture=mlp", self.network.architecture == "mlp"),
                     ("synthesis.dsa=false", not self.synthesis.dsa),
                     ("audit.dsa=false", not self.audit.dsa),
-                ) if not ok
+                )
+                if not ok
             ]
             if fixes:
                 raise ValueError(ERR_TABULAR_SETTINGS.format(dataset=self.data.dataset, fixes=", ".join(fixes)))
@@ -777,9 +818,7 @@ def parse_config(raw: dict[str, Any] | None, *, schema: type[ConfigT] = Pipeline
     except ValidationError as exc:
         lines = [_describe(e) for e in exc.errors()]
         sections = ", ".join(schema.model_fields)
-        raise ConfigError(
-            "invalid configuration:\n  - " + "\n  - ".join(lines) + f"\n(sections: {sections})"
-        ) from None
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(lines) + f"\n(sections: {sections})") from None
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

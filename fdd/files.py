@@ -86,7 +86,12 @@ def remove_stale_temp_files(folder: str | os.PathLike[str], *, older_than: float
     now = time.time()
     for path in folder.rglob(".*.tmp"):
         try:
-            if TEMP_NAME.match(path.name) and path.is_file() and not path.is_symlink() and now - path.stat().st_mtime >= older_than:
+            if (
+                TEMP_NAME.match(path.name)
+                and path.is_file()
+                and not path.is_symlink()
+                and now - path.stat().st_mtime >= older_than
+            ):
                 path.unlink()
                 removed.append(path)
         except FileNotFoundError:

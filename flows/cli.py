@@ -50,9 +50,15 @@ from flows.workspace import init_workspace, preset_file
 EXIT_BUG, EXIT_USER_ERROR, EXIT_BUSY, EXIT_NO_API = 1, 2, 3, 4
 EXIT_INTERRUPTED = 130  # SIGTERM / Ctrl-C during synthesis: the checkpoint was saved; run again to resume
 ERR_SET_FORM = "--set expects section.key=value (e.g. --set synthesis.ipc=50); got {item!r}"
-ERR_SET_YAML = "--set {key}: the value {value!r} is not valid YAML ({problem}); e.g. --set synthesis.modes=[vanilla,cobra]"
-ERR_SET_CONFLICT = "--set {key}: {parent} was already set to a value, not a section; set {parent}.KEY or {parent}, not both"
-ERR_NO_SPACE = "no space left on the device holding {path}; free some space (or use --workspace on another disk) and run again"
+ERR_SET_YAML = (
+    "--set {key}: the value {value!r} is not valid YAML ({problem}); e.g. --set synthesis.modes=[vanilla,cobra]"
+)
+ERR_SET_CONFLICT = (
+    "--set {key}: {parent} was already set to a value, not a section; set {parent}.KEY or {parent}, not both"
+)
+ERR_NO_SPACE = (
+    "no space left on the device holding {path}; free some space (or use --workspace on another disk) and run again"
+)
 ERR_READ_ONLY = "{path} is on a read-only file system; use --workspace on a writable disk"
 ERR_OS = "{path}: {reason}"
 ERR_PREFECT_DB = (
@@ -115,8 +121,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from fdd.datasets.sources import DatasetUnavailableError
     from flows.lock import WorkspaceBusyError
 
-    return (ConfigError, PrefectDatabaseError, PrefectUnreachableError, WorkspaceBusyError, DatasetUnavailableError,
-            ValueError, OSError, Image.DecompressionBombError, sqlite3.DatabaseError)
+    return (
+        ConfigError,
+        PrefectDatabaseError,
+        PrefectUnreachableError,
+        WorkspaceBusyError,
+        DatasetUnavailableError,
+        ValueError,
+        OSError,
+        Image.DecompressionBombError,
+        sqlite3.DatabaseError,
+    )
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -157,8 +172,11 @@ DATABASE_PROBLEMS: tuple[str, ...] = ("file is not a database", "malformed", "di
 
 
 def _is_database_error(exc: BaseException) -> bool:
-    return (type(exc).__module__.startswith(("sqlite3", "sqlalchemy")) and isinstance(exc, Exception)
-            and any(text in str(exc) for text in DATABASE_PROBLEMS))
+    return (
+        type(exc).__module__.startswith(("sqlite3", "sqlalchemy"))
+        and isinstance(exc, Exception)
+        and any(text in str(exc) for text in DATABASE_PROBLEMS)
+    )
 
 
 def describe(exc: BaseException, workspace: str | Path = ".") -> str:
@@ -184,9 +202,15 @@ def describe(exc: BaseException, workspace: str | Path = ".") -> str:
 #: What ``fdd`` exits with (also in ``fdd --help`` and the README).
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (0, "success"),
-    (1, "an unexpected error (a bug: the traceback is printed), or `fdd sweep` with failed cells (the others finished)"),
-    (2, "a user error: settings, data, files, disk or device; one or two lines name the file or key (--debug adds "
-        "the traceback); nothing is half-written"),
+    (
+        1,
+        "an unexpected error (a bug: the traceback is printed), or `fdd sweep` with failed cells (the others finished)",
+    ),
+    (
+        2,
+        "a user error: settings, data, files, disk or device; one or two lines name the file or key (--debug adds "
+        "the traceback); nothing is half-written",
+    ),
     (3, "the workspace is busy: another fdd process holds its lock (`<workspace>/.fdd.lock`)"),
     (4, "no Prefect server answers at PREFECT_API_URL (or `fdd serve --api-url`)"),
     (130, "interrupted (SIGINT or SIGTERM); run the command again to continue"),
@@ -216,7 +240,9 @@ def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,0.5,0.5; got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0.5,0.5,0.5; got {text!r}"
+        ) from None
 
 
 ERR_AUDIT_NAME = "--name must be letters, digits, '.', '_' or '-' (it names the output folder); got {name!r}"
@@ -241,9 +267,16 @@ def _audit(config: FlowConfig, workspace: str, args: argparse.Namespace) -> int:
     pipeline.call_stage(ingest_task, **kwargs)
     try:
         audit_external(
-            workspace, path, out, name=name, audit=config.audit, network=config.network,
-            device=pipeline.resolve_device(config.runtime.device), experiment=args.experiment,
-            source_mean=args.source_mean, source_std=args.source_std,
+            workspace,
+            path,
+            out,
+            name=name,
+            audit=config.audit,
+            network=config.network,
+            device=pipeline.resolve_device(config.runtime.device),
+            experiment=args.experiment,
+            source_mean=args.source_mean,
+            source_std=args.source_std,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -258,16 +291,34 @@ def _audit(config: FlowConfig, workspace: str, args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
-    common.add_argument("--preset", action="append", default=[],
-                        help="preset merged over the params file: 'full', 'quick', a dataset ('cifar10s', 'celeba', "
-                        "'utkface', 'bffhq', 'folder') or a YAML path; repeatable, merged in order")
-    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a setting, e.g. --set synthesis.ipc=50 (repeatable)")
+    common.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        help="preset merged over the params file: 'full', 'quick', a dataset ('cifar10s', 'celeba', "
+        "'utkface', 'bffhq', 'folder') or a YAML path; repeatable, merged in order",
+    )
+    common.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. --set synthesis.ipc=50 (repeatable)",
+    )
     common.add_argument("--workspace", default=".", help="folder holding data/ and .prefect/ (default: .)")
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="print the traceback of an error (default: one or two lines naming the file or key)")
-    parser = argparse.ArgumentParser(prog="fdd", description="Fair dataset distillation (COBRA) pipeline",
-                                     epilog=_exit_codes_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the traceback of an error (default: one or two lines naming the file or key)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="fdd",
+        description="Fair dataset distillation (COBRA) pipeline",
+        epilog=_exit_codes_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
@@ -281,18 +332,35 @@ def _parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     data_sub.add_parser("fetch", parents=[common], help="acquire and prepare the dataset (stage ingest)")
     one = sub.add_parser("stage", parents=[common], help="run one stage without Prefect (dvc.yaml uses this)")
-    one.add_argument("name", choices=["settings", "inputs", "ingest", "partition", "features", "barycenters", "synthesize",
-                                      "audit", "report"],
-                     help="a stage of the pipeline; 'settings': write data/settings/<stage>.json, 'inputs': hash the "
-                     "user's own data files into data/inputs.json (both for dvc.yaml)")
+    one.add_argument(
+        "name",
+        choices=[
+            "settings",
+            "inputs",
+            "ingest",
+            "partition",
+            "features",
+            "barycenters",
+            "synthesize",
+            "audit",
+            "report",
+        ],
+        help="a stage of the pipeline; 'settings': write data/settings/<stage>.json, 'inputs': hash the "
+        "user's own data files into data/inputs.json (both for dvc.yaml)",
+    )
     one.add_argument("--mode", choices=list(MODES))
     show = sub.add_parser("show", parents=[common], help="print the last comparison table")
     del show
     sweep = sub.add_parser("sweep", parents=[common], help="run the sweep grid (sweep section) on a Dask cluster")
-    sweep.add_argument("--from-records", action="store_true",
-                       help="compute nothing: rebuild the tables from the cell records of sweep.records")
+    sweep.add_argument(
+        "--from-records",
+        action="store_true",
+        help="compute nothing: rebuild the tables from the cell records of sweep.records",
+    )
     audit = sub.add_parser(
-        "audit", parents=[common], help="audit any synthetic set on the dataset of the configuration",
+        "audit",
+        parents=[common],
+        help="audit any synthetic set on the dataset of the configuration",
         description="Train the networks of audit.architectures on a synthetic set and audit them on the prepared "
         "test split of the configured dataset (prepared first when missing). PATH: fdd's synthetic.pt, a COBRA / "
         "FairDD result file res_*.pt (read with torch.load(weights_only=True)), or a folder of images with a "
@@ -300,26 +368,54 @@ def _parser() -> argparse.ArgumentParser:
         "and heatmap, and report.md into --out.",
     )
     audit.add_argument("path", help="synthetic.pt, a reference res_*.pt file, or a folder of images with labels.csv")
-    audit.add_argument("--out", default=None,
-                       help="output folder (default: <workspace>/data/audit_external/<name>; outside data/audit, which the report stage of dvc.yaml reads)")
+    audit.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: <workspace>/data/audit_external/<name>; outside data/audit, which the report stage of dvc.yaml reads)",
+    )
     audit.add_argument("--name", default=None, help="label of the set in the report (default: the file or folder name)")
-    audit.add_argument("--experiment", type=int, default=0,
-                       help="which experiment of a res_*.pt file (its 'data' list, one per --num_exp; default 0)")
-    audit.add_argument("--source-mean", type=_floats, default=None, metavar="M1,M2,M3",
-                       help="normalisation mean of a res_*.pt file's images, when not the test split's")
-    audit.add_argument("--source-std", type=_floats, default=None, metavar="S1,S2,S3",
-                       help="normalisation std of a res_*.pt file's images (with --source-mean)")
+    audit.add_argument(
+        "--experiment",
+        type=int,
+        default=0,
+        help="which experiment of a res_*.pt file (its 'data' list, one per --num_exp; default 0)",
+    )
+    audit.add_argument(
+        "--source-mean",
+        type=_floats,
+        default=None,
+        metavar="M1,M2,M3",
+        help="normalisation mean of a res_*.pt file's images, when not the test split's",
+    )
+    audit.add_argument(
+        "--source-std",
+        type=_floats,
+        default=None,
+        metavar="S1,S2,S3",
+        help="normalisation std of a res_*.pt file's images (with --source-mean)",
+    )
     serve = sub.add_parser("serve", parents=[common], help="serve the scheduled deployments of the schedules section")
-    serve.add_argument("--only", action="append", default=[], metavar="NAME", help="serve only this schedule (repeatable)")
-    serve.add_argument("--api-url", default=None,
-                       help="Prefect API of the server (default: $PREFECT_API_URL, else http://127.0.0.1:4200/api)")
+    serve.add_argument(
+        "--only", action="append", default=[], metavar="NAME", help="serve only this schedule (repeatable)"
+    )
+    serve.add_argument(
+        "--api-url",
+        default=None,
+        help="Prefect API of the server (default: $PREFECT_API_URL, else http://127.0.0.1:4200/api)",
+    )
     server = sub.add_parser("server", parents=[common], help="start the Prefect server and UI for this workspace")
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     server.add_argument("--port", type=int, default=4200)
-    config = sub.add_parser("config", parents=[common],
-                            help="print the resolved configuration (params file + presets + --set) and each value's source")
-    config.add_argument("--json", action="store_true",
-                        help='print {"config": ..., "sources": {"section.key": source}} as JSON instead of YAML')
+    config = sub.add_parser(
+        "config",
+        parents=[common],
+        help="print the resolved configuration (params file + presets + --set) and each value's source",
+    )
+    config.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"config": ..., "sources": {"section.key": source}} as JSON instead of YAML',
+    )
     return parser
 
 
@@ -441,7 +537,9 @@ def _quiet_tracebacks() -> None:
     """Install :class:`_OneLineErrors` on the console handlers Prefect configured."""
     for name in ("", "prefect"):
         for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler) and not any(isinstance(f, _OneLineErrors) for f in handler.filters):
+            if isinstance(handler, logging.StreamHandler) and not any(
+                isinstance(f, _OneLineErrors) for f in handler.filters
+            ):
                 handler.addFilter(_OneLineErrors())
 
 
@@ -525,8 +623,10 @@ def main(argv: list[str] | None = None) -> int:
         if debug or inner is None:
             traceback.print_exception(exc)
         if inner is None:
-            print(f"error: {ERR_UNEXPECTED.format(kind=type(exc).__name__, message=str(exc).splitlines()[0] if str(exc) else '')}",
-                  file=sys.stderr)
+            print(
+                f"error: {ERR_UNEXPECTED.format(kind=type(exc).__name__, message=str(exc).splitlines()[0] if str(exc) else '')}",
+                file=sys.stderr,
+            )
             return EXIT_BUG
         print(f"error: {describe(inner, workspace)}", file=sys.stderr)
         if isinstance(inner, (WorkspaceBusyError, PrefectUnreachableError)):
@@ -544,7 +644,9 @@ def _main(args: argparse.Namespace, workspace: str) -> int:
 
         Path(workspace).mkdir(parents=True, exist_ok=True)
         configure_environment(workspace)
-        print(f"Prefect UI: http://{args.host}:{args.port} (runs use it with PREFECT_API_URL=http://{args.host}:{args.port}/api)")
+        print(
+            f"Prefect UI: http://{args.host}:{args.port} (runs use it with PREFECT_API_URL=http://{args.host}:{args.port}/api)"
+        )
         return run_group(server_command(args.host, args.port), env=os.environ.copy())
     if args.command == "show":
         table = Path(workspace) / "data/report/comparison.csv"
@@ -608,8 +710,10 @@ def _main(args: argparse.Namespace, workspace: str) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
             print((Path(workspace) / SWEEP_DIR / "summary.md").read_text())
-            print(f"{result['cells']} cells ({result['computed']} computed, the rest cached or recorded; "
-                  f"{result['not_run']} not run) in {time.perf_counter() - start:.0f} s; table: {result['summary']}")
+            print(
+                f"{result['cells']} cells ({result['computed']} computed, the rest cached or recorded; "
+                f"{result['not_run']} not run) in {time.perf_counter() - start:.0f} s; table: {result['summary']}"
+            )
             if "paper_table" in result:
                 print(f"published-table comparison: {result['paper_table']}")
             return 0

@@ -27,16 +27,21 @@ from fdd.config import DATASETS, Backbone, ConfigError, Mode, PipelineConfig, Se
 SWEEP_AXES: tuple[str, ...] = ("datasets", "ipcs", "backbones", "modes", "seeds")
 ERR_EMPTY_AXIS = "sweep.{axis} must list at least one value"
 ERR_SWEEP_DATASET = (
-    "sweep.datasets lists {unknown}, which is neither a dataset ({datasets}) nor a name in sweep.variants "
-    "({variants})"
+    "sweep.datasets lists {unknown}, which is neither a dataset ({datasets}) nor a name in sweep.variants ({variants})"
 )
 ERR_COMPUTE_ONLY_AXIS = "sweep.compute_only names {axis!r}; its keys must be among {axes}"
 ERR_COMPUTE_ONLY_VALUE = "sweep.compute_only.{axis} lists {outside}, which sweep.{axis} does not ({allowed})"
-ERR_VARIANT_NAME = "sweep.variants names {names} are dataset names; give each variant a name of its own (e.g. cmnist-bg)"
-ERR_VARIANT_DATASET = "sweep.variants.{name} must set dataset (one of {datasets}), e.g. {{dataset: cmnist, bias: background}}"
+ERR_VARIANT_NAME = (
+    "sweep.variants names {names} are dataset names; give each variant a name of its own (e.g. cmnist-bg)"
+)
+ERR_VARIANT_DATASET = (
+    "sweep.variants.{name} must set dataset (one of {datasets}), e.g. {{dataset: cmnist, bias: background}}"
+)
 ERR_SWEEP_PATH = "sweep.{field} must be a relative path inside the workspace (no leading '/', no '..'); got {value!r}"
 ERR_DUPLICATE_AXIS = "sweep.{axis} lists {dupes} more than once; list each value at most once"
-ERR_BAD_CRON = "schedules[{name}].cron {value!r} is not a 5-field cron expression (minute hour day month weekday): {reason}"
+ERR_BAD_CRON = (
+    "schedules[{name}].cron {value!r} is not a 5-field cron expression (minute hour day month weekday): {reason}"
+)
 ERR_BAD_TIMEZONE = "schedules[{name}].timezone {value!r} is not an IANA time zone name (e.g. 'UTC', 'Europe/Paris')"
 ERR_DUPLICATE_SCHEDULES = "schedules lists the deployment name(s) {dupes} more than once; names must be unique"
 ERR_MODE_NOT_DISTILL = "schedules[{name}].mode is only used by flow 'distill' (got flow {flow!r})"
@@ -72,7 +77,8 @@ class SweepConfig(Section):
         False, description="local cluster workers as processes (True) or threads of this process (False)"
     )
     address: str | None = Field(
-        None, description="scheduler address of an existing Dask cluster (e.g. tcp://10.0.0.5:8786); None starts a local one"
+        None,
+        description="scheduler address of an existing Dask cluster (e.g. tcp://10.0.0.5:8786); None starts a local one",
     )
     records: str | None = Field(
         None,
@@ -105,8 +111,9 @@ class SweepConfig(Section):
         known = set(DATASETS) | set(self.variants)
         unknown = [d for d in self.datasets if d not in known]
         if unknown:
-            raise ValueError(ERR_SWEEP_DATASET.format(unknown=unknown, datasets=list(DATASETS),
-                                                      variants=sorted(self.variants)))
+            raise ValueError(
+                ERR_SWEEP_DATASET.format(unknown=unknown, datasets=list(DATASETS), variants=sorted(self.variants))
+            )
         clash = sorted(set(self.variants) & set(DATASETS))
         if clash:
             raise ValueError(ERR_VARIANT_NAME.format(names=clash))
@@ -218,7 +225,9 @@ ERR_SWEEP_CELLS = (
 )
 
 
-ERR_PARAMS_MISSING = "configuration file {path} does not exist; pass --params PATH (default: params.yaml in the current folder)"
+ERR_PARAMS_MISSING = (
+    "configuration file {path} does not exist; pass --params PATH (default: params.yaml in the current folder)"
+)
 ERR_PARAMS_EMPTY = (
     "configuration file {path} is empty; expected a mapping of sections ({sections}): copy the shipped "
     "params.yaml (the quick CPU settings), or write `{{}}` to take every default (the full published schedule, for a GPU)"
@@ -238,7 +247,9 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
-def read_yaml_mapping(path: str | Path, *, what: str = "configuration file", allow_empty: bool = True) -> dict[str, Any]:
+def read_yaml_mapping(
+    path: str | Path, *, what: str = "configuration file", allow_empty: bool = True
+) -> dict[str, Any]:
     """The mapping in the YAML file ``path``, or a :class:`ConfigError` naming the file and what is wrong.
 
     ``what`` names the file's role in messages (``configuration file``, ``preset``); an empty
@@ -246,7 +257,9 @@ def read_yaml_mapping(path: str | Path, *, what: str = "configuration file", all
     """
     path = Path(path)
     if not path.exists():
-        raise ConfigError(ERR_PARAMS_MISSING.format(path=path) if what == "configuration file" else f"{what} {path} does not exist")
+        raise ConfigError(
+            ERR_PARAMS_MISSING.format(path=path) if what == "configuration file" else f"{what} {path} does not exist"
+        )
     if path.is_dir():
         raise ConfigError(ERR_NOT_A_FILE.format(what=what, path=path))
     try:
@@ -341,11 +354,14 @@ def sweep_cell_configs(config: FlowConfig) -> list[tuple[dict[str, Any], FlowCon
         try:
             cells.append((cell, cell_config(config, cell)))
         except ConfigError as exc:
-            reasons = [line.strip(" -").split(" (got {")[0] for line in str(exc).splitlines() if line.startswith("  - ")]
+            reasons = [
+                line.strip(" -").split(" (got {")[0] for line in str(exc).splitlines() if line.startswith("  - ")
+            ]
             problems.append(f"  - {cell['dataset']}-{cell_id(cell)}: {'; '.join(reasons) or str(exc)}")
     if problems:
-        raise ConfigError(ERR_SWEEP_CELLS.format(count=len(problems), total=len(problems) + len(cells),
-                                                 problems="\n".join(problems)))
+        raise ConfigError(
+            ERR_SWEEP_CELLS.format(count=len(problems), total=len(problems) + len(cells), problems="\n".join(problems))
+        )
     return cells
 
 

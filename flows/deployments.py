@@ -67,7 +67,9 @@ def deployment_parameters(config: FlowConfig, schedule: ScheduleConfig, workspac
     return parameters
 
 
-def build_deployments(config: FlowConfig, workspace: str, *, only: list[str] | None = None, params: str = "params.yaml") -> list[Any]:
+def build_deployments(
+    config: FlowConfig, workspace: str, *, only: list[str] | None = None, params: str = "params.yaml"
+) -> list[Any]:
     """One Prefect ``RunnerDeployment`` per schedule (or per name in ``only``)."""
     from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron

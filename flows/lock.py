@@ -39,8 +39,7 @@ LOCK_NAME = ".fdd.lock"
 OWNER_NAME = ".fdd.lock.owner"
 NOTE_CLEANED = "note: removed {count} temporary file(s) and folder(s) left by a killed run, e.g. {example}"
 ERR_BUSY = (
-    "workspace {workspace} is in use by another fdd run ({owner}); wait for it to finish "
-    "or use another --workspace"
+    "workspace {workspace} is in use by another fdd run ({owner}); wait for it to finish or use another --workspace"
 )
 
 
@@ -79,10 +78,14 @@ def workspace_lock(workspace: str | os.PathLike[str]) -> Iterator[None]:
     _HELD.add(key)
     try:
         owner_file.write_text(
-            json.dumps({
-                "pid": os.getpid(), "host": socket.gethostname(),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
-            })
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "command": " ".join(sys.argv),
+                }
+            )
         )
         removed = remove_stale_temp_files(root / "data") + remove_stale_scratch_dirs()
         if removed:

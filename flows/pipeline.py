@@ -37,6 +37,8 @@ from tasks.synthesize import synthesize_set
 
 STAGES: tuple[str, ...] = ("ingest", "partition", "features", "barycenters", "synthesize", "audit", "report")
 PER_MODE_STAGES: tuple[str, ...] = ("synthesize", "audit")
+
+
 def _pick(outputs: dict[str, str], *names: str) -> dict[str, str]:
     return {path: digest for path, digest in outputs.items() if Path(path).name in names}
 
@@ -62,15 +64,21 @@ def stage_call(
     exactly the files it reads as ``inputs``, so its cache key covers them.
     """
     if name == "ingest":
-        return ingest, {"workspace": workspace, "data": config.data,
-                        "raw_digest": user_files_digest(config.data, workspace=workspace)}
+        return ingest, {
+            "workspace": workspace,
+            "data": config.data,
+            "raw_digest": user_files_digest(config.data, workspace=workspace),
+        }
     prepared = outputs("prepared")
     if name == "partition":
         return partition, {"workspace": workspace, "inputs": _pick(prepared, "train.pt")}
     if name == "features":
         return extract_features, {
-            "workspace": workspace, "inputs": _pick(prepared, "train.pt"), "features": config.features,
-            "network": config.network, "device": device,
+            "workspace": workspace,
+            "inputs": _pick(prepared, "train.pt"),
+            "features": config.features,
+            "network": config.network,
+            "device": device,
         }
     if name == "barycenters":
         return compute_barycenters, {
@@ -80,14 +88,22 @@ def stage_call(
         }
     if name == "synthesize":
         return synthesize_set, {
-            "workspace": workspace, "inputs": _pick(prepared, "train.pt", "dataset.json"), "mode": mode,
-            "synthesis": config.synthesis, "network": config.network, "seed": config.runtime.seed, "device": device,
+            "workspace": workspace,
+            "inputs": _pick(prepared, "train.pt", "dataset.json"),
+            "mode": mode,
+            "synthesis": config.synthesis,
+            "network": config.network,
+            "seed": config.runtime.seed,
+            "device": device,
         }
     if name == "audit":
         return audit_set, {
             "workspace": workspace,
             "inputs": {**_pick(outputs(f"synthetic/{mode}"), "synthetic.pt"), **_pick(prepared, "test.pt")},
-            "mode": mode, "audit": config.audit, "network": config.network, "device": device,
+            "mode": mode,
+            "audit": config.audit,
+            "network": config.network,
+            "device": device,
         }
     inputs = {**prepared, **outputs("partition"), **outputs("features"), **outputs("barycenters")}
     for m in modes:
@@ -156,8 +172,9 @@ def write_stage_settings(config: FlowConfig, workspace: str) -> list[Path]:
     written = []
     for name in STAGES:
         mode = modes[0] if name in PER_MODE_STAGES else None  # the settings are the same for every mode
-        stage_task, kwargs = stage_call(name, mode, config=config, workspace=workspace, device="cpu", modes=modes,
-                                        outputs=lambda _folder: {})
+        stage_task, kwargs = stage_call(
+            name, mode, config=config, workspace=workspace, device="cpu", modes=modes, outputs=lambda _folder: {}
+        )
         text = json.dumps(stage_settings(name, kwargs), indent=2, sort_keys=True) + "\n"
         path = Path(workspace) / SETTINGS_DIR / f"{name}.json"
         if not path.exists() or path.read_text(encoding="utf-8") != text:
@@ -177,7 +194,12 @@ def run_single_stage(name: str, config: FlowConfig, workspace: str, mode: str | 
     if (name in PER_MODE_STAGES) != (mode is not None):
         raise ValueError(f"stage {name!r} {'needs' if name in PER_MODE_STAGES else 'takes no'} --mode")
     stage_task, kwargs = stage_call(
-        name, mode, config=config, workspace=workspace, device=resolve_device(config.runtime.device),
-        modes=tuple(config.synthesis.modes), outputs=lambda folder: _manifest(workspace, folder),
+        name,
+        mode,
+        config=config,
+        workspace=workspace,
+        device=resolve_device(config.runtime.device),
+        modes=tuple(config.synthesis.modes),
+        outputs=lambda folder: _manifest(workspace, folder),
     )
     return stage_task.fn(**kwargs)

@@ -189,8 +189,11 @@ def cell_fingerprint(config: FlowConfig) -> str:
 def data_columns(config: FlowConfig) -> dict[str, Any]:
     """The resolved data of a cell: dataset, bias and shading (blank where the dataset has none)."""
     colored = config.data.dataset in COLORED_DATASETS
-    return {"data_dataset": config.data.dataset, "bias": config.data.bias if colored else "",
-            "shading": config.data.shading if colored else ""}
+    return {
+        "data_dataset": config.data.dataset,
+        "bias": config.data.bias if colored else "",
+        "shading": config.data.shading if colored else "",
+    }
 
 
 def selected(sweep: SweepConfig, cell: dict[str, Any]) -> bool:
@@ -220,8 +223,13 @@ def read_record(path: Path, fingerprint: str) -> dict[str, Any] | None:
 
 def write_record(path: Path, row: dict[str, Any], fingerprint: str, config: FlowConfig) -> None:
     """A cell's row and the settings it was made with, written atomically (commit these files)."""
-    record = {"version": RECORD_VERSION, "fingerprint": fingerprint, "row": row, "fdd_commit": source_commit(),
-              "config": {k: v for k, v in config.model_dump(mode="json").items() if k not in ("sweep", "schedules")}}
+    record = {
+        "version": RECORD_VERSION,
+        "fingerprint": fingerprint,
+        "row": row,
+        "fdd_commit": source_commit(),
+        "config": {k: v for k, v in config.model_dump(mode="json").items() if k not in ("sweep", "schedules")},
+    }
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
@@ -238,10 +246,17 @@ def source_commit() -> str:
     if not (root / ".git").exists():
         return "unknown"
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
@@ -255,7 +270,12 @@ def _device_name(device: str) -> str:
 
 @task(name="sweep-cell", task_run_name="cell[{cell_name}]", cache_policy=NO_CACHE, persist_result=False)
 def run_cell(
-    cell_name: str, cell: dict[str, Any], config: FlowConfig, workspace: str, device: str, local_gpus: int = 0,
+    cell_name: str,
+    cell: dict[str, Any],
+    config: FlowConfig,
+    workspace: str,
+    device: str,
+    local_gpus: int = 0,
     record_file: str | None = None,
 ) -> dict[str, Any]:
     """Synthesize and audit one cell (each stage skipped when cached); its metrics and where and when it ran.
@@ -271,21 +291,33 @@ def run_cell(
         row = _cell_metrics(cell_name, cell, config, Path(workspace), device)
     except Exception as exc:
         raise CellFailedError(_one_line(exc), {**record, "finished": _now()}) from exc
-    row = {**row, "status": STATUS_OK, "error": "", **record, "finished": _now(), "device_name": _device_name(device),
-           "seconds": round(time.time() - started, 1), "fdd_commit": source_commit()}
+    row = {
+        **row,
+        "status": STATUS_OK,
+        "error": "",
+        **record,
+        "finished": _now(),
+        "device_name": _device_name(device),
+        "seconds": round(time.time() - started, 1),
+        "fdd_commit": source_commit(),
+    }
     if record_file is not None:
         write_record(Path(record_file), row, cell_fingerprint(config), config)
     return row
 
 
-def _cell_metrics(cell_name: str, cell: dict[str, Any], config: FlowConfig, folder: Path, device: str) -> dict[str, Any]:
+def _cell_metrics(
+    cell_name: str, cell: dict[str, Any], config: FlowConfig, folder: Path, device: str
+) -> dict[str, Any]:
     """The cell's row: its keys, the audit's metrics and whether both stages were cached."""
     if not (folder / "data/prepared/train.pt").exists():
         raise FileNotFoundError(ERR_NO_PREPARED.format(cell=cell_name, path=folder / "data/prepared"))
     if config.runtime.num_threads:
         torch.set_num_threads(config.runtime.num_threads)
     mode = cell["mode"]
-    done: dict[str, dict[str, str]] = {"prepared": json.loads((folder / "data/prepared/manifest.json").read_text())["outputs"]}
+    done: dict[str, dict[str, str]] = {
+        "prepared": json.loads((folder / "data/prepared/manifest.json").read_text())["outputs"]
+    }
     cached = True
     for name in ("synthesize", "audit"):
         stage_task, kwargs = stage_call(
@@ -295,14 +327,24 @@ def _cell_metrics(cell_name: str, cell: dict[str, Any], config: FlowConfig, fold
         done[f"{'synthetic' if name == 'synthesize' else 'audit'}/{mode}"] = call_stage(stage_task, **kwargs)
     metrics = json.loads((folder / "data/audit" / mode / "metrics.json").read_text())
     deo_m = "n/a (one group)" if metrics["deo_m"] is None else f"{metrics['deo_m']:.2f}"
-    run_logger().info("cell %s: accuracy %.2f, DEO_M %s%s", cell_name, metrics["accuracy"], deo_m,
-                      " (cached)" if cached else "")
-    return {**cell, **data_columns(config), "architecture": metrics.get("architecture", "matching"),
-            **{k: metrics.get(k) for k in METRICS},
-            **{f"{k}_std": metrics.get(f"{k}_std") for k in METRICS}, "num_eval": metrics.get("num_eval"),
-            "architectures": json.dumps({name: metrics["architectures"][name]  # in the order of audit.architectures
-                                         for name in metrics.get("architecture_names", metrics.get("architectures", {}))}),
-            "cached": cached}
+    run_logger().info(
+        "cell %s: accuracy %.2f, DEO_M %s%s", cell_name, metrics["accuracy"], deo_m, " (cached)" if cached else ""
+    )
+    return {
+        **cell,
+        **data_columns(config),
+        "architecture": metrics.get("architecture", "matching"),
+        **{k: metrics.get(k) for k in METRICS},
+        **{f"{k}_std": metrics.get(f"{k}_std") for k in METRICS},
+        "num_eval": metrics.get("num_eval"),
+        "architectures": json.dumps(
+            {
+                name: metrics["architectures"][name]  # in the order of audit.architectures
+                for name in metrics.get("architecture_names", metrics.get("architectures", {}))
+            }
+        ),
+        "cached": cached,
+    }
 
 
 def _cell_row(cell: dict[str, Any], future: Any, data: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -322,9 +364,15 @@ def _cell_row(cell: dict[str, Any], future: Any, data: dict[str, Any] | None = N
         error, record = _one_line(value), {}
     else:
         error, record = f"the task run ended without a result: {value!r}", {}
-    return {**cell, **(data or {}), **dict.fromkeys(METRICS, float("nan")), "cached": False, "status": STATUS_FAILED,
-            "error": error,
-            **{k: record.get(k) for k in ("device", "worker", "started", "finished")}}
+    return {
+        **cell,
+        **(data or {}),
+        **dict.fromkeys(METRICS, float("nan")),
+        "cached": False,
+        "status": STATUS_FAILED,
+        "error": error,
+        **{k: record.get(k) for k in ("device", "worker", "started", "finished")},
+    }
 
 
 def per_architecture(cells: pd.DataFrame) -> pd.DataFrame:
@@ -342,11 +390,22 @@ def per_architecture(cells: pd.DataFrame) -> pd.DataFrame:
         listed = row.pop("architectures")
         figures = json.loads(listed) if isinstance(listed, str) and listed else {}
         if not figures:
-            rows.append({**row, "architecture": row.get("architecture") if isinstance(row.get("architecture"), str) else "matching"})
+            rows.append(
+                {
+                    **row,
+                    "architecture": row.get("architecture") if isinstance(row.get("architecture"), str) else "matching",
+                }
+            )
             continue
         for name, values in figures.items():
-            rows.append({**row, "architecture": name, **{k: values.get(k, float("nan")) for k in METRICS},
-                         **{f"{k}_std": values.get(f"{k}_std", float("nan")) for k in METRICS}})
+            rows.append(
+                {
+                    **row,
+                    "architecture": name,
+                    **{k: values.get(k, float("nan")) for k in METRICS},
+                    **{f"{k}_std": values.get(f"{k}_std", float("nan")) for k in METRICS},
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -381,11 +440,15 @@ def _with_failures(summary: pd.DataFrame, cells: pd.DataFrame, keys: list[str]) 
     notes = cells[keys].assign(
         _failed=failed, _note=("seed " + cells["seed"].astype(str) + ": " + errors).where(failed)
     )
-    info = notes.groupby(keys, sort=False).agg(_failed=("_failed", "sum"), error=("_note", lambda s: " | ".join(s.dropna())))
+    info = notes.groupby(keys, sort=False).agg(
+        _failed=("_failed", "sum"), error=("_note", lambda s: " | ".join(s.dropna()))
+    )
     out = info[[]].join(summary, how="left")  # every group, even one whose seeds all failed
     out["seeds"] = out["seeds"].fillna(0).astype(int)
-    out["status"] = [STATUS_OK if not n else ("partial" if seeds else STATUS_FAILED)
-                     for n, seeds in zip(info["_failed"], out["seeds"])]
+    out["status"] = [
+        STATUS_OK if not n else ("partial" if seeds else STATUS_FAILED)
+        for n, seeds in zip(info["_failed"], out["seeds"])
+    ]
     out["error"] = info["error"]
     return out
 
@@ -405,7 +468,10 @@ def _task_runner(sweep: SweepConfig, device: str, *, gpus: int | None = None) ->
         gpus = torch.cuda.device_count() if device == "cuda" else 0
     workers = min(sweep.n_workers, gpus) if gpus else sweep.n_workers
     cluster_kwargs: dict[str, Any] = {
-        "n_workers": workers, "threads_per_worker": 1, "processes": sweep.processes, "dashboard_address": None,
+        "n_workers": workers,
+        "threads_per_worker": 1,
+        "processes": sweep.processes,
+        "dashboard_address": None,
     }
     if gpus:
         cluster_kwargs["resources"] = {"GPU": 1}
@@ -447,7 +513,12 @@ def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bo
         home = dataset_workspace(workspace, config, dataset)
         # the flow's own ingest wiring: the cache key covers the user's files (raw_digest)
         ingest_task, kwargs = stage_call(
-            "ingest", None, config=cells[0][1], workspace=str(home), device=device, modes=(),
+            "ingest",
+            None,
+            config=cells[0][1],
+            workspace=str(home),
+            device=device,
+            modes=(),
             outputs=lambda _folder: {},
         )
         call_stage(ingest_task, **kwargs)
@@ -460,10 +531,13 @@ def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bo
             # one GPU per cell when the workers declare GPUs (each holds GPU=1): one cell at a time each
             with dask.annotate(resources={"GPU": 1}) if one_gpu_each else contextlib.nullcontext():
                 record_file = str(record_path(records, dataset, cell)) if records else None
-                future = run_cell.submit(f"{dataset}-{name}", cell, cell_cfg, str(cell_home), device, local_gpus,
-                                         record_file)
-            architectures = {"architecture": cell_cfg.audit.architectures[0],  # kept on a failed row (_cell_row)
-                             "architectures": json.dumps(dict.fromkeys(cell_cfg.audit.architectures, {}))}
+                future = run_cell.submit(
+                    f"{dataset}-{name}", cell, cell_cfg, str(cell_home), device, local_gpus, record_file
+                )
+            architectures = {
+                "architecture": cell_cfg.audit.architectures[0],  # kept on a failed row (_cell_row)
+                "architectures": json.dumps(dict.fromkeys(cell_cfg.audit.architectures, {})),
+            }
             submitted.append((cell, {**data_columns(cell_cfg), **architectures}, future))
     rows.extend(_cell_row(cell, future, data) for cell, data, future in submitted)
     order = {(c["dataset"], cell_id(c)): i for i, (c, _) in enumerate(configured)}
@@ -486,14 +560,22 @@ def grid_flow(config: FlowConfig, workspace: str = ".", local_gpus: int = 0, com
     failed = cells[cells["status"].ne(STATUS_OK)] if "status" in cells else cells.iloc[:0]
     if len(failed):
         names = [f"{cell['dataset']}-{cell_id(cell)}" for cell in failed[list(CELL_KEYS)].to_dict(orient="records")]
-        raise SweepCellsFailedError(ERR_CELLS_FAILED.format(
-            failed=len(failed), cells=len(cells), names=", ".join(names), table=Path(workspace) / SWEEP_DIR / "cells.csv"))
+        raise SweepCellsFailedError(
+            ERR_CELLS_FAILED.format(
+                failed=len(failed),
+                cells=len(cells),
+                names=", ".join(names),
+                table=Path(workspace) / SWEEP_DIR / "cells.csv",
+            )
+        )
     return result
 
 
 @flow(name="fdd-sweep", log_prints=True)
 @holds_workspace_lock
-def sweep_flow(config: FlowConfig, workspace: str = ".", gpus: int | None = None, compute: bool = True) -> dict[str, Any]:
+def sweep_flow(
+    config: FlowConfig, workspace: str = ".", gpus: int | None = None, compute: bool = True
+) -> dict[str, Any]:
     """Run every cell of ``config.sweep`` on Dask (a local cluster or ``sweep.address``).
 
     The grid runs as a subflow whose task runner is ``prefect-dask``'s
@@ -524,8 +606,13 @@ def write_tables(cells: pd.DataFrame, workspace: str, grid_size: int | None = No
     publish_table("sweep-cells", json.loads(cells.to_json(orient="records")), "one row per sweep cell")
     finished = cells["status"].eq(STATUS_OK) if "status" in cells else pd.Series(True, index=cells.index)
     not_run = 0 if grid_size is None else grid_size - len(cells)
-    return {"cells": len(cells), "computed": int((finished & ~cells["cached"].astype(bool)).sum()),
-            "failed": int((~finished).sum()), "not_run": not_run, "summary": str(out / "summary.csv")}
+    return {
+        "cells": len(cells),
+        "computed": int((finished & ~cells["cached"].astype(bool)).sum()),
+        "failed": int((~finished).sum()),
+        "not_run": not_run,
+        "summary": str(out / "summary.csv"),
+    }
 
 
 def paper_grid(config: FlowConfig) -> list[tuple[str, str, int, str]]:
@@ -548,23 +635,30 @@ def write_paper_table(cells: pd.DataFrame, config: FlowConfig, workspace: str) -
     atomic_write_text(path, table.to_csv(index=False, float_format="%.2f"))
     devices = ", ".join(sorted({str(d) for d in cells.get("device_name", pd.Series(dtype=str)).dropna()})) or "-"
     commits = ", ".join(sorted({str(c) for c in cells.get("fdd_commit", pd.Series(dtype=str)).dropna()})) or "-"
-    markdown = "\n\n".join([
-        "# The published DM table, reproduced with `fdd sweep`",
-        "Mean and sample std over synthesis seeds (each seed: the mean of its evaluations), in %. "
-        "`suff_gap_mean`: the max-over-classes sufficiency (precision) gap, mean over seeds. Verdict: `match` "
-        f"within {MATCH_ACC:g} point of accuracy and {MATCH_DEO_M:g} of DEO_M of docs/method.md section 5.",
-        f"Devices: {devices}. fdd commits: {commits}.",
-        table.round(2).to_markdown(index=False),
-        "## cobra against fairdd, paired over seeds",
-        "Per-seed differences (cobra - fairdd); p: two-sided paired t-test.",
-        paired.round(3).to_markdown(index=False) if len(paired) else "(no seed has both modes yet)",
-    ]) + "\n"
+    markdown = (
+        "\n\n".join(
+            [
+                "# The published DM table, reproduced with `fdd sweep`",
+                "Mean and sample std over synthesis seeds (each seed: the mean of its evaluations), in %. "
+                "`suff_gap_mean`: the max-over-classes sufficiency (precision) gap, mean over seeds. Verdict: `match` "
+                f"within {MATCH_ACC:g} point of accuracy and {MATCH_DEO_M:g} of DEO_M of docs/method.md section 5.",
+                f"Devices: {devices}. fdd commits: {commits}.",
+                table.round(2).to_markdown(index=False),
+                "## cobra against fairdd, paired over seeds",
+                "Per-seed differences (cobra - fairdd); p: two-sided paired t-test.",
+                paired.round(3).to_markdown(index=False) if len(paired) else "(no seed has both modes yet)",
+            ]
+        )
+        + "\n"
+    )
     atomic_write_text(path.with_suffix(".md"), markdown)
     publish_markdown("paper-table", markdown, "the published DM table against fdd's sweep")
     return str(path)
 
 
-def run_sweep(config: FlowConfig, workspace: str = ".", compute: bool = True, *, gpus: int | None = None) -> dict[str, Any]:
+def run_sweep(
+    config: FlowConfig, workspace: str = ".", compute: bool = True, *, gpus: int | None = None
+) -> dict[str, Any]:
     """Check every cell, then run :func:`sweep_flow` (the entry point of ``fdd sweep``).
 
     ``compute=False`` (``fdd sweep --from-records``) only rebuilds the tables from the

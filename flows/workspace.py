@@ -17,7 +17,11 @@ PRESETS = files("flows") / "presets"
 TEMPLATES = files("flows") / "templates"
 #: The files ``fdd init`` writes: name in the workspace -> template. The DVC template is not
 #: called dvc.yaml: DVC would take it for a second pipeline of the repository holding it.
-WORKSPACE_FILES: dict[str, str] = {"params.yaml": "params.yaml", "dvc.yaml": "dvc.yaml.template", ".dvcignore": "dvcignore"}
+WORKSPACE_FILES: dict[str, str] = {
+    "params.yaml": "params.yaml",
+    "dvc.yaml": "dvc.yaml.template",
+    ".dvcignore": "dvcignore",
+}
 
 ERR_UNKNOWN_PRESET = "unknown preset {name!r}; known presets: {known} (or a path to a YAML file)"
 ERR_EXISTS = "{directory} already has {names}; nothing was written (pass --force to overwrite them)"

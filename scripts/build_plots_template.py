@@ -24,8 +24,11 @@ sys.path.insert(0, str(ROOT))
 from fdd.files import atomic_write_bytes  # noqa: E402  (after the repository root joins sys.path)
 
 # the versions dvc-render's default template loads from the CDN
-PACKAGES = (("vega", "5.20.2", "build/vega.min.js"), ("vega-lite", "5.2.0", "build/vega-lite.min.js"),
-            ("vega-embed", "6.18.2", "build/vega-embed.min.js"))
+PACKAGES = (
+    ("vega", "5.20.2", "build/vega.min.js"),
+    ("vega-lite", "5.2.0", "build/vega-lite.min.js"),
+    ("vega-embed", "6.18.2", "build/vega-embed.min.js"),
+)
 OUT = ROOT / ".dvc/plots/offline.html"
 LICENSES = ROOT / ".dvc/plots/LICENSES.txt"
 PAGE = """<!DOCTYPE html>
@@ -61,7 +64,9 @@ def main() -> int:
             scripts.append(f"    <script>/* {name} {version} */\n{code}\n    </script>")
             licences.append(f"{name} {version}\n{'=' * 40}\n{licence}\n")
     page = PAGE.replace("{{", "{").replace("}}", "}")
-    page = page.replace("{versions}", ", ".join(f"{n} {v}" for n, v, _ in PACKAGES)).replace("{libraries}", "\n".join(scripts))
+    page = page.replace("{versions}", ", ".join(f"{n} {v}" for n, v, _ in PACKAGES)).replace(
+        "{libraries}", "\n".join(scripts)
+    )
     atomic_write_bytes(OUT, page.encode("utf-8"))
     atomic_write_bytes(LICENSES, "\n".join(licences).encode("utf-8"))
     print(f"wrote {OUT} ({OUT.stat().st_size / 1e6:.2f} MB)")

@@ -34,8 +34,15 @@ ROOT = Path(__file__).resolve().parent.parent
 # headless, and no background connections: on a machine without internet Chromium otherwise
 # retries Google's hosts at every start
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
 )
 ERR_NO_CHROMIUM = "chromium is not installed (Debian: apt-get install chromium)"
 
@@ -52,7 +59,10 @@ def _chromium(args: list[str], *, budget_ms: int) -> subprocess.CompletedProcess
     with tempfile.TemporaryDirectory() as profile:
         return subprocess.run(
             [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", *args],
-            check=True, capture_output=True, text=True, timeout=240,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=240,
         )
 
 
@@ -90,9 +100,17 @@ def screenshot(url: str, path: Path, *, size: str, budget_ms: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "docs/img"), help="folder of the PNG files")
-    parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="the run's configuration (default: params.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="passed on to fdd run (repeatable)")
+    parser.add_argument(
+        "--params", default=str(ROOT / "params.yaml"), help="the run's configuration (default: params.yaml)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed on to fdd run (repeatable)",
+    )
     parser.add_argument("--budget-ms", type=int, default=20000, help="virtual time Chromium gives the UI to render")
     args = parser.parse_args()
     if chromium() is None:
@@ -103,27 +121,58 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="fdd-ui-") as tmp:
         workspace = Path(tmp) / "workspace"
-        env = {**os.environ, "PREFECT_HOME": str(Path(tmp) / "prefect-home"), "PREFECT_API_URL": f"{base}/api",
-               "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
-               "PREFECT_UI_API_URL": f"{base}/api", "PYTHONPATH": str(ROOT)}
-        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                   "--port", str(port)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.STDOUT)
+        env = {
+            **os.environ,
+            "PREFECT_HOME": str(Path(tmp) / "prefect-home"),
+            "PREFECT_API_URL": f"{base}/api",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "true",
+            "PREFECT_UI_API_URL": f"{base}/api",
+            "PYTHONPATH": str(ROOT),
+        }
+        server = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         try:
             client = httpx.Client(base_url=f"{base}/api", timeout=10)
             _wait_healthy(client, server)
             sets = [item for pair in args.overrides for item in ("--set", pair)]
-            subprocess.run([sys.executable, "-m", "flows.cli", "run", "--params", args.params,
-                            "--workspace", str(workspace), *sets], env=env, cwd=ROOT, check=True, timeout=1200)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "flows.cli",
+                    "run",
+                    "--params",
+                    args.params,
+                    "--workspace",
+                    str(workspace),
+                    *sets,
+                ],
+                env=env,
+                cwd=ROOT,
+                check=True,
+                timeout=1200,
+            )
             runs = client.post("/flow_runs/filter", json={"sort": "START_TIME_DESC", "limit": 1}).json()
             run_id = runs[0]["id"]
             artifacts = client.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
             report = next(a for a in artifacts if a["key"] == "report")
-            screenshot(f"{base}/runs/flow-run/{run_id}", out / "ui_flow_run.png",
-                       size="1400,1000", budget_ms=args.budget_ms)
+            screenshot(
+                f"{base}/runs/flow-run/{run_id}", out / "ui_flow_run.png", size="1400,1000", budget_ms=args.budget_ms
+            )
             screenshot(f"{base}/artifacts", out / "ui_artifacts.png", size="1400,1100", budget_ms=args.budget_ms)
-            screenshot(f"{base}/artifacts/artifact/{report['id']}", out / "ui_report.png",
-                       size="1400,5000", budget_ms=args.budget_ms)
+            screenshot(
+                f"{base}/artifacts/artifact/{report['id']}",
+                out / "ui_report.png",
+                size="1400,5000",
+                budget_ms=args.budget_ms,
+            )
         finally:
             server.send_signal(signal.SIGINT)
             try:

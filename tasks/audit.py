@@ -31,7 +31,14 @@ from tasks.base import (
 #: max and mean sufficiency (precision) gaps of fdd.metrics.
 HEADLINE = ("accuracy", "deo_m", "deo_a", "worst_group_accuracy", "suff_m", "suff_a")
 #: What the audit writes into its folder (:func:`write_audit`).
-AUDIT_FILES = ("metrics.json", "runs.json", "architectures.csv", "group_recall.csv", "class_gaps.csv", "group_recall.png")
+AUDIT_FILES = (
+    "metrics.json",
+    "runs.json",
+    "architectures.csv",
+    "group_recall.csv",
+    "class_gaps.csv",
+    "group_recall.png",
+)
 
 
 def headline(result: AuditResult, num_eval: int, test: GroupedImages | None = None) -> dict[str, Any]:
@@ -76,8 +83,12 @@ def write_audit(
     """
     first_name, first = next(iter(results.items()))
     figures = {name: headline(result, num_eval, test) for name, result in results.items()}
-    metrics = {**figures[first_name], "architecture": first_name, "architectures": figures,
-               "architecture_names": list(figures)}  # JSON keys are written sorted: this keeps the listed order
+    metrics = {
+        **figures[first_name],
+        "architecture": first_name,
+        "architectures": figures,
+        "architecture_names": list(figures),
+    }  # JSON keys are written sorted: this keeps the listed order
     runs = {**first.to_dict(), "architectures": {name: result.to_dict() for name, result in results.items()}}
     table = pd.DataFrame([{"architecture": name, **values} for name, values in figures.items()])
     atomic_write_json(out / "metrics.json", metrics)
@@ -90,8 +101,14 @@ def write_audit(
     atomic_write_text(out / "class_gaps.csv", report.gap_frame().to_csv(index=True, index_label="class"))
     atomic_write_bytes(
         out / "group_recall.png",
-        save_figure(recall_heatmap(report.recall, group_names=test.group_names, class_names=test.class_names,
-                                   title=f"{title}: recall per group and class (%)")),
+        save_figure(
+            recall_heatmap(
+                report.recall,
+                group_names=test.group_names,
+                class_names=test.class_names,
+                title=f"{title}: recall per group and class (%)",
+            )
+        ),
     )
     return [out / name for name in AUDIT_FILES]
 
@@ -107,7 +124,11 @@ def audit_set(
     out = stage_dir(workspace, "audit", mode)
     logger = run_logger()
     results = audit_architectures(
-        synthetic, test, config=audit, network=network, device=device,
+        synthetic,
+        test,
+        config=audit,
+        network=network,
+        device=device,
         progress=lambda name, done: logger.info("%s on %s: evaluation %d/%d done", mode, name, done, audit.num_eval),
     )
     written = write_audit(out, results, test, title=mode, num_eval=audit.num_eval)
@@ -117,8 +138,13 @@ def audit_set(
         if "note" in metrics:
             logger.warning("%s: %s", mode, metrics["note"])
         logger.info(
-            "%s on %s: accuracy %.2f, DEO_M %s, DEO_A %s (mean of %d)", mode, name,
-            metrics["accuracy"], _figure(metrics["deo_m"]), _figure(metrics["deo_a"]), audit.num_eval,
+            "%s on %s: accuracy %.2f, DEO_M %s, DEO_A %s (mean of %d)",
+            mode,
+            name,
+            metrics["accuracy"],
+            _figure(metrics["deo_m"]),
+            _figure(metrics["deo_a"]),
+            audit.num_eval,
         )
         rows.append({"mode": mode, "architecture": name, **_rounded(metrics)})
     publish_table(artifact_key("metrics", mode), rows, f"fairness metrics of the {mode} synthetic set")
@@ -147,17 +173,25 @@ def audit_external(
     """
     root = Path(workspace)
     test = GroupedImages.load(root / "data/prepared/test.pt")
-    synthetic = load_external_set(path, test=test, experiment=experiment, source_mean=source_mean, source_std=source_std)
+    synthetic = load_external_set(
+        path, test=test, experiment=experiment, source_mean=source_mean, source_std=source_std
+    )
     logger = run_logger()
     results = audit_architectures(
-        synthetic, test, config=audit, network=network, device=device,
+        synthetic,
+        test,
+        config=audit,
+        network=network,
+        device=device,
         progress=lambda arch, done: logger.info("%s on %s: evaluation %d/%d done", name, arch, done, audit.num_eval),
     )
     written = write_audit(out, results, test, title=name, num_eval=audit.num_eval)
     metrics = json.loads((out / "metrics.json").read_text())
     source = f"{path} ({synthetic.provenance['format']}, {synthetic.images.shape[0]} images)"
     markdown = audit_markdown(
-        table=comparison_table({name: metrics}), name=name, source=source,
+        table=comparison_table({name: metrics}),
+        name=name,
+        source=source,
         dataset=json.loads((root / "data/prepared/dataset.json").read_text()),
         figures=figure_markdown([(f"{name}: test recall per group and class (%)", out / "group_recall.png")], base=out),
     )

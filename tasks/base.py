@@ -64,8 +64,7 @@ CALL_PARAMETERS = ("inputs", "raw_digest", "mode")
 
 ERR_OUTSIDE_WORKSPACE = "{what} {path} lies outside the workspace {workspace}; stages only write inside it"
 ERR_MISSING_INPUT = (
-    "input file {path} (recorded with sha256 {expected}) is missing; "
-    "rerun the upstream stage (fdd run, or dvc repro)"
+    "input file {path} (recorded with sha256 {expected}) is missing; rerun the upstream stage (fdd run, or dvc repro)"
 )
 ERR_CHANGED_INPUT = (
     "input file {path} changed since the upstream stage wrote it "
@@ -225,7 +224,9 @@ def record_outputs(
     return outputs
 
 
-def manifest_check(workspace: str | os.PathLike[str], folder: Path, key: str, *, stage: str = "") -> dict[str, str] | None:
+def manifest_check(
+    workspace: str | os.PathLike[str], folder: Path, key: str, *, stage: str = ""
+) -> dict[str, str] | None:
     """The outputs recorded in ``folder``'s manifest when they are those of a run with ``key``, unaltered.
 
     None when there is no manifest, when it was written with another key, or when an
@@ -252,7 +253,9 @@ def manifest_check(workspace: str | os.PathLike[str], folder: Path, key: str, *,
     for rel, expected in outputs.items():
         relative = PurePosixPath(rel)
         if relative.is_absolute() or ".." in relative.parts:
-            logger.warning(WARN_BAD_MANIFEST.format(stage=label, path=manifest, reason=f"output {rel!r} is outside the workspace"))
+            logger.warning(
+                WARN_BAD_MANIFEST.format(stage=label, path=manifest, reason=f"output {rel!r} is outside the workspace")
+            )
             return None
         path = root / rel
         if not path.is_file():
@@ -340,7 +343,9 @@ def artifact_key(*parts: str) -> str:
     return "-".join(re.sub(r"[^a-z0-9]+", "-", p.lower()).strip("-") for p in parts if p)
 
 
-def stage(name: str, *, retries: int = 0, retry_delay_seconds: float = 2.0) -> Callable[[Callable[..., list[Path]]], Any]:
+def stage(
+    name: str, *, retries: int = 0, retry_delay_seconds: float = 2.0
+) -> Callable[[Callable[..., list[Path]]], Any]:
     """Turn ``fn(workspace, ..., [mode], ...) -> [output paths]`` into a Prefect task that runs only when needed.
 
     The wrapped function verifies its ``inputs`` (``{path: sha256}`` from upstream

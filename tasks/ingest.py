@@ -28,9 +28,10 @@ def write_inputs_fingerprint(workspace: str, data: DataConfig) -> Path:
     """
     root = Path(workspace)
     # the configuration allows each of these only for its own dataset
-    paths = [p for p in (data.idx_dir, data.folder.csv, data.folder.images, data.tabular.csv, data.tabular.test_csv) if p]
-    payload = {"dataset": data.dataset, "paths": paths,
-               "user_files_sha256": user_files_digest(data, workspace=root)}
+    paths = [
+        p for p in (data.idx_dir, data.folder.csv, data.folder.images, data.tabular.csv, data.tabular.test_csv) if p
+    ]
+    payload = {"dataset": data.dataset, "paths": paths, "user_files_sha256": user_files_digest(data, workspace=root)}
     path = root / INPUTS_FINGERPRINT
     text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
     if not path.is_file() or path.read_text() != text:  # unchanged bytes: DVC sees nothing new

@@ -19,5 +19,7 @@ def partition(workspace: str, inputs: dict[str, str]) -> list[Path]:
     atomic_write_text(out / "partition.csv", cells.to_csv(index=False))
     atomic_write_text(out / "classes.csv", classes.to_csv(index=False))
     publish_table("partition-classes", classes.round(3).to_dict("records"), "groups per class in the train split")
-    publish_markdown("partition", "# Partition of the train split\n\n" + classes.to_markdown(index=False), "class x group partition")
+    publish_markdown(
+        "partition", "# Partition of the train split\n\n" + classes.to_markdown(index=False), "class x group partition"
+    )
     return [out / "partition.csv", out / "classes.csv"]

@@ -72,7 +72,8 @@ def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...],
     figures = report_figures(root, modes)
     atomic_write_text(out / "report.md", markdown.replace(FIGURES_MARKER, figure_markdown(figures, base=out)))
     # the Prefect UI cannot read local files: its copy of the report carries the PNGs inline
-    publish_markdown("report", markdown.replace(FIGURES_MARKER, figure_markdown(figures, base=None)),
-                     "fair distillation report")
+    publish_markdown(
+        "report", markdown.replace(FIGURES_MARKER, figure_markdown(figures, base=None)), "fair distillation report"
+    )
     publish_table("comparison", table.to_dict("records"), summary or "modes side by side")
     return [out / "report.md", out / "comparison.csv", out / "loss_curves.png", root / "data/metrics.json", *plot_files]

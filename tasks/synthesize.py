@@ -45,10 +45,12 @@ def synthesize_set(
     logger = run_logger()
     progress_id = (
         create_progress_artifact(
-            0.0, key=artifact_key("synthesis", mode),
+            0.0,
+            key=artifact_key("synthesis", mode),
             description=f"synthesis progress of {mode}: % of {synthesis.iterations} iterations done",
         )
-        if in_prefect_run() else None
+        if in_prefect_run()
+        else None
     )
 
     bar = tqdm(total=synthesis.iterations, desc=f"synthesize[{mode}]", unit="it", disable=None, leave=False)
@@ -86,13 +88,21 @@ def synthesize_set(
     losses = pd.DataFrame({"iteration": range(1, len(result.losses) + 1), "loss": result.losses})
     atomic_write_text(out / "losses.csv", losses.to_csv(index=False))
     if dataset["dataset"] in TABULAR_DATASETS:  # rows: a rows x features heatmap instead of an image grid
-        figure = synthetic_rows(result.synthetic, feature_names=dataset.get("feature_names", ()), title=f"{mode}: synthetic rows")
+        figure = synthetic_rows(
+            result.synthetic, feature_names=dataset.get("feature_names", ()), title=f"{mode}: synthetic rows"
+        )
     else:
         figure = synthetic_grid(result.synthetic, title=f"{mode}: synthetic set")
     atomic_write_bytes(out / "grid.png", save_figure(figure))
     timing = {"seconds": result.seconds, "seconds_per_iteration": result.seconds_per_iteration, "device": str(device)}
     atomic_write_text(out / "timing.json", json.dumps(timing, indent=2) + "\n")
-    logger.info("%s: %d iterations in %.1f s (%.3f s/iteration)", mode, synthesis.iterations, result.seconds, result.seconds_per_iteration)
+    logger.info(
+        "%s: %d iterations in %.1f s (%.3f s/iteration)",
+        mode,
+        synthesis.iterations,
+        result.seconds,
+        result.seconds_per_iteration,
+    )
     publish_markdown(
         artifact_key("synthesis", mode, "summary"),
         f"# Synthesis ({mode})\n\n{synthesis.ipc} images per class, {synthesis.iterations} iterations, "

@@ -17,8 +17,12 @@ TINY_PARAMS = {
     "features": {"max_per_cell": 6, "batch_size": 64, "projection_dim": 4},
     "barycenters": {"support_size": 3, "max_iter": 5},
     "synthesis": {
-        "modes": ["vanilla", "cobra"], "ipc": 2, "iterations": 3, "batch_real": 8,
-        "warmup_epochs": 1, "log_every": 1,
+        "modes": ["vanilla", "cobra"],
+        "ipc": 2,
+        "iterations": 3,
+        "batch_real": 8,
+        "warmup_epochs": 1,
+        "log_every": 1,
     },
     "audit": {"num_eval": 1, "epochs": 4, "test_batch_size": 64},
 }

@@ -43,7 +43,9 @@ def _image(rng: np.random.Generator, height: int, width: int, tint: int = 0) -> 
     return torch.from_numpy(pixels)
 
 
-def write_cifar10(root: Path, *, train_per_class: int = 20, test_per_class: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
+def write_cifar10(
+    root: Path, *, train_per_class: int = 20, test_per_class: int = 6, seed: int = 0
+) -> dict[str, np.ndarray]:
     """``root/cifar-10-batches-py/`` with data_batch_1..5, test_batch and batches.meta (python pickles).
 
     The train images are spread over the five batches as in the release; each batch is a
@@ -61,8 +63,12 @@ def write_cifar10(root: Path, *, train_per_class: int = 20, test_per_class: int 
         return data.astype(np.uint8), labels
 
     def dump(name: str, data: np.ndarray, labels: np.ndarray) -> None:
-        batch = {"batch_label": f"{name} of 5", "labels": [int(v) for v in labels], "data": data,
-                 "filenames": [f"img_{i}.png" for i in range(len(labels))]}
+        batch = {
+            "batch_label": f"{name} of 5",
+            "labels": [int(v) for v in labels],
+            "data": data,
+            "filenames": [f"img_{i}.png" for i in range(len(labels))],
+        }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
 
     train_data, train_labels = split(train_per_class)
@@ -76,7 +82,11 @@ def write_cifar10(root: Path, *, train_per_class: int = 20, test_per_class: int 
 
 
 def write_celeba(
-    root: Path, *, cells: Mapping[str, Mapping[tuple[int, int], int]], target: str = "Attractive", group: str = "Male",
+    root: Path,
+    *,
+    cells: Mapping[str, Mapping[tuple[int, int], int]],
+    target: str = "Attractive",
+    group: str = "Male",
     seed: int = 0,
 ) -> None:
     """``root/celeba/`` with list_attr_celeba.txt, list_eval_partition.txt and img_align_celeba/*.jpg.
@@ -105,7 +115,9 @@ def write_celeba(
     (folder / "list_eval_partition.txt").write_text("\n".join(parts) + "\n")
 
 
-def write_utkface(root: Path, *, cells: Mapping[tuple[int, int], int], extra_names: tuple[str, ...] = (), seed: int = 0) -> None:
+def write_utkface(
+    root: Path, *, cells: Mapping[tuple[int, int], int], extra_names: tuple[str, ...] = (), seed: int = 0
+) -> None:
     """``root/UTKFace/[age]_[gender]_[race]_[date&time].jpg.chip.jpg`` (200x200), as in the aligned release.
 
     ``cells[(age, race)]`` images of that age and race (gender alternates); ``extra_names``
@@ -124,7 +136,9 @@ def write_utkface(root: Path, *, cells: Mapping[tuple[int, int], int], extra_nam
         write_jpeg(_image(rng, 200, 200), str(folder / name), quality=90)
 
 
-def write_bffhq(root: Path, *, train: Mapping[tuple[int, int], int], test: Mapping[tuple[int, int], int], seed: int = 0) -> None:
+def write_bffhq(
+    root: Path, *, train: Mapping[tuple[int, int], int], test: Mapping[tuple[int, int], int], seed: int = 0
+) -> None:
     """``root/bffhq/0.5pct/{align,conflict}/<label>/<idx>_<label>_<bias>.png`` and ``root/bffhq/test/``.
 
     ``train[(label, bias)]`` images go to align/ when label == bias, else to conflict/.
@@ -141,7 +155,9 @@ def write_bffhq(root: Path, *, train: Mapping[tuple[int, int], int], test: Mappi
                 index += 1
 
 
-def write_folder(workspace: Path, *, cells: Mapping[tuple[str, str], int], split_column: bool = False, seed: int = 0) -> list[dict[str, str]]:
+def write_folder(
+    workspace: Path, *, cells: Mapping[tuple[str, str], int], split_column: bool = False, seed: int = 0
+) -> list[dict[str, str]]:
     """``workspace/my_images/<label>/*.png`` (48x40, some grayscale) and ``workspace/my_labels.csv``.
 
     ``cells[(label, group)]`` images; with ``split_column`` every third image of a cell is

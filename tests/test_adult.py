@@ -259,13 +259,17 @@ def test_stacked_mlps_train_like_separate_ones() -> None:
         train_network(ref, images, labels, **schedule)
         for a, b in zip(net.parameters(), ref.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert not torch.equal(nets[0].classifier.weight, build_mlp(in_features=5, num_classes=2, width=8, seed=0).classifier.weight)
+    assert not torch.equal(
+        nets[0].classifier.weight, build_mlp(in_features=5, num_classes=2, width=8, seed=0).classifier.weight
+    )
 
 
 @pytest.mark.parametrize("mode", ["vanilla", "fairdd", "cobra"])
 def test_synthesis_on_rows_lowers_the_matching_loss(mode: str) -> None:
     splits = encode_adult(adult_table(300, seed=8), adult_table(50, seed=9))
-    config = SynthesisConfig(ipc=3, iterations=40, batch_real=64, lr_img=0.3, dsa=False, warmup_epochs=2, checkpoint_every=0)
+    config = SynthesisConfig(
+        ipc=3, iterations=40, batch_real=64, lr_img=0.3, dsa=False, warmup_epochs=2, checkpoint_every=0
+    )
     network = NetworkConfig(architecture="mlp", width=32, depth=2, norm="none")
     result = synthesize(splits.train, mode=mode, config=config, network=network, seed=0)
     syn = result.synthetic
@@ -304,8 +308,14 @@ TINY_ADULT_PARAMS = {
     "features": {"max_per_cell": 20, "batch_size": 64, "projection_dim": 4},
     "barycenters": {"support_size": 3, "max_iter": 5},
     "synthesis": {
-        "modes": ["vanilla", "fairdd", "cobra"], "ipc": 3, "iterations": 5, "batch_real": 16,
-        "lr_img": 0.3, "dsa": False, "warmup_epochs": 1, "log_every": 1,
+        "modes": ["vanilla", "fairdd", "cobra"],
+        "ipc": 3,
+        "iterations": 5,
+        "batch_real": 16,
+        "lr_img": 0.3,
+        "dsa": False,
+        "warmup_epochs": 1,
+        "log_every": 1,
     },
     "audit": {"num_eval": 2, "epochs": 5, "dsa": False, "test_batch_size": 64},
 }
@@ -319,8 +329,9 @@ def test_ingest_cache_key_covers_the_user_csv_content(tmp_path: Path) -> None:
     config = parse_config(TINY_ADULT_PARAMS)
 
     def key() -> str:
-        task, kwargs = stage_call("ingest", None, config=config, workspace=str(tmp_path), device="cpu", modes=(),
-                                  outputs=dict().__getitem__)
+        task, kwargs = stage_call(
+            "ingest", None, config=config, workspace=str(tmp_path), device="cpu", modes=(), outputs=dict().__getitem__
+        )
         assert kwargs["raw_digest"] is not None
         return stage_key(task.name, kwargs)
 
@@ -341,7 +352,9 @@ def test_adult_flow_end_to_end_under_prefect(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(TINY_ADULT_PARAMS, sort_keys=False))
     config = load_config(tmp_path / "params.yaml")
     with prefect_test_harness(server_startup_timeout=120):
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_LOCAL_STORAGE_PATH: tmp_path / "results"}):
+        with temporary_settings(
+            {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_LOCAL_STORAGE_PATH: tmp_path / "results"}
+        ):
             state = compare_flow(config, workspace=str(tmp_path), return_state=True)
     assert state.is_completed()
     metrics = json.loads((tmp_path / "data/metrics.json").read_text())

@@ -13,14 +13,21 @@ from fdd.transport.alignment import alignment_loss
 F64 = torch.float64
 
 
-def batch(seed: int, num_classes: int = 3, num_groups: int = 3, dim: int = 5, n_real: int = 60, ipc: int = 4,
-          unlabelled: int = 0):
+def batch(
+    seed: int,
+    num_classes: int = 3,
+    num_groups: int = 3,
+    dim: int = 5,
+    n_real: int = 60,
+    ipc: int = 4,
+    unlabelled: int = 0,
+):
     gen = torch.Generator().manual_seed(seed)
     real = torch.randn(n_real, dim, generator=gen, dtype=F64)
     labels = torch.randint(num_classes, (n_real,), generator=gen)
     labels[:num_classes] = torch.arange(num_classes)
     groups = torch.randint(num_groups, (n_real,), generator=gen)
-    groups[num_classes:num_classes + unlabelled] = -1
+    groups[num_classes : num_classes + unlabelled] = -1
     syn = torch.randn(num_classes * ipc, dim, generator=gen, dtype=F64, requires_grad=True)
     syn_labels = torch.arange(num_classes).repeat_interleave(ipc)
     return real, labels, groups, syn, syn_labels
@@ -50,8 +57,9 @@ def naive(real, labels, groups, syn, syn_labels, num_classes, num_groups, distan
 def loss(real, labels, groups, syn, syn_labels, mode, num_classes=3, num_groups=3, **kw):
     """The formula's 1/G_c weights unless the test asks for another reduction."""
     kw.setdefault("reduction", "mean")
-    return alignment_loss(real, labels, groups, syn, syn_labels, num_classes=num_classes, num_groups=num_groups,
-                          mode=mode, **kw)
+    return alignment_loss(
+        real, labels, groups, syn, syn_labels, num_classes=num_classes, num_groups=num_groups, mode=mode, **kw
+    )
 
 
 @pytest.mark.parametrize(("mode", "distance"), [("cobra-w2", pot_w2), ("cobra-bures", pot_bures)])
@@ -61,8 +69,8 @@ def test_equals_per_cell_pot_values_and_gradients(mode, distance, seed):
     got = loss(real, labels, groups, syn, syn_labels, mode)
     expected = naive(real, labels, groups, syn, syn_labels, 3, 3, distance)  # -1 samples in no cell
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
-    g_got, = torch.autograd.grad(got, syn)
-    g_exp, = torch.autograd.grad(expected, syn)
+    (g_got,) = torch.autograd.grad(got, syn)
+    (g_exp,) = torch.autograd.grad(expected, syn)
     torch.testing.assert_close(g_got, g_exp, rtol=1e-6, atol=1e-6)
 
 
@@ -99,11 +107,11 @@ def test_mean_term_reduces_to_cobra_barycenter(mode):
     got = loss(means, labels, groups, s, s_labels, mode, num_classes=1, num_groups=4)
     expected = (s[0] - b).pow(2).sum() + (means - b).pow(2).sum(1).mean()
     torch.testing.assert_close(got, expected)
-    grad, = torch.autograd.grad(got, s)
+    (grad,) = torch.autograd.grad(got, s)
     torch.testing.assert_close(grad[0], 2 * (s[0] - b).detach())
     cobra = dm_loss(means, labels, groups, s, s_labels, num_classes=1, num_groups=4, mode="cobra")
     torch.testing.assert_close(cobra, (s[0] - b).abs().sum())
-    g_cobra, = torch.autograd.grad(cobra, s)
+    (g_cobra,) = torch.autograd.grad(cobra, s)
     torch.testing.assert_close(g_cobra[0], torch.sign(s[0] - b).detach())
     # reduction="sum" (the default scale) is G times the objective: exactly the fairdd loss
     summed = loss(means, labels, groups, s, s_labels, mode, num_classes=1, num_groups=4, reduction="sum")
@@ -151,7 +159,7 @@ def test_bures_gradcheck():
 def test_w2_emd_gradient_matches_finite_difference():
     real, labels, groups, syn, syn_labels = batch(8, dim=3, n_real=30, ipc=3)
     value = loss(real, labels, groups, syn, syn_labels, "cobra-w2")
-    grad, = torch.autograd.grad(value, syn)
+    (grad,) = torch.autograd.grad(value, syn)
     direction = torch.randn(syn.shape, generator=torch.Generator().manual_seed(0), dtype=F64)
     h = 1e-6
     with torch.no_grad():
@@ -165,22 +173,23 @@ def test_sinkhorn_close_to_emd_and_debiased():
     exact = loss(real, labels, groups, syn, syn_labels, "cobra-w2")
     approx = loss(real, labels, groups, syn, syn_labels, "cobra-w2", solver="sinkhorn", reg=0.005)
     assert float(approx.detach()) == pytest.approx(float(exact.detach()), rel=0.05)
-    grad, = torch.autograd.grad(approx, syn)
+    (grad,) = torch.autograd.grad(approx, syn)
     assert torch.isfinite(grad).all() and float(grad.abs().max()) > 0
     # debiased: a synthetic cloud equal to the (single) group cloud is a stationary point,
     # where plain entropic OT (no -1/2 OT(nu, nu) term) still pushes the points inward
     cloud = real[:4].clone().requires_grad_(True)
     zeros = torch.zeros(4, dtype=torch.long)
-    value = loss(real[:4], zeros, zeros, cloud, zeros, "cobra-w2", num_classes=1, num_groups=1,
-                 solver="sinkhorn", reg=0.1)
-    grad, = torch.autograd.grad(value, cloud)
+    value = loss(
+        real[:4], zeros, zeros, cloud, zeros, "cobra-w2", num_classes=1, num_groups=1, solver="sinkhorn", reg=0.1
+    )
+    (grad,) = torch.autograd.grad(value, cloud)
     assert float(grad.abs().max()) < 1e-6
     from ot.batch import solve_batch
 
     cost = torch.cdist(cloud, real[:4]).pow(2)
     eps = 0.1 * float(cost.detach().mean())
     biased = solve_batch(cost[None], reg=eps, method="log_sinkhorn", grad="envelope").value.sum()
-    grad_biased, = torch.autograd.grad(biased, cloud)
+    (grad_biased,) = torch.autograd.grad(biased, cloud)
     assert float(grad_biased.abs().max()) > 1e-4  # 1000x the debiased residual
 
 
@@ -190,7 +199,7 @@ def test_empty_cells_give_finite_values_and_gradients(mode, solver):
     groups[labels == 0] = 0  # class 0: groups 1-3 empty
     for reduction in ("sum", "mean"):
         value = loss(real, labels, groups, syn, syn_labels, mode, num_groups=4, solver=solver, reduction=reduction)
-        grad, = torch.autograd.grad(value, syn)
+        (grad,) = torch.autograd.grad(value, syn)
         assert torch.isfinite(value) and torch.isfinite(grad).all()
 
 
@@ -221,7 +230,10 @@ def test_modes_registered_everywhere():
 
 def test_bad_input_errors():
     real, labels, groups, syn, syn_labels = batch(12)
-    with pytest.raises(ValueError, match=A.ERR_MODE.format(allowed=A.ALIGNMENT_MODES, value="cobra").replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(
+        ValueError,
+        match=A.ERR_MODE.format(allowed=A.ALIGNMENT_MODES, value="cobra").replace("(", r"\(").replace(")", r"\)"),
+    ):
         loss(real, labels, groups, syn, syn_labels, "cobra")
     with pytest.raises(ValueError, match="reduction must be one of"):
         loss(real, labels, groups, syn, syn_labels, "cobra-w2", reduction="none")

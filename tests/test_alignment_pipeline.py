@@ -25,9 +25,15 @@ def tiny_data(num_classes: int = 3, num_groups: int = 2, per_cell: tuple[int, ..
     groups = torch.cat([torch.full((n,), g) for g, n in enumerate(per_cell)]).repeat(num_classes)
     images = torch.randint(0, 256, (labels.numel(), 3, 8, 8), generator=gen, dtype=torch.uint8)
     images[:, 0] = (groups * 120).to(torch.uint8).view(-1, 1, 1)
-    return GroupedImages(images=images, labels=labels, groups=groups,
-                         class_names=tuple(f"c{i}" for i in range(num_classes)),
-                         group_names=tuple(f"g{i}" for i in range(num_groups)), mean=(0.5,) * 3, std=(0.5,) * 3)
+    return GroupedImages(
+        images=images,
+        labels=labels,
+        groups=groups,
+        class_names=tuple(f"c{i}" for i in range(num_classes)),
+        group_names=tuple(f"g{i}" for i in range(num_groups)),
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+    )
 
 
 @pytest.mark.parametrize(("mode", "solver"), [("cobra-w2", "emd"), ("cobra-w2", "sinkhorn"), ("cobra-bures", "emd")])

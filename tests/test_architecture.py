@@ -107,7 +107,12 @@ def test_cycle_finder_sees_a_cycle() -> None:
 def test_relative_and_function_level_imports_are_read(tmp_path: Path) -> None:
     source = tmp_path / "mod.py"
     source.write_text("from . import sibling\n\ndef f():\n    from .other import thing\n")
-    assert _imported_names("fdd.pkg.mod", source) == ["fdd.pkg", "fdd.pkg.sibling", "fdd.pkg.other", "fdd.pkg.other.thing"]
+    assert _imported_names("fdd.pkg.mod", source) == [
+        "fdd.pkg",
+        "fdd.pkg.sibling",
+        "fdd.pkg.other",
+        "fdd.pkg.other.thing",
+    ]
 
 
 def test_no_import_cycle_between_fdd_modules() -> None:

@@ -18,8 +18,21 @@ from fdd.models.networks import ConvNet
 from tests.test_audit import quadrant_data, synthetic_from
 
 IMAGE_ARCHITECTURES = (
-    "convnet", "convnet-w16-d2", "convnet-bn", "convnet-nonorm-maxpool", "convnet-nopool-d1", "convnet-sigmoid",
-    "convnet-leakyrelu", "alexnet", "alexnet-bn", "vgg11", "vgg11-bn", "resnet18", "resnet18-in", "resnet18-nonorm", "mlp",
+    "convnet",
+    "convnet-w16-d2",
+    "convnet-bn",
+    "convnet-nonorm-maxpool",
+    "convnet-nopool-d1",
+    "convnet-sigmoid",
+    "convnet-leakyrelu",
+    "alexnet",
+    "alexnet-bn",
+    "vgg11",
+    "vgg11-bn",
+    "resnet18",
+    "resnet18-in",
+    "resnet18-nonorm",
+    "mlp",
 )
 NET = NetworkConfig(width=8, depth=2)
 
@@ -27,7 +40,13 @@ NET = NetworkConfig(width=8, depth=2)
 def test_spec_grammar_sets_each_option_and_the_base_defaults():
     spec = parse_architecture("convnet-w64-d4-bn-maxpool-sigmoid")
     assert (spec.base, spec.width, spec.depth, spec.norm, spec.pooling, spec.activation) == (
-        "convnet", 64, 4, "batchnorm", "maxpooling", "sigmoid")
+        "convnet",
+        64,
+        4,
+        "batchnorm",
+        "maxpooling",
+        "sigmoid",
+    )
     assert parse_architecture("convnet").norm == "instancenorm" and parse_architecture("convnet").depth is None
     assert parse_architecture("resnet18").norm == "batchnorm"  # the reference's ResNet18BN
     assert parse_architecture("resnet18-in").norm == "instancenorm"  # the reference's ResNet18
@@ -35,13 +54,16 @@ def test_spec_grammar_sets_each_option_and_the_base_defaults():
     assert parse_architecture("mlp-w32-d3").width == 32 and parse_architecture("mlp-w32-d3").depth == 3
 
 
-@pytest.mark.parametrize(("name", "why"), [
-    ("resnet50", "unknown base 'resnet50'"),
-    ("alexnet-maxpool", "option 'maxpool' does not apply to 'alexnet'"),
-    ("convnet-bn-in", "sets the norm twice"),
-    ("convnet-w0", "width must be in 1..4096"),
-    ("mlp-sigmoid", "option 'sigmoid' does not apply to 'mlp'"),
-])
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("resnet50", "unknown base 'resnet50'"),
+        ("alexnet-maxpool", "option 'maxpool' does not apply to 'alexnet'"),
+        ("convnet-bn-in", "sets the norm twice"),
+        ("convnet-w0", "width must be in 1..4096"),
+        ("mlp-sigmoid", "option 'sigmoid' does not apply to 'mlp'"),
+    ],
+)
 def test_unknown_or_bad_specs_are_rejected_listing_the_allowed_ones(name, why):
     with pytest.raises(ConfigError) as info:
         parse_config({"audit": {"architectures": ["matching", name]}})
@@ -56,8 +78,12 @@ def test_architectures_config_default_duplicates_and_tabular_data():
     assert AuditConfig().architectures == ("matching",)
     with pytest.raises(ConfigError, match="lists \\['alexnet'\\] more than once"):
         parse_config({"audit": {"architectures": ["alexnet", "alexnet"]}})
-    tabular = {"data": {"dataset": "adult"}, "network": {"architecture": "mlp", "norm": "none", "depth": 2},
-               "synthesis": {"dsa": False}, "audit": {"dsa": False, "architectures": ["matching", "mlp-w16", "vgg11"]}}
+    tabular = {
+        "data": {"dataset": "adult"},
+        "network": {"architecture": "mlp", "norm": "none", "depth": 2},
+        "synthesis": {"dsa": False},
+        "audit": {"dsa": False, "architectures": ["matching", "mlp-w16", "vgg11"]},
+    }
     with pytest.raises(ConfigError, match="is tabular: audit.architectures may list only") as info:
         parse_config(tabular)
     assert "['vgg11']" in str(info.value)
@@ -93,17 +119,23 @@ def test_specs_build_the_networks_they_name():
     assert len(build_architecture("convnet", input_shape=(3, 64, 64), num_classes=4, network=NET).features) == 4 * 4
     assert isinstance(build("matching"), ConvNet) and len(build("matching").features) == 4 * 2  # network.depth=2
     assert isinstance(build("alexnet"), AlexNet) and build("alexnet").embedding_dim == 192 * 4 * 4
-    assert build_architecture("alexnet", input_shape=(3, 64, 64), num_classes=4, network=NET).embedding_dim == 192 * 8 * 8
+    assert (
+        build_architecture("alexnet", input_shape=(3, 64, 64), num_classes=4, network=NET).embedding_dim == 192 * 8 * 8
+    )
     vgg = build("vgg11-bn")
     assert isinstance(vgg, VGG11) and sum(isinstance(m, nn.Conv2d) for m in vgg.modules()) == 8
     assert sum(isinstance(m, nn.BatchNorm2d) for m in vgg.modules()) == 8
     resnet = build("resnet18")
     assert isinstance(resnet, ResNet) and sum(isinstance(m, BasicBlock) for m in resnet.modules()) == 8
-    assert resnet.conv1.kernel_size == (3, 3) and resnet.conv1.stride == (1, 1) and isinstance(resnet.maxpool, nn.Identity)
+    assert (
+        resnet.conv1.kernel_size == (3, 3) and resnet.conv1.stride == (1, 1) and isinstance(resnet.maxpool, nn.Identity)
+    )
     assert has_buffers(resnet) and not has_buffers(build("resnet18-in")) and not has_buffers(build("resnet18-nonorm"))
     assert any(isinstance(m, nn.GroupNorm) for m in build("resnet18-in").modules())
     mlp = build("mlp-w12-d3")
-    assert isinstance(mlp, MLP) and mlp.embedding_dim == 12 and sum(isinstance(m, nn.Linear) for m in mlp.modules()) == 4
+    assert (
+        isinstance(mlp, MLP) and mlp.embedding_dim == 12 and sum(isinstance(m, nn.Linear) for m in mlp.modules()) == 4
+    )
 
 
 def test_image_networks_refuse_tabular_rows_with_a_clear_error():
@@ -114,13 +146,19 @@ def test_image_networks_refuse_tabular_rows_with_a_clear_error():
 
 
 @pytest.mark.parametrize("size", [32, 64])
-@pytest.mark.parametrize("name", ["convnet-w8-d2", "convnet-bn-w8-d2", "alexnet", "vgg11-bn", "resnet18", "resnet18-in", "mlp"])
+@pytest.mark.parametrize(
+    "name", ["convnet-w8-d2", "convnet-bn-w8-d2", "alexnet", "vgg11-bn", "resnet18", "resnet18-in", "mlp"]
+)
 def test_every_architecture_trains_and_is_audited(monkeypatch, name, size):
     """Two evaluations of a few steps each: stacked (vmap) unless the network has batch-norm buffers."""
     stacked, built = [], []
     train_stacked, build = A.train_stacked, A.build_architecture
-    monkeypatch.setattr(A, "train_stacked", lambda nets, *a, **k: stacked.append(len(nets)) or train_stacked(nets, *a, **k))
-    monkeypatch.setattr(A, "build_architecture", lambda *a, **k: built.append((k["seed"], build(*a, **k))) or built[-1][1])
+    monkeypatch.setattr(
+        A, "train_stacked", lambda nets, *a, **k: stacked.append(len(nets)) or train_stacked(nets, *a, **k)
+    )
+    monkeypatch.setattr(
+        A, "build_architecture", lambda *a, **k: built.append((k["seed"], build(*a, **k))) or built[-1][1]
+    )
     train = quadrant_data(per_cell=2, seed=0, size=size)
     test = quadrant_data(per_cell=2, seed=1, size=size)
     config = AuditConfig(num_eval=2, epochs=1, lr=0.01, batch_size=8, dsa=True, test_batch_size=5)
@@ -140,10 +178,18 @@ def test_mlp_audits_tabular_rows():
     features = torch.randn(60, 6, 1, 1, generator=gen)
     labels = (features[:, 0, 0, 0] > 0).long()
     groups = (features[:, 1, 0, 0] > 0).long()
-    rows = GroupedImages(images=features, labels=labels, groups=groups, class_names=("no", "yes"),
-                         group_names=("a", "b"), mean=(0.0,) * 6, std=(1.0,) * 6)
-    synthetic = SyntheticSet(images=features[:40], labels=labels[:40], class_names=("no", "yes"),
-                             mean=(0.0,) * 6, std=(1.0,) * 6)
+    rows = GroupedImages(
+        images=features,
+        labels=labels,
+        groups=groups,
+        class_names=("no", "yes"),
+        group_names=("a", "b"),
+        mean=(0.0,) * 6,
+        std=(1.0,) * 6,
+    )
+    synthetic = SyntheticSet(
+        images=features[:40], labels=labels[:40], class_names=("no", "yes"), mean=(0.0,) * 6, std=(1.0,) * 6
+    )
     config = AuditConfig(num_eval=2, epochs=60, lr=0.1, batch_size=64, dsa=False, architectures=("mlp-w16-d1",))
     results = audit_architectures(synthetic, rows, config=config, network=NET)
     assert list(results) == ["mlp-w16-d1"]
@@ -153,11 +199,18 @@ def test_mlp_audits_tabular_rows():
 def test_audit_architectures_audits_each_listed_network_in_order():
     train = quadrant_data(per_cell=3, seed=0)
     test = quadrant_data(per_cell=4, seed=1)
-    config = AuditConfig(num_eval=1, epochs=30, lr=0.05, batch_size=16, dsa=False,
-                         architectures=("matching", "convnet-w8-d1-nonorm", "mlp-w32-d1"))
+    config = AuditConfig(
+        num_eval=1,
+        epochs=30,
+        lr=0.05,
+        batch_size=16,
+        dsa=False,
+        architectures=("matching", "convnet-w8-d1-nonorm", "mlp-w32-d1"),
+    )
     seen = []
-    results = audit_architectures(synthetic_from(train), test, config=config, network=NET,
-                                  progress=lambda arch, done: seen.append((arch, done)))
+    results = audit_architectures(
+        synthetic_from(train), test, config=config, network=NET, progress=lambda arch, done: seen.append((arch, done))
+    )
     assert list(results) == list(config.architectures) and seen == [(a, 1) for a in config.architectures]
     single = audit_synthetic(synthetic_from(train), test, config=config, network=NET, architecture="mlp-w32-d1")
     assert results["mlp-w32-d1"].summary == single.summary
@@ -173,14 +226,34 @@ def test_sweep_summary_has_one_row_per_mode_and_architecture():
     from flows.sweep import summarize
 
     def figures(acc: float) -> dict:
-        return {"accuracy": acc, "deo_m": acc / 10, "deo_a": 1.0, "worst_group_accuracy": 1.0, "suff_m": 1.0, "suff_a": 1.0}
+        return {
+            "accuracy": acc,
+            "deo_m": acc / 10,
+            "deo_a": 1.0,
+            "worst_group_accuracy": 1.0,
+            "suff_m": 1.0,
+            "suff_a": 1.0,
+        }
 
     def row(seed: int, matching: float, resnet: float, status: str = "ok") -> dict:
-        listed = {"matching": figures(matching), "resnet18": figures(resnet)} if status == "ok" else {"matching": {}, "resnet18": {}}
+        listed = (
+            {"matching": figures(matching), "resnet18": figures(resnet)}
+            if status == "ok"
+            else {"matching": {}, "resnet18": {}}
+        )
         top = figures(matching) if status == "ok" else dict.fromkeys(figures(0.0), math.nan)
-        return {"dataset": "cmnist", "ipc": 1, "backbone": "dm", "mode": "cobra", "seed": seed, **top,
-                "architecture": "matching", "architectures": json.dumps(listed), "status": status,
-                "error": "" if status == "ok" else "ValueError: boom"}
+        return {
+            "dataset": "cmnist",
+            "ipc": 1,
+            "backbone": "dm",
+            "mode": "cobra",
+            "seed": seed,
+            **top,
+            "architecture": "matching",
+            "architectures": json.dumps(listed),
+            "status": status,
+            "error": "" if status == "ok" else "ValueError: boom",
+        }
 
     cells = pd.DataFrame([row(0, 50.0, 30.0), row(1, 60.0, 40.0), row(2, math.nan, math.nan, "failed")])
     summary = summarize(cells)

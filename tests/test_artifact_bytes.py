@@ -43,8 +43,12 @@ TORCH_SAVE = "torch.save(payload, sys.argv[1])"
 
 
 def _save_in_fresh_process(script: str, save: str, path: Path) -> bytes:
-    subprocess.run([sys.executable, "-c", script.replace("{save}", save), str(path)], cwd=ROOT, check=True,
-                   env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    subprocess.run(
+        [sys.executable, "-c", script.replace("{save}", save), str(path)],
+        cwd=ROOT,
+        check=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     return path.read_bytes()
 
 

@@ -19,8 +19,6 @@ from fdd.fairness.metrics import FairnessReport
 TINY_NET = NetworkConfig(width=8, depth=2)
 
 
-
-
 def quadrant_data(per_cell: int, seed: int, num_classes: int = 3, num_groups: int = 2, size: int = 8) -> GroupedImages:
     """Class c lights up quadrant c; group g adds a tint. Linearly separable by class."""
     gen = torch.Generator().manual_seed(seed)
@@ -30,21 +28,26 @@ def quadrant_data(per_cell: int, seed: int, num_classes: int = 3, num_groups: in
         for g in range(num_groups):
             x = torch.rand(per_cell, 3, size, size, generator=gen) * 0.2
             r, q = divmod(c, 2)
-            x[:, :, r * h:(r + 1) * h, q * h:(q + 1) * h] += 0.7
+            x[:, :, r * h : (r + 1) * h, q * h : (q + 1) * h] += 0.7
             x[:, g] += 0.1
             images.append(x.clamp(0, 1))
             labels += [c] * per_cell
             groups += [g] * per_cell
     return GroupedImages(
-        images=(torch.cat(images) * 255).round().to(torch.uint8), labels=torch.tensor(labels),
-        groups=torch.tensor(groups), class_names=tuple(f"c{i}" for i in range(num_classes)),
-        group_names=tuple(f"g{i}" for i in range(num_groups)), mean=(0.5,) * 3, std=(0.5,) * 3,
+        images=(torch.cat(images) * 255).round().to(torch.uint8),
+        labels=torch.tensor(labels),
+        groups=torch.tensor(groups),
+        class_names=tuple(f"c{i}" for i in range(num_classes)),
+        group_names=tuple(f"g{i}" for i in range(num_groups)),
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
     )
 
 
 def synthetic_from(data: GroupedImages) -> SyntheticSet:
-    return SyntheticSet(images=data.normalized(), labels=data.labels, class_names=data.class_names,
-                        mean=data.mean, std=data.std)
+    return SyntheticSet(
+        images=data.normalized(), labels=data.labels, class_names=data.class_names, mean=data.mean, std=data.std
+    )
 
 
 def tiny_audit(**kw) -> AuditConfig:
@@ -146,8 +149,9 @@ def test_evaluation_protocol_arguments(monkeypatch):
     train = quadrant_data(per_cell=2, seed=0)
     test = quadrant_data(per_cell=2, seed=1)
     calls = spy_training(monkeypatch, train)
-    config = tiny_audit(num_eval=2, epochs=5, lr=0.02, momentum=0.8, weight_decay=1e-3, batch_size=8, dsa=True,
-                        stack_models=False)
+    config = tiny_audit(
+        num_eval=2, epochs=5, lr=0.02, momentum=0.8, weight_decay=1e-3, batch_size=8, dsa=True, stack_models=False
+    )
     audit_synthetic(synthetic_from(train), test, config=config, network=TINY_NET)
     assert [kind for kind, _ in calls] == ["one", "one"]
     for _, kwargs in calls:
@@ -159,12 +163,17 @@ def test_evaluation_protocol_arguments(monkeypatch):
     check_schedule(calls[0][1], config)
     calls.clear()
     # one evaluation, or batch norm (running statistics cannot be stacked): one network at a time
-    audit_synthetic(synthetic_from(train), test, config=tiny_audit(epochs=2, dsa=False, stack_models=True),
-                    network=TINY_NET)
+    audit_synthetic(
+        synthetic_from(train), test, config=tiny_audit(epochs=2, dsa=False, stack_models=True), network=TINY_NET
+    )
     assert [kind for kind, _ in calls] == ["one"] and calls[0][1]["dsa"] is None
     calls.clear()
-    audit_synthetic(synthetic_from(train), test, config=tiny_audit(num_eval=2, epochs=2, stack_models=True),
-                    network=NetworkConfig(width=8, depth=2, norm="batchnorm"))
+    audit_synthetic(
+        synthetic_from(train),
+        test,
+        config=tiny_audit(num_eval=2, epochs=2, stack_models=True),
+        network=NetworkConfig(width=8, depth=2, norm="batchnorm"),
+    )
     assert [kind for kind, _ in calls] == ["one", "one"]
 
 
@@ -174,8 +183,10 @@ def test_evaluation_protocol_arguments(monkeypatch):
 def fresh_nets(count: int, norm: str = "instancenorm"):
     from fdd.models.networks import build_convnet
 
-    return [build_convnet(channels=3, num_classes=3, image_size=8, width=8, depth=2, norm=norm, seed=10 + i)
-            for i in range(count)]
+    return [
+        build_convnet(channels=3, num_classes=3, image_size=8, width=8, depth=2, norm=norm, seed=10 + i)
+        for i in range(count)
+    ]
 
 
 @pytest.mark.parametrize("norm", ["instancenorm", "none"])
@@ -187,8 +198,9 @@ def test_train_stacked_equals_training_one_by_one(norm):
     x, y = data.normalized(), data.labels
     schedule = dict(epochs=4, lr=0.05, momentum=0.9, weight_decay=5e-3, batch_size=64, dsa=None, lr_decay_epoch=1)
     stacked = A.train_stacked(fresh_nets(3, norm), x, y, generator=torch.Generator().manual_seed(0), **schedule)
-    single = [train_network(net, x, y, generator=torch.Generator().manual_seed(0), **schedule)
-              for net in fresh_nets(3, norm)]
+    single = [
+        train_network(net, x, y, generator=torch.Generator().manual_seed(0), **schedule) for net in fresh_nets(3, norm)
+    ]
     initial = fresh_nets(3, norm)
     for a, b, init in zip(stacked, single, initial):
         for (name, p), q, p0 in zip(a.named_parameters(), b.parameters(), init.parameters()):
@@ -206,8 +218,18 @@ def test_train_stacked_with_shuffling_and_dsa_trains_each_model():
     before = [[p.detach().clone() for name, p in n.named_parameters() if name.endswith("weight")] for n in nets]
     with torch.no_grad():
         loss_before = [float(torch.nn.functional.cross_entropy(n(x), y)) for n in nets]
-    out = A.train_stacked(nets, x, y, epochs=15, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=8,
-                          dsa=DSAConfig(), generator=torch.Generator().manual_seed(0))
+    out = A.train_stacked(
+        nets,
+        x,
+        y,
+        epochs=15,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=0.0,
+        batch_size=8,
+        dsa=DSAConfig(),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out is nets
     with torch.no_grad():
         loss_after = [float(torch.nn.functional.cross_entropy(n(x), y)) for n in nets]
@@ -218,8 +240,18 @@ def test_train_stacked_with_shuffling_and_dsa_trains_each_model():
     # the two models stay different (own init, own batches)
     assert not torch.equal(nets[0].classifier.weight, nets[1].classifier.weight)
     again = fresh_nets(2)
-    A.train_stacked(again, x, y, epochs=15, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=8,
-                    dsa=DSAConfig(), generator=torch.Generator().manual_seed(0))
+    A.train_stacked(
+        again,
+        x,
+        y,
+        epochs=15,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=0.0,
+        batch_size=8,
+        dsa=DSAConfig(),
+        generator=torch.Generator().manual_seed(0),
+    )
     assert all(torch.equal(p, q) for p, q in zip(again[1].parameters(), nets[1].parameters()))
 
 
@@ -235,7 +267,9 @@ def test_train_stacked_dsa_one_family_per_model_and_step(monkeypatch, draw_slots
 
     def spy_draw(*args, **kwargs):
         out = real_draw(*args, **kwargs)
-        draws.append(dataclasses.replace(out, **{f.name: getattr(out, f.name).clone() for f in dataclasses.fields(out)}))
+        draws.append(
+            dataclasses.replace(out, **{f.name: getattr(out, f.name).clone() for f in dataclasses.fields(out)})
+        )
         return out
 
     def spy_apply(x, slots, draw, **kwargs):
@@ -245,8 +279,18 @@ def test_train_stacked_dsa_one_family_per_model_and_step(monkeypatch, draw_slots
     monkeypatch.setattr(S, "draw_dsa", spy_draw)
     monkeypatch.setattr(A, "apply_dsa", spy_apply)
     monkeypatch.setattr(A, "STACKED_DRAW_SLOTS", draw_slots)
-    A.train_stacked(fresh_nets(3), data.normalized(), data.labels, epochs=3, lr=0.01, momentum=0.9, weight_decay=0.0,
-                    batch_size=8, dsa=DSAConfig(), generator=torch.Generator().manual_seed(0))
+    A.train_stacked(
+        fresh_nets(3),
+        data.normalized(),
+        data.labels,
+        epochs=3,
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=0.0,
+        batch_size=8,
+        dsa=DSAConfig(),
+        generator=torch.Generator().manual_seed(0),
+    )
     per_epoch = 3 * 3 * 8  # batches x models x batch size
     chunks = [3] if draw_slots > 3 * per_epoch else [2, 1]
     assert [d.num_slots for d in draws] == [c * per_epoch for c in chunks]
@@ -274,8 +318,19 @@ def test_train_stacked_graph_switch_is_ignored_on_the_cpu():
     trained = []
     for graph in (False, True):
         nets = fresh_nets(2)
-        A.train_stacked(nets, data.normalized(), data.labels, epochs=3, lr=0.01, momentum=0.9, weight_decay=0.0,
-                        batch_size=8, dsa=DSAConfig(), generator=torch.Generator().manual_seed(0), cuda_graph=graph)
+        A.train_stacked(
+            nets,
+            data.normalized(),
+            data.labels,
+            epochs=3,
+            lr=0.01,
+            momentum=0.9,
+            weight_decay=0.0,
+            batch_size=8,
+            dsa=DSAConfig(),
+            generator=torch.Generator().manual_seed(0),
+            cuda_graph=graph,
+        )
         trained.append([p.detach() for n in nets for p in n.parameters()])
     assert all(torch.equal(p, q) for p, q in zip(*trained))
     with pytest.raises(ValueError, match="needs a CUDA device"):
@@ -285,8 +340,18 @@ def test_train_stacked_graph_switch_is_ignored_on_the_cpu():
 def test_train_stacked_rejects_batchnorm():
     data = quadrant_data(per_cell=2, seed=0)
     with pytest.raises(ValueError, match="train_stacked needs networks without buffers") as info:
-        A.train_stacked(fresh_nets(2, "batchnorm"), data.normalized(), data.labels, epochs=1, lr=0.1, momentum=0.0,
-                        weight_decay=0.0, batch_size=4, dsa=None, generator=None)
+        A.train_stacked(
+            fresh_nets(2, "batchnorm"),
+            data.normalized(),
+            data.labels,
+            epochs=1,
+            lr=0.1,
+            momentum=0.0,
+            weight_decay=0.0,
+            batch_size=4,
+            dsa=None,
+            generator=None,
+        )
     assert "running_mean" in str(info.value)
 
 
@@ -321,8 +386,9 @@ def test_shape_mismatch_error():
 def test_class_names_mismatch_error():
     train = quadrant_data(per_cell=2, seed=0)
     test = quadrant_data(per_cell=2, seed=1)
-    syn = SyntheticSet(images=train.normalized(), labels=train.labels, class_names=("a", "b", "c"),
-                       mean=train.mean, std=train.std)
+    syn = SyntheticSet(
+        images=train.normalized(), labels=train.labels, class_names=("a", "b", "c"), mean=train.mean, std=train.std
+    )
     with pytest.raises(ValueError, match="the synthetic set has classes") as info:
         audit_synthetic(syn, test, config=tiny_audit(), network=TINY_NET)
     assert "c0" in str(info.value)

@@ -58,11 +58,11 @@ def ref_shift(x, dy, dx):
     h, w = x.shape[-2:]
     out = torch.roll(x, shifts=(-dy, -dx), dims=(-2, -1)).clone()
     if dy > 0:
-        out[..., h - dy:, :] = 0
+        out[..., h - dy :, :] = 0
     elif dy < 0:
         out[..., :-dy, :] = 0
     if dx > 0:
-        out[..., :, w - dx:] = 0
+        out[..., :, w - dx :] = 0
     elif dx < 0:
         out[..., :, :-dx] = 0
     return out
@@ -155,7 +155,7 @@ def test_family_block():
         fam = draw.family
         assert fam.shape == (10,)
         for start in range(0, 10, 3):
-            assert fam[start:start + 3].unique().numel() == 1
+            assert fam[start : start + 3].unique().numel() == 1
     # blocks draw their families independently
     draw = draw_dsa(300, image_size=(8, 8), family_block=3, generator=torch.Generator().manual_seed(0))
     assert draw.family.view(100, 3)[:, 0].unique().numel() == len(FAMILIES)
@@ -179,7 +179,9 @@ def test_theta_structure_per_family():
     assert set(pixels.round().long().flatten().tolist()) == {-2, -1, 0, 1, 2}
     # scale: diagonal factors in [1/1.2, 1.2]
     scale = theta[fam == FAM["scale"]]
-    assert torch.equal(scale[:, 0, 1], torch.zeros(len(scale))) and torch.equal(scale[:, :, 2], torch.zeros(len(scale), 2))
+    assert torch.equal(scale[:, 0, 1], torch.zeros(len(scale))) and torch.equal(
+        scale[:, :, 2], torch.zeros(len(scale), 2)
+    )
     diag = torch.stack([scale[:, 0, 0], scale[:, 1, 1]])
     assert float(diag.min()) >= 1 / 1.2 - 1e-6 and float(diag.max()) <= 1.2 + 1e-6
     assert not torch.equal(scale[:, 0, 0], scale[:, 1, 1])  # independent x / y factors
@@ -201,8 +203,12 @@ def test_flip_matches_reference():
     never = one_family("flip", flip_prob=0.0)
     gen = torch.Generator().manual_seed(0)
     slots = torch.arange(4)
-    assert torch.equal(apply_dsa(x, slots, draw_dsa(4, image_size=(8, 8), config=always, generator=gen), config=always), x.flip(3))
-    assert torch.equal(apply_dsa(x, slots, draw_dsa(4, image_size=(8, 8), config=never, generator=gen), config=never), x)
+    assert torch.equal(
+        apply_dsa(x, slots, draw_dsa(4, image_size=(8, 8), config=always, generator=gen), config=always), x.flip(3)
+    )
+    assert torch.equal(
+        apply_dsa(x, slots, draw_dsa(4, image_size=(8, 8), config=never, generator=gen), config=never), x
+    )
     # p = 0.5: each image is either flipped or untouched, following draw.flip
     half = one_family("flip")
     x = images(64)
@@ -309,8 +315,14 @@ def test_other_families_leave_images_unchanged_bit_for_bit():
     theta = torch.tensor([[[0.8, 0.0, 0.0], [0.0, 1.2, 0.0]]]).repeat(k, 1, 1)
     theta[1] = torch.tensor([[1.0, 0, 2 / 7], [0, 1.0, 0]])
     draw = manual_draw(
-        k, families, brightness=torch.full((k,), 0.4), saturation=torch.full((k,), 1.7),
-        contrast=torch.full((k,), 1.4), theta=theta, cutout_low=torch.full((k, 2), 2), flip=torch.ones(k, dtype=torch.bool),
+        k,
+        families,
+        brightness=torch.full((k,), 0.4),
+        saturation=torch.full((k,), 1.7),
+        contrast=torch.full((k,), 1.4),
+        theta=theta,
+        cutout_low=torch.full((k, 2), 2),
+        flip=torch.ones(k, dtype=torch.bool),
     )
     # images of slots 0..5, plus slot 3 (flip) with flip off via a second draw below
     x = images(k, positive=True)
@@ -346,9 +358,13 @@ def test_mixed_batch_equals_per_slot_calls():
     out = apply_dsa(x, slots, draw)
     for s in range(10):
         sub = DSADraw(
-            family=draw.family[s:s + 1], brightness=draw.brightness[s:s + 1], saturation=draw.saturation[s:s + 1],
-            contrast=draw.contrast[s:s + 1], theta=draw.theta[s:s + 1], cutout_low=draw.cutout_low[s:s + 1],
-            flip=draw.flip[s:s + 1],
+            family=draw.family[s : s + 1],
+            brightness=draw.brightness[s : s + 1],
+            saturation=draw.saturation[s : s + 1],
+            contrast=draw.contrast[s : s + 1],
+            theta=draw.theta[s : s + 1],
+            cutout_low=draw.cutout_low[s : s + 1],
+            flip=draw.flip[s : s + 1],
         )
         idx = (slots == s).nonzero().flatten()
         single = apply_dsa(x[idx], torch.zeros(len(idx), dtype=torch.long), sub)

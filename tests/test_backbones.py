@@ -26,8 +26,14 @@ FAST = {
     "dc": {"outer_loop": 2, "inner_loop": 1},
     "idc": {"outer_loop": 2, "inner_loop": 1},
     "cafe": {"outer_loop": 2, "inner_loop": 1},
-    "mtt": {"num_experts": 2, "train_epochs": 3, "max_start_epoch": 1, "expert_epochs": 2, "syn_steps": 3,
-            "expert_batch": 16},
+    "mtt": {
+        "num_experts": 2,
+        "train_epochs": 3,
+        "max_start_epoch": 1,
+        "expert_epochs": 2,
+        "syn_steps": 3,
+        "expert_batch": 16,
+    },
 }
 
 
@@ -53,7 +59,9 @@ def test_layerwise_distance_hand_example_and_identity():
     other = torch.randn(4, 3, 3, 3)
     expected = (1 - F.cosine_similarity(rows, other.flatten(1), dim=1, eps=0)).sum()
     assert float(layerwise_distance([conv], [other], batch_dims=0)) == pytest.approx(float(expected), rel=1e-4)
-    batched = layerwise_distance([torch.stack([conv, other]).unsqueeze(1)], [other.expand(2, 3, 4, 3, 3, 3)], batch_dims=2)
+    batched = layerwise_distance(
+        [torch.stack([conv, other]).unsqueeze(1)], [other.expand(2, 3, 4, 3, 3, 3)], batch_dims=2
+    )
     assert batched.shape == (2, 3) and torch.allclose(batched[0], expected.expand(3), rtol=1e-4)
     assert torch.allclose(batched[1], torch.zeros(3), atol=1e-5)
     with pytest.raises(ValueError, match="same layers"):
@@ -193,8 +201,13 @@ def test_dc_schedule_outer_steps_and_inner_training(monkeypatch):
 
 def test_gradient_backbones_refuse_batchnorm():
     with pytest.raises(ValueError, match="network.norm must be 'instancenorm' or 'none'"):
-        build_synthesizer(tiny_data(), mode="vanilla", config=backbone_config("dc"),
-                          network=NetworkConfig(width=8, depth=2, norm="batchnorm"), seed=0)
+        build_synthesizer(
+            tiny_data(),
+            mode="vanilla",
+            config=backbone_config("dc"),
+            network=NetworkConfig(width=8, depth=2, norm="batchnorm"),
+            seed=0,
+        )
 
 
 # --------------------------------------------------------------------------- IDC
@@ -272,9 +285,19 @@ def _hand_trajectories(loop, experts=2, epochs=3, seed=0):
 
 def test_mtt_one_step_trajectory_loss(monkeypatch):
     data = tiny_data()
-    cfg = tiny_config(backbone="mtt", iterations=1, dsa=False,
-                      mtt={"num_experts": 2, "train_epochs": 3, "max_start_epoch": 1, "expert_epochs": 2,
-                           "syn_steps": 1, "syn_lr_init": 0.05})
+    cfg = tiny_config(
+        backbone="mtt",
+        iterations=1,
+        dsa=False,
+        mtt={
+            "num_experts": 2,
+            "train_epochs": 3,
+            "max_start_epoch": 1,
+            "expert_epochs": 2,
+            "syn_steps": 1,
+            "syn_lr_init": 0.05,
+        },
+    )
     monkeypatch.setattr(MTT, "train_experts", lambda train, **k: torch.zeros(2, 4, 1))
     with pytest.raises(ValueError, match="expert trajectories must have shape"):
         build_synthesizer(data, mode="vanilla", config=cfg, network=TINY_NET, seed=0)
@@ -295,8 +318,9 @@ def test_mtt_one_step_trajectory_loss(monkeypatch):
     order = torch.randperm(6, generator=gen)
     start, target = holder["t"][expert, start_epoch], holder["t"][expert, start_epoch + 2]
     theta = start.clone().requires_grad_(True)
-    ce = F.cross_entropy(torch.func.functional_call(loop.net, MTT.unflatten(loop.net, theta), (images[order],)),
-                         loop.syn_labels[order])
+    ce = F.cross_entropy(
+        torch.func.functional_call(loop.net, MTT.unflatten(loop.net, theta), (images[order],)), loop.syn_labels[order]
+    )
     (grad,) = torch.autograd.grad(ce, theta)
     expected = ((start - 0.05 * grad - target) ** 2).sum() / ((start - target) ** 2).sum()
     assert float(loop.step()) == pytest.approx(float(expected), rel=1e-5)
@@ -307,10 +331,15 @@ def test_mtt_expert_objectives_and_cache(tmp_path, monkeypatch):
     data = tiny_data()
     assert MTT.OBJECTIVE_OF_MODE == {"vanilla": "plain", "cobra": "balanced_weights", "fairdd": "balanced_sampling"}
     settings = parse_config({"synthesis": {"mtt": FAST["mtt"]}}).synthesis.mtt
-    runs = {o: MTT.train_experts(data, objective=o, settings=settings, network=TINY_NET, dsa=None, seed=0)
-            for o in MTT.EXPERT_OBJECTIVES}
-    assert runs["plain"].shape == (2, 4, MTT.flat_parameters(build_convnet(
-        channels=3, num_classes=3, image_size=8, width=8, depth=2)).numel())
+    runs = {
+        o: MTT.train_experts(data, objective=o, settings=settings, network=TINY_NET, dsa=None, seed=0)
+        for o in MTT.EXPERT_OBJECTIVES
+    }
+    assert runs["plain"].shape == (
+        2,
+        4,
+        MTT.flat_parameters(build_convnet(channels=3, num_classes=3, image_size=8, width=8, depth=2)).numel(),
+    )
     assert torch.equal(runs["plain"][:, 0], runs["balanced_weights"][:, 0])  # same initialisations
     assert not torch.allclose(runs["plain"][:, -1], runs["balanced_weights"][:, -1])  # different objectives
     assert not torch.allclose(runs["balanced_weights"][:, -1], runs["balanced_sampling"][:, -1])
@@ -340,7 +369,9 @@ def test_backbone_end_to_end_deterministic_and_resumable(backbone, mode):
     result = synthesize(data, mode=mode, config=cfg, network=TINY_NET, seed=0)
     assert len(result.losses) == 3 and all(math.isfinite(v) and v >= 0 for v in result.losses)
     syn = result.synthetic
-    assert torch.isfinite(syn.images).all() and syn.provenance["backbone"] == backbone and syn.provenance["mode"] == mode
+    assert (
+        torch.isfinite(syn.images).all() and syn.provenance["backbone"] == backbone and syn.provenance["mode"] == mode
+    )
     init = synthesize(data, mode=mode, config=backbone_config(backbone, iterations=0), network=TINY_NET, seed=0)
     assert float((syn.images - init.synthetic.images).abs().max()) > 1e-6  # the pixels were optimised
     # two steps, a state round trip into a new object, one more step == three steps
@@ -357,8 +388,12 @@ def test_backbone_end_to_end_deterministic_and_resumable(backbone, mode):
 def test_backbone_modes_differ():
     data = tiny_data()
     for backbone in ("dc", "cafe"):
-        out = {m: synthesize(data, mode=m, config=backbone_config(backbone, iterations=1), network=TINY_NET,
-                             seed=0).synthetic.images for m in MODES}
+        out = {
+            m: synthesize(
+                data, mode=m, config=backbone_config(backbone, iterations=1), network=TINY_NET, seed=0
+            ).synthetic.images
+            for m in MODES
+        }
         assert not torch.equal(out["vanilla"], out["fairdd"]) and not torch.equal(out["vanilla"], out["cobra"])
 
 
@@ -376,11 +411,17 @@ def test_config_errors_for_backbones():
     assert parse_config({"synthesis": {"backbone": "idc", "init": "noise"}}).synthesis.init == "noise"
     for backbone in ("cafe", "idc"):
         with pytest.raises(ValueError, match="network.architecture must be 'convnet', got 'mlp'"):
-            build_synthesizer(tiny_data(), mode="vanilla", config=backbone_config(backbone),
-                              network=NetworkConfig(architecture="mlp", width=8, depth=1, norm="none"), seed=0)
+            build_synthesizer(
+                tiny_data(),
+                mode="vanilla",
+                config=backbone_config(backbone),
+                network=NetworkConfig(architecture="mlp", width=8, depth=1, norm="none"),
+                seed=0,
+            )
     with pytest.raises(ValueError, match="idc.factor=3 must divide the image size 8x8"):
-        build_synthesizer(tiny_data(), mode="vanilla", config=tiny_config(backbone="idc", idc={"factor": 3}),
-                          network=TINY_NET, seed=0)
+        build_synthesizer(
+            tiny_data(), mode="vanilla", config=tiny_config(backbone="idc", idc={"factor": 3}), network=TINY_NET, seed=0
+        )
 
 
 @pytest.mark.slow
@@ -439,14 +480,26 @@ def test_captured_inner_loop_matches_eager_on_cuda(backbone):
 def test_mtt_expert_step_minimises_the_group_balanced_risk(objective):
     """One full-batch epoch: theta_1 = theta_0 - lr * grad of mean(w_i * l_i), w = n_c / (G_c n_cg) for cobra."""
     data = tiny_data(per_cell=(7, 2))  # imbalanced groups: balancing changes the step
-    settings = parse_config({"synthesis": {"mtt": {
-        "num_experts": 1, "train_epochs": 3, "max_start_epoch": 1, "expert_epochs": 2, "expert_batch": 1000,
-        "lr_teacher": 0.1}}}).synthesis.mtt
+    settings = parse_config(
+        {
+            "synthesis": {
+                "mtt": {
+                    "num_experts": 1,
+                    "train_epochs": 3,
+                    "max_start_epoch": 1,
+                    "expert_epochs": 2,
+                    "expert_batch": 1000,
+                    "lr_teacher": 0.1,
+                }
+            }
+        }
+    ).synthesis.mtt
     traj = MTT.train_experts(data, objective=objective, settings=settings, network=TINY_NET, dsa=None, seed=0)
     net = build_convnet(channels=3, num_classes=3, image_size=8, width=8, depth=2)
     theta = traj[0, 0].clone().requires_grad_(True)
-    losses = F.cross_entropy(torch.func.functional_call(net, MTT.unflatten(net, theta), (data.normalized(),)),
-                             data.labels, reduction="none")
+    losses = F.cross_entropy(
+        torch.func.functional_call(net, MTT.unflatten(net, theta), (data.normalized(),)), data.labels, reduction="none"
+    )
     weights = group_balanced_weights(data.labels, data.groups, num_classes=3, num_groups=2)
     loss = (losses * weights).mean() if objective == "balanced_weights" else losses.mean()
     (grad,) = torch.autograd.grad(loss, theta)
@@ -466,10 +519,18 @@ def test_unknown_groups_count_for_vanilla_and_are_left_out_of_group_targets():
     assert torch.allclose(bw, torch.tensor([0.75, 0.75, 0.0, 1.5]))  # 3 labelled: 1.5 per group
     real = torch.randn(4, 2, 3, dtype=torch.float64)
     syn = torch.zeros(1, 2, 3, dtype=torch.float64)
-    got = cafe_loss(real, torch.zeros(4, dtype=torch.long), groups[0], syn, torch.tensor([0]), num_classes=1,
-                    num_groups=2, mode="cobra")
+    got = cafe_loss(
+        real,
+        torch.zeros(4, dtype=torch.long),
+        groups[0],
+        syn,
+        torch.tensor([0]),
+        num_classes=1,
+        num_groups=2,
+        mode="cobra",
+    )
     target = (real[:2].mean(0) + real[3]) / 2
-    assert float(got) == pytest.approx(float((target ** 2).sum()))
+    assert float(got) == pytest.approx(float((target**2).sum()))
 
 
 def test_cafe_fairdd_is_cobra_times_the_groups_present():

@@ -24,7 +24,8 @@ from flows.configuration import FlowConfig
 from flows.configuration import parse_params as parse_config
 
 SECTIONS = {  # the mapping sections (``schedules``, a list of entries, is tested in test_server.py)
-    name: field.annotation.model_fields for name, field in FlowConfig.model_fields.items()
+    name: field.annotation.model_fields
+    for name, field in FlowConfig.model_fields.items()
     if hasattr(field.annotation, "model_fields")
 }
 KEYS = sorted((section, key) for section, fields in SECTIONS.items() for key in fields)
@@ -93,9 +94,13 @@ def grouped_inputs(draw):
     norm_len = draw(st.sampled_from([channels, channels, channels + 1]))
     std = tuple(draw(st.sampled_from([0.5, 0.5, 0.0, -1.0])) for _ in range(norm_len))
     return dict(
-        images=images, labels=labels, groups=groups,
-        class_names=tuple(f"c{i}" for i in range(num_classes)), group_names=tuple(f"g{i}" for i in range(num_groups)),
-        mean=(0.5,) * norm_len, std=std,
+        images=images,
+        labels=labels,
+        groups=groups,
+        class_names=tuple(f"c{i}" for i in range(num_classes)),
+        group_names=tuple(f"g{i}" for i in range(num_groups)),
+        mean=(0.5,) * norm_len,
+        std=std,
     )
 
 
@@ -113,9 +118,18 @@ def test_grouped_images_valid_or_rejected_by_field(kwargs: dict) -> None:
 
 
 BAD_OVERRIDES = [
-    "synthesis.ipc=-3", "synthesis.ipc=100000", "synthesis.iterations=-1", "synthesis.modes=[cobra, cobra]",
-    "synthesis.mode=cobra", "data.dataset=imagenet", "data.root=/etc", "data.idx_dir=../../elsewhere",
-    "audit.num_eval=0", "network.width=0", "runtime.device=tpu", "barycenters.weights=sizes",
+    "synthesis.ipc=-3",
+    "synthesis.ipc=100000",
+    "synthesis.iterations=-1",
+    "synthesis.modes=[cobra, cobra]",
+    "synthesis.mode=cobra",
+    "data.dataset=imagenet",
+    "data.root=/etc",
+    "data.idx_dir=../../elsewhere",
+    "audit.num_eval=0",
+    "network.width=0",
+    "runtime.device=tpu",
+    "barycenters.weights=sizes",
 ]
 
 
@@ -124,8 +138,9 @@ def test_rejected_cli_run_names_the_key_and_writes_nothing(
     override: str, tiny_workspace: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = sorted(p.relative_to(tiny_workspace) for p in tiny_workspace.rglob("*"))
-    code = cli.main(["run", "--params", str(tiny_workspace / "params.yaml"), "--workspace", str(tiny_workspace),
-                     "--set", override])
+    code = cli.main(
+        ["run", "--params", str(tiny_workspace / "params.yaml"), "--workspace", str(tiny_workspace), "--set", override]
+    )
     assert code == 2
     assert override.split("=")[0] in capsys.readouterr().err
     after = sorted(p.relative_to(tiny_workspace) for p in tiny_workspace.rglob("*"))

@@ -73,9 +73,7 @@ data_params = st.tuples(
 def test_cell_statistics_matches_naive_loop(params, extra):
     seed, num_classes, num_groups, dim = params
     features, labels, groups = make_data(seed, num_classes + extra, num_classes, num_groups, dim)
-    stats = cell_statistics(
-        features, labels, groups, num_classes=num_classes, num_groups=num_groups, covariance=True
-    )
+    stats = cell_statistics(features, labels, groups, num_classes=num_classes, num_groups=num_groups, covariance=True)
     sums, counts, means, covs = naive_stats(features, labels, groups, num_classes, num_groups)
     assert isinstance(stats, CellStatistics)
     torch.testing.assert_close(stats.sums, sums)
@@ -97,9 +95,7 @@ def test_cell_statistics_follows_dtype_and_skips_covariance_by_default():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cell_statistics_follows_device():
     features, labels, groups = make_data(0, 20, 2, 3, 4, dtype=torch.float32)
-    stats = cell_statistics(
-        features.cuda(), labels.cuda(), groups.cuda(), num_classes=2, num_groups=3, covariance=True
-    )
+    stats = cell_statistics(features.cuda(), labels.cuda(), groups.cuda(), num_classes=2, num_groups=3, covariance=True)
     assert stats.means.is_cuda and stats.covariances.is_cuda
     ref = cell_statistics(features, labels, groups, num_classes=2, num_groups=3, covariance=True)
     torch.testing.assert_close(stats.covariances.cpu(), ref.covariances)
@@ -168,9 +164,7 @@ def test_uniform_invariant_to_duplicating_a_group(params, extra, copies):
     g2 = torch.cat([groups] + [groups[dup]] * copies)
     kw = dict(num_classes=num_classes, num_groups=num_groups)
     s1, s2 = cell_statistics(features, labels, groups, **kw), cell_statistics(f2, l2, g2, **kw)
-    torch.testing.assert_close(
-        mean_barycenter(s1.means, s1.counts), mean_barycenter(s2.means, s2.counts)
-    )
+    torch.testing.assert_close(mean_barycenter(s1.means, s1.counts), mean_barycenter(s2.means, s2.counts))
 
 
 def test_proportional_moves_when_a_group_is_duplicated():
@@ -284,7 +278,13 @@ def test_per_class_barycenters_missing_group_warns(kind):
     groups[(labels == 1) & (groups == 2)] = 0  # class 1 lacks group 2
     with pytest.warns(MissingGroupWarning, match=re.escape("class 1 has no sample in group(s) [2]")) as rec:
         res = per_class_barycenters(
-            features, labels, groups, num_classes=2, num_groups=3, kind=kind, support_size=4,
+            features,
+            labels,
+            groups,
+            num_classes=2,
+            num_groups=3,
+            kind=kind,
+            support_size=4,
             covariance_reg=1e-6,
         )
     assert len([w for w in rec if issubclass(w.category, FairnessWarning)]) == 1
@@ -377,7 +377,9 @@ def test_validation_errors():
         mean_barycenter(torch.zeros(2, 3), torch.ones(2, 3))
     with pytest.raises(ValueError, match=re.escape("group_samples[1] must have shape (n_g, D) with n_g >= 1 and D=2")):
         free_support_barycenter([np.zeros((2, 2)), np.zeros((2, 3))], support_size=1)
-    with pytest.raises(ValueError, match=re.escape("weights must be 'uniform', 'proportional' or an array of shape (2,)")):
+    with pytest.raises(
+        ValueError, match=re.escape("weights must be 'uniform', 'proportional' or an array of shape (2,)")
+    ):
         free_support_barycenter([np.zeros((2, 2)), np.ones((2, 2))], weights=[1.0], support_size=1)
     with pytest.raises(ValueError, match=re.escape(B.ERR_SUPPORT_SIZE_REQUIRED)):
         per_class_barycenters(features, labels, groups, kind="free_support", **kw)

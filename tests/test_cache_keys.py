@@ -29,8 +29,15 @@ def _keys(config: PipelineConfig, workspace: str = ".", mode: str = "vanilla") -
     keys = {}
     modes = tuple(config.synthesis.modes)
     for name in STAGES:
-        _task, kwargs = stage_call(name, mode if name in PER_MODE_STAGES else None, config=config, workspace=workspace,
-                                   device="cpu", modes=modes, outputs=lambda folder: {f"data/{folder}/x": "0" * 64})
+        _task, kwargs = stage_call(
+            name,
+            mode if name in PER_MODE_STAGES else None,
+            config=config,
+            workspace=workspace,
+            device="cpu",
+            modes=modes,
+            outputs=lambda folder: {f"data/{folder}/x": "0" * 64},
+        )
         keys[name] = stage_key(name, kwargs)
     return keys
 
@@ -105,11 +112,23 @@ def test_closure_follows_imports_of_every_form(tmp_path: Path, monkeypatch: pyte
     base.source_digest.cache_clear()
     try:
         assert base.stage_sources("tasks.one") == (
-            "fdd/__init__.py", "fdd/core/__init__.py", "fdd/core/maths.py", "fdd/files.py", "fdd/lazy.py",
-            "fdd/plots.py", "tasks/__init__.py", "tasks/base.py", "tasks/one.py",
+            "fdd/__init__.py",
+            "fdd/core/__init__.py",
+            "fdd/core/maths.py",
+            "fdd/files.py",
+            "fdd/lazy.py",
+            "fdd/plots.py",
+            "tasks/__init__.py",
+            "tasks/base.py",
+            "tasks/one.py",
         )
         assert base.stage_sources("tasks.two") == (
-            "fdd/__init__.py", "fdd/files.py", "fdd/lazy.py", "tasks/__init__.py", "tasks/base.py", "tasks/two.py",
+            "fdd/__init__.py",
+            "fdd/files.py",
+            "fdd/lazy.py",
+            "tasks/__init__.py",
+            "tasks/base.py",
+            "tasks/two.py",
         )
         one, two = base.source_digest("tasks.one"), base.source_digest("tasks.two")
         (tmp_path / "fdd/core/maths.py").write_text(files["fdd/core/maths.py"] + "# edited\n")
@@ -172,8 +191,15 @@ def test_settings_files_follow_the_keys(tmp_path: Path) -> None:
     assert {name for name in STAGES if audit[name] != first[name]} == {"audit", "report"}
     # the file holds exactly what the key is built from besides inputs and mode
     config = parse_config({"synthesis": {"modes": ["vanilla", "cobra"]}, "audit": {"epochs": 3}})
-    _task, kwargs = stage_call("audit", "cobra", config=config, workspace=str(tmp_path), device="cpu",
-                               modes=("vanilla", "cobra"), outputs=lambda folder: {})
+    _task, kwargs = stage_call(
+        "audit",
+        "cobra",
+        config=config,
+        workspace=str(tmp_path),
+        device="cpu",
+        modes=("vanilla", "cobra"),
+        outputs=lambda folder: {},
+    )
     assert json.loads(audit["audit"]) == stage_settings("audit", kwargs)
 
 

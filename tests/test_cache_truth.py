@@ -37,8 +37,9 @@ def _fdd_run(ws: Path) -> tuple[set[str], set[str]]:
     """``fdd run`` in ``ws`` (its own copy of the sources): the stages that computed, and those found done."""
     env = {**os.environ, "PYTHONPATH": str(ws)}
     env.pop("PREFECT_API_URL", None)
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run"], cwd=ws, env=env, capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run"], cwd=ws, env=env, capture_output=True, text=True, timeout=900
+    )
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
     assert "Traceback" not in log and "changed since the upstream stage wrote it" not in log, log[-4000:]
@@ -95,8 +96,16 @@ def test_fdd_and_dvc_in_any_order_compute_each_stage_once(tiny_workspace: Path, 
     first = _manifests(ws)
     assert len(first) == len(FIRST)
     synthetic = (ws / "data/synthetic/vanilla/synthetic.pt").read_bytes()
-    assert _repro(ws) == {"settings", "ingest", "partition", "features", "barycenters", "synthesize@vanilla",
-                          "audit@vanilla", "report"}
+    assert _repro(ws) == {
+        "settings",
+        "ingest",
+        "partition",
+        "features",
+        "barycenters",
+        "synthesize@vanilla",
+        "audit@vanilla",
+        "report",
+    }
     assert _manifests(ws) == first
     assert (ws / "data/synthetic/vanilla/synthetic.pt").read_bytes() == synthetic
     _status_clean(ws)
@@ -114,8 +123,11 @@ def test_fdd_and_dvc_in_any_order_compute_each_stage_once(tiny_workspace: Path, 
     assert computed == {"synthesize[cobra]", "audit[cobra]", "report"}
     assert found_done == FIRST - {"report"}
     second = _manifests(ws)
-    assert _changed(first, second) == {"data/synthetic/cobra/manifest.json", "data/audit/cobra/manifest.json",
-                                       "data/report/manifest.json"}
+    assert _changed(first, second) == {
+        "data/synthetic/cobra/manifest.json",
+        "data/audit/cobra/manifest.json",
+        "data/report/manifest.json",
+    }
     assert _repro(ws) == {"settings", "synthesize@cobra", "audit@cobra", "report"}
     assert _manifests(ws) == second
     _status_clean(ws)

@@ -36,8 +36,11 @@ def _checkpoint(train, config, path: Path) -> dict:
     """A genuine checkpoint after DONE iterations, written as synthesize writes it."""
     loop = build_synthesizer(train, mode="vanilla", config=config, network=TINY_NET, seed=0, device="cpu")
     losses = torch.stack([loop.step() for _ in range(DONE)])
-    payload = {"fingerprint": R._fingerprint(train, "vanilla", config, TINY_NET, 0), "state": loop.state_dict(),
-               "losses": losses}
+    payload = {
+        "fingerprint": R._fingerprint(train, "vanilla", config, TINY_NET, 0),
+        "state": loop.state_dict(),
+        "losses": losses,
+    }
     write_checkpoint(payload, path)
     return payload
 

@@ -22,7 +22,13 @@ def _sources(text: str) -> dict[str, str]:
     """``{section.key: source}`` read back from the ``# source`` comments of `fdd config`."""
     sources, path = {}, []
     for line in text.splitlines():
-        if not line.strip() or line.startswith("#") or line.lstrip().startswith("- ") or "#" not in line and ":" not in line:
+        if (
+            not line.strip()
+            or line.startswith("#")
+            or line.lstrip().startswith("- ")
+            or "#" not in line
+            and ":" not in line
+        ):
             continue
         indent = (len(line) - len(line.lstrip())) // 2
         key = line.strip().split(":", 1)[0]
@@ -36,12 +42,22 @@ def _sources(text: str) -> dict[str, str]:
 def test_fdd_config_prints_the_resolved_values_and_their_sources(tmp_path: Path, capsys) -> None:
     preset = tmp_path / "short.yaml"
     preset.write_text("synthesis: {iterations: 7, modes: [cobra]}\naudit: {epochs: 9}\n")
-    argv = ["config", "--params", str(ROOT / "params.yaml"), "--preset", str(preset),
-            "--set", "synthesis.ipc=3", "--set", "audit.epochs=11"]
+    argv = [
+        "config",
+        "--params",
+        str(ROOT / "params.yaml"),
+        "--preset",
+        str(preset),
+        "--set",
+        "synthesis.ipc=3",
+        "--set",
+        "audit.epochs=11",
+    ]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    expected = load_config(ROOT / "params.yaml", preset=[preset],
-                           overrides={"synthesis": {"ipc": 3}, "audit": {"epochs": 11}})
+    expected = load_config(
+        ROOT / "params.yaml", preset=[preset], overrides={"synthesis": {"ipc": 3}, "audit": {"epochs": 11}}
+    )
     assert yaml.safe_load(out) == expected.model_dump(mode="json")  # the comments aside, it is the config
     sources = _sources(out)
     assert sources["synthesis.ipc"] == "--set"
@@ -98,14 +114,22 @@ def test_exit_code_3_when_the_workspace_is_busy(tiny_workspace: Path, capsys) ->
 
     # another process holds the lock (it is re-entrant within one process)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from flows.lock import workspace_lock\n"
-         "with workspace_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)", str(tiny_workspace)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from flows.lock import workspace_lock\n"
+            "with workspace_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)",
+            str(tiny_workspace),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        code = cli.main(["stage", "ingest", "--params", str(tiny_workspace / "params.yaml"),
-                         "--workspace", str(tiny_workspace)])
+        code = cli.main(
+            ["stage", "ingest", "--params", str(tiny_workspace / "params.yaml"), "--workspace", str(tiny_workspace)]
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -117,8 +141,9 @@ def test_exit_code_3_when_the_workspace_is_busy(tiny_workspace: Path, capsys) ->
 def test_fdd_stage_logs_its_info_lines(tiny_workspace: Path, capsys) -> None:
     logger = logging.getLogger("fdd")
     handlers = list(logger.handlers)
-    code = cli.main(["stage", "ingest", "--params", str(tiny_workspace / "params.yaml"),
-                     "--workspace", str(tiny_workspace)])
+    code = cli.main(
+        ["stage", "ingest", "--params", str(tiny_workspace / "params.yaml"), "--workspace", str(tiny_workspace)]
+    )
     assert code == 0
     err = capsys.readouterr().err
     assert re.search(r"\| INFO +\| fdd - ingested cmnist .*: 120 train / 60 test images", err), err[-2000:]
@@ -151,8 +176,9 @@ def test_headline_says_what_each_mode_changed_against_vanilla() -> None:
 def test_fdd_show_prints_the_table_and_its_headline(tmp_path: Path, capsys) -> None:
     (tmp_path / "data/report").mkdir(parents=True)
     (tmp_path / "data/report/comparison.csv").write_text("mode,Acc (%)\nvanilla,52.35 ± 0.00\ncobra,89.67 ± 0.00\n")
-    (tmp_path / "data/metrics.json").write_text(json.dumps({"vanilla": _metrics(52.35, 100.0),
-                                                            "cobra": _metrics(89.67, 16.89)}))
+    (tmp_path / "data/metrics.json").write_text(
+        json.dumps({"vanilla": _metrics(52.35, 100.0), "cobra": _metrics(89.67, 16.89)})
+    )
     assert cli.main(["show", "--workspace", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "| cobra   | 89.67 ± 0.00 |" in out

@@ -55,8 +55,16 @@ def _gen(seed: int) -> torch.Generator:
 
 def test_palette_matches_method():
     assert COLORS == (
-        (255, 0, 0), (255, 128, 0), (255, 255, 0), (255, 255, 128), (0, 255, 0),
-        (0, 255, 255), (0, 0, 255), (128, 0, 255), (255, 0, 255), (255, 255, 255),
+        (255, 0, 0),
+        (255, 128, 0),
+        (255, 255, 0),
+        (255, 255, 128),
+        (0, 255, 0),
+        (0, 255, 255),
+        (0, 0, 255),
+        (128, 0, 255),
+        (255, 0, 255),
+        (255, 255, 255),
     )
     assert len(set(COLOR_NAMES)) == 10 and COLOR_NAMES[0] == "red" and COLOR_NAMES[9] == "white"
 
@@ -235,14 +243,28 @@ def test_build_colored_splits():
         build_colored(raw, bias="foreground", test_correlation=2)
 
 
-
 # The public C-FMNIST builder's background pixels for the orange colour (255, 128, 0), read off
 # its own output on row 14 of the first Fashion-MNIST training image: grey level -> (R, G, B).
 REFERENCE_ORANGE_BACKGROUND = {
-    0: (255, 128, 0), 1: (253, 126, 255), 2: (251, 124, 254), 4: (247, 121, 252), 6: (243, 118, 250),
-    7: (241, 117, 249), 77: (100, 12, 179), 215: (81, 61, 41), 216: (79, 59, 40), 217: (77, 58, 39),
-    218: (75, 56, 38), 219: (73, 55, 37), 221: (69, 52, 35), 222: (67, 50, 34), 223: (65, 49, 33),
-    226: (59, 44, 30), 229: (53, 40, 27), 237: (37, 28, 19), 255: (1, 1, 1),
+    0: (255, 128, 0),
+    1: (253, 126, 255),
+    2: (251, 124, 254),
+    4: (247, 121, 252),
+    6: (243, 118, 250),
+    7: (241, 117, 249),
+    77: (100, 12, 179),
+    215: (81, 61, 41),
+    216: (79, 59, 40),
+    217: (77, 58, 39),
+    218: (75, 56, 38),
+    219: (73, 55, 37),
+    221: (69, 52, 35),
+    222: (67, 50, 34),
+    223: (65, 49, 33),
+    226: (59, 44, 30),
+    229: (53, 40, 27),
+    237: (37, 28, 19),
+    255: (1, 1, 1),
 }
 
 
@@ -252,8 +274,7 @@ def test_reference_shading_pins_the_public_builders_background_pixels() -> None:
     images[0, 0, : len(levels)] = levels
     painted = paint(images, torch.tensor([1]), bias="background", shading="reference")
     assert painted.dtype == torch.uint8 and painted.shape == (1, 3, 32, 32)
-    got = {int(x): tuple(int(v) for v in painted[0, :, PAD_OFFSET, PAD_OFFSET + i])
-           for i, x in enumerate(levels)}
+    got = {int(x): tuple(int(v) for v in painted[0, :, PAD_OFFSET, PAD_OFFSET + i]) for i, x in enumerate(levels)}
     assert got == REFERENCE_ORANGE_BACKGROUND
     assert painted[0, :, 0, 0].tolist() == [255, 128, 0]  # the padding is background
     # the overflow rule, floor(255 x + (255 - x) c / 255) mod 256, holds up to float32 rounding
@@ -269,7 +290,11 @@ def test_reference_shading_pins_the_public_builders_background_pixels() -> None:
 def test_reference_shading_keeps_the_intensity_foreground() -> None:
     images = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     groups = torch.tensor([0, 3, 7, 9])
-    assert torch.equal(paint(images, groups, bias="foreground", shading="reference"),
-                       paint(images, groups, bias="foreground", shading="intensity"))
-    assert not torch.equal(paint(images, groups, bias="background", shading="reference"),
-                           paint(images, groups, bias="background", shading="intensity"))
+    assert torch.equal(
+        paint(images, groups, bias="foreground", shading="reference"),
+        paint(images, groups, bias="foreground", shading="intensity"),
+    )
+    assert not torch.equal(
+        paint(images, groups, bias="background", shading="reference"),
+        paint(images, groups, bias="background", shading="intensity"),
+    )

@@ -178,7 +178,9 @@ def test_section_digest_stable_and_sensitive():
 
 def test_a_check_across_one_sections_keys_names_them_without_echoing_the_section():
     with pytest.raises(ConfigError) as info:
-        parse_config({"synthesis": {"backbone": "mtt", "mtt": {"max_start_epoch": 5, "expert_epochs": 3, "train_epochs": 6}}})
+        parse_config(
+            {"synthesis": {"backbone": "mtt", "mtt": {"max_start_epoch": 5, "expert_epochs": 3, "train_epochs": 6}}}
+        )
     message = str(info.value)
     assert "max_start_epoch (5) + expert_epochs (3) must not exceed train_epochs (6)" in message
     assert "(got {" not in message
@@ -192,8 +194,11 @@ def test_every_float_setting_must_be_finite() -> None:
 
     import fdd.config as C
 
-    sections = [cls for _, cls in inspect.getmembers(C, inspect.isclass)
-                if issubclass(cls, BaseModel) and cls.__module__ == C.__name__ and not cls.__name__.startswith("_")]
+    sections = [
+        cls
+        for _, cls in inspect.getmembers(C, inspect.isclass)
+        if issubclass(cls, BaseModel) and cls.__module__ == C.__name__ and not cls.__name__.startswith("_")
+    ]
     checked = []
     for cls in sections:
         for name, field in cls.model_fields.items():
@@ -202,5 +207,10 @@ def test_every_float_setting_must_be_finite() -> None:
                     with pytest.raises(ValidationError, match="finite number"):
                         cls(**{name: bad})
                 checked.append(f"{cls.__name__}.{name}")
-    assert {"AuditConfig.lr", "SynthesisConfig.lr_img", "SynthesisConfig.warmup_lr", "MTTConfig.lr_teacher",
-            "GradientMatchingConfig.lr_net"} <= set(checked)
+    assert {
+        "AuditConfig.lr",
+        "SynthesisConfig.lr_img",
+        "SynthesisConfig.warmup_lr",
+        "MTTConfig.lr_teacher",
+        "GradientMatchingConfig.lr_net",
+    } <= set(checked)

@@ -20,17 +20,32 @@ def _data(n_per_class: int = 24) -> GroupedImages:
     labels = torch.arange(3).repeat_interleave(n_per_class)
     groups = torch.randint(0, 2, labels.shape, generator=g)
     images = torch.randint(0, 256, (labels.numel(), 3, 16, 16), generator=g, dtype=torch.uint8)
-    return GroupedImages(images=images, labels=labels, groups=groups, class_names=("a", "b", "c"),
-                         group_names=("x", "y"), mean=(0.5,) * 3, std=(0.5,) * 3)
+    return GroupedImages(
+        images=images,
+        labels=labels,
+        groups=groups,
+        class_names=("a", "b", "c"),
+        group_names=("x", "y"),
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+    )
 
 
 @pytest.mark.parametrize("mode", ["vanilla", "fairdd", "cobra"])
 def test_synthesis_and_audit_on_cuda(mode: str) -> None:
     data = _data()
-    result = synthesize(data, mode=mode, config=SynthesisConfig(ipc=2, iterations=3, batch_real=8, warmup_epochs=2),
-                        network=NET, seed=0, device="cuda")
+    result = synthesize(
+        data,
+        mode=mode,
+        config=SynthesisConfig(ipc=2, iterations=3, batch_real=8, warmup_epochs=2),
+        network=NET,
+        seed=0,
+        device="cuda",
+    )
     assert result.synthetic.images.device.type == "cpu" and torch.isfinite(result.synthetic.images).all()
-    audited = audit_synthetic(result.synthetic, data, config=AuditConfig(num_eval=2, epochs=3), network=NET, device="cuda")
+    audited = audit_synthetic(
+        result.synthetic, data, config=AuditConfig(num_eval=2, epochs=3), network=NET, device="cuda"
+    )
     assert len(audited.reports) == 2 and 0 <= audited.summary["accuracy"]["mean"] <= 100
 
 
@@ -45,8 +60,9 @@ def test_compiled_synthesis_matches_eager_closely() -> None:
     data = _data()
     config = SynthesisConfig(ipc=2, iterations=2, batch_real=8, warmup_epochs=1)
     eager = synthesize(data, mode="cobra", config=config, network=NET, seed=0, device="cuda")
-    compiled = synthesize(data, mode="cobra", config=config.model_copy(update={"compile": True}),
-                          network=NET, seed=0, device="cuda")
+    compiled = synthesize(
+        data, mode="cobra", config=config.model_copy(update={"compile": True}), network=NET, seed=0, device="cuda"
+    )
     assert torch.allclose(eager.synthetic.images, compiled.synthetic.images, atol=1e-3)
 
 
@@ -57,8 +73,9 @@ def test_cuda_graph_warmup_is_the_eager_warmup(dsa: bool) -> None:
     data = _data()
     config = SynthesisConfig(ipc=2, iterations=7, batch_real=8, warmup_epochs=3, dsa=dsa)
     eager = synthesize(data, mode="cobra", config=config, network=NET, seed=0, device="cuda")
-    graphed = synthesize(data, mode="cobra", config=config.model_copy(update={"cuda_graph": True}),
-                         network=NET, seed=0, device="cuda")
+    graphed = synthesize(
+        data, mode="cobra", config=config.model_copy(update={"cuda_graph": True}), network=NET, seed=0, device="cuda"
+    )
     torch.testing.assert_close(eager.synthetic.images, graphed.synthetic.images, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.tensor(eager.losses), torch.tensor(graphed.losses), rtol=1e-5, atol=0)
     assert graphed.synthetic.provenance["iterations"] == 7
@@ -68,8 +85,14 @@ def test_cuda_graph_with_compiled_forward_matches_eager() -> None:
     data = _data()
     config = SynthesisConfig(ipc=2, iterations=6, batch_real=8, warmup_epochs=2)  # 3 eager, then captured
     eager = synthesize(data, mode="cobra", config=config, network=NET, seed=0, device="cuda")
-    both = synthesize(data, mode="cobra", config=config.model_copy(update={"cuda_graph": True, "compile": True}),
-                      network=NET, seed=0, device="cuda")
+    both = synthesize(
+        data,
+        mode="cobra",
+        config=config.model_copy(update={"cuda_graph": True, "compile": True}),
+        network=NET,
+        seed=0,
+        device="cuda",
+    )
     torch.testing.assert_close(eager.synthetic.images, both.synthetic.images, atol=1e-3, rtol=1e-3)
 
 
@@ -92,8 +115,9 @@ def test_captured_training_trains_like_train_network(batch_size: int) -> None:
             reset_parameters_(reference, generator=torch.Generator("cuda").manual_seed(seed))
         before = [p.detach().clone() for p in net.parameters()]
         captured.run(images, generator=torch.Generator("cuda").manual_seed(7))
-        train_network(reference, images, labels, dsa=DSAConfig(),
-                      generator=torch.Generator("cuda").manual_seed(7), **schedule)
+        train_network(
+            reference, images, labels, dsa=DSAConfig(), generator=torch.Generator("cuda").manual_seed(7), **schedule
+        )
         for p, q, b in zip(net.parameters(), reference.parameters(), before):
             assert torch.equal(p, q) and not torch.equal(p, b)
     with pytest.raises(ValueError, match="captured for images of shape"):
@@ -110,8 +134,9 @@ def test_whole_step_graph_matches_eager_and_resumes(mode: str) -> None:
     config = SynthesisConfig(modes=(mode,), ipc=2, iterations=1, batch_real=8, warmup_epochs=2)
 
     def loop(graph: bool) -> DMSynthesizer:
-        return DMSynthesizer(data, mode=mode, config=config.model_copy(update={"cuda_graph": graph}),
-                             network=NET, seed=0, device="cuda")
+        return DMSynthesizer(
+            data, mode=mode, config=config.model_copy(update={"cuda_graph": graph}), network=NET, seed=0, device="cuda"
+        )
 
     eager, graphed = loop(False), loop(True)
     assert eager.captured_step is None and graphed.captured_step is not None
@@ -164,11 +189,24 @@ def test_stacked_audit_graph_trains_like_eager(batch_size: int) -> None:
     labels = torch.arange(3, device="cuda").repeat_interleave(4)
 
     def trained(graph: bool) -> list:
-        nets = [build_convnet(channels=3, num_classes=3, image_size=16, width=8, depth=2, seed=s, device="cuda")
-                for s in range(3)]
-        train_stacked(nets, images, labels, epochs=9, lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=batch_size,
-                      dsa=DSAConfig(), generator=torch.Generator("cuda").manual_seed(0), lr_decay_epoch=5,
-                      cuda_graph=graph)
+        nets = [
+            build_convnet(channels=3, num_classes=3, image_size=16, width=8, depth=2, seed=s, device="cuda")
+            for s in range(3)
+        ]
+        train_stacked(
+            nets,
+            images,
+            labels,
+            epochs=9,
+            lr=0.05,
+            momentum=0.9,
+            weight_decay=5e-4,
+            batch_size=batch_size,
+            dsa=DSAConfig(),
+            generator=torch.Generator("cuda").manual_seed(0),
+            lr_decay_epoch=5,
+            cuda_graph=graph,
+        )
         return [p.detach() for net in nets for p in net.parameters()]
 
     for p, q in zip(trained(True), trained(False)):
@@ -177,12 +215,19 @@ def test_stacked_audit_graph_trains_like_eager(batch_size: int) -> None:
 
 def test_audit_with_graphed_models_on_cuda() -> None:
     data = _data()
-    result = synthesize(data, mode="cobra", config=SynthesisConfig(ipc=2, iterations=2, batch_real=8, warmup_epochs=1),
-                        network=NET, seed=0, device="cuda")
+    result = synthesize(
+        data,
+        mode="cobra",
+        config=SynthesisConfig(ipc=2, iterations=2, batch_real=8, warmup_epochs=1),
+        network=NET,
+        seed=0,
+        device="cuda",
+    )
     config = AuditConfig(num_eval=3, epochs=6, batch_size=4)
     plain = audit_synthetic(result.synthetic, data, config=config, network=NET, device="cuda")
-    fast = audit_synthetic(result.synthetic, data, config=config.model_copy(update={"cuda_graph": True}),
-                           network=NET, device="cuda")
+    fast = audit_synthetic(
+        result.synthetic, data, config=config.model_copy(update={"cuda_graph": True}), network=NET, device="cuda"
+    )
     assert len(fast.reports) == 3
     assert abs(fast.summary["accuracy"]["mean"] - plain.summary["accuracy"]["mean"]) <= 100 / data.labels.numel() * 3
 
@@ -194,8 +239,11 @@ def test_a_failed_capture_names_the_setting_that_turns_it_off() -> None:
     def reads_back(x: torch.Tensor) -> torch.Tensor:
         return x * float(x.sum())  # a host read: not capturable
 
-    step = CapturedStep(reads_back, device=torch.device("cuda"), eager_calls=1, what="audit epoch",
-                        setting="audit.cuda_graph")
+    step = CapturedStep(
+        reads_back, device=torch.device("cuda"), eager_calls=1, what="audit epoch", setting="audit.cuda_graph"
+    )
     step(torch.ones(3, device="cuda"))  # eager
-    with pytest.raises(RuntimeError, match="(?s)capturing one audit epoch as a CUDA graph failed.*audit.cuda_graph: false"):
+    with pytest.raises(
+        RuntimeError, match="(?s)capturing one audit epoch as a CUDA graph failed.*audit.cuda_graph: false"
+    ):
         step(torch.ones(3, device="cuda"))

@@ -13,8 +13,16 @@ from fdd.datasets import containers as D
 from fdd.datasets.containers import GroupedImages, SyntheticSet, atomic_save, stratified_subset, tensor_digest
 
 
-def make_grouped(n: int = 12, channels: int = 3, size: int = 4, num_classes: int = 3, num_groups: int = 2,
-                 seed: int = 0, dtype=torch.uint8, **overrides) -> GroupedImages:
+def make_grouped(
+    n: int = 12,
+    channels: int = 3,
+    size: int = 4,
+    num_classes: int = 3,
+    num_groups: int = 2,
+    seed: int = 0,
+    dtype=torch.uint8,
+    **overrides,
+) -> GroupedImages:
     gen = torch.Generator().manual_seed(seed)
     if dtype == torch.uint8:
         images = torch.randint(0, 256, (n, channels, size, size), generator=gen, dtype=torch.uint8)
@@ -45,8 +53,7 @@ def message_regex(template: str) -> str:
 
 
 def test_valid_construction_casts_fields():
-    data = make_grouped(labels=(torch.arange(12) % 3).int(), class_names=["a", "b", "c"], mean=[0, 0, 0],
-                        std=[1, 1, 1])
+    data = make_grouped(labels=(torch.arange(12) % 3).int(), class_names=["a", "b", "c"], mean=[0, 0, 0], std=[1, 1, 1])
     assert data.labels.dtype == torch.long and data.groups.dtype == torch.long
     assert data.class_names == ("a", "b", "c")
     assert data.mean == (0.0, 0.0, 0.0) and all(isinstance(m, float) for m in data.mean)
@@ -87,7 +94,9 @@ def test_index_out_of_range(field):
     good = make_grouped()
     bad = getattr(good, field).clone()
     bad[5] = 7
-    with pytest.raises(ValueError, match=message_regex(D.ERR_INDEX_RANGE if field == "labels" else D.ERR_GROUP_RANGE)) as info:
+    with pytest.raises(
+        ValueError, match=message_regex(D.ERR_INDEX_RANGE if field == "labels" else D.ERR_GROUP_RANGE)
+    ) as info:
         make_grouped(**{field: bad})
     assert field in str(info.value) and "7" in str(info.value)
     bad = getattr(good, field).clone()
@@ -114,8 +123,11 @@ def test_index_dtype_error(field, dtype):
 
 def test_empty_error():
     with pytest.raises(ValueError, match=re.escape(D.ERR_EMPTY)):
-        make_grouped(images=torch.zeros(0, 3, 4, 4, dtype=torch.uint8), labels=torch.zeros(0, dtype=torch.long),
-                     groups=torch.zeros(0, dtype=torch.long))
+        make_grouped(
+            images=torch.zeros(0, 3, 4, 4, dtype=torch.uint8),
+            labels=torch.zeros(0, dtype=torch.long),
+            groups=torch.zeros(0, dtype=torch.long),
+        )
 
 
 @pytest.mark.parametrize("field", ["class_names", "group_names"])
@@ -158,8 +170,15 @@ def test_normalized_uint8_math():
     torch.testing.assert_close(x.double(), expected, atol=1e-6, rtol=1e-6)
     # 0 and 255 map to the ends of the range
     raw = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1)
-    one = GroupedImages(images=raw, labels=torch.tensor([0, 0]), groups=torch.tensor([0, 0]),
-                        class_names=("a",), group_names=("g",), mean=(0.5,), std=(0.5,))
+    one = GroupedImages(
+        images=raw,
+        labels=torch.tensor([0, 0]),
+        groups=torch.tensor([0, 0]),
+        class_names=("a",),
+        group_names=("g",),
+        mean=(0.5,),
+        std=(0.5,),
+    )
     torch.testing.assert_close(one.normalized().flatten(), torch.tensor([-1.0, 1.0]))
 
 
@@ -367,8 +386,15 @@ def imbalanced(n_per_cell: dict[tuple[int, int], int]) -> GroupedImages:
         groups += [g] * k
     n = len(labels)
     images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous() / n
-    return GroupedImages(images=images, labels=torch.tensor(labels), groups=torch.tensor(groups),
-                         class_names=("a", "b"), group_names=("x", "y"), mean=(0.0,), std=(1.0,))
+    return GroupedImages(
+        images=images,
+        labels=torch.tensor(labels),
+        groups=torch.tensor(groups),
+        class_names=("a", "b"),
+        group_names=("x", "y"),
+        mean=(0.0,),
+        std=(1.0,),
+    )
 
 
 def test_stratified_subset_keeps_shares():

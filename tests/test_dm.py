@@ -12,8 +12,15 @@ from fdd.distillation.dm import MEAN_MODES, class_means, dm_loss
 PROPERTY = settings(max_examples=25, deadline=None)
 
 
-def batch(seed: int, num_classes: int = 3, num_groups: int = 3, dim: int = 5, n_real: int = 40, ipc: int = 2,
-          dtype=torch.float64):
+def batch(
+    seed: int,
+    num_classes: int = 3,
+    num_groups: int = 3,
+    dim: int = 5,
+    n_real: int = 40,
+    ipc: int = 2,
+    dtype=torch.float64,
+):
     gen = torch.Generator().manual_seed(seed)
     real = torch.randn(n_real, dim, generator=gen, dtype=dtype)
     labels = torch.randint(num_classes, (n_real,), generator=gen)
@@ -31,8 +38,11 @@ def naive_loss(real, labels, groups, syn, syn_labels, num_classes, num_groups, m
         if len(rc) == 0:
             continue
         s = syn[syn_labels == c].mean(0)
-        group_means = [real[(labels == c) & (groups == g)].mean(0) for g in range(num_groups)
-                       if bool(((labels == c) & (groups == g)).any())]
+        group_means = [
+            real[(labels == c) & (groups == g)].mean(0)
+            for g in range(num_groups)
+            if bool(((labels == c) & (groups == g)).any())
+        ]
         if mode == "vanilla":
             total = total + ((rc.mean(0) - s) ** 2).sum()
         elif mode == "fairdd":
@@ -62,8 +72,14 @@ def test_loss_equals_naive_loop(mode, seed):
 
 
 @PROPERTY
-@given(seed=st.integers(0, 2**31 - 1), num_classes=st.integers(1, 4), num_groups=st.integers(1, 4),
-       n_real=st.integers(4, 30), ipc=st.integers(1, 3), mode=st.sampled_from(MEAN_MODES))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    num_classes=st.integers(1, 4),
+    num_groups=st.integers(1, 4),
+    n_real=st.integers(4, 30),
+    ipc=st.integers(1, 3),
+    mode=st.sampled_from(MEAN_MODES),
+)
 def test_loss_equals_naive_loop_property(seed, num_classes, num_groups, n_real, ipc, mode):
     n_real = max(n_real, num_classes)
     real, labels, groups, syn, syn_labels = batch(seed, num_classes, num_groups, 3, n_real, ipc)
@@ -111,7 +127,9 @@ def test_fairdd_gradient_equals_group_count_times_barycenter_gradient(seed):
     cell_sizes = torch.bincount(labels * num_groups + groups, minlength=12).view(4, 3)
     assert len(set(cell_sizes[0].tolist())) > 1
     syn_a = syn.clone().requires_grad_(True)
-    fair = dm_loss(real, labels, groups, syn_a, syn_labels, num_classes=num_classes, num_groups=num_groups, mode="fairdd")
+    fair = dm_loss(
+        real, labels, groups, syn_a, syn_labels, num_classes=num_classes, num_groups=num_groups, mode="fairdd"
+    )
     (grad_fair,) = torch.autograd.grad(fair, syn_a)
 
     syn_b = syn.clone().requires_grad_(True)
@@ -128,7 +146,9 @@ def test_fairdd_gradient_equals_group_count_times_barycenter_gradient(seed):
     torch.testing.assert_close(grad_fair, grad_ref)
     # and the vanilla gradient is different (pooled target != barycenter)
     syn_c = syn.clone().requires_grad_(True)
-    van = dm_loss(real, labels, groups, syn_c, syn_labels, num_classes=num_classes, num_groups=num_groups, mode="vanilla")
+    van = dm_loss(
+        real, labels, groups, syn_c, syn_labels, num_classes=num_classes, num_groups=num_groups, mode="vanilla"
+    )
     (grad_van,) = torch.autograd.grad(van, syn_c)
     assert not torch.allclose(grad_van, grad_ref / torch.tensor(group_counts, dtype=syn.dtype)[syn_labels].unsqueeze(1))
 
@@ -181,8 +201,16 @@ def test_class_without_real_images_contributes_nothing(mode):
     # same as dropping class 1 entirely (its synthetic images included)
     syn_keep = syn_labels != 1
     remap = torch.tensor([0, -1, 1])
-    reduced = dm_loss(real[keep], remap[labels[keep]], groups[keep], syn[syn_keep], remap[syn_labels[syn_keep]],
-                      num_classes=2, num_groups=3, mode=mode)
+    reduced = dm_loss(
+        real[keep],
+        remap[labels[keep]],
+        groups[keep],
+        syn[syn_keep],
+        remap[syn_labels[syn_keep]],
+        num_classes=2,
+        num_groups=3,
+        mode=mode,
+    )
     torch.testing.assert_close(full, reduced)
     # and no gradient to the synthetic images of class 1
     s = syn.clone().requires_grad_(True)
@@ -212,9 +240,9 @@ def test_uniform_target_invariant_to_duplicating_a_group_vanilla_moves():
     # the minimisers show it directly: the barycenter stays the zero of cobra's loss for both
     # batches, while the zero of vanilla's loss moves to the new pooled mean
     one = torch.arange(2)
-    bary = torch.stack([
-        torch.stack([real[(labels == c) & (groups == g)].mean(0) for g in range(2)]).mean(0) for c in range(2)
-    ])
+    bary = torch.stack(
+        [torch.stack([real[(labels == c) & (groups == g)].mean(0) for g in range(2)]).mean(0) for c in range(2)]
+    )
     for r, lab, grp in ((real, labels, groups), (real2, labels2, groups2)):
         assert float(dm_loss(r, lab, grp, bary, one, mode="cobra", **kw)) == pytest.approx(0.0, abs=1e-12)
     pooled2 = torch.stack([real2[labels2 == c].mean(0) for c in range(2)])
@@ -228,13 +256,15 @@ def test_uniform_target_invariant_to_duplicating_a_group_vanilla_moves():
 def test_cobra_zero_at_barycenter_vanilla_zero_at_pooled():
     real, labels, groups, _, _ = batch(9, num_classes=2, num_groups=2, n_real=40)
     kw = dict(num_classes=2, num_groups=2)
-    bary = torch.stack([
-        torch.stack([real[(labels == c) & (groups == g)].mean(0) for g in range(2)]).mean(0) for c in range(2)
-    ])
+    bary = torch.stack(
+        [torch.stack([real[(labels == c) & (groups == g)].mean(0) for g in range(2)]).mean(0) for c in range(2)]
+    )
     pooled = torch.stack([real[labels == c].mean(0) for c in range(2)])
     syn_labels = torch.arange(2)
     assert float(dm_loss(real, labels, groups, bary, syn_labels, mode="cobra", **kw)) == pytest.approx(0.0, abs=1e-12)
-    assert float(dm_loss(real, labels, groups, pooled, syn_labels, mode="vanilla", **kw)) == pytest.approx(0.0, abs=1e-12)
+    assert float(dm_loss(real, labels, groups, pooled, syn_labels, mode="vanilla", **kw)) == pytest.approx(
+        0.0, abs=1e-12
+    )
     assert float(dm_loss(real, labels, groups, pooled, syn_labels, mode="cobra", **kw)) > 1e-3
 
 
@@ -255,5 +285,9 @@ def test_float32_output_dtype(mode):
     real, labels, groups, syn, syn_labels = batch(0, dtype=torch.float32)
     out = loss(real, labels, groups, syn, syn_labels, mode=mode)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out.double(), naive_loss(real.double(), labels, groups, syn.double(), syn_labels, 3, 3, mode),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        out.double(),
+        naive_loss(real.double(), labels, groups, syn.double(), syn_labels, 3, 3, mode),
+        rtol=1e-5,
+        atol=1e-5,
+    )

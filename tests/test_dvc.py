@@ -63,7 +63,9 @@ def _dvc_workspace(ws: Path) -> None:
 def _up_to_date(ws: Path) -> None:
     """`dvc status` lists nothing but the always-changed fingerprint stage of the user's files."""
     status = _dvc(["status", "--json"], ws)
-    assert status.returncode == 0 and json.loads(status.stdout) == {"inputs": ["always changed"]}, status.stdout + status.stderr
+    assert status.returncode == 0 and json.loads(status.stdout) == {"inputs": ["always changed"]}, (
+        status.stdout + status.stderr
+    )
 
 
 def test_dvc_repro_then_status_clean_and_metrics(tiny_workspace: Path) -> None:
@@ -126,6 +128,8 @@ def test_dvc_sees_a_changed_user_idx_file(tiny_workspace: Path) -> None:
     assert _dvc(["repro", "inputs"], ws).returncode == 0  # what `dvc repro` runs first
     assert (ws / "data/inputs.json").read_text() != fingerprint
     status = _dvc(["status", "--json", "ingest"], ws)
-    assert json.loads(status.stdout).get("ingest") == [{"changed deps": {"data/inputs.json": "modified"}}], status.stdout
+    assert json.loads(status.stdout).get("ingest") == [{"changed deps": {"data/inputs.json": "modified"}}], (
+        status.stdout
+    )
     rerun = _dvc(["repro", *targets], ws)
     assert rerun.returncode == 0 and "Running stage 'ingest'" in rerun.stdout, rerun.stdout

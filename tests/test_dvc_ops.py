@@ -108,6 +108,7 @@ def test_dvc_exp_run_show_and_offline_plots(tiny_workspace: Path) -> None:
         shutil.copytree(ROOT / folder, ws / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, ws / name)
+
     def git(*args: str) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(["git", *args], cwd=ws, check=True, capture_output=True)
 
@@ -127,7 +128,9 @@ def test_dvc_exp_run_show_and_offline_plots(tiny_workspace: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     metrics = json.loads((ws / "data/metrics.json").read_text())
     experiments = [
-        exp for commit in json.loads(shown.stdout) for exp in (commit.get("experiments") or [])
+        exp
+        for commit in json.loads(shown.stdout)
+        for exp in (commit.get("experiments") or [])
         if exp.get("name") == "epochs5"
     ]
     assert len(experiments) == 1, shown.stdout[:3000]

@@ -25,7 +25,9 @@ TEST = quadrant_data(per_cell=2, seed=1, size=16)
 
 def _reference_file(path: Path, runs: list[tuple[torch.Tensor, torch.Tensor]]) -> Path:
     """A result file as the COBRA / FairDD reference's train_dm.py saves it."""
-    torch.save({"data": [[images, labels] for images, labels in runs], "accs_all_exps": {"ConvNet": [61.2, 60.8]}}, path)
+    torch.save(
+        {"data": [[images, labels] for images, labels in runs], "accs_all_exps": {"ConvNet": [61.2, 60.8]}}, path
+    )
     return path
 
 
@@ -56,7 +58,9 @@ def test_reference_images_are_renormalised_from_the_source_statistics(tmp_path: 
 
 def test_files_needing_arbitrary_unpickling_or_of_unknown_layout_are_refused(tmp_path: Path):
     unsafe = tmp_path / "res_unsafe.pt"
-    torch.save({"data": [[torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 2])]], "args": argparse.Namespace(ipc=1)}, unsafe)
+    torch.save(
+        {"data": [[torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 2])]], "args": argparse.Namespace(ipc=1)}, unsafe
+    )
     with pytest.raises(ValueError, match="cannot be read safely: torch.load\\(weights_only=True\\) refused it"):
         load_external_set(unsafe, test=TEST)
     odd = tmp_path / "odd.pt"
@@ -77,7 +81,9 @@ def _image_folder(folder: Path, labels: list[str]) -> np.ndarray:
     pixels = rng.integers(0, 256, size=(len(labels), 16, 16, 3), dtype=np.uint8)
     for i, array in enumerate(pixels):
         Image.fromarray(array).save(folder / f"img_{i}.png")
-    pd.DataFrame({"path": [f"img_{i}.png" for i in range(len(labels))], "label": labels}).to_csv(folder / LABELS_CSV, index=False)
+    pd.DataFrame({"path": [f"img_{i}.png" for i in range(len(labels))], "label": labels}).to_csv(
+        folder / LABELS_CSV, index=False
+    )
     return pixels
 
 
@@ -120,9 +126,14 @@ def test_audit_stage_and_report_write_one_row_per_architecture(tiny_workspace: P
     for name, row in table.set_index("architecture").iterrows():
         assert row["deo_m"] == pytest.approx(metrics["architectures"][name]["deo_m"])
     runs = json.loads((out / "runs.json").read_text())
-    assert set(runs["architectures"]) == set(architectures) and runs["summary"] == runs["architectures"]["matching"]["summary"]
+    assert (
+        set(runs["architectures"]) == set(architectures)
+        and runs["summary"] == runs["architectures"]["matching"]["summary"]
+    )
     comparison = pd.read_csv(tiny_workspace / "data/report/comparison.csv")
-    assert list(comparison[["mode", "architecture"]].itertuples(index=False, name=None)) == [("vanilla", a) for a in architectures]
+    assert list(comparison[["mode", "architecture"]].itertuples(index=False, name=None)) == [
+        ("vanilla", a) for a in architectures
+    ]
     report = (tiny_workspace / "data/report/report.md").read_text()
     for name in architectures:
         assert re.search(rf"\| vanilla +\| {name} +\|", report), name
@@ -144,8 +155,13 @@ def test_fdd_audit_command_on_an_fdd_set_a_reference_file_and_an_image_folder(ti
     test = GroupedImages.load(tiny_workspace / "data/prepared/test.pt")
     train = GroupedImages.load(tiny_workspace / "data/prepared/train.pt")
     pick = torch.cat([torch.nonzero(train.labels == c)[:2, 0] for c in range(train.num_classes)])
-    synthetic = SyntheticSet(images=train.normalized()[pick], labels=train.labels[pick], class_names=train.class_names,
-                             mean=train.mean, std=train.std)
+    synthetic = SyntheticSet(
+        images=train.normalized()[pick],
+        labels=train.labels[pick],
+        class_names=train.class_names,
+        mean=train.mean,
+        std=train.std,
+    )
     synthetic.save(tiny_workspace / "synthetic.pt")
     _reference_file(tiny_workspace / "res_DM_CMNIST_ConvNet_2ipc.pt", [(synthetic.images, synthetic.labels)])
     folder = tiny_workspace / "images"
@@ -153,14 +169,30 @@ def test_fdd_audit_command_on_an_fdd_set_a_reference_file_and_an_image_folder(ti
     pixels = (train.images[pick].permute(0, 2, 3, 1).numpy()).astype(np.uint8)
     for i, array in enumerate(pixels):
         Image.fromarray(array).save(folder / f"{i}.png")
-    pd.DataFrame({"path": [f"{i}.png" for i in range(len(pick))],
-                  "label": [train.class_names[c] for c in train.labels[pick].tolist()]}).to_csv(folder / LABELS_CSV, index=False)
+    pd.DataFrame(
+        {
+            "path": [f"{i}.png" for i in range(len(pick))],
+            "label": [train.class_names[c] for c in train.labels[pick].tolist()],
+        }
+    ).to_csv(folder / LABELS_CSV, index=False)
     common = ["--params", str(params), "--workspace", str(tiny_workspace)]
-    with prefect_test_harness(server_startup_timeout=120), \
-            temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tiny_workspace / "results"}):
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tiny_workspace / "results"}),
+    ):
         assert cli.main(["audit", str(tiny_workspace / "synthetic.pt"), *common]) == 0
-        assert cli.main(["audit", str(tiny_workspace / "res_DM_CMNIST_ConvNet_2ipc.pt"), *common,
-                         "--out", str(tiny_workspace / "ref_out")]) == 0
+        assert (
+            cli.main(
+                [
+                    "audit",
+                    str(tiny_workspace / "res_DM_CMNIST_ConvNet_2ipc.pt"),
+                    *common,
+                    "--out",
+                    str(tiny_workspace / "ref_out"),
+                ]
+            )
+            == 0
+        )
         assert cli.main(["audit", str(folder), *common, "--name", "folder-set"]) == 0
         assert cli.main(["audit", str(tiny_workspace / "missing.pt"), *common]) == 2
     own = json.loads((tiny_workspace / "data/audit_external/synthetic/metrics.json").read_text())
@@ -169,10 +201,20 @@ def test_fdd_audit_command_on_an_fdd_set_a_reference_file_and_an_image_folder(ti
     assert own["architecture_names"] == ["matching", "mlp-w16-d1"]
     assert own == reference  # the same tensors, read from either layout, audited with the same seeds
     assert images["architectures"]["matching"]["num_eval"] == 1 and math.isfinite(images["accuracy"])
-    for out in (tiny_workspace / "data/audit_external/synthetic", tiny_workspace / "ref_out",
-                tiny_workspace / "data/audit_external/folder-set"):
-        assert {"metrics.json", "runs.json", "architectures.csv", "group_recall.csv", "class_gaps.csv",
-                "group_recall.png", "report.md"} <= {p.name for p in out.iterdir()}
+    for out in (
+        tiny_workspace / "data/audit_external/synthetic",
+        tiny_workspace / "ref_out",
+        tiny_workspace / "data/audit_external/folder-set",
+    ):
+        assert {
+            "metrics.json",
+            "runs.json",
+            "architectures.csv",
+            "group_recall.csv",
+            "class_gaps.csv",
+            "group_recall.png",
+            "report.md",
+        } <= {p.name for p in out.iterdir()}
     report = (tiny_workspace / "ref_out/report.md").read_text()
     assert "reference res_*.pt" in report and re.search(r"\| res_DM_CMNIST_ConvNet_2ipc +\| mlp-w16-d1 +\|", report)
     assert f"{len(test)} test images" in report

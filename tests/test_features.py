@@ -18,10 +18,15 @@ from fdd.models.networks import build_convnet
 TINY_NET = NetworkConfig(width=8, depth=2)
 
 
-
-
-def cell_data(sizes: dict[tuple[int, int], int], *, num_classes: int = 2, num_groups: int = 2, seed: int = 0,
-              tint: float = 0.0, size: int = 8) -> GroupedImages:
+def cell_data(
+    sizes: dict[tuple[int, int], int],
+    *,
+    num_classes: int = 2,
+    num_groups: int = 2,
+    seed: int = 0,
+    tint: float = 0.0,
+    size: int = 8,
+) -> GroupedImages:
     """Random images; group g gets +tint*g on every pixel."""
     gen = torch.Generator().manual_seed(seed)
     images, labels, groups = [], [], []
@@ -31,9 +36,13 @@ def cell_data(sizes: dict[tuple[int, int], int], *, num_classes: int = 2, num_gr
         labels += [c] * n
         groups += [g] * n
     return GroupedImages(
-        images=torch.cat(images), labels=torch.tensor(labels), groups=torch.tensor(groups),
-        class_names=tuple(f"c{i}" for i in range(num_classes)), group_names=tuple(f"g{i}" for i in range(num_groups)),
-        mean=(0.5,) * 3, std=(0.5,) * 3,
+        images=torch.cat(images),
+        labels=torch.tensor(labels),
+        groups=torch.tensor(groups),
+        class_names=tuple(f"c{i}" for i in range(num_classes)),
+        group_names=tuple(f"g{i}" for i in range(num_groups)),
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
     )
 
 
@@ -73,8 +82,9 @@ def test_sample_cells_is_uniform_within_cell():
 
 
 def naive_embeddings(data: GroupedImages, seed: int) -> torch.Tensor:
-    net = build_convnet(channels=3, num_classes=data.num_classes, image_size=data.image_shape[1], width=8, depth=2,
-                        seed=seed).eval()
+    net = build_convnet(
+        channels=3, num_classes=data.num_classes, image_size=data.image_shape[1], width=8, depth=2, seed=seed
+    ).eval()
     with torch.no_grad():
         return net.embed(data.normalized()).double()
 
@@ -99,8 +109,9 @@ def test_group_features_match_naive_computation():
     torch.testing.assert_close(stats.projected.mean(0), torch.zeros(5), atol=1e-4, rtol=0)
     var = stats.projected.double().var(0)
     assert bool((var[:-1] >= var[1:] - 1e-6).all())
-    assert torch.equal(torch.sort(stats.labels * 2 + stats.groups).values,
-                       torch.sort(data.labels * 2 + data.groups).values)
+    assert torch.equal(
+        torch.sort(stats.labels * 2 + stats.groups).values, torch.sort(data.labels * 2 + data.groups).values
+    )
 
 
 def test_group_features_projection_full_rank_preserves_distances():
@@ -139,8 +150,13 @@ def constructed_stats(means, counts, spread) -> GroupFeatures:
     means = torch.tensor(means, dtype=torch.float32)
     counts = torch.tensor(counts, dtype=torch.float64)
     return GroupFeatures(
-        means=means, counts=counts, population=counts.long(), spread=torch.tensor(spread, dtype=torch.float32),
-        projected=torch.zeros(1, 1), labels=torch.zeros(1, dtype=torch.long), groups=torch.zeros(1, dtype=torch.long),
+        means=means,
+        counts=counts,
+        population=counts.long(),
+        spread=torch.tensor(spread, dtype=torch.float32),
+        projected=torch.zeros(1, 1),
+        labels=torch.zeros(1, dtype=torch.long),
+        groups=torch.zeros(1, dtype=torch.long),
     )
 
 
@@ -175,12 +191,18 @@ def test_separation_from_images():
     # identical groups: group 1 holds pixel copies of group 0
     base = cell_data({(0, 0): 8, (1, 0): 8}, seed=2)
     same = GroupedImages(
-        images=torch.cat([base.images, base.images]), labels=torch.cat([base.labels, base.labels]),
-        groups=torch.cat([base.groups, torch.ones_like(base.groups)]), class_names=base.class_names,
-        group_names=("g0", "g1"), mean=base.mean, std=base.std,
+        images=torch.cat([base.images, base.images]),
+        labels=torch.cat([base.labels, base.labels]),
+        groups=torch.cat([base.groups, torch.ones_like(base.groups)]),
+        class_names=base.class_names,
+        group_names=("g0", "g1"),
+        mean=base.mean,
+        std=base.std,
     )
     config = FeaturesConfig(max_per_cell=20, batch_size=64, projection_dim=4)
-    far = separation_table(group_features(separated, config=config, network=TINY_NET), class_names=separated.class_names)
+    far = separation_table(
+        group_features(separated, config=config, network=TINY_NET), class_names=separated.class_names
+    )
     near = separation_table(group_features(same, config=config, network=TINY_NET), class_names=same.class_names)
     assert (far["separation"] > 1).all()
     assert (near["separation"].abs() < 1e-4).all()
@@ -216,8 +238,9 @@ def imbalanced_stats(seed: int = 0) -> dict:
 
 def test_barycenter_diagnostics_imbalanced_two_groups():
     stats = imbalanced_stats()
-    diag = barycenter_diagnostics(stats, class_names=("a", "b"), group_names=("maj", "min"),
-                                  config=BarycenterConfig(support_size=6, max_iter=20))
+    diag = barycenter_diagnostics(
+        stats, class_names=("a", "b"), group_names=("maj", "min"), config=BarycenterConfig(support_size=6, max_iter=20)
+    )
     assert isinstance(diag, BarycenterDiagnostics)
     table = diag.table
     assert len(table) == 4 and table["group_name"].tolist() == ["maj", "min", "maj", "min"]
@@ -265,8 +288,9 @@ def test_barycenter_diagnostics_missing_group():
     stats["population"] = torch.tensor([[90, 10], [90, 0]])
     for key in ("projected", "labels", "groups"):
         stats[key] = stats[key][keep]
-    diag = barycenter_diagnostics(stats, class_names=("a", "b"), group_names=("maj", "min"),
-                                  config=BarycenterConfig(support_size=4, max_iter=10))
+    diag = barycenter_diagnostics(
+        stats, class_names=("a", "b"), group_names=("maj", "min"), config=BarycenterConfig(support_size=4, max_iter=10)
+    )
     table = diag.table
     assert table[table["class"] == 1]["group"].tolist() == [0]
     row = table[table["class"] == 1].iloc[0]
@@ -278,8 +302,12 @@ def test_barycenter_diagnostics_missing_group():
 def test_end_to_end_features_to_diagnostics():
     data = cell_data({(0, 0): 12, (0, 1): 3, (1, 0): 3, (1, 1): 12}, tint=0.4, seed=3)
     stats = group_features(data, config=FeaturesConfig(max_per_cell=20, projection_dim=4), network=TINY_NET)
-    diag = barycenter_diagnostics(stats.to_dict(), class_names=data.class_names, group_names=data.group_names,
-                                  config=BarycenterConfig(support_size=3, max_iter=10))
+    diag = barycenter_diagnostics(
+        stats.to_dict(),
+        class_names=data.class_names,
+        group_names=data.group_names,
+        config=BarycenterConfig(support_size=3, max_iter=10),
+    )
     table = diag.table.set_index(["class", "group"])
     for c, minority in ((0, 1), (1, 0)):
         row = table.loc[(c, minority)]

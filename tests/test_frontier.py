@@ -16,7 +16,9 @@ from fdd.transport.barycenter import barycenter_weights, cell_statistics, fronti
 def _batch(seed: int = 0, classes: int = 3, groups: int = 3, n: int = 90):
     gen = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % classes
-    groups_ = torch.where(torch.rand(n, generator=gen) < 0.7, 0, torch.randint(1, groups, (n,), generator=gen))  # imbalanced
+    groups_ = torch.where(
+        torch.rand(n, generator=gen) < 0.7, 0, torch.randint(1, groups, (n,), generator=gen)
+    )  # imbalanced
     features = torch.randn(n, 5, generator=gen) + groups_.unsqueeze(1).float() * 2.0
     syn = torch.randn(classes * 2, 5, generator=gen, requires_grad=True)
     syn_labels = torch.arange(classes).repeat_interleave(2)
@@ -42,19 +44,35 @@ def test_target_is_vanillas_at_zero_and_cobras_at_one():
     uniform = mean_barycenter(stats.means, stats.counts, weights="uniform")  # cobra's target
     assert torch.allclose(mean_barycenter(stats.means, stats.counts, lam=0.0), pooled, atol=1e-5)
     assert torch.allclose(mean_barycenter(stats.means, stats.counts, lam=1.0), uniform)
-    assert torch.allclose(mean_barycenter(stats.means, stats.counts, lam=0.25), 0.75 * pooled + 0.25 * uniform, atol=1e-5)
+    assert torch.allclose(
+        mean_barycenter(stats.means, stats.counts, lam=0.25), 0.75 * pooled + 0.25 * uniform, atol=1e-5
+    )
     assert not torch.allclose(pooled, uniform, atol=1e-2)  # the groups are imbalanced: the two targets differ
 
 
 def test_cobra_loss_follows_lambda_and_reproduces_vanillas_loss_at_zero():
     features, labels, groups, syn, syn_labels = _batch(1)
     common = dict(num_classes=3, num_groups=3)
-    vanilla = mean_matching_loss(features, labels, groups, syn, syn_labels, mode="vanilla", barycenter_distance="squared", **common)
-    at_zero = mean_matching_loss(features, labels, groups, syn, syn_labels, mode="cobra", barycenter_distance="squared",
-                                 barycenter_lambda=0.0, **common)
+    vanilla = mean_matching_loss(
+        features, labels, groups, syn, syn_labels, mode="vanilla", barycenter_distance="squared", **common
+    )
+    at_zero = mean_matching_loss(
+        features,
+        labels,
+        groups,
+        syn,
+        syn_labels,
+        mode="cobra",
+        barycenter_distance="squared",
+        barycenter_lambda=0.0,
+        **common,
+    )
     assert at_zero.item() == pytest.approx(vanilla.item(), rel=1e-5)  # same target, same (squared) distance
     cobra = dm_loss(features, labels, groups, syn, syn_labels, mode="cobra", **common)
-    assert dm_loss(features, labels, groups, syn, syn_labels, mode="cobra", barycenter_lambda=1.0, **common).item() == cobra.item()
+    assert (
+        dm_loss(features, labels, groups, syn, syn_labels, mode="cobra", barycenter_lambda=1.0, **common).item()
+        == cobra.item()
+    )
     middle = dm_loss(features, labels, groups, syn, syn_labels, mode="cobra", barycenter_lambda=0.5, **common)
     assert middle.item() != pytest.approx(cobra.item())
 
@@ -103,7 +121,12 @@ def test_synthesis_passes_the_setting_to_the_matching_loss(tmp_path, monkeypatch
     monkeypatch.setattr(S, "dm_loss", lambda *a, **k: seen.append(k["barycenter_lambda"]) or real(*a, **k))
     at_zero = fdd.synthesize(data.train, mode="cobra", config=config.synthesis, network=config.network, seed=0)
     assert seen == [0.0, 0.0]
-    at_one = fdd.synthesize(data.train, mode="cobra", config=config.synthesis.model_copy(update={"barycenter_lambda": 1.0}),
-                            network=config.network, seed=0)
+    at_one = fdd.synthesize(
+        data.train,
+        mode="cobra",
+        config=config.synthesis.model_copy(update={"barycenter_lambda": 1.0}),
+        network=config.network,
+        seed=0,
+    )
     assert seen[2:] == [1.0, 1.0]
     assert not torch.equal(at_zero.synthetic.images, at_one.synthetic.images)

@@ -17,9 +17,15 @@ def dataset(n_per_cell: int = 25, num_classes: int = 3, num_groups: int = 4, see
     labels = torch.arange(num_classes).repeat_interleave(num_groups * n_per_cell)
     groups = torch.arange(num_groups).repeat_interleave(n_per_cell).repeat(num_classes)
     images = torch.randint(0, 256, (labels.numel(), 1, 4, 4), generator=gen, dtype=torch.uint8)
-    return GroupedImages(images=images, labels=labels, groups=groups,
-                         class_names=tuple(f"c{i}" for i in range(num_classes)),
-                         group_names=tuple(f"g{i}" for i in range(num_groups)), mean=(0.5,), std=(0.5,))
+    return GroupedImages(
+        images=images,
+        labels=labels,
+        groups=groups,
+        class_names=tuple(f"c{i}" for i in range(num_classes)),
+        group_names=tuple(f"g{i}" for i in range(num_groups)),
+        mean=(0.5,),
+        std=(0.5,),
+    )
 
 
 @pytest.mark.parametrize(("flip", "hide"), [(0.1, 0.0), (0.0, 0.2), (0.15, 0.25), (0.5, 0.5), (0.013, 0.0)])
@@ -118,4 +124,3 @@ def test_losses_treat_unknown_groups_as_documented(mode):
     else:  # group statistics: unknown-group samples are left out
         expected = dm_loss(real[~hidden], labels[~hidden], groups[~hidden], syn, syn_labels, **kw)
     torch.testing.assert_close(got, expected)
-

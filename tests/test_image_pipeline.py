@@ -25,8 +25,15 @@ TINY = {
     "network": {"width": 8, "depth": "auto"},
     "features": {"max_per_cell": 4, "batch_size": 64, "projection_dim": 3},
     "barycenters": {"support_size": 2, "max_iter": 3},
-    "synthesis": {"modes": ["vanilla", "cobra"], "ipc": 2, "iterations": 2, "batch_real": 6, "warmup_epochs": 1,
-                  "log_every": 1, "checkpoint_every": 0},
+    "synthesis": {
+        "modes": ["vanilla", "cobra"],
+        "ipc": 2,
+        "iterations": 2,
+        "batch_real": 6,
+        "warmup_epochs": 1,
+        "log_every": 1,
+        "checkpoint_every": 0,
+    },
     "audit": {"num_eval": 1, "epochs": 2, "test_batch_size": 64},
 }
 
@@ -37,8 +44,13 @@ def _cifar(ws: Path) -> dict:
 
 
 def _celeba(ws: Path) -> dict:
-    write_celeba(ws / "data/raw", cells={"train": {(0, 0): 4, (0, 1): 6, (1, 0): 5, (1, 1): 3},
-                                         "test": {(0, 0): 2, (0, 1): 2, (1, 0): 2, (1, 1): 2}})
+    write_celeba(
+        ws / "data/raw",
+        cells={
+            "train": {(0, 0): 4, (0, 1): 6, (1, 0): 5, (1, 1): 3},
+            "test": {(0, 0): 2, (0, 1): 2, (1, 0): 2, (1, 1): 2},
+        },
+    )
     return {"dataset": "celeba", "download": False}
 
 
@@ -48,15 +60,28 @@ def _utkface(ws: Path) -> dict:
 
 
 def _bffhq(ws: Path) -> dict:
-    write_bffhq(ws / "data/raw", train={(0, 0): 6, (1, 1): 6, (0, 1): 2, (1, 0): 2}, test={(0, 0): 2, (0, 1): 2, (1, 0): 2, (1, 1): 2})
+    write_bffhq(
+        ws / "data/raw",
+        train={(0, 0): 6, (1, 1): 6, (0, 1): 2, (1, 0): 2},
+        test={(0, 0): 2, (0, 1): 2, (1, 0): 2, (1, 1): 2},
+    )
     return {"dataset": "bffhq", "image_size": 32}
 
 
 def _folder(ws: Path) -> dict:
     write_folder(ws, cells={("benign", "F"): 8, ("benign", "M"): 5, ("malignant", "F"): 5, ("malignant", "M"): 8})
-    return {"dataset": "folder", "image_size": 32,
-            "folder": {"csv": "my_labels.csv", "images": "my_images", "path_column": "file", "label_column": "diagnosis",
-                       "group_column": "sex", "test_fraction": 0.25}}
+    return {
+        "dataset": "folder",
+        "image_size": 32,
+        "folder": {
+            "csv": "my_labels.csv",
+            "images": "my_images",
+            "path_column": "file",
+            "label_column": "diagnosis",
+            "group_column": "sex",
+            "test_fraction": 0.25,
+        },
+    }
 
 
 CASES: dict[str, tuple[Callable[[Path], dict], tuple[str, ...], tuple[str, ...], int]] = {
@@ -138,8 +163,22 @@ def test_cli_stacks_presets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / ".prefect"))
     root = Path(__file__).resolve().parent.parent
     write_cifar10(tmp_path / "data/raw", train_per_class=2, test_per_class=1)
-    code = cli.main(["stage", "ingest", "--params", str(root / "params.yaml"), "--preset", "cifar10s",
-                     "--preset", "full", "--workspace", str(tmp_path), "--set", "data.download=false"])
+    code = cli.main(
+        [
+            "stage",
+            "ingest",
+            "--params",
+            str(root / "params.yaml"),
+            "--preset",
+            "cifar10s",
+            "--preset",
+            "full",
+            "--workspace",
+            str(tmp_path),
+            "--set",
+            "data.download=false",
+        ]
+    )
     assert code == 0
     summary = json.loads((tmp_path / "data/prepared/dataset.json").read_text())
     assert summary["dataset"] == "cifar10s" and summary["train_images"] == 20 and summary["test_images"] == 20
@@ -155,8 +194,9 @@ def test_ingest_cache_key_follows_the_users_own_files(tmp_path: Path) -> None:
     config = load_config(tmp_path / "params.yaml")
 
     def key() -> str:
-        _task, kwargs = stage_call("ingest", None, config=config, workspace=str(tmp_path), device="cpu", modes=(),
-                                   outputs=lambda _folder: {})
+        _task, kwargs = stage_call(
+            "ingest", None, config=config, workspace=str(tmp_path), device="cpu", modes=(), outputs=lambda _folder: {}
+        )
         return stage_key("ingest", kwargs)
 
     first = key()
@@ -165,17 +205,25 @@ def test_ingest_cache_key_follows_the_users_own_files(tmp_path: Path) -> None:
     image.write_bytes(image.read_bytes()[:-1] + b"\x00")
     second = key()
     assert second != first
-    (tmp_path / "my_labels.csv").write_text((tmp_path / "my_labels.csv").read_text().replace("benign/F_1.png,benign", "benign/F_1.png,malignant"))
+    (tmp_path / "my_labels.csv").write_text(
+        (tmp_path / "my_labels.csv").read_text().replace("benign/F_1.png,benign", "benign/F_1.png,malignant")
+    )
     assert key() not in (first, second)
     from fdd.config import parse_config
 
     cifar = parse_config({**TINY, "data": {"dataset": "cifar10s"}})
-    assert stage_call("ingest", None, config=cifar, workspace=str(tmp_path), device="cpu", modes=(),
-                      outputs=lambda _folder: {})[1]["raw_digest"] is None
+    assert (
+        stage_call(
+            "ingest", None, config=cifar, workspace=str(tmp_path), device="cpu", modes=(), outputs=lambda _folder: {}
+        )[1]["raw_digest"]
+        is None
+    )
 
 
 @pytest.mark.slow
-def test_cli_data_fetch_under_prefect_reruns_when_the_users_files_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_data_fetch_under_prefect_reruns_when_the_users_files_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`fdd data fetch` on the folder dataset: cached when nothing changed, rerun when an image changed."""
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
@@ -187,7 +235,10 @@ def test_cli_data_fetch_under_prefect_reruns_when_the_users_files_change(tmp_pat
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     argv = ["data", "fetch", "--params", str(tmp_path / "params.yaml"), "--workspace", str(tmp_path)]
     train = tmp_path / "data/prepared/train.pt"
-    with prefect_test_harness(server_startup_timeout=120), temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path / "results"}):
+    with (
+        prefect_test_harness(server_startup_timeout=120),
+        temporary_settings({PREFECT_LOCAL_STORAGE_PATH: tmp_path / "results"}),
+    ):
         assert cli.main(argv) == 0
         first = GroupedImages.load(train)
         stamp = train.stat().st_mtime_ns
@@ -198,4 +249,8 @@ def test_cli_data_fetch_under_prefect_reruns_when_the_users_files_change(tmp_pat
         assert cli.main(argv) == 0
     second = GroupedImages.load(train)
     assert second.digest() != first.digest()
-    assert int((second.labels == 1).sum()) + int((GroupedImages.load(tmp_path / "data/prepared/test.pt").labels == 1).sum()) == 14
+    assert (
+        int((second.labels == 1).sum())
+        + int((GroupedImages.load(tmp_path / "data/prepared/test.pt").labels == 1).sum())
+        == 14
+    )

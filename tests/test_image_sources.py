@@ -103,7 +103,9 @@ def test_cifar10_missing_and_malformed_files_are_named(tmp_path: Path) -> None:
     (folder / "data_batch_3").unlink()
     with pytest.raises(DatasetFilesError, match=r"lacks \['data_batch_3'\]; expected the python version of CIFAR-10"):
         prepare_image_dataset(_data(dataset="cifar10s", download=False), workspace=tmp_path)
-    (folder / "data_batch_3").write_bytes(pickle.dumps({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}, protocol=2))
+    (folder / "data_batch_3").write_bytes(
+        pickle.dumps({"data": np.zeros((2, 100), np.uint8), "labels": [0, 1]}, protocol=2)
+    )
     with pytest.raises(DatasetFilesError, match=_pattern(ERR_MALFORMED)) as info:
         prepare_image_dataset(_data(dataset="cifar10s", download=False), workspace=tmp_path)
     assert "data_batch_3" in str(info.value) and "3072" in str(info.value)
@@ -143,8 +145,9 @@ def test_celeba_target_and_group_by_name_crop_and_resize(tmp_path: Path) -> None
     np.testing.assert_array_equal(_counts(train), [[5, 9], [7, 3]])
     np.testing.assert_array_equal(_counts(test), [[2, 3], [3, 2]])
     assert train.image_shape == (3, 64, 64) and train.images.dtype == torch.uint8
-    valid = prepare_image_dataset(_data(dataset="celeba", celeba={"test_split": "valid", "crop": 100}, image_size=32),
-                                  workspace=tmp_path)
+    valid = prepare_image_dataset(
+        _data(dataset="celeba", celeba={"test_split": "valid", "crop": 100}, image_size=32), workspace=tmp_path
+    )
     np.testing.assert_array_equal(_counts(valid.test), [[1, 0], [0, 1]])
     assert valid.train.image_shape == (3, 32, 32)
 
@@ -163,7 +166,9 @@ def test_celeba_crop_is_the_centre(tmp_path: Path) -> None:
 def test_celeba_other_attributes_and_bad_files(tmp_path: Path) -> None:
     cells = {"train": {(0, 0): 3, (1, 1): 4, (0, 1): 2}, "test": {(1, 0): 2}}
     write_celeba(tmp_path / "data/raw", cells=cells, target="Smiling", group="Young")
-    splits = prepare_image_dataset(_data(dataset="celeba", celeba={"target": "Smiling", "group": "Young"}), workspace=tmp_path)
+    splits = prepare_image_dataset(
+        _data(dataset="celeba", celeba={"target": "Smiling", "group": "Young"}), workspace=tmp_path
+    )
     np.testing.assert_array_equal(_counts(splits.train), [[3, 2], [0, 4]])
     assert splits.train.group_names == ("not Young", "Young")
     with pytest.raises(DatasetFilesError, match=_pattern(ERR_CELEBA_ATTR)) as info:
@@ -172,17 +177,23 @@ def test_celeba_other_attributes_and_bad_files(tmp_path: Path) -> None:
     folder = tmp_path / "data/raw/celeba"
     (folder / "img_align_celeba/000002.jpg").unlink()
     with pytest.raises(DatasetFilesError, match=r"000002\.jpg is missing; expected every image listed"):
-        prepare_image_dataset(_data(dataset="celeba", celeba={"target": "Smiling", "group": "Young"}), workspace=tmp_path)
+        prepare_image_dataset(
+            _data(dataset="celeba", celeba={"target": "Smiling", "group": "Young"}), workspace=tmp_path
+        )
     attr = folder / "list_attr_celeba.txt"
     lines = attr.read_text().splitlines()
     attr.write_text("\n".join(lines[:2] + [lines[2].replace("-1", " 0", 1)] + lines[3:]) + "\n")
-    with pytest.raises(DatasetFilesError, match=r"list_attr_celeba\.txt is malformed \(attribute values other than -1 and 1\)"):
+    with pytest.raises(
+        DatasetFilesError, match=r"list_attr_celeba\.txt is malformed \(attribute values other than -1 and 1\)"
+    ):
         prepare_image_dataset(_data(dataset="celeba"), workspace=tmp_path)
     attr.write_text("\n".join(["7"] + lines[1:]) + "\n")
     with pytest.raises(DatasetFilesError, match=r"first line '7' is not the number of rows"):
         prepare_image_dataset(_data(dataset="celeba"), workspace=tmp_path)
     (folder / "list_eval_partition.txt").unlink()
-    with pytest.raises(DatasetFilesError, match=r"list_eval_partition\.txt is missing; expected list_eval_partition\.txt: one line"):
+    with pytest.raises(
+        DatasetFilesError, match=r"list_eval_partition\.txt is missing; expected list_eval_partition\.txt: one line"
+    ):
         prepare_image_dataset(_data(dataset="celeba", download=False), workspace=tmp_path)
 
 
@@ -192,7 +203,9 @@ UTK_CELLS = {(5, 0): 6, (12, 1): 2, (25, 0): 4, (30, 2): 5, (39, 3): 3, (45, 1):
 
 
 def test_utkface_age_buckets_races_and_balanced_test_split(tmp_path: Path) -> None:
-    write_utkface(tmp_path / "data/raw", cells=UTK_CELLS, extra_names=("39_1_20170116174525125.jpg.chip.jpg", "notes.png"))
+    write_utkface(
+        tmp_path / "data/raw", cells=UTK_CELLS, extra_names=("39_1_20170116174525125.jpg.chip.jpg", "notes.png")
+    )
     with pytest.warns(SkippedFilesWarning, match=r"skipped 2 file\(s\)"):
         splits = prepare_image_dataset(_data(dataset="utkface", utkface={"test_per_cell": 3}), workspace=tmp_path)
     train, test = splits.train, splits.test
@@ -205,8 +218,9 @@ def test_utkface_age_buckets_races_and_balanced_test_split(tmp_path: Path) -> No
     assert splits.params["dropped_others"] == 3 and splits.params["skipped_files"] == 2
     assert train.image_shape == (3, 64, 64)
     with pytest.warns(SkippedFilesWarning):
-        others = prepare_image_dataset(_data(dataset="utkface", utkface={"test_per_cell": 1, "include_others": True}),
-                                       workspace=tmp_path)
+        others = prepare_image_dataset(
+            _data(dataset="utkface", utkface={"test_per_cell": 1, "include_others": True}), workspace=tmp_path
+        )
     assert others.train.group_names[-1] == "Others" and int((others.test.groups == 4).sum()) == 1
     assert int((others.train.groups == 4).sum()) == 2
 
@@ -223,8 +237,11 @@ def test_utkface_missing_folder_and_empty_train_class(tmp_path: Path) -> None:
 
 
 def test_bffhq_align_conflict_and_test_folders(tmp_path: Path) -> None:
-    write_bffhq(tmp_path / "data/raw", train={(0, 0): 8, (1, 1): 7, (0, 1): 2, (1, 0): 1},
-                test={(0, 0): 3, (0, 1): 3, (1, 0): 2, (1, 1): 2})
+    write_bffhq(
+        tmp_path / "data/raw",
+        train={(0, 0): 8, (1, 1): 7, (0, 1): 2, (1, 0): 1},
+        test={(0, 0): 3, (0, 1): 3, (1, 0): 2, (1, 1): 2},
+    )
     splits = prepare_image_dataset(_data(dataset="bffhq"), workspace=tmp_path)
     assert splits.train.class_names == ("young", "old") and splits.train.group_names == ("female", "male")
     np.testing.assert_array_equal(_counts(splits.train), [[8, 2], [1, 7]])
@@ -238,7 +255,9 @@ def test_bffhq_bad_layout_is_named(tmp_path: Path) -> None:
     write_bffhq(root, train={(0, 0): 2, (1, 1): 2, (0, 1): 1}, test={(0, 0): 1})
     misplaced = root / "bffhq/0.5pct/align/0/99_0_1.png"
     (root / "bffhq/0.5pct/conflict/0").joinpath("4_0_1.png").rename(misplaced)
-    with pytest.raises(DatasetFilesError, match=r"99_0_1\.png is malformed \(a file in align/ whose label and bias differ\)"):
+    with pytest.raises(
+        DatasetFilesError, match=r"99_0_1\.png is malformed \(a file in align/ whose label and bias differ\)"
+    ):
         prepare_image_dataset(_data(dataset="bffhq"), workspace=tmp_path)
     misplaced.rename(root / "bffhq/0.5pct/conflict/0/oops.png")
     with pytest.raises(DatasetFilesError, match=r"do not encode label and bias, e\.g\. \['oops\.png'\]"):
@@ -250,8 +269,13 @@ def test_bffhq_bad_layout_is_named(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- your own folder
 
 FOLDER_CELLS = {("benign", "F"): 10, ("benign", "M"): 5, ("malignant", "F"): 4, ("malignant", "M"): 6}
-FOLDER_KEYS = {"csv": "my_labels.csv", "images": "my_images", "path_column": "file", "label_column": "diagnosis",
-               "group_column": "sex"}
+FOLDER_KEYS = {
+    "csv": "my_labels.csv",
+    "images": "my_images",
+    "path_column": "file",
+    "label_column": "diagnosis",
+    "group_column": "sex",
+}
 
 
 def test_folder_names_from_csv_and_stratified_split(tmp_path: Path) -> None:
@@ -268,7 +292,9 @@ def test_folder_names_from_csv_and_stratified_split(tmp_path: Path) -> None:
 
 def test_folder_split_column(tmp_path: Path) -> None:
     rows = write_folder(tmp_path, cells=FOLDER_CELLS, split_column=True)
-    splits = prepare_image_dataset(_data(dataset="folder", folder={**FOLDER_KEYS, "split_column": "split"}), workspace=tmp_path)
+    splits = prepare_image_dataset(
+        _data(dataset="folder", folder={**FOLDER_KEYS, "split_column": "split"}), workspace=tmp_path
+    )
     assert len(splits.test) == sum(r["split"] == "test" for r in rows)
     assert len(splits.train) == sum(r["split"] == "train" for r in rows)
 
@@ -276,7 +302,9 @@ def test_folder_split_column(tmp_path: Path) -> None:
 def test_folder_bad_csv_is_named(tmp_path: Path) -> None:
     write_folder(tmp_path, cells=FOLDER_CELLS)
     with pytest.raises(DatasetFilesError, match=_pattern(ERR_FOLDER_COLUMNS)) as info:
-        prepare_image_dataset(_data(dataset="folder", folder={**FOLDER_KEYS, "group_column": "gender"}), workspace=tmp_path)
+        prepare_image_dataset(
+            _data(dataset="folder", folder={**FOLDER_KEYS, "group_column": "gender"}), workspace=tmp_path
+        )
     assert "['gender']" in str(info.value) and "sex" in str(info.value)
     csv = tmp_path / "my_labels.csv"
     text = csv.read_text()
@@ -289,7 +317,9 @@ def test_folder_bad_csv_is_named(tmp_path: Path) -> None:
         prepare_image_dataset(_data(dataset="folder", folder=FOLDER_KEYS), workspace=tmp_path)
     (tmp_path / "my_images/benign/F_3.png").write_bytes(b"not an image")
     csv.write_text(text)
-    with pytest.raises(DatasetFilesError, match=r"F_3\.png could not be read as an image .*expected a JPEG or PNG file"):
+    with pytest.raises(
+        DatasetFilesError, match=r"F_3\.png could not be read as an image .*expected a JPEG or PNG file"
+    ):
         prepare_image_dataset(_data(dataset="folder", folder=FOLDER_KEYS), workspace=tmp_path)
     (tmp_path / "my_labels.csv").unlink()
     with pytest.raises(DatasetFilesError, match=_pattern(ERR_MISSING)):
@@ -306,7 +336,10 @@ def test_folder_bad_csv_is_named(tmp_path: Path) -> None:
         ({"dataset": "celeba", "idx_dir": "x"}, "data.idx_dir only applies to the datasets"),
         ({"dataset": "cmnist", "image_size": 64}, "data.image_size must be 32"),
         ({"dataset": "folder"}, "needs data.folder.csv and data.folder.images"),
-        ({"dataset": "folder", "folder": {"csv": "/etc/x.csv", "images": "im"}}, "data.folder.csv must be a relative path"),
+        (
+            {"dataset": "folder", "folder": {"csv": "/etc/x.csv", "images": "im"}},
+            "data.folder.csv must be a relative path",
+        ),
         ({"dataset": "celeba", "mean": [0.5, 0.5, 0.5]}, "data.mean and data.std must be given together"),
         ({"dataset": "celeba", "mean": [0.5, 0.5, 0.5], "std": [1, 0, 1]}, "data.std must be positive"),
         ({"dataset": "utkface", "utkface": {"age_edges": [40, 20]}}, "strictly increasing"),
@@ -315,8 +348,14 @@ def test_folder_bad_csv_is_named(tmp_path: Path) -> None:
         ({"dataset": "cifar10s", "bias": "background"}, "data.bias only applies to the datasets ['cmnist', 'cfmnist']"),
         ({"dataset": "adult", "shading": "intensity"}, "data.shading only applies to the datasets"),
         ({"dataset": "celeba", "train_correlation": 0.5}, "data.train_correlation only applies to the datasets"),
-        ({"dataset": "cmnist", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}, "data.mean only applies to the datasets"),
-        ({"dataset": "cmnist", "tabular": {"protected": "race"}}, "data.tabular only applies to the datasets ['adult']"),
+        (
+            {"dataset": "cmnist", "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+            "data.mean only applies to the datasets",
+        ),
+        (
+            {"dataset": "cmnist", "tabular": {"protected": "race"}},
+            "data.tabular only applies to the datasets ['adult']",
+        ),
     ],
 )
 def test_bad_dataset_configs_are_rejected(raw: dict, message: str) -> None:

@@ -29,9 +29,13 @@ def imbalanced(num_classes: int = 3, num_groups: int = 4, majority: int = 30, mi
     groups_t = torch.tensor(groups)
     images[:, 0] = (groups_t * 60).to(torch.uint8).view(-1, 1, 1)  # group = red channel level
     return GroupedImages(
-        images=images, labels=torch.tensor(labels), groups=groups_t,
-        class_names=tuple(f"c{i}" for i in range(num_classes)), group_names=tuple(f"g{i}" for i in range(num_groups)),
-        mean=(0.5,) * 3, std=(0.5,) * 3,
+        images=images,
+        labels=torch.tensor(labels),
+        groups=groups_t,
+        class_names=tuple(f"c{i}" for i in range(num_classes)),
+        group_names=tuple(f"g{i}" for i in range(num_groups)),
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
     )
 
 
@@ -75,10 +79,14 @@ def test_default_real_init_is_majority_heavy_and_covering_is_not():
         return sum(len(set(row.tolist())) for row in data.groups[match].view(3, 4)) / 3
 
     cpu = torch.device("cpu")
-    real = [groups_covered(initial_synthetic_images(data, ipc=4, init="real", generator=gen(s), device=cpu)[0])
-            for s in range(5)]
-    strat = [groups_covered(initial_synthetic_images(data, ipc=4, init="stratified", generator=gen(s), device=cpu)[0])
-             for s in range(5)]
+    real = [
+        groups_covered(initial_synthetic_images(data, ipc=4, init="real", generator=gen(s), device=cpu)[0])
+        for s in range(5)
+    ]
+    strat = [
+        groups_covered(initial_synthetic_images(data, ipc=4, init="stratified", generator=gen(s), device=cpu)[0])
+        for s in range(5)
+    ]
     assert strat == [4.0] * 5 and sum(real) / 5 < 2.5
 
 
@@ -108,8 +116,15 @@ def test_unlabelled_never_chosen_unless_class_has_no_labels():
     groups = data.groups.clone()
     groups[data.labels == 1] = torch.where(groups[data.labels == 1] == 1, -1, groups[data.labels == 1])
     groups[data.labels == 2] = -1  # class 2 has no labelled image: falls back to its images
-    noisy = GroupedImages(images=data.images, labels=data.labels, groups=groups, class_names=data.class_names,
-                          group_names=data.group_names, mean=data.mean, std=data.std)
+    noisy = GroupedImages(
+        images=data.images,
+        labels=data.labels,
+        groups=groups,
+        class_names=data.class_names,
+        group_names=data.group_names,
+        mean=data.mean,
+        std=data.std,
+    )
     for method in I.COVERING_INITS:
         index = covering_indices(noisy, ipc=4, method=method, generator=gen(), embed=embedder(noisy))
         chosen = groups[index].view(3, 4)
@@ -124,8 +139,15 @@ def test_class_with_few_labelled_images_fills_up_with_its_own_unknown_ones(metho
     data = imbalanced(majority=20, minority=1)
     groups = data.groups.clone()
     groups[(data.labels == 0) & (data.groups == 0)] = -1  # class 0: only its 3 minority images keep a group
-    noisy = GroupedImages(images=data.images, labels=data.labels, groups=groups, class_names=data.class_names,
-                          group_names=data.group_names, mean=data.mean, std=data.std)
+    noisy = GroupedImages(
+        images=data.images,
+        labels=data.labels,
+        groups=groups,
+        class_names=data.class_names,
+        group_names=data.group_names,
+        mean=data.mean,
+        std=data.std,
+    )
     for ipc in (5, 23):
         index = covering_indices(noisy, ipc=ipc, method=method, generator=gen(), embed=embedder(noisy))
         assert torch.equal(noisy.labels[index], torch.arange(3).repeat_interleave(ipc))
@@ -135,8 +157,9 @@ def test_class_with_few_labelled_images_fills_up_with_its_own_unknown_ones(metho
 @pytest.mark.parametrize("init", ["stratified", "barycenter"])
 def test_synthesis_init_option(init):
     data = imbalanced()
-    images, labels = initial_synthetic_images(data, ipc=4, init=init, generator=gen(), device=torch.device("cpu"),
-                                              network=TINY_NET)
+    images, labels = initial_synthetic_images(
+        data, ipc=4, init=init, generator=gen(), device=torch.device("cpu"), network=TINY_NET
+    )
     assert images.shape == (12, 3, 8, 8) and torch.equal(labels, torch.arange(3).repeat_interleave(4))
     # every image is one of the real images of its class
     real = data.normalized()

@@ -149,9 +149,7 @@ def test_case2_conventions_for_missing_cells():
 
 
 def test_empty_group_excluded_from_worst_group():
-    r = fairness_report(
-        [0, 1, 1], [0, 1, 0], sensitive_features=[0, 0, 2], num_classes=2, num_groups=3
-    )
+    r = fairness_report([0, 1, 1], [0, 1, 0], sensitive_features=[0, 0, 2], num_classes=2, num_groups=3)
     np.testing.assert_allclose(r.group_accuracy, [100.0, nan, 0.0])
     assert r.worst_group_accuracy == 0.0 and r.worst_group == 2
     assert any("groups without any sample (1)" in note for note in r.notes)
@@ -219,9 +217,7 @@ def test_recall_agrees_with_fairlearn(seed):
     table = group_class_recall(
         y_pred, y_true, sensitive_features=groups, num_classes=num_classes, num_groups=num_groups
     )
-    report = fairness_report(
-        y_pred, y_true, sensitive_features=groups, num_classes=num_classes, num_groups=num_groups
-    )
+    report = fairness_report(y_pred, y_true, sensitive_features=groups, num_classes=num_classes, num_groups=num_groups)
     for label in range(num_classes):
         frame = MetricFrame(
             metrics=recall_score,
@@ -273,12 +269,8 @@ def test_report_matches_naive_loop(data, num_classes, num_groups, n):
     y_true = np.array(data.draw(ids(num_classes)))
     y_pred = np.array(data.draw(ids(num_classes)))
     groups = np.array(data.draw(ids(num_groups)))
-    r = fairness_report(
-        y_pred, y_true, sensitive_features=groups, num_classes=num_classes, num_groups=num_groups
-    )
-    support, tp, predicted, recall, precision = _naive(
-        y_pred, y_true, groups, num_classes, num_groups
-    )
+    r = fairness_report(y_pred, y_true, sensitive_features=groups, num_classes=num_classes, num_groups=num_groups)
+    support, tp, predicted, recall, precision = _naive(y_pred, y_true, groups, num_classes, num_groups)
     np.testing.assert_array_equal(r.support, support)
     np.testing.assert_array_equal(r.predicted, predicted)
     np.testing.assert_allclose(r.recall, 100 * recall)
@@ -478,9 +470,7 @@ def test_error_bad_counts(bad):
 
 
 def test_error_names_length():
-    msg = M.ERR_NAMES_LENGTH.format(
-        name="group_names", expected=2, what="group", got=3, value=("a", "b", "c")
-    )
+    msg = M.ERR_NAMES_LENGTH.format(name="group_names", expected=2, what="group", got=3, value=("a", "b", "c"))
     with pytest.raises(ValueError, match=exact(msg)):
         call(group_names=["a", "b", "c"])
 

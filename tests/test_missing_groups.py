@@ -20,8 +20,13 @@ def _data_missing_group() -> GroupedImages:
     groups = torch.tensor([0] * 8 + [1] * 4 + [0] * 12)
     images = torch.randint(0, 256, (24, 3, 8, 8), generator=g, dtype=torch.uint8)
     return GroupedImages(
-        images=images, labels=labels, groups=groups, class_names=("a", "b"), group_names=("x", "y"),
-        mean=(0.5,) * 3, std=(0.5,) * 3,
+        images=images,
+        labels=labels,
+        groups=groups,
+        class_names=("a", "b"),
+        group_names=("x", "y"),
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
     )
 
 
@@ -32,7 +37,9 @@ def test_diagnostics_warn_and_use_present_groups() -> None:
     )
     with pytest.warns(MissingGroupWarning, match="'b' has no images of groups \\['y'\\]"):
         result = barycenter_diagnostics(
-            stats.to_dict(), class_names=data.class_names, group_names=data.group_names,
+            stats.to_dict(),
+            class_names=data.class_names,
+            group_names=data.group_names,
             config=BarycenterConfig(support_size=2, max_iter=3),
         )
     rows_b = result.table[result.table["class_name"] == "b"]
@@ -45,7 +52,10 @@ def test_diagnostics_warn_and_use_present_groups() -> None:
 def test_cobra_synthesis_runs_when_a_class_misses_a_group() -> None:
     data = _data_missing_group()
     result = synthesize(
-        data, mode="cobra", config=SynthesisConfig(ipc=2, iterations=2, batch_real=6, warmup_epochs=1),
-        network=NetworkConfig(width=4, depth=1), seed=0,
+        data,
+        mode="cobra",
+        config=SynthesisConfig(ipc=2, iterations=2, batch_real=6, warmup_epochs=1),
+        network=NetworkConfig(width=4, depth=1),
+        seed=0,
     )
     assert torch.isfinite(result.synthetic.images).all() and len(result.losses) == 2

@@ -20,7 +20,14 @@ def small(**kwargs) -> ConvNet:
 
 @pytest.mark.parametrize(
     "width, size, depth, expected",
-    [(128, 32, 3, 2048), (8, 8, 2, 8 * 2 * 2), (8, 16, 3, 8 * 2 * 2), (4, 16, 1, 4 * 8 * 8), (8, 8, 3, 8), (8, 28, 3, 8 * 3 * 3)],
+    [
+        (128, 32, 3, 2048),
+        (8, 8, 2, 8 * 2 * 2),
+        (8, 16, 3, 8 * 2 * 2),
+        (4, 16, 1, 4 * 8 * 8),
+        (8, 8, 3, 8),
+        (8, 28, 3, 8 * 3 * 3),
+    ],
 )
 def test_embedding_dim_formula(width, size, depth, expected):
     net = ConvNet(channels=3, num_classes=10, image_size=size, width=width, depth=depth)
@@ -51,7 +58,9 @@ def test_forward_is_classifier_of_embedding():
     torch.testing.assert_close(net(x), net.classifier(net.embed(x)))
 
 
-@pytest.mark.parametrize("norm, cls", [("instancenorm", nn.GroupNorm), ("batchnorm", nn.BatchNorm2d), ("none", nn.Identity)])
+@pytest.mark.parametrize(
+    "norm, cls", [("instancenorm", nn.GroupNorm), ("batchnorm", nn.BatchNorm2d), ("none", nn.Identity)]
+)
 def test_norm_choices(norm, cls):
     net = small(norm=norm)
     assert isinstance(net.features[1], cls)
@@ -67,7 +76,12 @@ def test_instancenorm_normalises_each_channel_per_image():
 
 
 @pytest.mark.parametrize(
-    "pooling, cls, dim", [("avgpooling", N.AvgPool2x2, 8 * 2 * 2), ("maxpooling", nn.MaxPool2d, 8 * 2 * 2), ("none", nn.Identity, 8 * 8 * 8)]
+    "pooling, cls, dim",
+    [
+        ("avgpooling", N.AvgPool2x2, 8 * 2 * 2),
+        ("maxpooling", nn.MaxPool2d, 8 * 2 * 2),
+        ("none", nn.Identity, 8 * 8 * 8),
+    ],
 )
 def test_pooling_choices(pooling, cls, dim):
     net = small(pooling=pooling)
@@ -79,7 +93,9 @@ def test_pooling_choices(pooling, cls, dim):
 def test_avg_vs_max_pooling_values():
     x = torch.randn(1, 3, 8, 8)
     avg = build_convnet(channels=3, num_classes=2, image_size=8, width=8, depth=1, norm="none", seed=0)
-    mx = build_convnet(channels=3, num_classes=2, image_size=8, width=8, depth=1, norm="none", pooling="maxpooling", seed=0)
+    mx = build_convnet(
+        channels=3, num_classes=2, image_size=8, width=8, depth=1, norm="none", pooling="maxpooling", seed=0
+    )
     h = torch.relu(avg.features[0](x))
     torch.testing.assert_close(avg.embed(x), nn.functional.avg_pool2d(h, 2).flatten(1))
     torch.testing.assert_close(mx.embed(x), nn.functional.max_pool2d(h, 2).flatten(1))
@@ -129,8 +145,17 @@ def test_build_convnet_seed_is_deterministic_and_isolated():
 
 
 def test_build_convnet_passes_architecture():
-    net = build_convnet(channels=1, num_classes=5, image_size=16, width=4, depth=3, norm="batchnorm",
-                        pooling="maxpooling", seed=0, device="cpu")
+    net = build_convnet(
+        channels=1,
+        num_classes=5,
+        image_size=16,
+        width=4,
+        depth=3,
+        norm="batchnorm",
+        pooling="maxpooling",
+        seed=0,
+        device="cpu",
+    )
     assert net.embedding_dim == 4 * 2 * 2
     assert isinstance(net.features[1], nn.BatchNorm2d) and isinstance(net.features[3], nn.MaxPool2d)
     assert net.classifier.out_features == 5

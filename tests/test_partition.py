@@ -32,7 +32,12 @@ def test_partition_table_rows_counts_and_shares():
     table = partition_table(_data())
     assert tuple(table.columns) == PARTITION_COLUMNS
     assert list(zip(table["class_name"], table["group_name"])) == [
-        ("a", "x"), ("a", "y"), ("b", "x"), ("b", "y"), ("c", "x"), ("c", "y"),
+        ("a", "x"),
+        ("a", "y"),
+        ("b", "x"),
+        ("b", "y"),
+        ("c", "x"),
+        ("c", "y"),
     ]
     assert table["count"].tolist() == [3, 1, 2, 0, 0, 0]
     np.testing.assert_allclose(table["share_in_class"].to_numpy()[:4], [0.75, 0.25, 1.0, 0.0])

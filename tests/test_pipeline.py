@@ -45,7 +45,9 @@ def _task_states(flow_run_id, expected: int = 9) -> dict[str, str]:
     async def read() -> dict[str, str | None]:
         async with get_client() as client:
             runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            return {run.name: (run.state.name if run.state is not None and run.state.is_final() else None) for run in runs}
+            return {
+                run.name: (run.state.name if run.state is not None and run.state.is_final() else None) for run in runs
+            }
 
     deadline = time.monotonic() + 60
     while True:
@@ -140,7 +142,8 @@ def test_planted_pickle_records_are_never_read(harness, tiny_workspace: Path) ->
     for manifest in (tiny_workspace / "data").rglob(MANIFEST):
         key = json.loads(manifest.read_text())["cache_key"]
         stage = {"prepared": "ingest", "synthetic": "synthesize", "audit": "audit"}.get(
-            manifest.parent.relative_to(tiny_workspace / "data").parts[0], manifest.parent.name)
+            manifest.parent.relative_to(tiny_workspace / "data").parts[0], manifest.parent.name
+        )
         for folder in (Path(harness), tiny_workspace / ".prefect/storage"):
             for name in (f"{stage}-{key}", key):
                 folder.mkdir(parents=True, exist_ok=True)
@@ -206,9 +209,14 @@ def test_shipped_params_and_presets_validate() -> None:
     assert quick.synthesis.modes == ("vanilla", "cobra")
     assert (full.synthesis.iterations, full.synthesis.batch_real, full.network.width) == (2600, 600, 128)
     assert full.synthesis.resolved_warmup_epochs() == 10 and full.audit.epochs == 1500 and full.audit.num_eval == 5
-    assert yaml.safe_load((root / "flows/presets/quick.yaml").read_text())["synthesis"]["iterations"] == quick.synthesis.iterations
+    assert (
+        yaml.safe_load((root / "flows/presets/quick.yaml").read_text())["synthesis"]["iterations"]
+        == quick.synthesis.iterations
+    )
     assert full.synthesis.compile and full.synthesis.cuda_graph
-    cfmnist = load_config(root / "params.yaml", preset=[root / "flows/presets/cfmnist.yaml", root / "flows/presets/full.yaml"])
+    cfmnist = load_config(
+        root / "params.yaml", preset=[root / "flows/presets/cfmnist.yaml", root / "flows/presets/full.yaml"]
+    )
     assert (cfmnist.data.dataset, cfmnist.data.shading, cfmnist.synthesis.iterations) == ("cfmnist", "intensity", 2600)
     assert quick.data.shading == "binary"
 
@@ -217,8 +225,19 @@ def test_distill_with_a_mode_the_backbone_lacks_exits_2_and_writes_nothing(tiny_
     from flows import cli
 
     before = sorted(p.relative_to(tiny_workspace) for p in tiny_workspace.rglob("*"))
-    code = cli.main(["distill", "--mode", "cobra-w2", "--params", str(tiny_workspace / "params.yaml"),
-                     "--workspace", str(tiny_workspace), "--set", "synthesis.backbone=dc"])
+    code = cli.main(
+        [
+            "distill",
+            "--mode",
+            "cobra-w2",
+            "--params",
+            str(tiny_workspace / "params.yaml"),
+            "--workspace",
+            str(tiny_workspace),
+            "--set",
+            "synthesis.backbone=dc",
+        ]
+    )
     assert code == 2
     assert "cobra-w2" in capsys.readouterr().err
     assert sorted(p.relative_to(tiny_workspace) for p in tiny_workspace.rglob("*")) == before

@@ -84,7 +84,12 @@ def test_temporary_files_of_a_killed_write_are_removed_by_the_next_run(tiny_work
     env = _env()
     result = subprocess.run(
         [sys.executable, "-m", "flows.cli", "stage", "ingest", "--workspace", str(tiny_workspace)],
-        cwd=tiny_workspace, env=env, capture_output=True, text=True, timeout=300, check=False,
+        cwd=tiny_workspace,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert not left.exists() and "removed 1 temporary file(s)" in result.stderr
@@ -105,9 +110,15 @@ def test_remove_stale_temp_files_respects_the_name_pattern_and_age(tmp_path: Pat
 
 
 def test_scratch_folders_of_dead_processes_are_removed(tmp_path: Path) -> None:
-    code = "from fdd.files import scratch_dir; import time; d = scratch_dir(); print(d.name, flush=True); time.sleep(300)"
-    processes = [subprocess.Popen([sys.executable, "-c", code], env=_env(TMPDIR=str(tmp_path)), stdout=subprocess.PIPE,
-                                  text=True) for _ in range(2)]
+    code = (
+        "from fdd.files import scratch_dir; import time; d = scratch_dir(); print(d.name, flush=True); time.sleep(300)"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=_env(TMPDIR=str(tmp_path)), stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     dead, alive = processes
     folders = [Path(p.stdout.readline().strip()) for p in processes]
     assert all(f.is_dir() and f.name.startswith(f"{SCRATCH_PREFIX}{p.pid}-") for f, p in zip(folders, processes))
@@ -142,7 +153,11 @@ def test_fdd_server_stops_its_prefect_server(sig: int, tmp_path: Path) -> None:
     port = _free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "server", "--port", str(port), "--workspace", str(tmp_path)],
-        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         _wait(lambda: _answers(port), timeout=180, what="the Prefect server", process=process)
@@ -162,11 +177,23 @@ def test_temporary_prefect_server_dies_with_a_killed_run(tiny_workspace: Path) -
     params = yaml.safe_load((tiny_workspace / "params.yaml").read_text())
     params["synthesis"].update({"iterations": 100_000, "modes": ["vanilla"]})
     (tiny_workspace / "params.yaml").write_text(yaml.safe_dump(params))
-    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "run"], cwd=tiny_workspace, env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run"],
+        cwd=tiny_workspace,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+
         def server() -> list[int]:
-            return [p.pid for p in psutil.Process(process.pid).children(recursive=True) if "uvicorn" in " ".join(p.cmdline())]
+            return [
+                p.pid
+                for p in psutil.Process(process.pid).children(recursive=True)
+                if "uvicorn" in " ".join(p.cmdline())
+            ]
+
         _wait(lambda: bool(server()), timeout=180, what="the temporary Prefect server", process=process)
         _wait(lambda: (tiny_workspace / "data/prepared/train.pt").exists(), timeout=180, what="ingest", process=process)
         pids = server()
@@ -189,8 +216,9 @@ def test_stop_on_signals_ends_every_child(tmp_path: Path) -> None:
             print(" ".join(str(c.pid) for c in children + [grandchild]), flush=True)
             time.sleep(300)
     """)
-    process = subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     pids = [int(p) for p in process.stdout.readline().split()]
     _wait(lambda: len(psutil.Process(process.pid).children(recursive=True)) >= 4, timeout=30, what="the children")
     everything = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
@@ -204,14 +232,30 @@ def test_stop_on_signals_ends_every_child(tmp_path: Path) -> None:
 def test_sigterm_to_fdd_sweep_stops_its_workers_and_servers(tiny_workspace: Path) -> None:
     params = yaml.safe_load((tiny_workspace / "params.yaml").read_text())
     params["synthesis"]["iterations"] = 100_000
-    params["sweep"] = {"datasets": ["cmnist"], "ipcs": [2], "modes": ["vanilla"], "seeds": [0, 1], "n_workers": 1,
-                       "processes": True}
+    params["sweep"] = {
+        "datasets": ["cmnist"],
+        "ipcs": [2],
+        "modes": ["vanilla"],
+        "seeds": [0, 1],
+        "n_workers": 1,
+        "processes": True,
+    }
     (tiny_workspace / "params.yaml").write_text(yaml.safe_dump(params))
-    process = subprocess.Popen([sys.executable, "-m", "flows.cli", "sweep"], cwd=tiny_workspace, env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "sweep"],
+        cwd=tiny_workspace,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+
         def uvicorns() -> list[psutil.Process]:
-            return [p for p in psutil.Process(process.pid).children(recursive=True) if "uvicorn" in " ".join(p.cmdline())]
+            return [
+                p for p in psutil.Process(process.pid).children(recursive=True) if "uvicorn" in " ".join(p.cmdline())
+            ]
+
         # the run's temporary Prefect server, then a Dask worker process with its own one (a grandchild)
         _wait(lambda: len(uvicorns()) >= 2, timeout=240, what="the Dask worker's Prefect server", process=process)
         everything = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]

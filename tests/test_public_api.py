@@ -16,8 +16,7 @@ from tests.conftest import TINY_PARAMS, write_tiny_idx
 
 ROOT = Path(fdd.__file__).resolve().parent
 MODULES = sorted(
-    ".".join(("fdd", *p.relative_to(ROOT).with_suffix("").parts)).removesuffix(".__init__")
-    for p in ROOT.rglob("*.py")
+    ".".join(("fdd", *p.relative_to(ROOT).with_suffix("").parts)).removesuffix(".__init__") for p in ROOT.rglob("*.py")
 )
 
 
@@ -65,7 +64,9 @@ def test_the_package_docstring_example_runs(tmp_path: Path) -> None:
     assert result.synthetic.images.shape[0] == 3 * config.synthesis.ipc
     audit = fdd.audit_synthetic(result.synthetic, data.test, config=config.audit, network=config.network)
     assert isinstance(audit, fdd.AuditResult)
-    assert 0 <= audit.summary["deo_m"]["mean"] <= 100 and torch.isfinite(torch.tensor(audit.summary["accuracy"]["mean"]))
+    assert 0 <= audit.summary["deo_m"]["mean"] <= 100 and torch.isfinite(
+        torch.tensor(audit.summary["accuracy"]["mean"])
+    )
 
 
 def test_top_level_all_lists_exactly_the_lazy_exports() -> None:

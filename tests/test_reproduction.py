@@ -19,13 +19,25 @@ from fdd.report.reproduction import (
 )
 
 
-def _cells(rows: list[tuple[str, int, float, float]], *, dataset: str = "cmnist", bias: str = "foreground",
-           ipc: int = 10) -> pd.DataFrame:
-    return pd.DataFrame([
-        {"dataset": dataset, "bias": bias, "ipc": ipc, "mode": mode, "seed": seed, "accuracy": acc, "deo_m": deo,
-         "deo_a": deo / 2, "suff_m": deo / 4}
-        for mode, seed, acc, deo in rows
-    ])
+def _cells(
+    rows: list[tuple[str, int, float, float]], *, dataset: str = "cmnist", bias: str = "foreground", ipc: int = 10
+) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "dataset": dataset,
+                "bias": bias,
+                "ipc": ipc,
+                "mode": mode,
+                "seed": seed,
+                "accuracy": acc,
+                "deo_m": deo,
+                "deo_a": deo / 2,
+                "suff_m": deo / 4,
+            }
+            for mode, seed, acc, deo in rows
+        ]
+    )
 
 
 def test_published_table_holds_method_md_section_5() -> None:
@@ -45,10 +57,15 @@ def test_verdict_tolerances_and_reasons() -> None:
 
 
 def test_paper_table_aggregates_over_seeds_with_the_sample_std() -> None:
-    cells = _cells([("cobra", 0, 94.0, 14.0), ("cobra", 1, 95.0, 16.0), ("cobra", 2, 96.0, 18.0),
-                    ("vanilla", 0, 20.0, 100.0)])
-    grid = [("cmnist", "foreground", 10, "vanilla"), ("cmnist", "foreground", 10, "fairdd"),
-            ("cmnist", "foreground", 10, "cobra"), ("cmnist", "background", 30, "cobra")]
+    cells = _cells(
+        [("cobra", 0, 94.0, 14.0), ("cobra", 1, 95.0, 16.0), ("cobra", 2, 96.0, 18.0), ("vanilla", 0, 20.0, 100.0)]
+    )
+    grid = [
+        ("cmnist", "foreground", 10, "vanilla"),
+        ("cmnist", "foreground", 10, "fairdd"),
+        ("cmnist", "foreground", 10, "cobra"),
+        ("cmnist", "background", 30, "cobra"),
+    ]
     table = paper_table(cells, grid)
     assert list(table.columns) == list(PAPER_COLUMNS)
     rows = table.set_index(["dataset", "bias", "ipc", "mode"])
@@ -67,9 +84,17 @@ def test_paper_table_aggregates_over_seeds_with_the_sample_std() -> None:
 
 
 def test_paired_comparison_uses_the_shared_seeds() -> None:
-    cells = _cells([("cobra", 0, 95.0, 14.0), ("cobra", 1, 96.0, 15.0), ("cobra", 2, 97.0, 19.0),
-                    ("fairdd", 0, 94.0, 16.0), ("fairdd", 1, 94.0, 16.0), ("fairdd", 2, 94.0, 16.0),
-                    ("fairdd", 3, 10.0, 90.0)])
+    cells = _cells(
+        [
+            ("cobra", 0, 95.0, 14.0),
+            ("cobra", 1, 96.0, 15.0),
+            ("cobra", 2, 97.0, 19.0),
+            ("fairdd", 0, 94.0, 16.0),
+            ("fairdd", 1, 94.0, 16.0),
+            ("fairdd", 2, 94.0, 16.0),
+            ("fairdd", 3, 10.0, 90.0),
+        ]
+    )
     paired = paired_comparison(cells, "cobra", "fairdd")
     assert list(paired.columns) == list(PAIRED_COLUMNS) and len(paired) == 1
     row = paired.iloc[0]
@@ -83,6 +108,9 @@ def test_paired_comparison_uses_the_shared_seeds() -> None:
 
 def test_missing_cell_columns_are_named() -> None:
     with pytest.raises(ValueError, match="suff_m") as info:
-        paper_table(pd.DataFrame({"dataset": [], "bias": [], "ipc": [], "mode": [], "seed": [], "accuracy": [],
-                                  "deo_m": [], "deo_a": []}))
+        paper_table(
+            pd.DataFrame(
+                {"dataset": [], "bias": [], "ipc": [], "mode": [], "seed": [], "accuracy": [], "deo_m": [], "deo_a": []}
+            )
+        )
     assert str(info.value).startswith(ERR_CELL_COLUMNS.split("{")[0])

@@ -32,9 +32,23 @@ def _stage_process(workspace: Path) -> subprocess.Popen:
     # the same thread count as this process (conftest: 1): CPU reductions are deterministic per thread count
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(torch.get_num_threads()))
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "stage", "synthesize", "--mode", "cobra", "--workspace", str(workspace),
-         "--params", str(workspace / "params.yaml")],
-        cwd=workspace, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "stage",
+            "synthesize",
+            "--mode",
+            "cobra",
+            "--workspace",
+            str(workspace),
+            "--params",
+            str(workspace / "params.yaml"),
+        ],
+        cwd=workspace,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -86,7 +100,10 @@ def test_checkpoint_of_other_settings_is_not_resumed(tiny_workspace: Path, monke
     config = load_config(tiny_workspace / "params.yaml")
     folder = tiny_workspace / "data/synthetic/cobra"
     folder.mkdir(parents=True)
-    torch.save({"fingerprint": "someone else's", "state": {"iteration": 39}, "losses": torch.zeros(39)}, folder / "checkpoint.pt")
+    torch.save(
+        {"fingerprint": "someone else's", "state": {"iteration": 39}, "losses": torch.zeros(39)},
+        folder / "checkpoint.pt",
+    )
     steps = []
     original_step = DMSynthesizer.step
     monkeypatch.setattr(DMSynthesizer, "step", lambda self: steps.append(1) or original_step(self))
@@ -102,9 +119,22 @@ def test_second_run_on_the_same_workspace_fails_fast_naming_the_first(tiny_works
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     start = time.monotonic()
     second = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "stage", "partition", "--workspace", str(tiny_workspace),
-         "--params", str(tiny_workspace / "params.yaml")],
-        cwd=tiny_workspace, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "stage",
+            "partition",
+            "--workspace",
+            str(tiny_workspace),
+            "--params",
+            str(tiny_workspace / "params.yaml"),
+        ],
+        cwd=tiny_workspace,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert second.returncode == 3
     assert f"pid {first.pid}" in second.stderr and "in use by another fdd run" in second.stderr
@@ -112,9 +142,22 @@ def test_second_run_on_the_same_workspace_fails_fast_naming_the_first(tiny_works
     first.kill()  # SIGKILL: the OS releases the lock, so it is never left broken
     first.wait(timeout=60)
     third = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "stage", "partition", "--workspace", str(tiny_workspace),
-         "--params", str(tiny_workspace / "params.yaml")],
-        cwd=tiny_workspace, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "stage",
+            "partition",
+            "--workspace",
+            str(tiny_workspace),
+            "--params",
+            str(tiny_workspace / "params.yaml"),
+        ],
+        cwd=tiny_workspace,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert third.returncode == 0, third.stderr[-2000:]
     assert time.monotonic() - start < 120

@@ -116,11 +116,36 @@ def test_peak_table_and_overrides():
 
 def test_profile_step_counts_a_tiny_cpu_config(tmp_path: Path, capsys):
     write_tiny_idx(tmp_path / "idx")
-    code = profile_step.main([
-        "--device", "cpu", "--idx-dir", str(tmp_path / "idx"), "--modes", "vanilla,cobra", "--variant", "eager",
-        "--width", "8", "--ipc", "2", "--batch-real", "8", "--steps", "1", "--warmup-steps", "0",
-        "--audit-epochs", "2", "--peak-tflops", "0.1", "--peak-gbps", "20", "--out", str(tmp_path / "out"),
-    ])
+    code = profile_step.main(
+        [
+            "--device",
+            "cpu",
+            "--idx-dir",
+            str(tmp_path / "idx"),
+            "--modes",
+            "vanilla,cobra",
+            "--variant",
+            "eager",
+            "--width",
+            "8",
+            "--ipc",
+            "2",
+            "--batch-real",
+            "8",
+            "--steps",
+            "1",
+            "--warmup-steps",
+            "0",
+            "--audit-epochs",
+            "2",
+            "--peak-tflops",
+            "0.1",
+            "--peak-gbps",
+            "20",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0
     report = (tmp_path / "out" / "profile_cpu.md").read_text()
     assert "torch.profiler tables skipped on cpu" in report
@@ -128,10 +153,15 @@ def test_profile_step_counts_a_tiny_cpu_config(tmp_path: Path, capsys):
     assert [line.split()[1] for line in lines] == ["vanilla", "cobra", "audit"]
     for line in lines:
         flops, bytes_upper, bytes_lower = (
-            float(v) for v in re.search(r": ([\d.e+-]+) GFLOP, ([\d.e+-]+) GB moved unfused .*?; ([\d.e+-]+) GB distinct", line).groups()
+            float(v)
+            for v in re.search(
+                r": ([\d.e+-]+) GFLOP, ([\d.e+-]+) GB moved unfused .*?; ([\d.e+-]+) GB distinct", line
+            ).groups()
         )
         assert flops > 0 and bytes_upper >= bytes_lower > 0
-        assert re.search(r"-> (memory|compute)-bound, roofline [\d.]+ ms .* measured [\d.]+ ms = [\d.]+x roofline", line)
+        assert re.search(
+            r"-> (memory|compute)-bound, roofline [\d.]+ ms .* measured [\d.]+ ms = [\d.]+x roofline", line
+        )
     gflops = {line.split()[1]: float(re.search(r": ([\d.e+-]+) GFLOP", line).group(1)) for line in lines}
     assert gflops["cobra"] > gflops["vanilla"]  # the cobra warm-up trains the embedder on top of the matching
     assert "0.1 TFLOP/s fp32" in capsys.readouterr().out

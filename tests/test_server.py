@@ -33,16 +33,22 @@ SCHEDULE = {"name": "test-cobra", "flow": "distill", "mode": "cobra", "cron": "0
 
 
 def test_schedules_become_cron_deployments_with_their_parameters(tmp_path: Path) -> None:
-    config = parse_config({
-        "schedules": [SCHEDULE, {"name": "weekly", "flow": "compare", "cron": "0 6 * * 1",
-                                 "parameters": {"synthesis": {"ipc": 5}}}],
-    })
+    config = parse_config(
+        {
+            "schedules": [
+                SCHEDULE,
+                {"name": "weekly", "flow": "compare", "cron": "0 6 * * 1", "parameters": {"synthesis": {"ipc": 5}}},
+            ],
+        }
+    )
     nightly, weekly = build_deployments(config, str(tmp_path))
     assert (nightly.name, weekly.name) == ("test-cobra", "weekly")
     schedule = nightly.schedules[0].schedule
     assert (schedule.cron, schedule.timezone) == ("0 3 * * *", "Europe/Paris")
     assert nightly.parameters["mode"] == "cobra" and nightly.parameters["workspace"] == str(tmp_path.resolve())
-    assert nightly.parameters["config"]["synthesis"]["ipc"] == 10 and weekly.parameters["config"]["synthesis"]["ipc"] == 5
+    assert (
+        nightly.parameters["config"]["synthesis"]["ipc"] == 10 and weekly.parameters["config"]["synthesis"]["ipc"] == 5
+    )
     assert weekly.parameters["config"]["schedules"] == [] and "mode" not in weekly.parameters
     assert nightly.entrypoint == "flows.pipeline.distill_flow"
     only = build_deployments(config, str(tmp_path), only=["weekly"])
@@ -57,14 +63,23 @@ def test_bad_schedules_are_named(tmp_path: Path) -> None:
         build_deployments(config, str(tmp_path), only=["nope"], params="p.yaml")
     assert str(info.value) == ERR_UNKNOWN_SCHEDULE.format(name="nope", params="p.yaml", known=["test-cobra"])
     bad = parse_config({"schedules": [{**SCHEDULE, "parameters": {"synthesis": {"ipc": 0}}}]})
-    with pytest.raises(ConfigError, match=ERR_BAD_PARAMETERS.split("{error}")[0].format(name="test-cobra").replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        ConfigError,
+        match=ERR_BAD_PARAMETERS.split("{error}")[0].format(name="test-cobra").replace("[", r"\[").replace("]", r"\]"),
+    ):
         deployment_parameters(bad, bad.schedules[0], str(tmp_path))
     # a distill schedule whose mode the backbone lacks is refused when the deployments are built
-    wrong_mode = parse_config({"schedules": [{**SCHEDULE, "mode": "cobra-w2", "parameters": {"synthesis": {"backbone": "dc"}}}]})
+    wrong_mode = parse_config(
+        {"schedules": [{**SCHEDULE, "mode": "cobra-w2", "parameters": {"synthesis": {"backbone": "dc"}}}]}
+    )
     with pytest.raises(ConfigError, match="synthesis.backbone='dc' supports modes"):
         build_deployments(wrong_mode, str(tmp_path))
-    for broken, key in (({**SCHEDULE, "cron": "0 3 * *"}, "cron"), ({**SCHEDULE, "flow": "train"}, "flow"),
-                        ({**SCHEDULE, "extra": 1}, "extra"), ({**SCHEDULE, "timezone": "Mars/Base"}, "timezone")):
+    for broken, key in (
+        ({**SCHEDULE, "cron": "0 3 * *"}, "cron"),
+        ({**SCHEDULE, "flow": "train"}, "flow"),
+        ({**SCHEDULE, "extra": 1}, "extra"),
+        ({**SCHEDULE, "timezone": "Mars/Base"}, "timezone"),
+    ):
         with pytest.raises(ConfigError, match=f"schedules.0.{key}"):
             parse_config({"schedules": [broken]})
     with pytest.raises(ConfigError, match="more than once"):
@@ -117,7 +132,9 @@ def _stop(process: subprocess.Popen | None) -> None:
 
 
 @pytest.mark.slow
-def test_server_serve_deployment_run_and_artifacts(tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_server_serve_deployment_run_and_artifacts(
+    tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     params = yaml.safe_load((tiny_workspace / "params.yaml").read_text())
@@ -136,8 +153,13 @@ def test_server_serve_deployment_run_and_artifacts(tiny_workspace: Path, tmp_pat
     }
     server = serve = None
     try:
-        server = subprocess.Popen(cli.server_command("127.0.0.1", port), env=env, cwd=ROOT,
-                                  stdout=(logs / "server.log").open("w"), stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            cli.server_command("127.0.0.1", port),
+            env=env,
+            cwd=ROOT,
+            stdout=(logs / "server.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
         http = httpx.Client(base_url=api, timeout=10)
 
         def healthy() -> bool:
@@ -148,18 +170,41 @@ def test_server_serve_deployment_run_and_artifacts(tiny_workspace: Path, tmp_pat
 
         _wait(healthy, timeout=90, what="the Prefect server", processes=(server,))
         serve = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "serve", "--params", str(tiny_workspace / "params.yaml"),
-             "--workspace", str(tiny_workspace), "--api-url", api],
-            env=env, cwd=ROOT, stdout=(logs / "serve.log").open("w"), stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "serve",
+                "--params",
+                str(tiny_workspace / "params.yaml"),
+                "--workspace",
+                str(tiny_workspace),
+                "--api-url",
+                api,
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=(logs / "serve.log").open("w"),
+            stderr=subprocess.STDOUT,
         )
         name = "fdd-distill/test-cobra"
-        _wait(lambda: http.get(f"/deployments/name/{name}").status_code == 200, timeout=60,
-              what="the deployment", processes=(server, serve))
+        _wait(
+            lambda: http.get(f"/deployments/name/{name}").status_code == 200,
+            timeout=60,
+            what="the deployment",
+            processes=(server, serve),
+        )
         deployment = http.get(f"/deployments/name/{name}").json()
         schedule = deployment["schedules"][0]["schedule"]
         assert (schedule["cron"], schedule["timezone"]) == ("0 3 * * *", "Europe/Paris")
-        run = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", name, "--watch",
-                              "--watch-timeout", "180"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+        run = subprocess.run(
+            [sys.executable, "-m", "prefect", "deployment", "run", name, "--watch", "--watch-timeout", "180"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:] + (logs / "serve.log").read_text()[-3000:]
         run_id = re.search(r"UUID: ([0-9a-f-]{36})", run.stdout).group(1)
         flow_run = http.get(f"/flow_runs/{run_id}").json()

@@ -95,8 +95,8 @@ def offline(monkeypatch):
 def test_encode_idx_headers_are_the_mnist_magic_numbers():
     images = np.zeros((2, 28, 28), dtype=np.uint8)
     labels = np.array([7, 3, 1], dtype=np.uint8)
-    assert encode_idx(images)[:16] == bytes.fromhex("00000803" "00000002" "0000001c" "0000001c")
-    assert encode_idx(labels) == bytes.fromhex("00000801" "00000003" "070301")
+    assert encode_idx(images)[:16] == bytes.fromhex("00000803000000020000001c0000001c")
+    assert encode_idx(labels) == bytes.fromhex("0000080100000003070301")
 
 
 def test_idx_round_trip_and_torchvision_reads_it(tmp_path):

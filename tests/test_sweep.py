@@ -37,7 +37,9 @@ from flows.sweep import (
 
 
 def test_grid_is_the_product_of_the_axes() -> None:
-    sweep = SweepConfig(datasets=("cmnist", "cfmnist"), ipcs=(1, 10), backbones=("dm",), modes=("vanilla", "cobra"), seeds=(0, 1, 2))
+    sweep = SweepConfig(
+        datasets=("cmnist", "cfmnist"), ipcs=(1, 10), backbones=("dm",), modes=("vanilla", "cobra"), seeds=(0, 1, 2)
+    )
     cells = sweep_cells(sweep)
     assert len(cells) == 2 * 2 * 1 * 2 * 3
     assert len({tuple(c.values()) for c in cells}) == len(cells)
@@ -55,10 +57,12 @@ def test_cell_config_sets_the_cell_and_keeps_the_rest() -> None:
 
 @pytest.mark.parametrize(
     ("sweep", "message"),
-    [({"seeds": []}, ERR_EMPTY_AXIS.format(axis="seeds")),
-     ({"modes": ["cobra", "cobra"]}, ERR_DUPLICATE_AXIS.format(axis="modes", dupes=["cobra"])),
-     ({"backbones": ["nope"]}, "sweep.backbones.0"),
-     ({"ipcs": [0]}, "sweep.ipcs must lie in [1, 1000]")],
+    [
+        ({"seeds": []}, ERR_EMPTY_AXIS.format(axis="seeds")),
+        ({"modes": ["cobra", "cobra"]}, ERR_DUPLICATE_AXIS.format(axis="modes", dupes=["cobra"])),
+        ({"backbones": ["nope"]}, "sweep.backbones.0"),
+        ({"ipcs": [0]}, "sweep.ipcs must lie in [1, 1000]"),
+    ],
 )
 def test_bad_sweep_settings_are_named(sweep: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -68,11 +72,37 @@ def test_bad_sweep_settings_are_named(sweep: dict, message: str) -> None:
 
 def test_summary_mean_and_sample_std_over_seeds() -> None:
     cells = pd.DataFrame(
-        [{"dataset": "cmnist", "ipc": 1, "backbone": "dm", "mode": "cobra", "seed": s,
-          "accuracy": a, "deo_m": 10.0 * s, "deo_a": 1.0, "worst_group_accuracy": 5.0, "suff_m": 4.0 + s,
-          "suff_a": 2.0} for s, a in ((0, 50.0), (1, 60.0), (2, 70.0))]
-        + [{"dataset": "cmnist", "ipc": 1, "backbone": "dm", "mode": "vanilla", "seed": 0,
-            "accuracy": 40.0, "deo_m": 3.0, "deo_a": 2.0, "worst_group_accuracy": 1.0, "suff_m": 9.0, "suff_a": 3.0}]
+        [
+            {
+                "dataset": "cmnist",
+                "ipc": 1,
+                "backbone": "dm",
+                "mode": "cobra",
+                "seed": s,
+                "accuracy": a,
+                "deo_m": 10.0 * s,
+                "deo_a": 1.0,
+                "worst_group_accuracy": 5.0,
+                "suff_m": 4.0 + s,
+                "suff_a": 2.0,
+            }
+            for s, a in ((0, 50.0), (1, 60.0), (2, 70.0))
+        ]
+        + [
+            {
+                "dataset": "cmnist",
+                "ipc": 1,
+                "backbone": "dm",
+                "mode": "vanilla",
+                "seed": 0,
+                "accuracy": 40.0,
+                "deo_m": 3.0,
+                "deo_a": 2.0,
+                "worst_group_accuracy": 1.0,
+                "suff_m": 9.0,
+                "suff_a": 3.0,
+            }
+        ]
     )
     summary = summarize(cells).set_index("mode")
     assert summary.loc["cobra", "seeds"] == 3 and summary.loc["vanilla", "seeds"] == 1
@@ -90,7 +120,12 @@ def test_task_runner_is_a_local_dask_cluster_or_the_given_address() -> None:
     local, gpus = _task_runner(SweepConfig(n_workers=3, processes=False), "cpu")
     assert isinstance(local, DaskTaskRunner) and gpus == 0
     assert local.cluster_class == "distributed.LocalCluster"
-    assert local.cluster_kwargs == {"n_workers": 3, "threads_per_worker": 1, "processes": False, "dashboard_address": None}
+    assert local.cluster_kwargs == {
+        "n_workers": 3,
+        "threads_per_worker": 1,
+        "processes": False,
+        "dashboard_address": None,
+    }
     remote, _ = _task_runner(SweepConfig(address="tcp://10.0.0.5:8786"), "cpu")
     assert remote.address == "tcp://10.0.0.5:8786" and remote.cluster_class is None
 
@@ -98,15 +133,32 @@ def test_task_runner_is_a_local_dask_cluster_or_the_given_address() -> None:
 def test_summary_reports_failed_seeds_and_averages_the_finished_ones() -> None:
     """A group with a failed seed is 'partial' (its mean over the seeds that finished), a group
     whose seeds all failed still has a row ('failed', no metrics), each with its errors."""
-    def row(mode: str, seed: int, accuracy: float, status: str = "ok", error: str = "") -> dict:
-        return {"dataset": "cmnist", "ipc": 1, "backbone": "dm", "mode": mode, "seed": seed, "accuracy": accuracy,
-                "deo_m": 1.0, "deo_a": 1.0, "worst_group_accuracy": 1.0, "status": status, "error": error}
 
-    cells = pd.DataFrame([
-        row("cobra", 0, 50.0), row("cobra", 1, math.nan, "failed", "ValueError: boom"), row("cobra", 2, 70.0),
-        row("vanilla", 0, 40.0),
-        row("fairdd", 0, math.nan, "failed", "RuntimeError: a"), row("fairdd", 1, math.nan, "failed", "KilledWorker: b"),
-    ])
+    def row(mode: str, seed: int, accuracy: float, status: str = "ok", error: str = "") -> dict:
+        return {
+            "dataset": "cmnist",
+            "ipc": 1,
+            "backbone": "dm",
+            "mode": mode,
+            "seed": seed,
+            "accuracy": accuracy,
+            "deo_m": 1.0,
+            "deo_a": 1.0,
+            "worst_group_accuracy": 1.0,
+            "status": status,
+            "error": error,
+        }
+
+    cells = pd.DataFrame(
+        [
+            row("cobra", 0, 50.0),
+            row("cobra", 1, math.nan, "failed", "ValueError: boom"),
+            row("cobra", 2, 70.0),
+            row("vanilla", 0, 40.0),
+            row("fairdd", 0, math.nan, "failed", "RuntimeError: a"),
+            row("fairdd", 1, math.nan, "failed", "KilledWorker: b"),
+        ]
+    )
     summary = summarize(cells).set_index("mode")
     assert list(summary.index) == ["cobra", "vanilla", "fairdd"]  # the grid's order, failed group included
     assert summary.loc["cobra", "seeds"] == 2 and summary.loc["cobra", "accuracy_mean"] == pytest.approx(60.0)
@@ -121,7 +173,12 @@ def test_cell_device_is_its_workers_gpu() -> None:
     """Worker k of a local cluster of G GPUs runs on <kind>:<k mod G>; the kind is injected
     (cuda on a GPU host, cpu for a cluster declaring fake GPUs), so the mapping is checked here."""
     assert [_cell_device("cuda", local_gpus=4, worker=str(k)) for k in range(5)] == [
-        "cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0"]
+        "cuda:0",
+        "cuda:1",
+        "cuda:2",
+        "cuda:3",
+        "cuda:0",
+    ]
     assert _cell_device("cpu", local_gpus=2, worker="1") == "cpu:1"  # fake GPUs on the CPU
     assert _cell_device("cuda", local_gpus=0, worker="1") == "cuda"  # no local GPUs: the configured device
     assert _cell_device("cuda", local_gpus=2, worker="tcp://10.0.0.5:4000") == "cuda"  # a separately started worker
@@ -138,7 +195,12 @@ def test_a_cell_that_failed_or_that_dask_gave_up_on_becomes_a_failed_row() -> No
     from flows.sweep import CellFailedError, _cell_row
 
     cell = {"dataset": "cmnist", "ipc": 2, "backbone": "dm", "mode": "cobra", "seed": 1}
-    record = {"device": "cuda:1", "worker": "1", "started": "2026-01-01T00:00:00+00:00", "finished": "2026-01-01T00:00:09+00:00"}
+    record = {
+        "device": "cuda:1",
+        "worker": "1",
+        "started": "2026-01-01T00:00:00+00:00",
+        "finished": "2026-01-01T00:00:09+00:00",
+    }
     error = pickle.loads(pickle.dumps(CellFailedError("ValueError: boom", record)))
     assert str(error) == "ValueError: boom" and error.record == record
 
@@ -168,8 +230,13 @@ def test_a_cell_that_failed_or_that_dask_gave_up_on_becomes_a_failed_row() -> No
 def test_task_runner_declares_one_gpu_per_worker() -> None:
     runner, gpus = _task_runner(SweepConfig(n_workers=3, processes=False), "cpu", gpus=2)
     assert gpus == 2  # min(n_workers, GPUs) workers, each holding GPU=1
-    assert runner.cluster_kwargs == {"n_workers": 2, "threads_per_worker": 1, "processes": False,
-                                     "dashboard_address": None, "resources": {"GPU": 1}}
+    assert runner.cluster_kwargs == {
+        "n_workers": 2,
+        "threads_per_worker": 1,
+        "processes": False,
+        "dashboard_address": None,
+        "resources": {"GPU": 1},
+    }
 
 
 @pytest.mark.slow
@@ -180,15 +247,29 @@ def test_two_cell_sweep_on_a_local_dask_cluster(tiny_workspace: Path, tmp_path_f
     Prefect again (several seconds each on a small CPU) for cells that take seconds.
     """
     storage = tmp_path_factory.mktemp("prefect-results")
-    overrides = {"sweep": {"datasets": ["cmnist"], "ipcs": [2], "backbones": ["dm"], "modes": ["cobra"],
-                           "seeds": [0, 1], "n_workers": 2, "processes": False}}
+    overrides = {
+        "sweep": {
+            "datasets": ["cmnist"],
+            "ipcs": [2],
+            "backbones": ["dm"],
+            "modes": ["cobra"],
+            "seeds": [0, 1],
+            "n_workers": 2,
+            "processes": False,
+        }
+    }
     config = load_config(tiny_workspace / "params.yaml", overrides=overrides)
     ws = str(tiny_workspace)
     with prefect_test_harness(server_startup_timeout=120):
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_LOCAL_STORAGE_PATH: storage}):
             first = run_sweep(config, workspace=ws)
-            assert first == {"cells": 2, "computed": 2, "failed": 0, "not_run": 0,
-                             "summary": str(tiny_workspace / "data/sweep/summary.csv")}
+            assert first == {
+                "cells": 2,
+                "computed": 2,
+                "failed": 0,
+                "not_run": 0,
+                "summary": str(tiny_workspace / "data/sweep/summary.csv"),
+            }
             home = tiny_workspace / "data/sweep/cmnist/cells"
             synthetic = {s: home / f"ipc2-dm-cobra-seed{s}" / "data/synthetic/cobra/synthetic.pt" for s in (0, 1)}
             stamps = {s: p.stat().st_mtime_ns for s, p in synthetic.items()}
@@ -199,7 +280,9 @@ def test_two_cell_sweep_on_a_local_dask_cluster(tiny_workspace: Path, tmp_path_f
     cells = pd.read_csv(tiny_workspace / "data/sweep/cells.csv")
     assert sorted(cells["seed"]) == [0, 1] and set(cells["cached"]) == {True}
     assert set(cells["worker"].astype(str)) <= {"0", "1"}  # ran on the local cluster's two Dask workers
-    per_cell = {s: json.loads((home / f"ipc2-dm-cobra-seed{s}" / "data/audit/cobra/metrics.json").read_text()) for s in (0, 1)}
+    per_cell = {
+        s: json.loads((home / f"ipc2-dm-cobra-seed{s}" / "data/audit/cobra/metrics.json").read_text()) for s in (0, 1)
+    }
     for _, row in cells.iterrows():
         for metric in ("accuracy", "deo_m", "deo_a", "worst_group_accuracy", "suff_m", "suff_a"):
             assert row[metric] == pytest.approx(per_cell[row["seed"]][metric])
@@ -217,8 +300,15 @@ def test_a_grid_with_bad_cells_is_refused_before_anything_runs(tiny_workspace: P
     from flows import cli
     from flows.configuration import ERR_SWEEP_CELLS, sweep_cell_configs
 
-    overrides = {"sweep": {"datasets": ["cmnist", "adult"], "ipcs": [2], "backbones": ["dm"], "modes": ["vanilla", "cobra"],
-                           "seeds": [0]}}
+    overrides = {
+        "sweep": {
+            "datasets": ["cmnist", "adult"],
+            "ipcs": [2],
+            "backbones": ["dm"],
+            "modes": ["vanilla", "cobra"],
+            "seeds": [0],
+        }
+    }
     config = load_config(tiny_workspace / "params.yaml", overrides=overrides)
     with pytest.raises(ConfigError, match=ERR_SWEEP_CELLS.split("{")[1].split("}")[1].split("(")[0]) as info:
         sweep_cell_configs(config)
@@ -227,8 +317,19 @@ def test_a_grid_with_bad_cells_is_refused_before_anything_runs(tiny_workspace: P
     assert "adult-ipc2-dm-vanilla-seed0" in message and "adult-ipc2-dm-cobra-seed0" in message
     assert "cmnist-ipc" not in message and "data.dataset is 'adult'" in message  # the reason is named
     before = sorted(p.relative_to(tiny_workspace) for p in tiny_workspace.rglob("*"))
-    code = cli.main(["sweep", "--params", str(tiny_workspace / "params.yaml"), "--workspace", str(tiny_workspace),
-                     "--set", "sweep.datasets=[cmnist, adult]", "--set", "sweep.ipcs=[2]"])
+    code = cli.main(
+        [
+            "sweep",
+            "--params",
+            str(tiny_workspace / "params.yaml"),
+            "--workspace",
+            str(tiny_workspace),
+            "--set",
+            "sweep.datasets=[cmnist, adult]",
+            "--set",
+            "sweep.ipcs=[2]",
+        ]
+    )
     assert code == 2
     assert sorted(p.relative_to(tiny_workspace) for p in tiny_workspace.rglob("*")) == before  # nothing written
 
@@ -242,7 +343,9 @@ def test_dataset_workspace_links_every_user_path(tmp_path: Path) -> None:
     (tmp_path / "mine/images/a").mkdir(parents=True)
     (tmp_path / "mine/images/a/x.png").write_bytes(b"not really a png")
     (tmp_path / "mine/labels.csv").write_text("path,label,group\na/x.png,cat,g1\n")
-    config = parse_config({"data": {"dataset": "folder", "folder": {"csv": "mine/labels.csv", "images": "mine/images"}}})
+    config = parse_config(
+        {"data": {"dataset": "folder", "folder": {"csv": "mine/labels.csv", "images": "mine/images"}}}
+    )
     home = dataset_workspace(str(tmp_path), config, "folder")
     assert (home / "mine/labels.csv").read_text() == (tmp_path / "mine/labels.csv").read_text()
     assert (home / "mine/images/a/x.png").read_bytes() == b"not really a png"
@@ -268,8 +371,14 @@ def test_sweep_checks_do_not_import_prefect_before_the_workspace_sets_it_up():
         "print('prefect' in sys.modules)\n"
     )
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(root)}, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=True,
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -280,12 +389,22 @@ def test_records_let_a_time_boxed_sweep_resume_and_feed_the_paper_table(
     records (no data prepared for them), computes the rest, and reruns a cell whose record
     was made with other settings. The paper table covers the whole grid each time."""
     storage = tmp_path_factory.mktemp("prefect-results")
-    sweep = {"datasets": ["cmnist-fg", "cmnist-bg"], "ipcs": [2], "backbones": ["dm"], "modes": ["cobra"],
-             "seeds": [0, 1], "n_workers": 1, "processes": False,
-             "variants": {"cmnist-fg": {"dataset": "cmnist", "bias": "foreground"},
-                          "cmnist-bg": {"dataset": "cmnist", "bias": "background"}},
-             "records": "results/cells", "paper_table": "results/paper_table.csv",
-             "compute_only": {"datasets": ["cmnist-bg"]}}
+    sweep = {
+        "datasets": ["cmnist-fg", "cmnist-bg"],
+        "ipcs": [2],
+        "backbones": ["dm"],
+        "modes": ["cobra"],
+        "seeds": [0, 1],
+        "n_workers": 1,
+        "processes": False,
+        "variants": {
+            "cmnist-fg": {"dataset": "cmnist", "bias": "foreground"},
+            "cmnist-bg": {"dataset": "cmnist", "bias": "background"},
+        },
+        "records": "results/cells",
+        "paper_table": "results/paper_table.csv",
+        "compute_only": {"datasets": ["cmnist-bg"]},
+    }
     config = load_config(tiny_workspace / "params.yaml", overrides={"sweep": sweep})
     ws = str(tiny_workspace)
     records = tiny_workspace / "results/cells"
@@ -294,7 +413,9 @@ def test_records_let_a_time_boxed_sweep_resume_and_feed_the_paper_table(
             first = run_sweep(config, workspace=ws)
             assert (first["cells"], first["computed"], first["not_run"]) == (2, 2, 2)
             assert sorted(p.name for p in records.iterdir()) == [
-                "cmnist-bg-ipc2-dm-cobra-seed0.json", "cmnist-bg-ipc2-dm-cobra-seed1.json"]
+                "cmnist-bg-ipc2-dm-cobra-seed0.json",
+                "cmnist-bg-ipc2-dm-cobra-seed1.json",
+            ]
             table = pd.read_csv(tiny_workspace / "results/paper_table.csv").set_index("bias")
             assert table.loc["background", "seeds"] == 2 and table.loc["foreground", "verdict"] == "not run"
             assert table.loc["background", "verdict"] == "unpublished"  # IPC 2 is not in the paper
@@ -304,8 +425,7 @@ def test_records_let_a_time_boxed_sweep_resume_and_feed_the_paper_table(
             import shutil
 
             shutil.rmtree(tiny_workspace / "data/sweep/cmnist-bg")
-            full = load_config(tiny_workspace / "params.yaml",
-                               overrides={"sweep": {**sweep, "compute_only": None}})
+            full = load_config(tiny_workspace / "params.yaml", overrides={"sweep": {**sweep, "compute_only": None}})
             second = run_sweep(full, workspace=ws)
             assert (second["cells"], second["computed"], second["not_run"]) == (4, 2, 0)
             assert not (tiny_workspace / "data/sweep/cmnist-bg").exists()
@@ -351,8 +471,12 @@ def test_sweep_variants_and_compute_only_are_validated() -> None:
         parse_config({"sweep": {"compute_only": {"bias": ["x"]}}})
     with pytest.raises(ConfigError, match="inside the workspace"):
         parse_config({"sweep": {"records": "/abs/cells"}})
-    config = parse_config({"data": {"shading": "intensity"}, "sweep": {
-        "datasets": ["cfm-bg"], "variants": {"cfm-bg": {"dataset": "cfmnist", "bias": "background"}}}})
+    config = parse_config(
+        {
+            "data": {"shading": "intensity"},
+            "sweep": {"datasets": ["cfm-bg"], "variants": {"cfm-bg": {"dataset": "cfmnist", "bias": "background"}}},
+        }
+    )
     cell = config_cell = sweep_cells(config.sweep)[0]
     resolved = cell_config(config, config_cell)
     assert cell["dataset"] == "cfm-bg"
@@ -361,7 +485,9 @@ def test_sweep_variants_and_compute_only_are_validated() -> None:
 
 @pytest.mark.slow
 def test_a_failing_cell_is_reported_and_the_others_finish(
-    tiny_workspace: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+    tiny_workspace: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`fdd sweep` where IPC 50 asks for more images per class than the tiny set has (40): that
@@ -377,21 +503,35 @@ def test_a_failing_cell_is_reported_and_the_others_finish(
         monkeypatch.setenv(key, value)  # what the command sets, undone after the test
     params = yaml.safe_load((tiny_workspace / "params.yaml").read_text())
     params["synthesis"]["init"] = "real"
-    params["sweep"] = {"datasets": ["cmnist"], "ipcs": [2, 50], "backbones": ["dm"], "modes": ["cobra"],
-                       "seeds": [0], "n_workers": 2, "processes": False}
+    params["sweep"] = {
+        "datasets": ["cmnist"],
+        "ipcs": [2, 50],
+        "backbones": ["dm"],
+        "modes": ["cobra"],
+        "seeds": [0],
+        "n_workers": 2,
+        "processes": False,
+    }
     (tiny_workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     storage = tmp_path_factory.mktemp("prefect-results")
     with prefect_test_harness(server_startup_timeout=120):
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None, PREFECT_LOCAL_STORAGE_PATH: storage}):
-            code = cli.main(["sweep", "--params", str(tiny_workspace / "params.yaml"), "--workspace", str(tiny_workspace)])
+            code = cli.main(
+                ["sweep", "--params", str(tiny_workspace / "params.yaml"), "--workspace", str(tiny_workspace)]
+            )
     out = capsys.readouterr()
     table = tiny_workspace / "data/sweep/cells.csv"
     assert code == 1
-    assert "error: " + ERR_CELLS_FAILED.format(failed=1, cells=2, names="cmnist-ipc50-dm-cobra-seed0", table=table) in out.err
+    assert (
+        "error: " + ERR_CELLS_FAILED.format(failed=1, cells=2, names="cmnist-ipc50-dm-cobra-seed0", table=table)
+        in out.err
+    )
     assert (tiny_workspace / "data/sweep/summary.md").read_text() in out.out
     cells = pd.read_csv(table, dtype={"worker": str}).fillna({"error": ""}).set_index("ipc")
     good, bad = cells.loc[2], cells.loc[50]
-    metrics = json.loads((tiny_workspace / "data/sweep/cmnist/cells/ipc2-dm-cobra-seed0/data/audit/cobra/metrics.json").read_text())
+    metrics = json.loads(
+        (tiny_workspace / "data/sweep/cmnist/cells/ipc2-dm-cobra-seed0/data/audit/cobra/metrics.json").read_text()
+    )
     assert good["status"] == "ok" and good["error"] == "" and good["accuracy"] == pytest.approx(metrics["accuracy"])
     assert bad["status"] == "failed" and math.isnan(bad["accuracy"])  # no metrics: blank in the CSV
     prefix = ERR_TOO_FEW_FOR_INIT.split("{")[0]
@@ -399,7 +539,9 @@ def test_a_failing_cell_is_reported_and_the_others_finish(
     for row in (good, bad):  # where and when each cell ran, the failed one too
         assert row["device"] == "cpu" and row["worker"] in {"0", "1"}
         assert pd.Timestamp(row["started"]) <= pd.Timestamp(row["finished"])
-    assert not (tiny_workspace / "data/sweep/cmnist/cells/ipc50-dm-cobra-seed0/data/synthetic/cobra/synthetic.pt").exists()
+    assert not (
+        tiny_workspace / "data/sweep/cmnist/cells/ipc50-dm-cobra-seed0/data/synthetic/cobra/synthetic.pt"
+    ).exists()
     summary = pd.read_csv(tiny_workspace / "data/sweep/summary.csv").fillna({"error": ""}).set_index("ipc")
     assert summary.loc[2, "status"] == "ok" and summary.loc[2, "seeds"] == 1
     assert summary.loc[50, "status"] == "failed" and summary.loc[50, "seeds"] == 0

@@ -26,8 +26,14 @@ def test_overlap_check_and_arguments() -> None:
     bench = _benchmark()
     t = pd.Timestamp("2026-01-01T00:00:00Z")
     s = pd.Timedelta(seconds=1)
-    cells = pd.DataFrame({"worker": ["0", "0", "1"], "seed": [0, 1, 2],
-                          "started": [t, t + s, t], "finished": [t + 2 * s, t + 3 * s, t + 3 * s]})
+    cells = pd.DataFrame(
+        {
+            "worker": ["0", "0", "1"],
+            "seed": [0, 1, 2],
+            "started": [t, t + s, t],
+            "finished": [t + 2 * s, t + 3 * s, t + 3 * s],
+        }
+    )
     assert bench.overlaps(cells) == [("0", 0, 1)]
     cells.loc[1, "started"] = t + 2 * s  # back to back
     assert bench.overlaps(cells) == []
@@ -42,10 +48,29 @@ def test_scaling_benchmark_on_fake_gpus(tiny_workspace: Path, tmp_path_factory: 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--params", str(tiny_workspace / "params.yaml"), "--workspace", str(tiny_workspace),
-         "--workdir", str(tmp_path_factory.mktemp("work")), "--out", str(out), "--gpus", "1,2", "--cells", "2",
-         "--fake-gpus", "--shared-gpu"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--params",
+            str(tiny_workspace / "params.yaml"),
+            "--workspace",
+            str(tiny_workspace),
+            "--workdir",
+            str(tmp_path_factory.mktemp("work")),
+            "--out",
+            str(out),
+            "--gpus",
+            "1,2",
+            "--cells",
+            "2",
+            "--fake-gpus",
+            "--shared-gpu",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     table = pd.read_csv(out)
@@ -59,8 +84,9 @@ def test_scaling_benchmark_on_fake_gpus(tiny_workspace: Path, tmp_path_factory: 
     two = cells[cells["gpus"] == 2]
     assert sorted(two["device"]) == ["cpu:0", "cpu:1"]  # one cell per fake GPU
     assert list(two["device"]) == [f"cpu:{w}" for w in two["worker"]]
-    shared = pd.read_csv(out.with_name("sweep_scaling_shared_gpu.csv"), dtype={"worker": str},
-                         parse_dates=["started", "finished"])
+    shared = pd.read_csv(
+        out.with_name("sweep_scaling_shared_gpu.csv"), dtype={"worker": str}, parse_dates=["started", "finished"]
+    )
     assert len(shared) == 2 and shared["worker"].nunique() == 1
     first, second = shared.sort_values("started").itertuples()
     assert second.started >= first.finished  # two threads, one GPU: one cell after the other

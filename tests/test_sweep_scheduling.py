@@ -66,8 +66,14 @@ def test_overlap_check_finds_two_cells_at_once_on_one_worker() -> None:
     """The check the tests below rely on: it must flag a worker running two cells at once."""
     t = pd.Timestamp("2026-01-01T00:00:00Z")
     s = pd.Timedelta(seconds=1)
-    cells = pd.DataFrame({"worker": ["0", "0", "1", "0"], "seed": [0, 1, 2, 3],
-                          "started": [t, t + 2 * s, t, t + 5 * s], "finished": [t + 2 * s, t + 4 * s, t + 9 * s, t + 6 * s]})
+    cells = pd.DataFrame(
+        {
+            "worker": ["0", "0", "1", "0"],
+            "seed": [0, 1, 2, 3],
+            "started": [t, t + 2 * s, t, t + 5 * s],
+            "finished": [t + 2 * s, t + 4 * s, t + 9 * s, t + 6 * s],
+        }
+    )
     assert overlapping(cells) == []  # back to back on worker 0, worker 1 alone
     cells.loc[3, "started"] = t + 3 * s
     assert overlapping(cells) == [("0", "1", "3")]
@@ -77,8 +83,17 @@ def test_overlap_check_finds_two_cells_at_once_on_one_worker() -> None:
 def test_fake_gpus_one_cell_per_worker_on_its_device(tiny_workspace: Path, prefect_api: tuple[str, Path]) -> None:
     """Four cells on a local cluster of two fake GPUs: each worker holds GPU=1, runs its cells
     one at a time, each on its own device (worker k on cpu:k, as cuda:k on a GPU host)."""
-    overrides = {"sweep": {"datasets": ["cmnist"], "ipcs": [2], "backbones": ["dm"], "modes": ["cobra"],
-                           "seeds": [0, 1, 2, 3], "n_workers": 4, "processes": False}}
+    overrides = {
+        "sweep": {
+            "datasets": ["cmnist"],
+            "ipcs": [2],
+            "backbones": ["dm"],
+            "modes": ["cobra"],
+            "seeds": [0, 1, 2, 3],
+            "n_workers": 4,
+            "processes": False,
+        }
+    }
     config = load_config(tiny_workspace / "params.yaml", overrides=overrides)
     result = run_sweep(config, workspace=str(tiny_workspace), gpus=2)
     assert result["cells"] == 4 and result["failed"] == 0
@@ -89,21 +104,34 @@ def test_fake_gpus_one_cell_per_worker_on_its_device(tiny_workspace: Path, prefe
     assert overlapping(cells) == []
     assert (cells["started"] < cells["finished"]).all()
     for _, row in cells.iterrows():  # the synthesis ran on the recorded device
-        timing = tiny_workspace / f"data/sweep/cmnist/cells/ipc2-dm-cobra-seed{row['seed']}/data/synthetic/cobra/timing.json"
+        timing = (
+            tiny_workspace / f"data/sweep/cmnist/cells/ipc2-dm-cobra-seed{row['seed']}/data/synthetic/cobra/timing.json"
+        )
         assert f'"device": "{row["device"]}"' in timing.read_text()
 
 
 @pytest.mark.slow
-def test_two_threads_sharing_one_gpu_never_run_two_cells_at_once(tiny_workspace: Path, prefect_api: tuple[str, Path]) -> None:
+def test_two_threads_sharing_one_gpu_never_run_two_cells_at_once(
+    tiny_workspace: Path, prefect_api: tuple[str, Path]
+) -> None:
     """A cluster given by address whose one worker has two threads but one GPU (GPU=1): the
     sweep sees the declared resource, asks GPU=1 per cell, and the cells run one after the other
     (without the resource request both threads would start a cell at once)."""
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, resources={"GPU": 1},
-                      dashboard_address=None) as cluster:
-        overrides = {"sweep": {"datasets": ["cmnist"], "ipcs": [2], "backbones": ["dm"], "modes": ["cobra"],
-                               "seeds": [0, 1], "address": cluster.scheduler_address}}
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, resources={"GPU": 1}, dashboard_address=None
+    ) as cluster:
+        overrides = {
+            "sweep": {
+                "datasets": ["cmnist"],
+                "ipcs": [2],
+                "backbones": ["dm"],
+                "modes": ["cobra"],
+                "seeds": [0, 1],
+                "address": cluster.scheduler_address,
+            }
+        }
         config = load_config(tiny_workspace / "params.yaml", overrides=overrides)
         run_sweep(config, workspace=str(tiny_workspace))
     cells = _cells(tiny_workspace)
@@ -141,32 +169,63 @@ def test_a_separately_started_cluster_and_a_worker_killed_mid_cell(
 
     api, storage = prefect_api
     logs = tmp_path_factory.mktemp("dask-logs")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": api, "PREFECT_LOCAL_STORAGE_PATH": str(storage),
-           "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PREFECT_API_URL": api,
+        "PREFECT_LOCAL_STORAGE_PATH": str(storage),
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "OMP_NUM_THREADS": "1",
+    }
     address = f"tcp://127.0.0.1:{_free_port()}"
     worker_args = ["--nthreads", "1", "--no-nanny", "--resources", "GPU=1", "--no-dashboard"]
 
     def start(*args: str, log: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "dask", *args], env=env, cwd=tiny_workspace,
-                                stdout=(logs / log).open("w"), stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "dask", *args],
+            env=env,
+            cwd=tiny_workspace,
+            stdout=(logs / log).open("w"),
+            stderr=subprocess.STDOUT,
+        )
 
-    overrides = {"sweep": {"datasets": ["cmnist"], "ipcs": [2], "backbones": ["dm"], "modes": ["cobra"],
-                           "seeds": [0, 1], "address": address},
-                 "synthesis": {"iterations": 40, "checkpoint_every": 2}}  # a few seconds per cell; a checkpoint every 2
+    overrides = {
+        "sweep": {
+            "datasets": ["cmnist"],
+            "ipcs": [2],
+            "backbones": ["dm"],
+            "modes": ["cobra"],
+            "seeds": [0, 1],
+            "address": address,
+        },
+        "synthesis": {"iterations": 40, "checkpoint_every": 2},
+    }  # a few seconds per cell; a checkpoint every 2
     config = load_config(tiny_workspace / "params.yaml", overrides=overrides)
     processes: dict[str, subprocess.Popen] = {}
     killed: dict[str, object] = {}
     try:
-        processes["scheduler"] = start("scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
-                                       "--no-dashboard", log="scheduler.log")
+        processes["scheduler"] = start(
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            address.rsplit(":", 1)[1],
+            "--no-dashboard",
+            log="scheduler.log",
+        )
         processes["w0"] = start("worker", address, "--name", "w0", *worker_args, log="w0.log")
         with Client(address, timeout=60) as client:
             client.wait_for_workers(1, timeout=120)
 
             def kill_w0_mid_cell() -> None:  # once a cell has saved its first checkpoint, w0 is inside it
                 cells = tiny_workspace / "data/sweep/cmnist/cells"
-                _wait(lambda: any(cells.glob("*/data/synthetic/cobra/checkpoint.pt")), timeout=240,
-                      what="a cell's first checkpoint", processes=tuple(processes.values()))
+                _wait(
+                    lambda: any(cells.glob("*/data/synthetic/cobra/checkpoint.pt")),
+                    timeout=240,
+                    what="a cell's first checkpoint",
+                    processes=tuple(processes.values()),
+                )
                 killed["cell"] = next(cells.glob("*/data/synthetic/cobra/checkpoint.pt")).parts[-5]
                 processes["w1"] = start("worker", address, "--name", "w1", *worker_args, log="w1.log")
                 killed["at"] = pd.Timestamp.now(tz="UTC")

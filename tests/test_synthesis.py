@@ -18,9 +18,9 @@ from fdd.models.networks import build_convnet
 TINY_NET = NetworkConfig(width=8, depth=2)
 
 
-
-
-def tiny_data(num_classes: int = 3, num_groups: int = 2, per_cell=(6, 3), size: int = 8, seed: int = 0) -> GroupedImages:
+def tiny_data(
+    num_classes: int = 3, num_groups: int = 2, per_cell=(6, 3), size: int = 8, seed: int = 0
+) -> GroupedImages:
     """Class c is a bright blob in a class-specific quadrant; group g tints a channel."""
     gen = torch.Generator().manual_seed(seed)
     images, labels, groups = [], [], []
@@ -30,16 +30,19 @@ def tiny_data(num_classes: int = 3, num_groups: int = 2, per_cell=(6, 3), size: 
             x = torch.rand(n, 3, size, size, generator=gen) * 0.3
             r, q = divmod(c % 4, 2)
             h = size // 2
-            x[:, :, r * h:(r + 1) * h, q * h:(q + 1) * h] += 0.6
+            x[:, :, r * h : (r + 1) * h, q * h : (q + 1) * h] += 0.6
             x[:, g % 3] += 0.1
             images.append(x.clamp(0, 1))
             labels += [c] * n
             groups += [g] * n
     return GroupedImages(
         images=(torch.cat(images) * 255).round().to(torch.uint8),
-        labels=torch.tensor(labels), groups=torch.tensor(groups),
-        class_names=tuple(f"c{i}" for i in range(num_classes)), group_names=tuple(f"g{i}" for i in range(num_groups)),
-        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        labels=torch.tensor(labels),
+        groups=torch.tensor(groups),
+        class_names=tuple(f"c{i}" for i in range(num_classes)),
+        group_names=tuple(f"g{i}" for i in range(num_groups)),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
     )
 
 
@@ -116,17 +119,19 @@ def test_initial_real_images_come_from_their_class():
         assert len(match) >= 1, i
         assert int(data.labels[match[0]]) == int(labels[i])
     for c in range(3):  # distinct images per class
-        block = images[3 * c:3 * c + 3].flatten(1)
+        block = images[3 * c : 3 * c + 3].flatten(1)
         assert torch.unique(block, dim=0).shape[0] == 3
-    again, _ = initial_synthetic_images(data, ipc=3, init="real", generator=torch.Generator().manual_seed(0),
-                                        device=torch.device("cpu"))
+    again, _ = initial_synthetic_images(
+        data, ipc=3, init="real", generator=torch.Generator().manual_seed(0), device=torch.device("cpu")
+    )
     assert torch.equal(images, again)
 
 
 def test_initial_noise_images():
     data = tiny_data()
-    images, labels = initial_synthetic_images(data, ipc=2, init="noise", generator=torch.Generator().manual_seed(0),
-                                              device=torch.device("cpu"))
+    images, labels = initial_synthetic_images(
+        data, ipc=2, init="noise", generator=torch.Generator().manual_seed(0), device=torch.device("cpu")
+    )
     assert images.shape == (6, 3, 8, 8) and torch.equal(labels, torch.tensor([0, 0, 1, 1, 2, 2]))
     assert abs(float(images.mean())) < 0.3 and 0.7 < float(images.std()) < 1.3
 
@@ -137,7 +142,9 @@ def test_initial_real_too_few_images_error():
         initial_synthetic_images(data, ipc=4, init="real", generator=torch.Generator(), device=torch.device("cpu"))
     assert "'c0'" in str(info.value) and "has 3" in str(info.value)
     # exactly enough is fine
-    images, _ = initial_synthetic_images(data, ipc=3, init="real", generator=torch.Generator(), device=torch.device("cpu"))
+    images, _ = initial_synthetic_images(
+        data, ipc=3, init="real", generator=torch.Generator(), device=torch.device("cpu")
+    )
     assert images.shape[0] == 9
 
 
@@ -159,15 +166,26 @@ def test_train_network_fits_and_decays_lr(monkeypatch):
             return super().step(closure)
 
     monkeypatch.setattr(torch.optim, "SGD", RecordingSGD)
-    train_network(net, x, y, epochs=4, lr=0.05, momentum=0.9, weight_decay=0.0, batch_size=32, dsa=None,
-                  generator=torch.Generator().manual_seed(0), lr_decay_epoch=1)
+    train_network(
+        net,
+        x,
+        y,
+        epochs=4,
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=0.0,
+        batch_size=32,
+        dsa=None,
+        generator=torch.Generator().manual_seed(0),
+        lr_decay_epoch=1,
+    )
     with torch.no_grad():
         after = float(torch.nn.functional.cross_entropy(net(x), y))
     assert after < before
     batches = math.ceil(len(data) / 32)
     assert len(seen_lrs) == 4 * batches
     assert seen_lrs[: 2 * batches] == [0.05] * (2 * batches)  # epochs 0 and 1 at the base rate
-    assert all(lr == pytest.approx(0.005) for lr in seen_lrs[2 * batches:])
+    assert all(lr == pytest.approx(0.005) for lr in seen_lrs[2 * batches :])
 
 
 # --------------------------------------------------------------------------- synthesize
@@ -177,8 +195,15 @@ def test_train_network_fits_and_decays_lr(monkeypatch):
 def test_synthesize_end_to_end(mode):
     data = tiny_data()
     calls: list[tuple[int, float]] = []
-    result = synthesize(data, mode=mode, config=tiny_config(), network=TINY_NET, seed=0,
-                        provenance={"data": "abc"}, progress=lambda it, loss: calls.append((it, loss)))
+    result = synthesize(
+        data,
+        mode=mode,
+        config=tiny_config(),
+        network=TINY_NET,
+        seed=0,
+        provenance={"data": "abc"},
+        progress=lambda it, loss: calls.append((it, loss)),
+    )
     syn = result.synthetic
     assert isinstance(syn, SyntheticSet)
     assert syn.images.shape == (6, 3, 8, 8) and syn.images.dtype == torch.float32
@@ -212,8 +237,9 @@ def test_synthesize_changes_images_from_init(mode):
     cfg = tiny_config(iterations=2)
     start = synthesize(data, mode=mode, config=tiny_config(iterations=0), network=TINY_NET, seed=1)
     assert start.losses == []
-    init, _ = initial_synthetic_images(data, ipc=2, init="real", generator=torch.Generator().manual_seed(1),
-                                       device=torch.device("cpu"))
+    init, _ = initial_synthetic_images(
+        data, ipc=2, init="real", generator=torch.Generator().manual_seed(1), device=torch.device("cpu")
+    )
     assert torch.equal(start.synthetic.images, init)  # 0 iterations: the initialisation
     end = synthesize(data, mode=mode, config=cfg, network=TINY_NET, seed=1)
     delta = (end.synthetic.images - start.synthetic.images).abs()
@@ -223,7 +249,10 @@ def test_synthesize_changes_images_from_init(mode):
 def test_modes_give_different_results():
     data = tiny_data()
     cfg = tiny_config(iterations=2)
-    out = {m: synthesize(data, mode=m, config=cfg, network=TINY_NET, seed=0).synthetic.images for m in ("vanilla", "fairdd", "cobra")}
+    out = {
+        m: synthesize(data, mode=m, config=cfg, network=TINY_NET, seed=0).synthetic.images
+        for m in ("vanilla", "fairdd", "cobra")
+    }
     assert not torch.equal(out["vanilla"], out["fairdd"])
     assert not torch.equal(out["vanilla"], out["cobra"])
 
@@ -255,8 +284,14 @@ def test_warmup_only_in_cobra(monkeypatch):
 def test_synthesize_noise_init_no_dsa_and_progress_every():
     data = tiny_data()
     calls = []
-    result = synthesize(data, mode="cobra", config=tiny_config(iterations=5, init="noise", dsa=False, log_every=2),
-                        network=TINY_NET, seed=0, progress=lambda it, loss: calls.append(it))
+    result = synthesize(
+        data,
+        mode="cobra",
+        config=tiny_config(iterations=5, init="noise", dsa=False, log_every=2),
+        network=TINY_NET,
+        seed=0,
+        progress=lambda it, loss: calls.append(it),
+    )
     assert calls == [2, 4, 5]
     assert torch.isfinite(result.synthetic.images).all()
 
@@ -310,6 +345,14 @@ def test_synthesize_first_loss_matches_manual_computation(dsa, mode):
         real = apply_dsa(real, data.labels[index], draw)
         syn = apply_dsa(syn, syn_labels, draw)
     with torch.no_grad():
-        expected = dm_loss(net.embed(real), data.labels[index], data.groups[index],
-                           net.embed(syn), syn_labels, num_classes=3, num_groups=2, mode=mode)
+        expected = dm_loss(
+            net.embed(real),
+            data.labels[index],
+            data.groups[index],
+            net.embed(syn),
+            syn_labels,
+            num_classes=3,
+            num_groups=2,
+            mode=mode,
+        )
     assert result.losses[0] == pytest.approx(float(expected), rel=1e-5)

@@ -69,8 +69,13 @@ def test_report_artifact_renders_its_table_and_figures_in_the_prefect_ui(
     }
     server = None
     try:
-        server = subprocess.Popen(cli.server_command("127.0.0.1", port), env=env, cwd=ROOT,
-                                  stdout=(logs / "server.log").open("w"), stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            cli.server_command("127.0.0.1", port),
+            env=env,
+            cwd=ROOT,
+            stdout=(logs / "server.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
         http = httpx.Client(base_url=f"{base}/api", timeout=10)
 
         def healthy() -> bool:
@@ -81,14 +86,27 @@ def test_report_artifact_renders_its_table_and_figures_in_the_prefect_ui(
 
         _wait(healthy, timeout=120, what="the Prefect server", processes=(server,))
         run = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "run", "--params", str(tiny_workspace / "params.yaml"),
-             "--workspace", str(tiny_workspace)],
-            env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "run",
+                "--params",
+                str(tiny_workspace / "params.yaml"),
+                "--workspace",
+                str(tiny_workspace),
+            ],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
         flow_run = http.post("/flow_runs/filter", json={"sort": "START_TIME_DESC", "limit": 1}).json()[0]
-        artifacts = http.post("/artifacts/filter",
-                              json={"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}}).json()
+        artifacts = http.post(
+            "/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}}
+        ).json()
         by_key = {a["key"]: a for a in artifacts if a["key"]}
         for key in ("synthesis-vanilla", "synthesis-cobra"):  # the progress bars say what they count
             assert by_key[key]["type"] == "progress" and "iterations" in (by_key[key]["description"] or ""), by_key[key]

@@ -25,8 +25,13 @@ from flows import cli
 from tests.image_fixtures import write_folder
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDER_KEYS = {"csv": "my_labels.csv", "images": "my_images", "path_column": "file", "label_column": "diagnosis",
-               "group_column": "sex"}
+FOLDER_KEYS = {
+    "csv": "my_labels.csv",
+    "images": "my_images",
+    "path_column": "file",
+    "label_column": "diagnosis",
+    "group_column": "sex",
+}
 FOLDER_CELLS = {("benign", "F"): 6, ("benign", "M"): 6, ("malignant", "F"): 6, ("malignant", "M"): 6}
 
 
@@ -34,8 +39,15 @@ def _fdd(ws: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("PREFECT_API_URL", None)
     env.update(extra_env)
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ws, env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def _params(ws: Path, **sections: dict) -> None:
@@ -60,8 +72,10 @@ def _counts(ws: Path) -> tuple[str, ...]:
 
 def _png_header(width: int, height: int) -> bytes:
     """A PNG whose header announces width x height (PIL refuses it on open, before decoding)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
 
@@ -95,6 +109,7 @@ def _write(name: str, content: bytes) -> Callable[[Path], tuple[str, ...]]:
     def make(ws: Path) -> tuple[str, ...]:
         (ws / name).write_bytes(content)
         return ("run", "--params", name) if name.startswith("params") else ("run", "--preset", name)
+
     return make
 
 
@@ -105,8 +120,10 @@ def _preset_folder(ws: Path) -> tuple[str, ...]:
 
 # case -> (set-up returning the command, text the message must hold)
 CASES: dict[str, tuple[Callable[[Path], tuple[str, ...]], tuple[str, ...]]] = {
-    "params-not-utf8": (_write("params-latin1.yaml", "data: {dataset: 'caf\xe9'}\n".encode("latin-1")),
-                        ("params-latin1.yaml", "UTF-8")),
+    "params-not-utf8": (
+        _write("params-latin1.yaml", "data: {dataset: 'caf\xe9'}\n".encode("latin-1")),
+        ("params-latin1.yaml", "UTF-8"),
+    ),
     "params-empty": (_write("params-empty.yaml", b"# nothing yet\n"), ("params-empty.yaml", "is empty", "{}")),
     "params-missing": (lambda ws: ("run", "--params", "nope.yaml"), ("nope.yaml", "does not exist")),
     "params-bad-yaml": (_write("params-bad.yaml", b"synthesis: {ipc: 10\n"), ("params-bad.yaml", "line")),
@@ -116,8 +133,10 @@ CASES: dict[str, tuple[Callable[[Path], tuple[str, ...]], tuple[str, ...]]] = {
     "set-broken-list": (lambda ws: ("run", "--set", "synthesis.modes=[vanilla,cobra"), ("synthesis.modes", "YAML")),
     "set-no-equals": (lambda ws: ("run", "--set", "synthesis.ipc"), ("--set", "section.key=value")),
     "lr-infinite": (lambda ws: ("run", "--set", "audit.lr=.inf"), ("audit.lr", "finite")),
-    "lr-img-nan": (lambda ws: ("distill", "--mode", "cobra", "--set", "synthesis.lr_img=.nan"),
-                   ("synthesis.lr_img", "finite")),
+    "lr-img-nan": (
+        lambda ws: ("distill", "--mode", "cobra", "--set", "synthesis.lr_img=.nan"),
+        ("synthesis.lr_img", "finite"),
+    ),
     "cuda-without-gpu": (lambda ws: ("run", "--set", "runtime.device=cuda"), ("runtime.device", "'cpu' or 'auto'")),
     "idx-truncated": (_truncate, (IDX_FILES[3], "truncated")),
     "idx-count-mismatch": (_counts, (IDX_FILES[2], "300 images", IDX_FILES[3], "60 labels")),
@@ -168,7 +187,9 @@ def test_full_disk_inside_a_stage_is_one_line(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr("fdd.files.os.fsync", no_space)
-    code = cli.main(["stage", "ingest", "--workspace", str(tiny_workspace), "--params", str(tiny_workspace / "params.yaml")])
+    code = cli.main(
+        ["stage", "ingest", "--workspace", str(tiny_workspace), "--params", str(tiny_workspace / "params.yaml")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("error: no space left on the device holding ") and "data/prepared/train.pt" in err[0]
@@ -209,8 +230,11 @@ def test_one_group_warns_and_leaves_the_fairness_figures_empty(tiny_workspace: P
     from flows.pipeline import STAGES, load_config, run_single_stage
 
     write_folder(tiny_workspace, cells={("benign", "F"): 10, ("malignant", "F"): 10})
-    _params(tiny_workspace, data={"dataset": "folder", "folder": FOLDER_KEYS, "download": False, "image_size": 16},
-            synthesis={"modes": ["vanilla"]})
+    _params(
+        tiny_workspace,
+        data={"dataset": "folder", "folder": FOLDER_KEYS, "download": False, "image_size": 16},
+        synthesis={"modes": ["vanilla"]},
+    )
     config = load_config(tiny_workspace / "params.yaml")
     with pytest.warns(SingleGroupWarning, match=r"only one protected group \(F\) has samples in the train split"):
         run_single_stage("ingest", config, str(tiny_workspace))

@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def _run(args: list[str | Path], *, cwd: Path, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str | Path], *, cwd: Path, env: dict[str, str], timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -40,8 +42,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for folder in ("fdd", "flows", "tasks"):
         shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     out = tmp_path_factory.mktemp("dist")
-    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out, source],
-                 cwd=out, env=dict(os.environ))
+    built = _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out, source],
+        cwd=out,
+        env=dict(os.environ),
+    )
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     (path,) = out.glob("fdd-*.whl")
     return path
@@ -63,8 +68,11 @@ def test_installed_wheel_inits_a_workspace_and_runs_there(wheel: Path, tmp_path:
     venv = tmp_path / "venv"
     subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    installed = _run([sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index", wheel],
-                     cwd=tmp_path, env=dict(os.environ))
+    installed = _run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", "--no-index", wheel],
+        cwd=tmp_path,
+        env=dict(os.environ),
+    )
     assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
     site = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp_path, env={})
     Path(site.stdout.strip(), "_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
@@ -78,8 +86,15 @@ def test_installed_wheel_inits_a_workspace_and_runs_there(wheel: Path, tmp_path:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DVC_NO_ANALYTICS": "1",
     }
-    where = _run([python, "-c", "import fdd, flows, tasks; print(fdd.__file__, flows.__file__, tasks.__file__, fdd.__version__)"],
-                 cwd=outside, env=env)
+    where = _run(
+        [
+            python,
+            "-c",
+            "import fdd, flows, tasks; print(fdd.__file__, flows.__file__, tasks.__file__, fdd.__version__)",
+        ],
+        cwd=outside,
+        env=env,
+    )
     assert where.returncode == 0, where.stderr[-3000:]
     *files, version = where.stdout.split()
     assert all(Path(f).is_relative_to(venv) for f in files), where.stdout  # the wheel, not the checkout
@@ -99,8 +114,27 @@ def test_installed_wheel_inits_a_workspace_and_runs_there(wheel: Path, tmp_path:
     write_tiny_idx(ws / "tiny_idx")
     params = deep_merge(yaml.safe_load((ws / "params.yaml").read_text()), TINY_PARAMS)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    ran = _run(["fdd", "run", "--preset", "quick", "--set", "synthesis.iterations=3", "--set", "audit.epochs=4",
-                "--set", "network.width=8", "--set", "synthesis.batch_real=8", "--set", "synthesis.warmup_epochs=1"], cwd=ws, env=env, timeout=900)
+    ran = _run(
+        [
+            "fdd",
+            "run",
+            "--preset",
+            "quick",
+            "--set",
+            "synthesis.iterations=3",
+            "--set",
+            "audit.epochs=4",
+            "--set",
+            "network.width=8",
+            "--set",
+            "synthesis.batch_real=8",
+            "--set",
+            "synthesis.warmup_epochs=1",
+        ],
+        cwd=ws,
+        env=env,
+        timeout=900,
+    )
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
     assert "| vanilla" in ran.stdout and "| cobra" in ran.stdout  # the comparison table
     assert (ws / "data/report/report.md").exists()

@@ -32,8 +32,12 @@ HOLD = (
 SCHEDULES = [
     {"name": "nightly-cobra", "flow": "distill", "mode": "cobra", "cron": "0 3 * * *"},
     {"name": "weekly-compare", "flow": "compare", "cron": "0 6 * * 1"},
-    {"name": "weekly-sweep", "flow": "sweep", "cron": "0 7 * * 1",
-     "parameters": {"sweep": {"ipcs": [2], "modes": ["cobra"], "seeds": [0]}}},
+    {
+        "name": "weekly-sweep",
+        "flow": "sweep",
+        "cron": "0 7 * * 1",
+        "parameters": {"sweep": {"ipcs": [2], "modes": ["cobra"], "seeds": [0]}},
+    },
 ]
 BUSY_PREFIX = ERR_BUSY.split("{")[1].split("}")[1]  # " is in use by another fdd run ("
 
@@ -41,8 +45,13 @@ BUSY_PREFIX = ERR_BUSY.split("{")[1].split("}")[1]  # " is in use by another fdd
 @pytest.fixture
 def manual_run(tiny_workspace: Path) -> Iterator[subprocess.Popen]:
     """Another process holding the workspace lock, as a manual `fdd run` does."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tiny_workspace)], cwd=ROOT, stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tiny_workspace)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         yield holder
@@ -51,8 +60,9 @@ def manual_run(tiny_workspace: Path) -> Iterator[subprocess.Popen]:
         holder.wait(timeout=30)
 
 
-def test_lock_is_reentrant_in_its_process_and_exclusive_across_processes(manual_run: subprocess.Popen,
-                                                                         tiny_workspace: Path) -> None:
+def test_lock_is_reentrant_in_its_process_and_exclusive_across_processes(
+    manual_run: subprocess.Popen, tiny_workspace: Path
+) -> None:
     with pytest.raises(WorkspaceBusyError, match=f"pid {manual_run.pid} on "):
         with workspace_lock(tiny_workspace):
             pass
@@ -61,12 +71,22 @@ def test_lock_is_reentrant_in_its_process_and_exclusive_across_processes(manual_
         with workspace_lock(tmp_path / "."):  # the same workspace, nested: goes on
             assert (tmp_path / ".fdd.lock.owner").exists()
         assert (tmp_path / ".fdd.lock.owner").exists()  # still held by the outer block
-        out = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(120)", "pass"), str(tmp_path)], cwd=ROOT,
-                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        out = subprocess.run(
+            [sys.executable, "-c", HOLD.replace("time.sleep(120)", "pass"), str(tmp_path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         assert out.returncode == 1 and "WorkspaceBusyError" in out.stderr and BUSY_PREFIX in out.stderr
     assert not (tmp_path / ".fdd.lock.owner").exists()
-    out = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(120)", "pass"), str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    out = subprocess.run(
+        [sys.executable, "-c", HOLD.replace("time.sleep(120)", "pass"), str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert out.returncode == 0 and out.stdout.strip() == "held"  # released by the outermost block
 
 
@@ -131,15 +151,27 @@ def test_a_scheduled_run_fails_while_a_manual_run_holds_the_workspace(
     params["schedules"] = [SCHEDULES[0]]
     (tiny_workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     logs = tmp_path_factory.mktemp("logs")
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home")), "PREFECT_API_URL": api,
-           "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-           "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home")),
+        "PREFECT_API_URL": api,
+        "DO_NOT_TRACK": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     from flows import cli
 
     server = serve = None
     try:
-        server = subprocess.Popen(cli.server_command("127.0.0.1", port), env=env, cwd=ROOT,
-                                  stdout=(logs / "server.log").open("w"), stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            cli.server_command("127.0.0.1", port),
+            env=env,
+            cwd=ROOT,
+            stdout=(logs / "server.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
         http = httpx.Client(base_url=api, timeout=10)
 
         def healthy() -> bool:
@@ -150,15 +182,38 @@ def test_a_scheduled_run_fails_while_a_manual_run_holds_the_workspace(
 
         _wait(healthy, timeout=90, what="the Prefect server", processes=(server,))
         serve = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "serve", "--params", str(tiny_workspace / "params.yaml"),
-             "--workspace", str(tiny_workspace), "--api-url", api],
-            env=env, cwd=ROOT, stdout=(logs / "serve.log").open("w"), stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "serve",
+                "--params",
+                str(tiny_workspace / "params.yaml"),
+                "--workspace",
+                str(tiny_workspace),
+                "--api-url",
+                api,
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=(logs / "serve.log").open("w"),
+            stderr=subprocess.STDOUT,
         )
         name = "fdd-distill/nightly-cobra"
-        _wait(lambda: http.get(f"/deployments/name/{name}").status_code == 200, timeout=60,
-              what="the deployment", processes=(server, serve))
-        run = subprocess.run([sys.executable, "-m", "prefect", "deployment", "run", name, "--watch",
-                              "--watch-timeout", "180"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+        _wait(
+            lambda: http.get(f"/deployments/name/{name}").status_code == 200,
+            timeout=60,
+            what="the deployment",
+            processes=(server, serve),
+        )
+        run = subprocess.run(
+            [sys.executable, "-m", "prefect", "deployment", "run", name, "--watch", "--watch-timeout", "180"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         run_id = re.search(r"UUID: ([0-9a-f-]{36})", run.stdout).group(1)
         flow_run = http.get(f"/flow_runs/{run_id}").json()
         serve_log = (logs / "serve.log").read_text()

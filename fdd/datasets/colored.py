@@ -335,9 +335,15 @@ def colorize(
         generator = torch.Generator().manual_seed(_check_seed(seed))
     images = torch.as_tensor(images)
     labels = torch.as_tensor(labels)
-    if images.dtype != torch.uint8 or images.dim() != 3 or images.shape[0] == 0 or images.shape[1:] != (
-        INPUT_SIDE,
-        INPUT_SIDE,
+    if (
+        images.dtype != torch.uint8
+        or images.dim() != 3
+        or images.shape[0] == 0
+        or images.shape[1:]
+        != (
+            INPUT_SIDE,
+            INPUT_SIDE,
+        )
     ):
         raise ValueError(ERR_IMAGES.format(dtype=images.dtype, shape=tuple(images.shape)))
     n = images.shape[0]
@@ -346,9 +352,7 @@ def colorize(
     high = int(labels.max()) if labels.numel() else 0
     if not integral or labels.shape != (n,) or low < 0 or high >= NUM_COLORS:
         raise ValueError(
-            ERR_LABELS.format(
-                n=n, colors=NUM_COLORS, dtype=labels.dtype, shape=tuple(labels.shape), low=low, high=high
-            )
+            ERR_LABELS.format(n=n, colors=NUM_COLORS, dtype=labels.dtype, shape=tuple(labels.shape), low=low, high=high)
         )
     if class_names is None:
         class_names = tuple(str(k) for k in range(high + 1))

@@ -35,10 +35,7 @@ ERR_IMAGES_DTYPE = "images must be uint8 (0-255) or a floating dtype; got {dtype
 ERR_IMAGES_NONFINITE = "images contain {count} NaN or Inf values; all pixels must be finite"
 ERR_INDEX_SHAPE = "{name} must be a 1-D tensor of length N={n} (one per image); got shape {shape}"
 ERR_INDEX_DTYPE = "{name} must be an integer tensor; got dtype {dtype}"
-ERR_INDEX_RANGE = (
-    "{name} must lie in [0, {limit}) (one entry of {names_field} per id); "
-    "got values in [{low}, {high}]"
-)
+ERR_INDEX_RANGE = "{name} must lie in [0, {limit}) (one entry of {names_field} per id); got values in [{low}, {high}]"
 UNKNOWN_GROUP = -1  # group id of a sample whose protected group is hidden (fdd/datasets/group_noise.py)
 ERR_GROUP_RANGE = (
     "groups must lie in [0, {limit}) (one entry of group_names per id) or be -1 (unknown group); "
@@ -60,11 +57,7 @@ def _check_index(name: str, values: Tensor, n: int, limit: int, names_field: str
     if unknown_ok and (low < UNKNOWN_GROUP or high >= limit):
         raise ValueError(ERR_GROUP_RANGE.format(limit=limit, low=low, high=high))
     if not unknown_ok and (low < 0 or high >= limit):
-        raise ValueError(
-            ERR_INDEX_RANGE.format(
-                name=name, limit=limit, names_field=names_field, low=low, high=high
-            )
-        )
+        raise ValueError(ERR_INDEX_RANGE.format(name=name, limit=limit, names_field=names_field, low=low, high=high))
 
 
 def _check_images(images: Tensor) -> None:
@@ -244,9 +237,7 @@ class GroupedImages:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
-    def normalized(
-        self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
-    ) -> Tensor:
+    def normalized(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
         """Images as ``dtype`` on ``device`` in the normalised space ``(x/255 - mean) / std``."""
         x = self.images.to(device=device)
         x = x.to(dtype) / 255.0 if self.images.dtype == torch.uint8 else x.to(dtype)

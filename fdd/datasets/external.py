@@ -36,7 +36,9 @@ __all__ = ["LABELS_CSV", "load_external_set"]
 #: The labels file of an image folder: one row per image, columns ``path`` (relative to the folder) and ``label``.
 LABELS_CSV = "labels.csv"
 
-ERR_MISSING = "{path} does not exist: give a synthetic.pt, a reference res_*.pt file or a folder of images with labels.csv"
+ERR_MISSING = (
+    "{path} does not exist: give a synthetic.pt, a reference res_*.pt file or a folder of images with labels.csv"
+)
 ERR_UNSAFE = (
     "{path} cannot be read safely: torch.load(weights_only=True) refused it ({error}); fdd reads only files of "
     "tensors, numbers, strings, lists and dicts, never arbitrary pickled objects. Re-save it from its own code as "
@@ -47,12 +49,16 @@ ERR_LAYOUT = (
     "{{'data': [[image_syn, label_syn], ...]}}, a {{'image_syn', 'label_syn'}} dict or an [images, labels] pair"
 )
 ERR_EXPERIMENT = "{path} holds {count} experiment(s) under 'data'; experiment must be in 0..{last}; got {experiment}"
-ERR_TENSORS = "{path}: images must be a float tensor (N, C, H, W) and labels an integer tensor (N,); got {images} and {labels}"
+ERR_TENSORS = (
+    "{path}: images must be a float tensor (N, C, H, W) and labels an integer tensor (N,); got {images} and {labels}"
+)
 ERR_LABEL_RANGE = "{path}: labels must be class indices in 0..{last} (classes {classes}); got {bad}"
 ERR_NO_CSV = "the image folder {path} has no {csv}: add one with columns 'path' and 'label' (class index or name)"
 ERR_CSV_COLUMNS = "{csv} must have the columns 'path' and 'label'; got {columns}"
 ERR_CSV_LABELS = "{csv}: labels {bad} are neither class indices 0..{last} nor class names {classes}"
-ERR_SOURCE_NORM = "source_mean and source_std must be given together, one value per channel ({channels}); got {mean} and {std}"
+ERR_SOURCE_NORM = (
+    "source_mean and source_std must be given together, one value per channel ({channels}); got {mean} and {std}"
+)
 
 
 def load_external_set(
@@ -91,13 +97,23 @@ def load_external_set(
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        raise ValueError(ERR_UNSAFE.format(path=path, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from None
+        raise ValueError(
+            ERR_UNSAFE.format(path=path, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        ) from None
     if isinstance(payload, dict) and str(payload.get("format", "")).startswith("fdd.SyntheticSet"):
         own = SyntheticSet.load(path)
-        return dataclasses.replace(own, provenance={**own.provenance, "source": str(path), "format": "fdd synthetic.pt"})
+        return dataclasses.replace(
+            own, provenance={**own.provenance, "source": str(path), "format": "fdd synthetic.pt"}
+        )
     images, labels, source = _reference_tensors(payload, path, experiment)
-    if not (isinstance(images, Tensor) and images.dtype.is_floating_point and images.dim() == 4
-            and isinstance(labels, Tensor) and not labels.dtype.is_floating_point and labels.dim() == 1):
+    if not (
+        isinstance(images, Tensor)
+        and images.dtype.is_floating_point
+        and images.dim() == 4
+        and isinstance(labels, Tensor)
+        and not labels.dtype.is_floating_point
+        and labels.dim() == 1
+    ):
         raise ValueError(ERR_TENSORS.format(path=path, images=_describe(images), labels=_describe(labels)))
     images = images.float()
     if (source_mean is None) != (source_std is None) or (
@@ -111,10 +127,20 @@ def load_external_set(
     labels = labels.long()
     bad = sorted({int(v) for v in labels[(labels < 0) | (labels >= test.num_classes)].tolist()})
     if bad:
-        raise ValueError(ERR_LABEL_RANGE.format(path=path, last=test.num_classes - 1, classes=list(test.class_names), bad=bad))
+        raise ValueError(
+            ERR_LABEL_RANGE.format(path=path, last=test.num_classes - 1, classes=list(test.class_names), bad=bad)
+        )
     return SyntheticSet(
-        images=images, labels=labels, class_names=test.class_names, mean=test.mean, std=test.std,
-        provenance={"source": str(path), "format": source, **({"experiment": experiment} if source == "reference res_*.pt" else {})},
+        images=images,
+        labels=labels,
+        class_names=test.class_names,
+        mean=test.mean,
+        std=test.std,
+        provenance={
+            "source": str(path),
+            "format": source,
+            **({"experiment": experiment} if source == "reference res_*.pt" else {}),
+        },
     )
 
 
@@ -128,7 +154,9 @@ def _reference_tensors(payload: Any, path: Path, experiment: int) -> tuple[Any, 
     if isinstance(payload, dict) and "data" in payload and isinstance(payload["data"], (list, tuple)):
         runs = payload["data"]
         if not 0 <= experiment < len(runs):
-            raise ValueError(ERR_EXPERIMENT.format(path=path, count=len(runs), last=max(len(runs) - 1, 0), experiment=experiment))
+            raise ValueError(
+                ERR_EXPERIMENT.format(path=path, count=len(runs), last=max(len(runs) - 1, 0), experiment=experiment)
+            )
         run = runs[experiment]
         if isinstance(run, (list, tuple)) and len(run) == 2:
             return run[0], run[1], "reference res_*.pt"
@@ -158,12 +186,22 @@ def _from_folder(folder: Path, test: GroupedImages) -> SyntheticSet:
         else:
             bad.append(value)
     if bad:
-        raise ValueError(ERR_CSV_LABELS.format(csv=csv, bad=sorted(set(bad)), last=test.num_classes - 1, classes=list(test.class_names)))
+        raise ValueError(
+            ERR_CSV_LABELS.format(
+                csv=csv, bad=sorted(set(bad)), last=test.num_classes - 1, classes=list(test.class_names)
+            )
+        )
     side = test.image_shape[-1]
-    pixels = read_images([folder / p for p in table["path"]], size=side)  # (N, 3, side, side) uint8; decode errors name the file
+    pixels = read_images(
+        [folder / p for p in table["path"]], size=side
+    )  # (N, 3, side, side) uint8; decode errors name the file
     shape = (1, -1, 1, 1)
     images = (pixels.float() / 255 - torch.tensor(test.mean).view(shape)) / torch.tensor(test.std).view(shape)
     return SyntheticSet(
-        images=images, labels=torch.tensor(labels, dtype=torch.long), class_names=test.class_names,
-        mean=test.mean, std=test.std, provenance={"source": str(folder), "format": "image folder"},
+        images=images,
+        labels=torch.tensor(labels, dtype=torch.long),
+        class_names=test.class_names,
+        mean=test.mean,
+        std=test.std,
+        provenance={"source": str(folder), "format": "image folder"},
     )

@@ -79,7 +79,9 @@ def _check_fraction(name: str, value: object) -> float:
     return float(value)
 
 
-def perturb_groups(data: GroupedImages, *, flip_fraction: float = 0.0, hide_fraction: float = 0.0, seed: int = 0) -> NoisyGroups:
+def perturb_groups(
+    data: GroupedImages, *, flip_fraction: float = 0.0, hide_fraction: float = 0.0, seed: int = 0
+) -> NoisyGroups:
     """Flip and hide exact fractions of the group ids of ``data`` (see the module docstring).
 
     Parameters
@@ -118,12 +120,17 @@ def perturb_groups(data: GroupedImages, *, flip_fraction: float = 0.0, hide_frac
     hidden = torch.zeros(n, dtype=torch.bool)
     flipped = torch.zeros(n, dtype=torch.bool)
     hidden[order[:n_hide]] = True
-    flipped[order[n_hide:n_hide + n_flip]] = True
+    flipped[order[n_hide : n_hide + n_flip]] = True
     shift = torch.randint(1, max(num_groups, 2), (n,), generator=generator)
     noisy = torch.where(flipped, (groups + shift) % num_groups, groups)
     noisy = torch.where(hidden, torch.full_like(noisy, UNKNOWN_GROUP), noisy)
     out = GroupedImages(
-        images=data.images, labels=data.labels, groups=noisy, class_names=data.class_names,
-        group_names=data.group_names, mean=data.mean, std=data.std,
+        images=data.images,
+        labels=data.labels,
+        groups=noisy,
+        class_names=data.class_names,
+        group_names=data.group_names,
+        mean=data.mean,
+        std=data.std,
     )
     return NoisyGroups(data=out, flipped=flipped, hidden=hidden)

@@ -108,7 +108,9 @@ ERR_CIFAR_MISSING = (
 )
 ERR_CELEBA_ATTR = "celeba: data.celeba.{field}={name!r} is not an attribute of {path}; available: {available}"
 ERR_CELEBA_SAME = "celeba: data.celeba.target and data.celeba.group must differ; both are {name!r}"
-ERR_UNSAFE_PICKLE = "{path}: refusing to unpickle {module}.{name}; a CIFAR-10 batch holds only numpy arrays, lists and bytes"
+ERR_UNSAFE_PICKLE = (
+    "{path}: refusing to unpickle {module}.{name}; a CIFAR-10 batch holds only numpy arrays, lists and bytes"
+)
 ERR_FOLDER_COLUMNS = "folder: {path} lacks the column(s) {missing}; found {found} (set data.folder.*_column)"
 ERR_FOLDER_EMPTY = "folder: {path} row(s) {rows} have an empty {column}; every row needs a path, a label and a group"
 ERR_FOLDER_SPLIT = "folder: {path} column {column!r} must hold 'train' or 'test'; rows {rows} hold {values}"
@@ -181,7 +183,9 @@ def read_images(paths: Sequence[Path], *, size: int, crop: int | None = None, th
             with Image.open(path) as handle:
                 pixels = np.asarray(handle.convert("RGB"))
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
-            raise DatasetFilesError(ERR_DECODE.format(path=path, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from None
+            raise DatasetFilesError(
+                ERR_DECODE.format(path=path, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            ) from None
         image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
         height, width = image.shape[-2:]
         side = min(height, width) if crop is None else crop
@@ -228,11 +232,22 @@ def _normalization(data: DataConfig) -> tuple[tuple[float, ...], tuple[float, ..
     return DEFAULT_NORMALIZATION[data.dataset]
 
 
-def _grouped(images: Tensor, labels: Tensor, groups: Tensor, classes: Sequence[str], group_names: Sequence[str],
-             norm: tuple[tuple[float, ...], tuple[float, ...]]) -> GroupedImages:
+def _grouped(
+    images: Tensor,
+    labels: Tensor,
+    groups: Tensor,
+    classes: Sequence[str],
+    group_names: Sequence[str],
+    norm: tuple[tuple[float, ...], tuple[float, ...]],
+) -> GroupedImages:
     return GroupedImages(
-        images=images.contiguous(), labels=labels.long(), groups=groups.long(), class_names=tuple(classes),
-        group_names=tuple(group_names), mean=norm[0], std=norm[1],
+        images=images.contiguous(),
+        labels=labels.long(),
+        groups=groups.long(),
+        class_names=tuple(classes),
+        group_names=tuple(group_names),
+        mean=norm[0],
+        std=norm[1],
     )
 
 
@@ -250,9 +265,13 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Admits numpy arrays (and the builtins pickle needs for bytes), nothing else."""
 
     ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
     }
 
     def __init__(self, handle: io.BufferedIOBase, path: Path) -> None:
@@ -277,11 +296,15 @@ def _unpickle(path: Path, expected: str) -> dict[Any, Any]:
         raise
     except Exception as exc:  # noqa: BLE001 - any parse failure is a malformed file
         raise DatasetFilesError(
-            ERR_MALFORMED.format(dataset="cifar10s", path=path, problem=f"{type(exc).__name__}: {exc}", expected=expected)
+            ERR_MALFORMED.format(
+                dataset="cifar10s", path=path, problem=f"{type(exc).__name__}: {exc}", expected=expected
+            )
         ) from None
     if not isinstance(payload, dict):
         raise DatasetFilesError(
-            ERR_MALFORMED.format(dataset="cifar10s", path=path, problem=f"a pickled {type(payload).__name__}", expected=expected)
+            ERR_MALFORMED.format(
+                dataset="cifar10s", path=path, problem=f"a pickled {type(payload).__name__}", expected=expected
+            )
         )
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in payload.items()}
 
@@ -297,17 +320,23 @@ def _read_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
         problem = f"'data' is {type(data).__name__} {getattr(data, 'dtype', '')} {getattr(data, 'shape', '')}".strip()
     else:
         labels_array = np.asarray(labels if labels is not None else [])
-        if labels_array.shape != (data.shape[0],) or labels_array.dtype.kind not in "iu" or (
-            labels_array.size and (labels_array.min() < 0 or labels_array.max() > 9)
+        if (
+            labels_array.shape != (data.shape[0],)
+            or labels_array.dtype.kind not in "iu"
+            or (labels_array.size and (labels_array.min() < 0 or labels_array.max() > 9))
         ):
             problem = f"'labels' has shape {labels_array.shape}, dtype {labels_array.dtype} for {data.shape[0]} images"
     if problem:
-        raise DatasetFilesError(ERR_MALFORMED.format(dataset="cifar10s", path=path, problem=problem, expected=BATCH_EXPECTED))
+        raise DatasetFilesError(
+            ERR_MALFORMED.format(dataset="cifar10s", path=path, problem=problem, expected=BATCH_EXPECTED)
+        )
     images = torch.from_numpy(np.ascontiguousarray(data).reshape(-1, 3, 32, 32).copy())
     return images, torch.as_tensor(labels_array, dtype=torch.int64)
 
 
-def read_cifar10(root: str | Path, *, download: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[str, ...], str]:
+def read_cifar10(
+    root: str | Path, *, download: bool = False
+) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[str, ...], str]:
     """The CIFAR-10 python pickles under ``root/cifar-10-batches-py/``.
 
     With ``download=True`` and files missing, torchvision downloads (and MD5-checks) them.
@@ -330,15 +359,28 @@ def read_cifar10(root: str | Path, *, download: bool = False) -> tuple[Tensor, T
     label_names = meta.get("label_names")
     if not isinstance(label_names, list) or len(label_names) != 10:
         raise DatasetFilesError(
-            ERR_MALFORMED.format(dataset="cifar10s", path=folder / CIFAR_META[0], problem=f"'label_names' is {label_names!r:.80}",
-                                 expected="a list of the 10 class names")
+            ERR_MALFORMED.format(
+                dataset="cifar10s",
+                path=folder / CIFAR_META[0],
+                problem=f"'label_names' is {label_names!r:.80}",
+                expected="a list of the 10 class names",
+            )
         )
     class_names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in label_names)
     train = [_read_cifar_batch(folder / n) for n, _ in CIFAR_TRAIN_FILES]
     test_images, test_labels = _read_cifar_batch(folder / CIFAR_TEST_FILES[0][0])
-    official = all(check_integrity(str(folder / n), md5) for n, md5 in (*CIFAR_TRAIN_FILES, *CIFAR_TEST_FILES, CIFAR_META))
+    official = all(
+        check_integrity(str(folder / n), md5) for n, md5 in (*CIFAR_TRAIN_FILES, *CIFAR_TEST_FILES, CIFAR_META)
+    )
     source = f"{'official (MD5-verified)' if official else 'unverified (MD5 differs from the release)'} CIFAR-10 files in {folder}"
-    return (torch.cat([t[0] for t in train]), torch.cat([t[1] for t in train]), test_images, test_labels, class_names, source)
+    return (
+        torch.cat([t[0] for t in train]),
+        torch.cat([t[1] for t in train]),
+        test_images,
+        test_labels,
+        class_names,
+        source,
+    )
 
 
 def skew_groups(labels: Tensor, *, majority: Tensor, skew: float, generator: torch.Generator) -> Tensor:
@@ -370,9 +412,17 @@ def skew_groups(labels: Tensor, *, majority: Tensor, skew: float, generator: tor
 
 
 def build_cifar10s(
-    train_images: Tensor, train_labels: Tensor, test_images: Tensor, test_labels: Tensor, *,
-    class_names: Sequence[str], skew: float, seed: int, image_size: int,
-    mean: Sequence[float], std: Sequence[float],
+    train_images: Tensor,
+    train_labels: Tensor,
+    test_images: Tensor,
+    test_labels: Tensor,
+    *,
+    class_names: Sequence[str],
+    skew: float,
+    seed: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
 ) -> tuple[GroupedImages, GroupedImages]:
     """CIFAR10-S (docs/method.md section 4) from the CIFAR-10 splits.
 
@@ -402,11 +452,21 @@ def load_cifar10s(data: DataConfig, *, root: Path, image_size: int) -> ImageSpli
     train_x, train_y, test_x, test_y, classes, source = read_cifar10(root, download=data.download)
     mean, std = _normalization(data)
     train, test = build_cifar10s(
-        train_x, train_y, test_x, test_y, class_names=classes, skew=data.cifar10s.skew, seed=data.seed,
-        image_size=image_size, mean=mean, std=std,
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        class_names=classes,
+        skew=data.cifar10s.skew,
+        seed=data.seed,
+        image_size=image_size,
+        mean=mean,
+        std=std,
     )
     return ImageSplits(
-        train=train, test=test, source=source,
+        train=train,
+        test=test,
+        source=source,
         description=f"grayscale/color skew {data.cifar10s.skew} (classes 0-4 mostly grayscale, 5-9 mostly color); "
         "test set doubled (every image in both versions)",
         params={"skew": data.cifar10s.skew, "seed": data.seed},
@@ -419,7 +479,9 @@ CELEBA_ATTR_EXPECTED = (
     "list_attr_celeba.txt: a first line with the image count, a second with the 40 attribute names, "
     "then one line per image: file name and 40 values in {-1, 1}, separated by spaces"
 )
-CELEBA_PARTITION_EXPECTED = "list_eval_partition.txt: one line per image: file name and 0 (train), 1 (valid) or 2 (test)"
+CELEBA_PARTITION_EXPECTED = (
+    "list_eval_partition.txt: one line per image: file name and 0 (train), 1 (valid) or 2 (test)"
+)
 
 
 def read_celeba_tables(folder: Path) -> tuple[pd.DataFrame, pd.Series]:
@@ -439,7 +501,9 @@ def read_celeba_tables(folder: Path) -> tuple[pd.DataFrame, pd.Series]:
     except (ValueError, pd.errors.ParserError) as exc:
         raise bad(attr_path, str(exc).splitlines()[0], CELEBA_ATTR_EXPECTED) from None
     if not count_line.isdigit() or int(count_line) != len(attrs):
-        raise bad(attr_path, f"first line {count_line!r} is not the number of rows ({len(attrs)})", CELEBA_ATTR_EXPECTED)
+        raise bad(
+            attr_path, f"first line {count_line!r} is not the number of rows ({len(attrs)})", CELEBA_ATTR_EXPECTED
+        )
     values = attrs.to_numpy()
     if attrs.empty or values.dtype.kind not in "iu" or not np.isin(values, (-1, 1)).all():
         raise bad(attr_path, "attribute values other than -1 and 1", CELEBA_ATTR_EXPECTED)
@@ -451,8 +515,11 @@ def read_celeba_tables(folder: Path) -> tuple[pd.DataFrame, pd.Series]:
         raise bad(part_path, "partition values other than 0, 1 and 2", CELEBA_PARTITION_EXPECTED)
     if not part.index.equals(attrs.index):
         unlisted = attrs.index.difference(part.index)[:3].tolist()
-        raise bad(part_path, f"its file names differ from {CELEBA_ATTR}'s (e.g. {unlisted or part.index.difference(attrs.index)[:3].tolist()})",
-                  CELEBA_PARTITION_EXPECTED + ", the same files in the same order as " + CELEBA_ATTR)
+        raise bad(
+            part_path,
+            f"its file names differ from {CELEBA_ATTR}'s (e.g. {unlisted or part.index.difference(attrs.index)[:3].tolist()})",
+            CELEBA_PARTITION_EXPECTED + ", the same files in the same order as " + CELEBA_ATTR,
+        )
     return (attrs + 1) // 2, part
 
 
@@ -464,8 +531,11 @@ def load_celeba(data: DataConfig, *, root: Path, image_size: int) -> ImageSplits
     attrs, part = read_celeba_tables(folder)
     for field_name, name in (("target", cfg.target), ("group", cfg.group)):
         if name not in attrs.columns:
-            raise DatasetFilesError(ERR_CELEBA_ATTR.format(field=field_name, name=name, path=folder / CELEBA_ATTR,
-                                                           available=list(attrs.columns)))
+            raise DatasetFilesError(
+                ERR_CELEBA_ATTR.format(
+                    field=field_name, name=name, path=folder / CELEBA_ATTR, available=list(attrs.columns)
+                )
+            )
     if cfg.target == cfg.group:
         raise DatasetFilesError(ERR_CELEBA_SAME.format(name=cfg.target))
     classes = (f"not {cfg.target}", cfg.target)
@@ -475,14 +545,23 @@ def load_celeba(data: DataConfig, *, root: Path, image_size: int) -> ImageSplits
     for split in ("train", cfg.test_split):
         rows = attrs[part.to_numpy() == CELEBA_PARTITIONS[split]]
         if rows.empty:
-            raise DatasetFilesError(ERR_EMPTY_SPLIT.format(dataset="celeba", split=split,
-                                                           hint=f"{folder / CELEBA_PARTITION} lists no image with partition {CELEBA_PARTITIONS[split]}"))
+            raise DatasetFilesError(
+                ERR_EMPTY_SPLIT.format(
+                    dataset="celeba",
+                    split=split,
+                    hint=f"{folder / CELEBA_PARTITION} lists no image with partition {CELEBA_PARTITIONS[split]}",
+                )
+            )
         paths = [folder / CELEBA_IMAGES / name for name in rows.index]
         missing = [p for p in paths if not p.is_file()]
         if missing:
-            raise DatasetFilesError(ERR_MISSING.format(
-                dataset="celeba", path=missing[0],
-                expected=f"every image listed in {CELEBA_ATTR} under {folder / CELEBA_IMAGES} ({len(missing)} missing)"))
+            raise DatasetFilesError(
+                ERR_MISSING.format(
+                    dataset="celeba",
+                    path=missing[0],
+                    expected=f"every image listed in {CELEBA_ATTR} under {folder / CELEBA_IMAGES} ({len(missing)} missing)",
+                )
+            )
         labels = torch.tensor(rows[cfg.target].to_numpy(), dtype=torch.int64)
         if split == "train":  # before decoding tens of thousands of images
             _check_train_classes("celeba", labels, classes)
@@ -490,7 +569,9 @@ def load_celeba(data: DataConfig, *, root: Path, image_size: int) -> ImageSplits
         groups = torch.tensor(rows[cfg.group].to_numpy(), dtype=torch.int64)
         splits.append(_grouped(images, labels, groups, classes, group_names, norm))
     return ImageSplits(
-        train=splits[0], test=splits[1], source=f"CelebA files in {folder}",
+        train=splits[0],
+        test=splits[1],
+        source=f"CelebA files in {folder}",
         description=f"target {cfg.target}, group {cfg.group}; centre crop {cfg.crop}, resized to {image_size}",
         params={"target": cfg.target, "group": cfg.group, "crop": cfg.crop, "test_split": cfg.test_split},
     )
@@ -505,8 +586,9 @@ def age_class_names(edges: Sequence[int]) -> tuple[str, ...]:
     return (f"<{edges[0]}", *inner, f">={edges[-1]}")
 
 
-def split_per_cell(labels: Tensor, groups: Tensor, num_groups: int, *, test_per_cell: Tensor | int,
-                   generator: torch.Generator) -> Tensor:
+def split_per_cell(
+    labels: Tensor, groups: Tensor, num_groups: int, *, test_per_cell: Tensor | int, generator: torch.Generator
+) -> Tensor:
     """Boolean test mask: ``test_per_cell`` random images of every (class, group) cell.
 
     ``test_per_cell`` is one count for all cells or a tensor with one per image's cell
@@ -526,12 +608,17 @@ def load_utkface(data: DataConfig, *, root: Path, image_size: int) -> ImageSplit
         raise DatasetFilesError(ERR_MISSING.format(dataset="utkface", path=folder, expected=f"a folder of {expected}"))
     files = _list_images(folder)
     if not files:
-        raise DatasetFilesError(ERR_NO_IMAGES.format(dataset="utkface", suffixes=IMAGE_SUFFIXES, folder=folder, expected=expected))
+        raise DatasetFilesError(
+            ERR_NO_IMAGES.format(dataset="utkface", suffixes=IMAGE_SUFFIXES, folder=folder, expected=expected)
+        )
     parsed = [(p, UTKFACE_NAME.match(p.name)) for p in files]
     skipped = [p.name for p, m in parsed if m is None]
     if skipped:
-        warnings.warn(f"utkface: skipped {len(skipped)} file(s) whose names do not follow {expected}: {skipped[:10]}",
-                      SkippedFilesWarning, stacklevel=2)
+        warnings.warn(
+            f"utkface: skipped {len(skipped)} file(s) whose names do not follow {expected}: {skipped[:10]}",
+            SkippedFilesWarning,
+            stacklevel=2,
+        )
     kept = [(p, m) for p, m in parsed if m is not None]
     ages = torch.tensor([int(m.group(1)) for _, m in kept], dtype=torch.int64)
     races = torch.tensor([int(m.group(3)) for _, m in kept], dtype=torch.int64)
@@ -540,12 +627,15 @@ def load_utkface(data: DataConfig, *, root: Path, image_size: int) -> ImageSplit
     paths = [p for (p, _), k in zip(kept, keep.tolist()) if k]
     ages, races = ages[keep], races[keep]
     if not paths:
-        raise DatasetFilesError(ERR_NO_IMAGES.format(dataset="utkface", suffixes=IMAGE_SUFFIXES, folder=folder, expected=expected))
+        raise DatasetFilesError(
+            ERR_NO_IMAGES.format(dataset="utkface", suffixes=IMAGE_SUFFIXES, folder=folder, expected=expected)
+        )
     labels = torch.bucketize(ages, torch.tensor(cfg.age_edges, dtype=torch.int64), right=True)
     classes = age_class_names(cfg.age_edges)
     group_names = UTKFACE_RACES[:num_groups]
-    test_mask = split_per_cell(labels, races, num_groups, test_per_cell=cfg.test_per_cell,
-                               generator=torch.Generator().manual_seed(data.seed))
+    test_mask = split_per_cell(
+        labels, races, num_groups, test_per_cell=cfg.test_per_cell, generator=torch.Generator().manual_seed(data.seed)
+    )
     train_idx, test_idx = torch.nonzero(~test_mask).flatten(), torch.nonzero(test_mask).flatten()
     _check_train_classes("utkface", labels[train_idx], classes)
     images = read_images(paths, size=image_size)
@@ -553,29 +643,46 @@ def load_utkface(data: DataConfig, *, root: Path, image_size: int) -> ImageSplit
     train = _grouped(images[train_idx], labels[train_idx], races[train_idx], classes, group_names, norm)
     test = _grouped(images[test_idx], labels[test_idx], races[test_idx], classes, group_names, norm)
     return ImageSplits(
-        train=train, test=test, source=f"UTKFace files in {folder}",
+        train=train,
+        test=test,
+        source=f"UTKFace files in {folder}",
         description=f"target age bucket {list(classes)}, group race {list(group_names)}; balanced test split of "
         f"min(cell size, {cfg.test_per_cell}) per (age, race) cell",
-        params={"age_edges": list(cfg.age_edges), "include_others": cfg.include_others, "test_per_cell": cfg.test_per_cell,
-                "skipped_files": len(skipped), "dropped_others": int((~keep).sum()), "seed": data.seed},
+        params={
+            "age_edges": list(cfg.age_edges),
+            "include_others": cfg.include_others,
+            "test_per_cell": cfg.test_per_cell,
+            "skipped_files": len(skipped),
+            "dropped_others": int((~keep).sum()),
+            "seed": data.seed,
+        },
     )
 
 
 # --------------------------------------------------------------------------- BFFHQ
 
-BFFHQ_EXPECTED = "image files named <index>_<label>_<bias>.png with label 0 (young) / 1 (old) and bias 0 (female) / 1 (male)"
+BFFHQ_EXPECTED = (
+    "image files named <index>_<label>_<bias>.png with label 0 (young) / 1 (old) and bias 0 (female) / 1 (male)"
+)
 
 
 def _bffhq_attributes(folder: Path) -> tuple[list[Path], Tensor, Tensor]:
     files = _list_images(folder) if folder.is_dir() else []
     if not files:
-        raise DatasetFilesError(ERR_NO_IMAGES.format(dataset="bffhq", suffixes=IMAGE_SUFFIXES, folder=folder, expected=BFFHQ_EXPECTED))
+        raise DatasetFilesError(
+            ERR_NO_IMAGES.format(dataset="bffhq", suffixes=IMAGE_SUFFIXES, folder=folder, expected=BFFHQ_EXPECTED)
+        )
     matches = [BFFHQ_NAME.search(p.stem) for p in files]
     bad = [p.name for p, m in zip(files, matches) if m is None]
     if bad:
-        raise DatasetFilesError(ERR_MALFORMED.format(dataset="bffhq", path=folder / bad[0],
-                                                     problem=f"{len(bad)} file name(s) do not encode label and bias, e.g. {bad[:3]}",
-                                                     expected=BFFHQ_EXPECTED))
+        raise DatasetFilesError(
+            ERR_MALFORMED.format(
+                dataset="bffhq",
+                path=folder / bad[0],
+                problem=f"{len(bad)} file name(s) do not encode label and bias, e.g. {bad[:3]}",
+                expected=BFFHQ_EXPECTED,
+            )
+        )
     labels = torch.tensor([int(m.group(1)) for m in matches], dtype=torch.int64)  # type: ignore[union-attr]
     biases = torch.tensor([int(m.group(2)) for m in matches], dtype=torch.int64)  # type: ignore[union-attr]
     return files, labels, biases
@@ -590,10 +697,14 @@ def load_bffhq(data: DataConfig, *, root: Path, image_size: int) -> ImageSplits:
         wrong = (labels == biases) if kind == "conflict" else (labels != biases)
         if bool(wrong.any()):
             first = files[int(torch.nonzero(wrong)[0])]
-            raise DatasetFilesError(ERR_MALFORMED.format(
-                dataset="bffhq", path=first, problem=f"a file in {kind}/ whose label and bias "
-                f"{'agree' if kind == 'conflict' else 'differ'}",
-                expected=f"bias-aligned files (label == bias) in align/ and bias-conflicting ones in conflict/; {BFFHQ_EXPECTED}"))
+            raise DatasetFilesError(
+                ERR_MALFORMED.format(
+                    dataset="bffhq",
+                    path=first,
+                    problem=f"a file in {kind}/ whose label and bias {'agree' if kind == 'conflict' else 'differ'}",
+                    expected=f"bias-aligned files (label == bias) in align/ and bias-conflicting ones in conflict/; {BFFHQ_EXPECTED}",
+                )
+            )
         parts[kind] = (files, labels, biases)
     train_files = parts["align"][0] + parts["conflict"][0]
     train_y = torch.cat([parts["align"][1], parts["conflict"][1]])
@@ -604,11 +715,17 @@ def load_bffhq(data: DataConfig, *, root: Path, image_size: int) -> ImageSplits:
     train = _grouped(read_images(train_files, size=image_size), train_y, train_g, BFFHQ_CLASSES, BFFHQ_GROUPS, norm)
     test = _grouped(read_images(test_files, size=image_size), test_y, test_g, BFFHQ_CLASSES, BFFHQ_GROUPS, norm)
     return ImageSplits(
-        train=train, test=test, source=f"BFFHQ files in {base}",
+        train=train,
+        test=test,
+        source=f"BFFHQ files in {base}",
         description=f"target age (young/old), group gender (female/male); train {cfg.conflict} "
         f"({len(parts['align'][0])} aligned + {len(parts['conflict'][0])} conflicting), test {cfg.test_split}/",
-        params={"conflict": cfg.conflict, "aligned": len(parts["align"][0]), "conflicting": len(parts["conflict"][0]),
-                "test_split": cfg.test_split},
+        params={
+            "conflict": cfg.conflict,
+            "aligned": len(parts["align"][0]),
+            "conflicting": len(parts["conflict"][0]),
+            "test_split": cfg.test_split,
+        },
     )
 
 
@@ -628,15 +745,28 @@ def load_folder(data: DataConfig, *, workspace: Path, image_size: int) -> ImageS
     assert cfg.csv is not None and cfg.images is not None  # DataConfig checks it
     csv_path, images_dir = workspace / cfg.csv, workspace / cfg.images
     if not csv_path.is_file():
-        raise DatasetFilesError(ERR_MISSING.format(dataset="folder", path=csv_path,
-                                                   expected=f"a CSV with columns {cfg.path_column}, {cfg.label_column}, {cfg.group_column}"))
+        raise DatasetFilesError(
+            ERR_MISSING.format(
+                dataset="folder",
+                path=csv_path,
+                expected=f"a CSV with columns {cfg.path_column}, {cfg.label_column}, {cfg.group_column}",
+            )
+        )
     if not images_dir.is_dir():
-        raise DatasetFilesError(ERR_MISSING.format(dataset="folder", path=images_dir, expected="the folder of the images the CSV lists"))
+        raise DatasetFilesError(
+            ERR_MISSING.format(dataset="folder", path=images_dir, expected="the folder of the images the CSV lists")
+        )
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DatasetFilesError(ERR_MALFORMED.format(dataset="folder", path=csv_path, problem=str(exc).splitlines()[0],
-                                                     expected="a comma-separated file with a header row")) from None
+        raise DatasetFilesError(
+            ERR_MALFORMED.format(
+                dataset="folder",
+                path=csv_path,
+                problem=str(exc).splitlines()[0],
+                expected="a comma-separated file with a header row",
+            )
+        ) from None
     columns = [cfg.path_column, cfg.label_column, cfg.group_column] + ([cfg.split_column] if cfg.split_column else [])
     missing = [c for c in columns if c not in table.columns]
     if missing:
@@ -647,7 +777,9 @@ def load_folder(data: DataConfig, *, workspace: Path, image_size: int) -> ImageS
         table[column] = table[column].str.strip()
         empty = np.flatnonzero(table[column].to_numpy() == "")
         if empty.size:
-            raise DatasetFilesError(ERR_FOLDER_EMPTY.format(path=csv_path, rows=(empty[:5] + 2).tolist(), column=column))
+            raise DatasetFilesError(
+                ERR_FOLDER_EMPTY.format(path=csv_path, rows=(empty[:5] + 2).tolist(), column=column)
+            )
     paths = []
     for row, value in enumerate(table[cfg.path_column].tolist()):
         rel = PurePosixPath(value.replace("\\", "/"))
@@ -658,43 +790,71 @@ def load_folder(data: DataConfig, *, workspace: Path, image_size: int) -> ImageS
     for row, path in enumerate(paths):  # a symlink must not lead out of the folder the user named
         target = path.resolve()
         if target != inside and inside not in target.parents:
-            raise DatasetFilesError(ERR_FOLDER_OUTSIDE.format(path=csv_path, row=row + 2, value=table[cfg.path_column].iloc[row],
-                                                              target=target, images=images_dir))
+            raise DatasetFilesError(
+                ERR_FOLDER_OUTSIDE.format(
+                    path=csv_path, row=row + 2, value=table[cfg.path_column].iloc[row], target=target, images=images_dir
+                )
+            )
     absent = [str(p.relative_to(images_dir)) for p in paths if not p.is_file()]
     if absent:
-        raise DatasetFilesError(ERR_FOLDER_MISSING.format(count=len(absent), path=csv_path, images=images_dir, examples=absent[:3]))
+        raise DatasetFilesError(
+            ERR_FOLDER_MISSING.format(count=len(absent), path=csv_path, images=images_dir, examples=absent[:3])
+        )
     classes, group_names = _sorted_names(table[cfg.label_column]), _sorted_names(table[cfg.group_column])
-    labels = torch.tensor(table[cfg.label_column].map({n: i for i, n in enumerate(classes)}).to_numpy(), dtype=torch.int64)
-    groups = torch.tensor(table[cfg.group_column].map({n: i for i, n in enumerate(group_names)}).to_numpy(), dtype=torch.int64)
+    labels = torch.tensor(
+        table[cfg.label_column].map({n: i for i, n in enumerate(classes)}).to_numpy(), dtype=torch.int64
+    )
+    groups = torch.tensor(
+        table[cfg.group_column].map({n: i for i, n in enumerate(group_names)}).to_numpy(), dtype=torch.int64
+    )
     if cfg.split_column:
         split = table[cfg.split_column].str.lower()
         bad = np.flatnonzero(~split.isin(("train", "test")).to_numpy())
         if bad.size:
-            raise DatasetFilesError(ERR_FOLDER_SPLIT.format(path=csv_path, column=cfg.split_column, rows=(bad[:5] + 2).tolist(),
-                                                            values=sorted(set(split.iloc[bad]))[:5]))
+            raise DatasetFilesError(
+                ERR_FOLDER_SPLIT.format(
+                    path=csv_path,
+                    column=cfg.split_column,
+                    rows=(bad[:5] + 2).tolist(),
+                    values=sorted(set(split.iloc[bad]))[:5],
+                )
+            )
         test_mask = torch.tensor((split == "test").to_numpy())
     else:
         cell = labels * len(group_names) + groups
         counts = torch.bincount(cell, minlength=len(classes) * len(group_names))
         quota = torch.round(counts.to(torch.float64) * cfg.test_fraction).to(torch.int64)
         quota = torch.minimum(quota, (counts - 1).clamp_min(0))  # a cell of one image stays in train
-        test_mask = split_per_cell(labels, groups, len(group_names), test_per_cell=quota,
-                                   generator=torch.Generator().manual_seed(data.seed))
+        test_mask = split_per_cell(
+            labels, groups, len(group_names), test_per_cell=quota, generator=torch.Generator().manual_seed(data.seed)
+        )
     train_idx, test_idx = torch.nonzero(~test_mask).flatten(), torch.nonzero(test_mask).flatten()
     _check_train_classes("folder", labels[train_idx], classes)
     if test_idx.numel() == 0:
-        raise DatasetFilesError(ERR_EMPTY_SPLIT.format(dataset="folder", split="test",
-                                                       hint="mark rows 'test' in the split column or raise data.folder.test_fraction"))
+        raise DatasetFilesError(
+            ERR_EMPTY_SPLIT.format(
+                dataset="folder",
+                split="test",
+                hint="mark rows 'test' in the split column or raise data.folder.test_fraction",
+            )
+        )
     images = read_images(paths, size=image_size)
     norm = _normalization(data)
     train = _grouped(images[train_idx], labels[train_idx], groups[train_idx], classes, group_names, norm)
     test = _grouped(images[test_idx], labels[test_idx], groups[test_idx], classes, group_names, norm)
     how = f"column {cfg.split_column!r}" if cfg.split_column else f"a stratified {cfg.test_fraction:.0%} test split"
     return ImageSplits(
-        train=train, test=test, source=f"your images in {images_dir}, labels in {csv_path}",
+        train=train,
+        test=test,
+        source=f"your images in {images_dir}, labels in {csv_path}",
         description=f"target {cfg.label_column!r}, group {cfg.group_column!r}; train/test from {how}",
-        params={"csv": cfg.csv, "images": cfg.images, "split_column": cfg.split_column, "test_fraction": cfg.test_fraction,
-                "seed": data.seed},
+        params={
+            "csv": cfg.csv,
+            "images": cfg.images,
+            "split_column": cfg.split_column,
+            "test_fraction": cfg.test_fraction,
+            "seed": data.seed,
+        },
     )
 
 
@@ -714,7 +874,9 @@ def user_files_digest(data: DataConfig, *, workspace: str | Path) -> str | None:
     if data.dataset == "adult" and tabular_files:
         files = [workspace / f for f in tabular_files]
     elif data.dataset == "folder" and data.folder.csv is not None and data.folder.images is not None:
-        files = [workspace / data.folder.csv] + sorted(p for p in (workspace / data.folder.images).rglob("*") if p.is_file())
+        files = [workspace / data.folder.csv] + sorted(
+            p for p in (workspace / data.folder.images).rglob("*") if p.is_file()
+        )
     elif data.idx_dir is not None:
         files = sorted(p for p in (workspace / data.idx_dir).rglob("*") if p.is_file())
     else:
@@ -737,21 +899,35 @@ def check_user_files(data: DataConfig, *, workspace: str | Path) -> None:
         check_idx_folder(workspace / data.idx_dir)
     elif data.dataset == "folder" and data.folder.csv is not None and data.folder.images is not None:
         if not (workspace / data.folder.csv).is_file():
-            raise DatasetFilesError(ERR_MISSING.format(dataset="folder", path=workspace / data.folder.csv,
-                                                       expected="the CSV of data.folder.csv (one row per image)"))
+            raise DatasetFilesError(
+                ERR_MISSING.format(
+                    dataset="folder",
+                    path=workspace / data.folder.csv,
+                    expected="the CSV of data.folder.csv (one row per image)",
+                )
+            )
         if not (workspace / data.folder.images).is_dir():
-            raise DatasetFilesError(ERR_MISSING.format(dataset="folder", path=workspace / data.folder.images,
-                                                       expected="the folder of data.folder.images"))
+            raise DatasetFilesError(
+                ERR_MISSING.format(
+                    dataset="folder", path=workspace / data.folder.images, expected="the folder of data.folder.images"
+                )
+            )
     elif data.dataset in TABULAR_DATASETS:
         for key in ("csv", "test_csv"):
             value = getattr(data.tabular, key)
             if value is not None and not (workspace / value).is_file():
-                raise DatasetFilesError(ERR_MISSING.format(dataset=data.dataset, path=workspace / value,
-                                                           expected=f"the CSV of data.tabular.{key}"))
+                raise DatasetFilesError(
+                    ERR_MISSING.format(
+                        dataset=data.dataset, path=workspace / value, expected=f"the CSV of data.tabular.{key}"
+                    )
+                )
 
 
 _LOADERS: dict[str, Callable[..., ImageSplits]] = {
-    "cifar10s": load_cifar10s, "celeba": load_celeba, "utkface": load_utkface, "bffhq": load_bffhq,
+    "cifar10s": load_cifar10s,
+    "celeba": load_celeba,
+    "utkface": load_utkface,
+    "bffhq": load_bffhq,
 }
 
 
@@ -772,7 +948,18 @@ def prepare_image_dataset(data: DataConfig, *, workspace: str | Path) -> ImageSp
 
 
 __all__ = [
-    "DEFAULT_IMAGE_SIZE", "DEFAULT_NORMALIZATION", "DatasetFilesError", "ImageSplits", "SkippedFilesWarning",
-    "age_class_names", "build_cifar10s", "prepare_image_dataset", "read_celeba_tables", "read_cifar10", "read_images",
-    "skew_groups", "split_per_cell", "user_files_digest",
+    "DEFAULT_IMAGE_SIZE",
+    "DEFAULT_NORMALIZATION",
+    "DatasetFilesError",
+    "ImageSplits",
+    "SkippedFilesWarning",
+    "age_class_names",
+    "build_cifar10s",
+    "prepare_image_dataset",
+    "read_celeba_tables",
+    "read_cifar10",
+    "read_images",
+    "skew_groups",
+    "split_per_cell",
+    "user_files_digest",
 ]

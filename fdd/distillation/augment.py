@@ -181,7 +181,9 @@ def apply_dsa(x: Tensor, slots: Tensor, draw: DSADraw, *, config: DSAConfig = DS
     """
     n = x.shape[0]
     if slots.dim() != 1 or slots.shape[0] != n or slots.dtype.is_floating_point:
-        raise ValueError(ERR_SLOTS.format(n=n, k=draw.num_slots, detail=f"shape {tuple(slots.shape)}, dtype {slots.dtype}"))
+        raise ValueError(
+            ERR_SLOTS.format(n=n, k=draw.num_slots, detail=f"shape {tuple(slots.shape)}, dtype {slots.dtype}")
+        )
     if slots.numel() and slots.device.type == "cpu":  # on an accelerator this check would sync
         low, high = int(slots.min()), int(slots.max())
         if low < 0 or high >= draw.num_slots:
@@ -233,7 +235,11 @@ def augment_per_image(
 ) -> Tensor:
     """Training-time DSA: one family for the batch, independent parameters per image."""
     draw = draw_dsa(
-        x.shape[0], image_size=tuple(x.shape[-2:]), config=config, shared_family=True,
-        generator=generator, device=x.device,
+        x.shape[0],
+        image_size=tuple(x.shape[-2:]),
+        config=config,
+        shared_family=True,
+        generator=generator,
+        device=x.device,
     )
     return apply_dsa(x, torch.arange(x.shape[0], device=x.device), draw, config=config)

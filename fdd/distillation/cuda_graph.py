@@ -69,7 +69,9 @@ def _clone(value: object) -> object:
     if isinstance(value, Tensor):
         return value.detach().clone()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(value, **{f.name: _clone(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init})
+        return dataclasses.replace(
+            value, **{f.name: _clone(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        )
     if isinstance(value, (tuple, list)):
         return type(value)(_clone(item) for item in value)
     return value
@@ -206,8 +208,13 @@ class CapturedTraining:
         self.images = torch.randn(image_shape, device=device)  # warm-up input; run() copies the real one in
         self.labels = labels
         self.plan = draw_training_plan(  # static inputs; run() overwrites them with fresh draws
-            n, epochs=epochs, batch_size=batch_size, image_size=tuple(image_shape[-2:]), dsa=dsa,
-            generator=None, device=device,
+            n,
+            epochs=epochs,
+            batch_size=batch_size,
+            image_size=tuple(image_shape[-2:]),
+            dsa=dsa,
+            generator=None,
+            device=device,
         )
         saved = [p.detach().clone() for p in net.parameters()]
         buffers = [b.detach().clone() for b in net.buffers()]
@@ -216,8 +223,17 @@ class CapturedTraining:
 
         def body() -> None:
             train_network(
-                net, self.images, self.labels, epochs=epochs, lr=lr, momentum=momentum,
-                weight_decay=weight_decay, batch_size=batch_size, dsa=dsa, generator=None, plan=self.plan,
+                net,
+                self.images,
+                self.labels,
+                epochs=epochs,
+                lr=lr,
+                momentum=momentum,
+                weight_decay=weight_decay,
+                batch_size=batch_size,
+                dsa=dsa,
+                generator=None,
+                plan=self.plan,
                 **extra,
             )
 
@@ -238,12 +254,19 @@ class CapturedTraining:
         copied into the graph's static inputs, and the graph is replayed.
         """
         if tuple(images.shape) != tuple(self.images.shape):
-            raise ValueError(ERR_SHAPE.format(field="images", expected=tuple(self.images.shape), got=tuple(images.shape)))
+            raise ValueError(
+                ERR_SHAPE.format(field="images", expected=tuple(self.images.shape), got=tuple(images.shape))
+            )
         with torch.no_grad():
             self.images.copy_(images)
             fresh = draw_training_plan(
-                images.shape[0], epochs=self.epochs, batch_size=self.batch_size,
-                image_size=tuple(images.shape[-2:]), dsa=self.dsa, generator=generator, device=images.device,
+                images.shape[0],
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                image_size=tuple(images.shape[-2:]),
+                dsa=self.dsa,
+                generator=generator,
+                device=images.device,
             )
             for static, value in zip(_tensors(self.plan), _tensors(fresh)):
                 static.copy_(value)

@@ -116,12 +116,30 @@ def dm_loss(
         raise ValueError(ERR_DIM.format(real=real_features.shape[1], syn=syn_features.shape[1]))
     if mode in ALIGNMENT_MODES:
         return alignment_loss(
-            real_features, real_labels, real_groups, syn_features, syn_labels, num_classes=num_classes,
-            num_groups=num_groups, mode=cast(AlignmentMode, mode), solver=solver, reg=reg, reduction=reduction, validate=False,
+            real_features,
+            real_labels,
+            real_groups,
+            syn_features,
+            syn_labels,
+            num_classes=num_classes,
+            num_groups=num_groups,
+            mode=cast(AlignmentMode, mode),
+            solver=solver,
+            reg=reg,
+            reduction=reduction,
+            validate=False,
         )
     return mean_matching_loss(
-        real_features, real_labels, real_groups, syn_features, syn_labels, num_classes=num_classes,
-        num_groups=num_groups, mode=mode, barycenter_distance="l1", barycenter_lambda=barycenter_lambda,
+        real_features,
+        real_labels,
+        real_groups,
+        syn_features,
+        syn_labels,
+        num_classes=num_classes,
+        num_groups=num_groups,
+        mode=mode,
+        barycenter_distance="l1",
+        barycenter_lambda=barycenter_lambda,
     )
 
 
@@ -154,7 +172,11 @@ def mean_matching_loss(
     # unknown groups (-1) go to a spare group column, dropped: no device sync
     spare = torch.where(real_groups < 0, torch.full_like(real_groups, num_groups), real_groups)
     full = cell_statistics(
-        real_features, real_labels, spare, num_classes=num_classes, num_groups=num_groups + 1,
+        real_features,
+        real_labels,
+        spare,
+        num_classes=num_classes,
+        num_groups=num_groups + 1,
         validate=False,  # built by the synthesis loop; checking would sync the device
     )
     means, counts, present = full.means[:, :num_groups], full.counts[:, :num_groups], full.present[:, :num_groups]

@@ -180,11 +180,17 @@ def covering_indices(
     counts = torch.bincount(train.labels.cpu(), minlength=train.num_classes)
     for k in range(train.num_classes):
         if int(counts[k]) < ipc:
-            raise ValueError(ERR_TOO_FEW.format(method=method, ipc=ipc, name=train.class_names[k], count=int(counts[k])))
+            raise ValueError(
+                ERR_TOO_FEW.format(method=method, ipc=ipc, name=train.class_names[k], count=int(counts[k]))
+            )
     if method == "stratified":
         return stratified_indices(
-            train.labels.cpu(), train.groups.cpu(), num_classes=train.num_classes, num_groups=train.num_groups,
-            ipc=ipc, generator=generator,
+            train.labels.cpu(),
+            train.groups.cpu(),
+            num_classes=train.num_classes,
+            num_groups=train.num_groups,
+            ipc=ipc,
+            generator=generator,
         )
     cand = candidate_indices(train, max_per_cell=max(max_per_cell, ipc), generator=generator)
     labels, groups = train.labels.cpu()[cand], train.groups.cpu()[cand]
@@ -194,10 +200,12 @@ def covering_indices(
     subset = train.subset(cand)
     assert embed is not None  # required for 'barycenter' (ERR_EMBED above)
     with torch.no_grad():
-        features = torch.cat([
-            embed(subset.subset(torch.arange(s, min(s + batch_size, len(subset)))).normalized(device)).float().cpu()
-            for s in range(0, len(subset), batch_size)
-        ])
+        features = torch.cat(
+            [
+                embed(subset.subset(torch.arange(s, min(s + batch_size, len(subset)))).normalized(device)).float().cpu()
+                for s in range(0, len(subset), batch_size)
+            ]
+        )
     seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
     chosen = []
     for c in range(train.num_classes):  # once per run: a small CPU problem per class
@@ -205,8 +213,6 @@ def covering_indices(
         if members.numel() < ipc:  # too few labelled images: keep the stratified choice
             chosen.append(cand[slots[c]])
             continue
-        picks = _assign_to_barycenter(
-            features[members], groups[members], groups[slots[c]], ipc=ipc, seed=seed + c
-        )
+        picks = _assign_to_barycenter(features[members], groups[members], groups[slots[c]], ipc=ipc, seed=seed + c)
         chosen.append(cand[members[picks]])
     return torch.cat(chosen)

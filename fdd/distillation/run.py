@@ -46,7 +46,6 @@ class CheckpointDiscardedWarning(UserWarning):
     """A checkpoint failed its integrity or sanity checks and was removed; the run starts over."""
 
 
-
 def checkpoint_digest_path(path: str | Path) -> Path:
     """The integrity record of the checkpoint at ``path``: ``<path>.sha256``."""
     path = Path(path)
@@ -64,7 +63,9 @@ def write_checkpoint(payload: dict, path: str | Path) -> None:
     torch.save(payload, buffer)
     data = buffer.getvalue()
     atomic_write_bytes(path, data)
-    atomic_write_bytes(checkpoint_digest_path(path), f"{hashlib.sha256(data).hexdigest()}  {Path(path).name}\n".encode())
+    atomic_write_bytes(
+        checkpoint_digest_path(path), f"{hashlib.sha256(data).hexdigest()}  {Path(path).name}\n".encode()
+    )
 
 
 def discard_checkpoint(path: str | Path, reason: str) -> None:
@@ -147,8 +148,13 @@ def _fingerprint(train: GroupedImages, mode: str, config: SynthesisConfig, netwo
     settings = config.model_dump(mode="json", exclude={"log_every", "checkpoint_every", "modes"})
     return hashlib.sha256(
         json.dumps(
-            {"train": train.digest(), "mode": mode, "seed": seed, "synthesis": settings,
-             "network": network.model_dump(mode="json")},
+            {
+                "train": train.digest(),
+                "mode": mode,
+                "seed": seed,
+                "synthesis": settings,
+                "network": network.model_dump(mode="json"),
+            },
             sort_keys=True,
         ).encode()
     ).hexdigest()
@@ -219,8 +225,9 @@ def synthesize(
     losses = torch.zeros(config.iterations, device=loop.device)
     fingerprint = _fingerprint(train, mode, config, network, seed) if checkpoint is not None else ""
     if checkpoint is not None:
-        saved = read_checkpoint(checkpoint, fingerprint=fingerprint, iterations=config.iterations,
-                                image_shape=tuple(loop.syn_images.shape))
+        saved = read_checkpoint(
+            checkpoint, fingerprint=fingerprint, iterations=config.iterations, image_shape=tuple(loop.syn_images.shape)
+        )
         if saved is not None:
             try:
                 loop.load_state_dict(saved["state"])

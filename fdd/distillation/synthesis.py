@@ -130,9 +130,17 @@ def initial_synthetic_images(
         if init == "barycenter":
             net = network or NetworkConfig()
             seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
-            embed = build_network(
-                input_shape=train.image_shape, num_classes=c, network=net, seed=seed, device=device,
-            ).eval().embed
+            embed = (
+                build_network(
+                    input_shape=train.image_shape,
+                    num_classes=c,
+                    network=net,
+                    seed=seed,
+                    device=device,
+                )
+                .eval()
+                .embed
+            )
         method = cast(CoveringInit, init)  # 'stratified' or 'barycenter' here
         index = covering_indices(train, ipc=ipc, method=method, generator=generator, embed=embed, device=device)
         return train.subset(index).normalized(device), labels
@@ -284,21 +292,34 @@ class DMSynthesizer(Synthesizer):
         if self._whole_step_capturable():
             self.captured_step = CapturedStep(self._warm_up_and_match, device=device, what="DM iteration")
         elif (
-            config.cuda_graph and self.warmup_epochs and device.type == "cuda"
-            and config.precision == "fp32" and not config.channels_last
+            config.cuda_graph
+            and self.warmup_epochs
+            and device.type == "cuda"
+            and config.precision == "fp32"
+            and not config.channels_last
         ):
             self.captured_warmup = CapturedTraining(
-                self.net, image_shape=tuple(self.syn_images.shape), labels=self.syn_labels,
-                epochs=self.warmup_epochs, batch_size=config.warmup_batch, lr=config.warmup_lr,
-                momentum=config.warmup_momentum, weight_decay=config.warmup_weight_decay, dsa=self.dsa,
-                forward=self.forward, augment=self.augment,
+                self.net,
+                image_shape=tuple(self.syn_images.shape),
+                labels=self.syn_labels,
+                epochs=self.warmup_epochs,
+                batch_size=config.warmup_batch,
+                lr=config.warmup_lr,
+                momentum=config.warmup_momentum,
+                weight_decay=config.warmup_weight_decay,
+                dsa=self.dsa,
+                forward=self.forward,
+                augment=self.augment,
             )
 
     def _whole_step_capturable(self) -> bool:
         config = self.config
         return (
-            config.cuda_graph and self.device.type == "cuda" and config.precision == "fp32"
-            and not config.channels_last and self.mode in MEAN_MODES
+            config.cuda_graph
+            and self.device.type == "cuda"
+            and config.precision == "fp32"
+            and not config.channels_last
+            and self.mode in MEAN_MODES
             and config.batch_real <= self.sampler.smallest_class  # fixed real-batch shape
         )
 
@@ -315,8 +336,13 @@ class DMSynthesizer(Synthesizer):
         if self.warmup_epochs and self.captured_warmup is None:
             n = self.syn_images.shape[0]
             plan = draw_training_plan(
-                n, epochs=self.warmup_epochs, batch_size=config.warmup_batch,
-                image_size=tuple(self.syn_images.shape[-2:]), dsa=self.dsa, generator=generator, device=self.device,
+                n,
+                epochs=self.warmup_epochs,
+                batch_size=config.warmup_batch,
+                image_size=tuple(self.syn_images.shape[-2:]),
+                dsa=self.dsa,
+                generator=generator,
+                device=self.device,
             )
         elif self.captured_warmup is not None:
             with record_function("fdd.warmup"):
@@ -326,8 +352,11 @@ class DMSynthesizer(Synthesizer):
         draw = None
         if self.dsa is not None:
             draw = draw_dsa(
-                self.train.num_classes, image_size=self.train.image_shape[1:], config=self.dsa,
-                generator=generator, device=self.device,
+                self.train.num_classes,
+                image_size=self.train.image_shape[1:],
+                config=self.dsa,
+                generator=generator,
+                device=self.device,
             )
         run = self.captured_step if self.captured_step is not None else self._warm_up_and_match
         loss = run(plan, index, draw)
@@ -350,10 +379,19 @@ class DMSynthesizer(Synthesizer):
         net.requires_grad_(True)
         with self.autocast:
             train_network(
-                net, self.syn_images.detach().contiguous(memory_format=self.memory_format), self.syn_labels,
-                epochs=self.warmup_epochs, lr=config.warmup_lr, momentum=config.warmup_momentum,
-                weight_decay=config.warmup_weight_decay, batch_size=config.warmup_batch, dsa=self.dsa,
-                generator=None, forward=self.forward, augment=self.augment, plan=plan,
+                net,
+                self.syn_images.detach().contiguous(memory_format=self.memory_format),
+                self.syn_labels,
+                epochs=self.warmup_epochs,
+                lr=config.warmup_lr,
+                momentum=config.warmup_momentum,
+                weight_decay=config.warmup_weight_decay,
+                batch_size=config.warmup_batch,
+                dsa=self.dsa,
+                generator=None,
+                forward=self.forward,
+                augment=self.augment,
+                plan=plan,
             )
 
     def _match(self, index: Tensor, draw: DSADraw | None) -> Tensor:
@@ -376,9 +414,17 @@ class DMSynthesizer(Synthesizer):
                 real_features = self.embed(real).float()
             syn_features = self.embed(syn).float()
         loss = dm_loss(
-            real_features, real_labels, self.real_groups[index], syn_features, self.syn_labels,
-            num_classes=train.num_classes, num_groups=train.num_groups, mode=cast(MatchingMode, self.mode),
-            solver=config.w2_solver, reg=config.w2_reg, reduction=config.w2_reduction,
+            real_features,
+            real_labels,
+            self.real_groups[index],
+            syn_features,
+            self.syn_labels,
+            num_classes=train.num_classes,
+            num_groups=train.num_groups,
+            mode=cast(MatchingMode, self.mode),
+            solver=config.w2_solver,
+            reg=config.w2_reg,
+            reduction=config.w2_reduction,
             barycenter_lambda=config.barycenter_lambda,
         )
         self.optimizer.zero_grad(set_to_none=True)

@@ -60,8 +60,12 @@ def draw_training_plan(
     draw = None
     if dsa is not None and epochs > 0 and n > 0:
         draw = draw_dsa(
-            epochs * per_epoch, image_size=image_size, config=dsa, family_block=block,
-            generator=generator, device=device,
+            epochs * per_epoch,
+            image_size=image_size,
+            config=dsa,
+            family_block=block,
+            generator=generator,
+            device=device,
         )
     return TrainingPlan(orders=orders, dsa=draw, slots_per_epoch=per_epoch)
 
@@ -99,14 +103,27 @@ def train_network(
     n = images.shape[0]
     if plan is None:
         plan = draw_training_plan(
-            n, epochs=epochs, batch_size=batch_size, image_size=tuple(images.shape[-2:]), dsa=dsa,
-            generator=generator, device=images.device,
+            n,
+            epochs=epochs,
+            batch_size=batch_size,
+            image_size=tuple(images.shape[-2:]),
+            dsa=dsa,
+            generator=generator,
+            device=images.device,
         )
-    if (plan.orders is not None and tuple(plan.orders.shape) != (epochs, n)) or (plan.orders is None and n > batch_size):
+    if (plan.orders is not None and tuple(plan.orders.shape) != (epochs, n)) or (
+        plan.orders is None and n > batch_size
+    ):
         got = None if plan.orders is None else tuple(plan.orders.shape)
-        raise ValueError(ERR_PLAN.format(detail=f"orders of shape {got} for {epochs} epochs of {n} images in batches of {batch_size}"))
+        raise ValueError(
+            ERR_PLAN.format(
+                detail=f"orders of shape {got} for {epochs} epochs of {n} images in batches of {batch_size}"
+            )
+        )
     if (plan.dsa is None) != (dsa is None or epochs == 0 or n == 0):
-        raise ValueError(ERR_PLAN.format(detail=f"DSA draw {'missing' if plan.dsa is None else 'given'} with dsa={dsa}"))
+        raise ValueError(
+            ERR_PLAN.format(detail=f"DSA draw {'missing' if plan.dsa is None else 'given'} with dsa={dsa}")
+        )
     slots = torch.arange(min(n, batch_size), device=images.device)
     for epoch in range(epochs):
         for start in range(0, n, batch_size):

@@ -134,8 +134,13 @@ def train_stacked(
         if epoch % chunk == 0:  # draw the next chunk of epochs: one training plan of count x M runs
             count = min(chunk, epochs - epoch)
             plan = draw_training_plan(
-                n, epochs=count * m, batch_size=batch_size, image_size=tuple(images.shape[-2:]), dsa=dsa,
-                generator=generator, device=device,
+                n,
+                epochs=count * m,
+                batch_size=batch_size,
+                image_size=tuple(images.shape[-2:]),
+                dsa=dsa,
+                generator=generator,
+                device=device,
             )
             orders = None if plan.orders is None else plan.orders.view(count, m, n)
             if plan.dsa is not None:
@@ -152,7 +157,11 @@ def train_stacked(
             rate = optimizer.param_groups[0]["lr"]
             if rate not in graphed:
                 graphed[rate] = CapturedStep(
-                    run_epoch, device=device, eager_calls=0 if graphed else 3, what="audit epoch", setting="audit.cuda_graph"
+                    run_epoch,
+                    device=device,
+                    eager_calls=0 if graphed else 3,
+                    what="audit epoch",
+                    setting="audit.cuda_graph",
                 )
             step = graphed[rate]
         step(order, slot_base)
@@ -228,21 +237,28 @@ def audit_synthetic(
     seeds = [config.seed * 1000 + run for run in range(config.num_eval)]
     nets = [
         build_architecture(
-            architecture, input_shape=test.image_shape, num_classes=test.num_classes, network=network, seed=seed,
+            architecture,
+            input_shape=test.image_shape,
+            num_classes=test.num_classes,
+            network=network,
+            seed=seed,
             device=device,
         )
         for seed in seeds
     ]
     schedule: dict[str, Any] = dict(
-        epochs=config.epochs + 1, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-        batch_size=config.batch_size, dsa=dsa, lr_decay_epoch=config.epochs // 2 + 1,
+        epochs=config.epochs + 1,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        batch_size=config.batch_size,
+        dsa=dsa,
+        lr_decay_epoch=config.epochs // 2 + 1,
     )
     generator = torch.Generator(device=device)
     generator.manual_seed(seeds[0])
     if config.stack_models and not has_buffers(nets[0]) and len(nets) > 1:
-        train_stacked(
-            nets, images, labels, generator=generator, cuda_graph=config.cuda_graph, **schedule
-        )
+        train_stacked(nets, images, labels, generator=generator, cuda_graph=config.cuda_graph, **schedule)
     else:
         for seed, net in zip(seeds, nets):
             generator.manual_seed(seed)
@@ -252,9 +268,13 @@ def audit_synthetic(
         predictions = predict(net, test_images, batch_size=config.test_batch_size).cpu()
         reports.append(
             fairness_report(
-                predictions, test.labels, sensitive_features=test.groups,
-                num_classes=test.num_classes, num_groups=test.num_groups,
-                class_names=test.class_names, group_names=test.group_names,
+                predictions,
+                test.labels,
+                sensitive_features=test.groups,
+                num_classes=test.num_classes,
+                num_groups=test.num_groups,
+                class_names=test.class_names,
+                group_names=test.group_names,
             )
         )
         if progress is not None:

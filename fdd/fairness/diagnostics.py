@@ -85,9 +85,7 @@ def barycenter_diagnostics(
     missing = {c: [group_names[g] for g in range(num_groups) if population[c, g] == 0] for c in range(num_classes)}
     for c, absent in missing.items():
         if absent and len(absent) < num_groups:
-            warnings.warn(
-                WARN_MISSING.format(name=class_names[c], absent=absent), MissingGroupWarning, stacklevel=2
-            )
+            warnings.warn(WARN_MISSING.format(name=class_names[c], absent=absent), MissingGroupWarning, stacklevel=2)
     for c in range(num_classes):
         present = [g for g in range(num_groups) if population[c, g] > 0 and ((labels == c) & (groups == g)).any()]
         clouds = [projected[(labels == c) & (groups == g)] for g in present]

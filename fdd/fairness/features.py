@@ -87,8 +87,11 @@ def embed_images(
     generator = torch.Generator().manual_seed(config.embedder_seed)
     index = sample_cells(data, max_per_cell=config.max_per_cell, generator=generator)
     net = build_network(
-        input_shape=data.image_shape, num_classes=data.num_classes, network=network,
-        seed=config.embedder_seed, device=device,
+        input_shape=data.image_shape,
+        num_classes=data.num_classes,
+        network=network,
+        seed=config.embedder_seed,
+        device=device,
     ).eval()
     subset = data.subset(index)
     chunks = []
@@ -111,21 +114,24 @@ def group_features(
     labels, groups = data.labels[index].to(features.device), data.groups[index].to(features.device)
     stats = cell_statistics(features, labels, groups, num_classes=data.num_classes, num_groups=data.num_groups)
     deviation = features - stats.means[labels, groups]
-    sq = torch.zeros_like(stats.counts).index_put_(
-        (labels, groups), deviation.pow(2).sum(dim=1), accumulate=True
-    )
+    sq = torch.zeros_like(stats.counts).index_put_((labels, groups), deviation.pow(2).sum(dim=1), accumulate=True)
     spread = torch.where(stats.present, (sq / stats.counts.clamp_min(1)).sqrt(), torch.nan)
     k = min(config.projection_dim, features.shape[1], features.shape[0])
     centred = features - features.mean(dim=0, keepdim=True)
     _, _, basis = torch.linalg.svd(centred, full_matrices=False)
     projected = centred @ basis[:k].T
     return GroupFeatures(
-        means=stats.means.float(), counts=stats.counts,
+        means=stats.means.float(),
+        counts=stats.counts,
         population=torch.bincount(
             data.labels * data.num_groups + data.groups, minlength=data.num_classes * data.num_groups
-        ).view(data.num_classes, data.num_groups).to(features.device),
+        )
+        .view(data.num_classes, data.num_groups)
+        .to(features.device),
         spread=spread.float(),
-        projected=projected.float(), labels=labels, groups=groups,
+        projected=projected.float(),
+        labels=labels,
+        groups=groups,
     )
 
 

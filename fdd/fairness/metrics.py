@@ -145,9 +145,7 @@ def _check_ids(name: str, values: Tensor, limit_name: str, limit: int) -> Tensor
     values = values.long()
     low, high = int(values.min()), int(values.max())
     if low < 0 or high >= limit:
-        raise ValueError(
-            ERR_RANGE.format(name=name, limit_name=limit_name, limit=limit, low=low, high=high)
-        )
+        raise ValueError(ERR_RANGE.format(name=name, limit_name=limit_name, limit=limit, low=low, high=high))
     return values
 
 
@@ -164,11 +162,7 @@ def _validate(
     true = _as_tensor("y_true", y_true)
     group = _as_tensor("sensitive_features", sensitive_features)
     if not (pred.shape[0] == true.shape[0] == group.shape[0]):
-        raise ValueError(
-            ERR_LENGTH_MISMATCH.format(
-                n_pred=pred.shape[0], n_true=true.shape[0], n_group=group.shape[0]
-            )
-        )
+        raise ValueError(ERR_LENGTH_MISMATCH.format(n_pred=pred.shape[0], n_true=true.shape[0], n_group=group.shape[0]))
     if pred.shape[0] == 0:
         raise ValueError(ERR_EMPTY)
     device = pred.device
@@ -178,18 +172,12 @@ def _validate(
     return pred, true, group, num_classes, num_groups
 
 
-def _check_names(
-    name: str, names: Sequence[str] | None, expected: int, what: str
-) -> tuple[str, ...]:
+def _check_names(name: str, names: Sequence[str] | None, expected: int, what: str) -> tuple[str, ...]:
     if names is None:
         return tuple(str(i) for i in range(expected))
     names = tuple(str(n) for n in names)
     if len(names) != expected:
-        raise ValueError(
-            ERR_NAMES_LENGTH.format(
-                name=name, expected=expected, what=what, got=len(names), value=names
-            )
-        )
+        raise ValueError(ERR_NAMES_LENGTH.format(name=name, expected=expected, what=what, got=len(names), value=names))
     return names
 
 
@@ -305,9 +293,7 @@ def group_class_recall(
         On non-1-D input, length mismatch, empty input, NaN, non-integer dtype or ids
         outside their range (messages ``ERR_*`` of this module).
     """
-    pred, true, group, num_classes, num_groups = _validate(
-        y_pred, y_true, sensitive_features, num_classes, num_groups
-    )
+    pred, true, group, num_classes, num_groups = _validate(y_pred, y_true, sensitive_features, num_classes, num_groups)
     counts = _count(pred, true, group, num_classes, num_groups)
     return RecallTable(
         recall=_ratio(counts.true_positives, counts.support),
@@ -471,9 +457,7 @@ class FairnessReport:
         )
 
 
-def _notes(
-    counts: _Counts, class_names: tuple[str, ...], group_names: tuple[str, ...]
-) -> tuple[str, ...]:
+def _notes(counts: _Counts, class_names: tuple[str, ...], group_names: tuple[str, ...]) -> tuple[str, ...]:
     support = counts.support.cpu().numpy()
     predicted = counts.predicted.cpu().numpy()
     groups_per_class = (support > 0).sum(axis=0)
@@ -483,31 +467,25 @@ def _notes(
     def named(indices: list[int], names: tuple[str, ...]) -> str:
         return ", ".join(names[i] for i in indices)
 
-    if (absent := _index_list(groups_per_class == 0)):
+    if absent := _index_list(groups_per_class == 0):
         notes.append(
             f"classes without any sample ({named(absent, class_names)}) have an undefined "
             "gap and are left out of DEO_M and DEO_A"
         )
-    if (single := _index_list(groups_per_class == 1)):
-        notes.append(
-            f"classes with samples in one group only ({named(single, class_names)}) have "
-            "gap 0"
-        )
-    if (empty := _index_list(support.sum(axis=1) == 0)):
+    if single := _index_list(groups_per_class == 1):
+        notes.append(f"classes with samples in one group only ({named(single, class_names)}) have gap 0")
+    if empty := _index_list(support.sum(axis=1) == 0):
         notes.append(
             f"groups without any sample ({named(empty, group_names)}) are left out of every "
             "gap and of the worst-group accuracy"
         )
-    if (never := _index_list(predicting_groups == 0)):
+    if never := _index_list(predicting_groups == 0):
         notes.append(
             f"classes never predicted ({named(never, class_names)}) have an undefined "
             "sufficiency gap and are left out of its max and mean"
         )
-    if (one := _index_list(predicting_groups == 1)):
-        notes.append(
-            f"classes predicted in one group only ({named(one, class_names)}) have "
-            "sufficiency gap 0"
-        )
+    if one := _index_list(predicting_groups == 1):
+        notes.append(f"classes predicted in one group only ({named(one, class_names)}) have sufficiency gap 0")
     return tuple(notes)
 
 
@@ -576,9 +554,7 @@ def fairness_report(
     .. [2] Zhou et al., "FairDD: Fair Dataset Distillation via Synchronized Matching",
        arXiv 2411.19623 (DEO_M / DEO_A as used in the fair distillation benchmark).
     """
-    pred, true, group, num_classes, num_groups = _validate(
-        y_pred, y_true, sensitive_features, num_classes, num_groups
-    )
+    pred, true, group, num_classes, num_groups = _validate(y_pred, y_true, sensitive_features, num_classes, num_groups)
     class_names = _check_names("class_names", class_names, num_classes, "class")
     group_names = _check_names("group_names", group_names, num_groups, "group")
     counts = _count(pred, true, group, num_classes, num_groups)
@@ -630,9 +606,7 @@ def fairness_report(
 # ---------------------------------------------------------------------------------------
 
 
-def summarize_runs(
-    reports: Sequence[FairnessReport], *, std: StdKind = "population"
-) -> dict[str, Any]:
+def summarize_runs(reports: Sequence[FairnessReport], *, std: StdKind = "population") -> dict[str, Any]:
     """Mean and standard deviation of the headline metrics over evaluation runs.
 
     For each metric ``m`` in :data:`SUMMARY_METRICS` (accuracy, DEO_M, DEO_A,
@@ -689,9 +663,7 @@ def summarize_runs(
                 )
             )
     ddof = 0 if std == "population" else 1
-    values = torch.tensor(
-        [[getattr(r, key) for key in SUMMARY_METRICS] for r in reports], dtype=torch.float64
-    )
+    values = torch.tensor([[getattr(r, key) for key in SUMMARY_METRICS] for r in reports], dtype=torch.float64)
     means = values.mean(dim=0)
     if values.shape[0] - ddof > 0:
         stds = values.std(dim=0, correction=ddof)

@@ -87,11 +87,24 @@ class AlexNet(nn.Module):
         make = _norm(norm)
         pool = nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
         self.features = nn.Sequential(
-            nn.Conv2d(channels, 128, kernel_size=5, padding=2), make(128), nn.ReLU(inplace=True), pool,
-            nn.Conv2d(128, 192, kernel_size=5, padding=2), make(192), nn.ReLU(inplace=True), pool,
-            nn.Conv2d(192, 256, kernel_size=3, padding=1), make(256), nn.ReLU(inplace=True),
-            nn.Conv2d(256, 192, kernel_size=3, padding=1), make(192), nn.ReLU(inplace=True),
-            nn.Conv2d(192, 192, kernel_size=3, padding=1), make(192), nn.ReLU(inplace=True), pool,
+            nn.Conv2d(channels, 128, kernel_size=5, padding=2),
+            make(128),
+            nn.ReLU(inplace=True),
+            pool,
+            nn.Conv2d(128, 192, kernel_size=5, padding=2),
+            make(192),
+            nn.ReLU(inplace=True),
+            pool,
+            nn.Conv2d(192, 256, kernel_size=3, padding=1),
+            make(256),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 192, kernel_size=3, padding=1),
+            make(192),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(192, 192, kernel_size=3, padding=1),
+            make(192),
+            nn.ReLU(inplace=True),
+            pool,
         )
         height, width = (_pooled(s, 3) for s in image_size)
         self.embedding_dim = 192 * height * width
@@ -111,7 +124,9 @@ class VGG11(nn.Module):
     (1x1 for 28x28 and 32x32 images, as in the reference; 2x2 for 64x64).
     """
 
-    def __init__(self, *, channels: int, num_classes: int, image_size: tuple[int, int], norm: str = "instancenorm") -> None:
+    def __init__(
+        self, *, channels: int, num_classes: int, image_size: tuple[int, int], norm: str = "instancenorm"
+    ) -> None:
         super().__init__()
         make = _norm(norm)
         layers: list[nn.Module] = []
@@ -187,16 +202,31 @@ def build_architecture(
         raise ValueError(ERR_INPUT_SHAPE.format(shape=input_shape))
     channels, height, width = input_shape
     if spec.base == "matching":
-        return build_network(input_shape=input_shape, num_classes=num_classes, network=network, seed=seed, device=device)
+        return build_network(
+            input_shape=input_shape, num_classes=num_classes, network=network, seed=seed, device=device
+        )
     if spec.base == "mlp":
-        return build_mlp(in_features=math.prod(input_shape), num_classes=num_classes, width=spec.width or 128,
-                         depth=spec.depth or 2, seed=seed, device=device)
+        return build_mlp(
+            in_features=math.prod(input_shape),
+            num_classes=num_classes,
+            width=spec.width or 128,
+            depth=spec.depth or 2,
+            seed=seed,
+            device=device,
+        )
     if spec.base == "convnet":
         depth = spec.depth or NetworkConfig(depth="auto").resolved_depth(width)
         return build_convnet(
-            channels=channels, num_classes=num_classes, image_size=height, width=spec.width or 128, depth=depth,
-            norm=spec.norm, pooling=spec.pooling, activation=spec.activation,  # type: ignore[arg-type]
-            seed=seed, device=device,
+            channels=channels,
+            num_classes=num_classes,
+            image_size=height,
+            width=spec.width or 128,
+            depth=depth,
+            norm=spec.norm,  # type: ignore[arg-type]
+            pooling=spec.pooling,  # type: ignore[arg-type]
+            activation=spec.activation,  # type: ignore[arg-type]
+            seed=seed,
+            device=device,
         )
     if min(height, width) < 8:
         raise ValueError(ERR_TOO_SMALL.format(name=spec.name, minimum=8, height=height, width=width))

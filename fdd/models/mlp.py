@@ -44,9 +44,16 @@ class MLP(nn.Module):
         Accepted for symmetry with the ConvNet's settings; only "none" exists.
     """
 
-    def __init__(self, *, in_features: int, num_classes: int, width: int = 128, depth: int = 2, norm: str = "none") -> None:
+    def __init__(
+        self, *, in_features: int, num_classes: int, width: int = 128, depth: int = 2, norm: str = "none"
+    ) -> None:
         super().__init__()
-        for name, value in (("in_features", in_features), ("num_classes", num_classes), ("width", width), ("depth", depth)):
+        for name, value in (
+            ("in_features", in_features),
+            ("num_classes", num_classes),
+            ("width", width),
+            ("depth", depth),
+        ):
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(ERR_POSITIVE.format(name=name, value=value))
         if norm != "none":

@@ -191,8 +191,14 @@ def build_convnet(
     """
     with torch.random.fork_rng(devices=[]):  # construction draws from the global CPU RNG: restore it
         net = ConvNet(
-            channels=channels, num_classes=num_classes, image_size=image_size,
-            width=width, depth=depth, norm=norm, pooling=pooling, activation=activation,
+            channels=channels,
+            num_classes=num_classes,
+            image_size=image_size,
+            width=width,
+            depth=depth,
+            norm=norm,
+            pooling=pooling,
+            activation=activation,
         )
     if seed is not None:
         reset_parameters_(net, generator=torch.Generator().manual_seed(seed))
@@ -219,11 +225,22 @@ def build_network(
         if network.depth == "auto":
             raise ValueError(ERR_MLP_DEPTH)
         return build_mlp(
-            in_features=math.prod(input_shape), num_classes=num_classes, width=network.width,
-            depth=network.depth, norm=network.norm, seed=seed, device=device,
+            in_features=math.prod(input_shape),
+            num_classes=num_classes,
+            width=network.width,
+            depth=network.depth,
+            norm=network.norm,
+            seed=seed,
+            device=device,
         )
     return build_convnet(
-        channels=input_shape[0], num_classes=num_classes, image_size=input_shape[1],
-        width=network.width, depth=network.resolved_depth(input_shape[-1]), norm=network.norm,
-        pooling=network.pooling, seed=seed, device=device,
+        channels=input_shape[0],
+        num_classes=num_classes,
+        image_size=input_shape[1],
+        width=network.width,
+        depth=network.resolved_depth(input_shape[-1]),
+        norm=network.norm,
+        pooling=network.pooling,
+        seed=seed,
+        device=device,
     )

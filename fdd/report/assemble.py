@@ -160,9 +160,12 @@ def report_markdown(
         f"{dataset['test_images']} test {unit}; source: {dataset['source']}). Backbone "
         f"**{synthesis.backbone.upper()}**, {synthesis.ipc} {unit} per class, "
         f"{synthesis.iterations} iterations, {net_name} width {network.width}"
-        + (f", depth {network.resolved_depth(dataset['image_shape'][-1])} on "
-           f"{dataset['image_shape'][-2]}x{dataset['image_shape'][-1]} images."
-           if "image_shape" in dataset and unit == "images" else ".")
+        + (
+            f", depth {network.resolved_depth(dataset['image_shape'][-1])} on "
+            f"{dataset['image_shape'][-2]}x{dataset['image_shape'][-1]} images."
+            if "image_shape" in dataset and unit == "images"
+            else "."
+        )
         + f"\n\nClasses: {', '.join(dataset['class_names'])}. Protected groups: {', '.join(dataset['group_names'])}.",
         "## Results (mean ± std over evaluation seeds)",
         *[f"**Warning:** {note}" for note in dataset.get("warnings", [])],
@@ -172,8 +175,15 @@ def report_markdown(
         FIGURES_MARKER,
         "## Synthesis time",
         pd.DataFrame(
-            [{"mode": m, "seconds": round(t["seconds"], 1), "s/iteration": round(t["seconds_per_iteration"], 4),
-              "device": t["device"]} for m, t in timing.items()]
+            [
+                {
+                    "mode": m,
+                    "seconds": round(t["seconds"], 1),
+                    "s/iteration": round(t["seconds_per_iteration"], 4),
+                    "device": t["device"],
+                }
+                for m, t in timing.items()
+            ]
         ).to_markdown(index=False),
         "## Train-split partition (per class)",
         classes.round(3).to_markdown(index=False),
@@ -190,7 +200,9 @@ def report_markdown(
     return "\n\n".join(sections) + "\n"
 
 
-def audit_markdown(*, table: pd.DataFrame, name: str, source: str, dataset: Mapping[str, Any], figures: str = "") -> str:
+def audit_markdown(
+    *, table: pd.DataFrame, name: str, source: str, dataset: Mapping[str, Any], figures: str = ""
+) -> str:
     """The report of ``fdd audit PATH``: the results section of the pipeline's report for one set.
 
     Parameters

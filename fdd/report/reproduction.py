@@ -68,15 +68,37 @@ MATCH_DEO_M = 3.0
 
 #: The columns of the comparison table, in order.
 PAPER_COLUMNS: tuple[str, ...] = (
-    "dataset", "bias", "ipc", "mode", "seeds",
-    "acc_mean", "acc_std", "deo_m_mean", "deo_m_std", "deo_a_mean", "deo_a_std", "suff_gap_mean",
-    "published_acc", "published_deo_m", "published_deo_a", "verdict",
+    "dataset",
+    "bias",
+    "ipc",
+    "mode",
+    "seeds",
+    "acc_mean",
+    "acc_std",
+    "deo_m_mean",
+    "deo_m_std",
+    "deo_a_mean",
+    "deo_a_std",
+    "suff_gap_mean",
+    "published_acc",
+    "published_deo_m",
+    "published_deo_a",
+    "verdict",
 )
 #: Columns a frame of cells must have (one row per synthesis seed).
 CELL_COLUMNS: tuple[str, ...] = ("dataset", "bias", "ipc", "mode", "seed", "accuracy", "deo_m", "deo_a", "suff_m")
 PAIRED_COLUMNS: tuple[str, ...] = (
-    "dataset", "bias", "ipc", "pair", "seeds",
-    "acc_diff_mean", "acc_diff_std", "acc_p", "deo_m_diff_mean", "deo_m_diff_std", "deo_m_p",
+    "dataset",
+    "bias",
+    "ipc",
+    "pair",
+    "seeds",
+    "acc_diff_mean",
+    "acc_diff_std",
+    "acc_p",
+    "deo_m_diff_mean",
+    "deo_m_diff_std",
+    "deo_m_p",
     "deo_m_lower_in",
 )
 
@@ -140,27 +162,37 @@ def paper_table(cells: pd.DataFrame, grid: Sequence[tuple[str, str, int, str]] =
     DataFrame with :data:`PAPER_COLUMNS`.
     """
     _check_cells(cells)
-    keys = list(dict.fromkeys([*grid, *(
-        (r.dataset, r.bias, int(r.ipc), r.mode) for r in cells.itertuples(index=False)
-    )]))
+    keys = list(
+        dict.fromkeys([*grid, *((r.dataset, r.bias, int(r.ipc), r.mode) for r in cells.itertuples(index=False))])
+    )
     rows = []
     for dataset, bias, ipc, mode in keys:
-        part = cells[(cells["dataset"] == dataset) & (cells["bias"] == bias) & (cells["ipc"] == ipc)
-                     & (cells["mode"] == mode)]
+        part = cells[
+            (cells["dataset"] == dataset) & (cells["bias"] == bias) & (cells["ipc"] == ipc) & (cells["mode"] == mode)
+        ]
         published = PUBLISHED_DM.get((dataset, bias, ipc, mode))
         seeds = int(part["seed"].nunique())
         acc, deo_m = float(part["accuracy"].mean()), float(part["deo_m"].mean())
-        rows.append({
-            "dataset": dataset, "bias": bias, "ipc": ipc, "mode": mode, "seeds": seeds,
-            "acc_mean": acc, "acc_std": _std(part["accuracy"]),
-            "deo_m_mean": deo_m, "deo_m_std": _std(part["deo_m"]),
-            "deo_a_mean": float(part["deo_a"].mean()), "deo_a_std": _std(part["deo_a"]),
-            "suff_gap_mean": float(part["suff_m"].mean()),
-            "published_acc": published[0] if published else math.nan,
-            "published_deo_m": published[1] if published else math.nan,
-            "published_deo_a": published[2] if published else math.nan,
-            "verdict": verdict(acc, deo_m, seeds, published),
-        })
+        rows.append(
+            {
+                "dataset": dataset,
+                "bias": bias,
+                "ipc": ipc,
+                "mode": mode,
+                "seeds": seeds,
+                "acc_mean": acc,
+                "acc_std": _std(part["accuracy"]),
+                "deo_m_mean": deo_m,
+                "deo_m_std": _std(part["deo_m"]),
+                "deo_a_mean": float(part["deo_a"].mean()),
+                "deo_a_std": _std(part["deo_a"]),
+                "suff_gap_mean": float(part["suff_m"].mean()),
+                "published_acc": published[0] if published else math.nan,
+                "published_deo_m": published[1] if published else math.nan,
+                "published_deo_a": published[2] if published else math.nan,
+                "verdict": verdict(acc, deo_m, seeds, published),
+            }
+        )
     return pd.DataFrame(rows, columns=list(PAPER_COLUMNS))
 
 
@@ -181,8 +213,13 @@ def paired_comparison(cells: pd.DataFrame, a: str = "cobra", b: str = "fairdd") 
         seeds = left.index.intersection(right.index)
         if len(seeds) == 0:
             continue
-        row: dict[str, object] = {"dataset": dataset, "bias": bias, "ipc": int(ipc), "pair": f"{a} - {b}",
-                                  "seeds": len(seeds)}
+        row: dict[str, object] = {
+            "dataset": dataset,
+            "bias": bias,
+            "ipc": int(ipc),
+            "pair": f"{a} - {b}",
+            "seeds": len(seeds),
+        }
         for metric, name in (("accuracy", "acc"), ("deo_m", "deo_m")):
             x, y = left.loc[seeds, metric].to_numpy(float), right.loc[seeds, metric].to_numpy(float)
             diff = x - y

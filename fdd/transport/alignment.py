@@ -260,8 +260,9 @@ def _w2_sinkhorn(cells: _Cells, reg: float) -> Tensor:
     present = torch.nonzero(cells.counts > 0).flatten()  # empty cells have no feasible plan: not solved
     cross = cost.new_zeros(num_cells).index_put(
         (present,),
-        solve_batch(cost_padded[present], reg=eps, a=a[present], b=b[present], method="log_sinkhorn",
-                    grad="envelope").value,
+        solve_batch(
+            cost_padded[present], reg=eps, a=a[present], b=b[present], method="log_sinkhorn", grad="envelope"
+        ).value,
     )
     syn = cells.syn
     syn_cost = (syn.unsqueeze(2) - syn.unsqueeze(1)).pow(2).sum(-1)  # (C, k, k)

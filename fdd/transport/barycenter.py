@@ -91,7 +91,9 @@ ERR_INDEX_DTYPE = "{name} must be an integer tensor; got dtype {dtype}"
 ERR_INDEX_RANGE = "{name} must lie in [0, {limit}) ({limit_name}={limit}); got values in [{low}, {high}]"
 ERR_DEVICE = "{name} must be on the same device as {other} ({expected}); got {device}"
 ERR_COUNTS_SHAPE = "counts must have shape (C, G){expected}; got shape {shape}"
-ERR_LAMBDA = "lam must be a number in [0, 1] (0: proportional weights, vanilla's target; 1: uniform, cobra's); got {value!r}"
+ERR_LAMBDA = (
+    "lam must be a number in [0, 1] (0: proportional weights, vanilla's target; 1: uniform, cobra's); got {value!r}"
+)
 ERR_MEANS_SHAPE = "means must have shape (C, G, D); got shape {shape}"
 ERR_NEGATIVE = "{name} must be non-negative; got {count} negative entries (minimum {minimum})"
 ERR_EMPTY_CLASS = (
@@ -99,17 +101,14 @@ ERR_EMPTY_CLASS = (
     "class index(es) {classes} have no sample in any group"
 )
 ERR_GROUP_LIST_EMPTY = "group_samples must hold at least one group; got an empty sequence"
-ERR_GROUP_SAMPLES_SHAPE = (
-    "group_samples[{index}] must have shape (n_g, D) with n_g >= 1 and D={dim}; got shape {shape}"
-)
+ERR_GROUP_SAMPLES_SHAPE = "group_samples[{index}] must have shape (n_g, D) with n_g >= 1 and D={dim}; got shape {shape}"
 ERR_WEIGHTS_SHAPE = "weights must be 'uniform', 'proportional' or an array of shape ({groups},); got shape {shape}"
 ERR_WEIGHTS_SUM = "explicit weights must have a positive sum; got {value}"
 ERR_PROPORTIONAL_COUNTS = "weights='proportional' needs counts (one per group) for {func}; got counts=None"
 ERR_GROUP_COUNTS_SHAPE = "counts must have shape ({groups},) (one per group); got shape {shape}"
 ERR_INIT_SHAPE = "init must have shape (support_size, D) = ({k}, {dim}); got shape {shape}"
 ERR_GAUSSIAN_SHAPE = (
-    "means must have shape (G, D) and covariances shape (G, D, D); "
-    "got means {means} and covariances {covariances}"
+    "means must have shape (G, D) and covariances shape (G, D, D); got means {means} and covariances {covariances}"
 )
 ERR_SUPPORT_SIZE_REQUIRED = "kind='free_support' needs support_size (a positive integer); got None"
 
@@ -260,8 +259,7 @@ class ClassBarycenters:
         """Class index -> absent group indices, for classes that miss some group."""
         present = self.present.cpu()
         return {
-            int(c): torch.nonzero(~present[c]).flatten().tolist()
-            for c in torch.nonzero(~present.all(dim=1)).flatten()
+            int(c): torch.nonzero(~present[c]).flatten().tolist() for c in torch.nonzero(~present.all(dim=1)).flatten()
         }
 
 
@@ -333,14 +331,10 @@ def _check_index(name: str, values: Tensor, n: int, limit: int, limit_name: str,
     if values.dtype.is_floating_point or values.dtype == torch.bool or values.is_complex():
         raise ValueError(ERR_INDEX_DTYPE.format(name=name, dtype=values.dtype))
     if values.device != device:
-        raise ValueError(
-            ERR_DEVICE.format(name=name, other="features", expected=device, device=values.device)
-        )
+        raise ValueError(ERR_DEVICE.format(name=name, other="features", expected=device, device=values.device))
     low, high = int(values.min()), int(values.max())
     if low < 0 or high >= limit:
-        raise ValueError(
-            ERR_INDEX_RANGE.format(name=name, limit=limit, limit_name=limit_name, low=low, high=high)
-        )
+        raise ValueError(ERR_INDEX_RANGE.format(name=name, limit=limit, limit_name=limit_name, low=low, high=high))
 
 
 def _check_counts(counts: Tensor, expected: tuple[int, int] | None = None) -> None:
@@ -348,14 +342,14 @@ def _check_counts(counts: Tensor, expected: tuple[int, int] | None = None) -> No
         suffix = f" = {expected}" if expected is not None else ""
         raise ValueError(ERR_COUNTS_SHAPE.format(expected=suffix, shape=tuple(counts.shape)))
     if counts.dtype == torch.bool or counts.is_complex():
-        raise ValueError(ERR_CHOICE.format(name="counts dtype", allowed=["integer", "floating"], value=str(counts.dtype)))
+        raise ValueError(
+            ERR_CHOICE.format(name="counts dtype", allowed=["integer", "floating"], value=str(counts.dtype))
+        )
     if counts.dtype.is_floating_point:
         _check_finite("counts", counts)
     negative = counts < 0
     if bool(negative.any()):
-        raise ValueError(
-            ERR_NEGATIVE.format(name="counts", count=int(negative.sum()), minimum=counts.min().item())
-        )
+        raise ValueError(ERR_NEGATIVE.format(name="counts", count=int(negative.sum()), minimum=counts.min().item()))
 
 
 def _as_tensor(values: Tensor | np.ndarray, *, like: Tensor | None = None) -> Tensor:
@@ -393,9 +387,7 @@ def _resolve_group_weights(
     lam = lam.to(dtype=torch.float64)
     _check_finite("weights", lam)
     if bool((lam < 0).any()):
-        raise ValueError(
-            ERR_NEGATIVE.format(name="weights", count=int((lam < 0).sum()), minimum=lam.min().item())
-        )
+        raise ValueError(ERR_NEGATIVE.format(name="weights", count=int((lam < 0).sum()), minimum=lam.min().item()))
     total = float(lam.sum())
     if not total > 0:
         raise ValueError(ERR_WEIGHTS_SUM.format(value=total))
@@ -412,7 +404,9 @@ def index_counts(index: Tensor, size: int) -> Tensor:
     its output, this never synchronises with the device, so it can run inside a
     captured CUDA graph (:mod:`fdd.distillation.cuda_graph`) and keeps the launch queue full.
     """
-    return torch.zeros(size, dtype=torch.long, device=index.device).scatter_add_(0, index.long(), torch.ones_like(index, dtype=torch.long))
+    return torch.zeros(size, dtype=torch.long, device=index.device).scatter_add_(
+        0, index.long(), torch.ones_like(index, dtype=torch.long)
+    )
 
 
 def cell_statistics(
@@ -495,13 +489,9 @@ def cell_statistics(
         starts = torch.cumsum(counts_int, 0) - counts_int
         position = torch.arange(cell.shape[0], device=cell.device) - starts[sorted_cell]
         width = int(counts_int.max())
-        padded = features.new_zeros((num_cells, width, dim)).index_put(
-            (sorted_cell, position), centered[order]
-        )
+        padded = features.new_zeros((num_cells, width, dim)).index_put((sorted_cell, position), centered[order])
         scatter = padded.transpose(1, 2) @ padded
-        covariances = (scatter / counts.clamp_min(1)[:, None, None]).reshape(
-            num_classes, num_groups, dim, dim
-        )
+        covariances = (scatter / counts.clamp_min(1)[:, None, None]).reshape(num_classes, num_groups, dim, dim)
 
     return CellStatistics(
         sums=sums.reshape(num_classes, num_groups, dim),
@@ -655,7 +645,8 @@ def mean_barycenter(
         _check_float("means", means)
         _check_counts(counts, expected=(means.shape[0], means.shape[1]))
     coefficients = (
-        barycenter_weights(counts, weights=weights, validate=validate) if lam is None
+        barycenter_weights(counts, weights=weights, validate=validate)
+        if lam is None
         else frontier_weights(counts, lam=lam, validate=validate)
     ).to(device=means.device, dtype=means.dtype)
     present = (counts > 0).to(means.device).unsqueeze(-1)
@@ -764,9 +755,7 @@ def free_support_barycenter(
     if init is None:
         rng = np.random.default_rng(seed)
         chosen_groups = rng.choice(len(locations), size=support_size, p=lam)
-        x_init = np.stack(
-            [locations[g][rng.integers(locations[g].shape[0])] for g in chosen_groups]
-        )
+        x_init = np.stack([locations[g][rng.integers(locations[g].shape[0])] for g in chosen_groups])
     else:
         x_init = init.detach().cpu().numpy() if isinstance(init, Tensor) else np.asarray(init)
         if x_init.shape != (support_size, dim):
@@ -857,9 +846,7 @@ def gaussian_barycenter(
         or means_t.shape[0] == 0
         or cov_t.shape != (means_t.shape[0], means_t.shape[1], means_t.shape[1])
     ):
-        raise ValueError(
-            ERR_GAUSSIAN_SHAPE.format(means=tuple(means_t.shape), covariances=tuple(cov_t.shape))
-        )
+        raise ValueError(ERR_GAUSSIAN_SHAPE.format(means=tuple(means_t.shape), covariances=tuple(cov_t.shape)))
     if cov_t.device != means_t.device:
         raise ValueError(
             ERR_DEVICE.format(name="covariances", other="means", expected=means_t.device, device=cov_t.device)

@@ -93,8 +93,15 @@ def cafe_loss(
     if mode not in CAFE_MODES:
         raise ValueError(ERR_MODE.format(allowed=CAFE_MODES, value=mode))
     return mean_matching_loss(
-        real_features.flatten(1), real_labels, real_groups, syn_features.flatten(1), syn_labels,
-        num_classes=num_classes, num_groups=num_groups, mode=mode, barycenter_distance="squared",
+        real_features.flatten(1),
+        real_labels,
+        real_groups,
+        syn_features.flatten(1),
+        syn_labels,
+        num_classes=num_classes,
+        num_groups=num_groups,
+        mode=mode,
+        barycenter_distance="squared",
     )
 
 
@@ -120,6 +127,12 @@ class CAFESynthesizer(OuterInnerSynthesizer):
             real_features = layer_features(self.net, real)
         syn_features = layer_features(self.net, syn)
         return cafe_loss(
-            real_features, real_labels, real_groups, syn_features, syn_labels,
-            num_classes=self.train.num_classes, num_groups=self.train.num_groups, mode=self.mode,
+            real_features,
+            real_labels,
+            real_groups,
+            syn_features,
+            syn_labels,
+            num_classes=self.train.num_classes,
+            num_groups=self.train.num_groups,
+            mode=self.mode,
         )

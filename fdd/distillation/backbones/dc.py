@@ -206,8 +206,15 @@ class OuterInnerSynthesizer(Synthesizer):
         if self.config.cuda_graph and self.device.type == "cuda" and self.inner_loop and self.outer_loop > 1:
             images, labels = self.training_set()
             self.captured_inner = CapturedTraining(
-                self.net, image_shape=tuple(images.shape), labels=labels, epochs=self.inner_loop,
-                batch_size=settings.batch_train, lr=settings.lr_net, momentum=0.0, weight_decay=0.0, dsa=self.dsa,
+                self.net,
+                image_shape=tuple(images.shape),
+                labels=labels,
+                epochs=self.inner_loop,
+                batch_size=settings.batch_train,
+                lr=settings.lr_net,
+                momentum=0.0,
+                weight_decay=0.0,
+                dsa=self.dsa,
             )
 
     def matching_loss(self) -> Tensor:
@@ -224,8 +231,11 @@ class OuterInnerSynthesizer(Synthesizer):
         if self.dsa is None:
             return real, syn
         draw = draw_dsa(
-            self.train.num_classes, image_size=self.train.image_shape[1:], config=self.dsa,
-            generator=self.generator, device=self.device,
+            self.train.num_classes,
+            image_size=self.train.image_shape[1:],
+            config=self.dsa,
+            generator=self.generator,
+            device=self.device,
         )
         flat = self.augment(real.flatten(0, 1), real_labels.flatten(), draw, config=self.dsa)
         return flat.view(real.shape), self.augment(syn, syn_labels, draw, config=self.dsa)
@@ -247,8 +257,15 @@ class OuterInnerSynthesizer(Synthesizer):
                     self.captured_inner.run(images.detach(), generator=self.generator)
                     continue
                 train_network(
-                    self.net, images.detach(), labels, epochs=self.inner_loop, lr=self.settings.lr_net,
-                    momentum=0.0, weight_decay=0.0, batch_size=self.settings.batch_train, dsa=self.dsa,
+                    self.net,
+                    images.detach(),
+                    labels,
+                    epochs=self.inner_loop,
+                    lr=self.settings.lr_net,
+                    momentum=0.0,
+                    weight_decay=0.0,
+                    batch_size=self.settings.batch_train,
+                    dsa=self.dsa,
                     generator=self.generator,
                 )
         self.iteration += 1
@@ -272,7 +289,11 @@ class DCSynthesizer(OuterInnerSynthesizer):
         per_class = syn.shape[0] // c
         syn_weights = torch.full((c, 1, per_class), 1.0 / per_class, device=self.device)
         syn_grads = class_gradients(
-            self.net, params, self.param_names, syn.view(c, per_class, *syn.shape[1:]), syn_labels.view(c, per_class),
+            self.net,
+            params,
+            self.param_names,
+            syn.view(c, per_class, *syn.shape[1:]),
+            syn_labels.view(c, per_class),
             syn_weights,
         )
         distance = layerwise_distance(syn_grads, target, batch_dims=2)  # (C, K)

@@ -74,7 +74,11 @@ __all__ = [
 
 ExpertObjective = Literal["plain", "balanced_weights", "balanced_sampling"]
 EXPERT_OBJECTIVES: tuple[str, ...] = ("plain", "balanced_weights", "balanced_sampling")
-OBJECTIVE_OF_MODE: dict[str, ExpertObjective] = {"vanilla": "plain", "cobra": "balanced_weights", "fairdd": "balanced_sampling"}
+OBJECTIVE_OF_MODE: dict[str, ExpertObjective] = {
+    "vanilla": "plain",
+    "cobra": "balanced_weights",
+    "fairdd": "balanced_sampling",
+}
 ERR_OBJECTIVE = "objective must be one of {allowed}; got {value!r}"
 ERR_TRAJECTORIES = (
     "expert trajectories must have shape (experts, epochs + 1 >= {need}, parameters={params}); got {shape}"
@@ -145,8 +149,12 @@ def train_experts(
                 x, y = images[idx], labels[idx]
                 if dsa is not None:
                     draw = draw_dsa(
-                        x.shape[0], image_size=tuple(x.shape[-2:]), config=dsa, shared_family=True,
-                        generator=generator, device=device,
+                        x.shape[0],
+                        image_size=tuple(x.shape[-2:]),
+                        config=dsa,
+                        shared_family=True,
+                        generator=generator,
+                        device=device,
                     )
                     x = apply_dsa(x, torch.arange(x.shape[0], device=device), draw, config=dsa)
                 losses = F.cross_entropy(net(x), y, reduction="none")
@@ -165,8 +173,12 @@ def expert_cache_key(
     """What the trajectories depend on: data, objective, expert settings, network, DSA and seed."""
     expert_fields = ("num_experts", "train_epochs", "lr_teacher", "expert_batch")
     payload = {
-        "train": train.digest(), "objective": objective, "network": network.model_dump(mode="json"),
-        "experts": {k: getattr(settings, k) for k in expert_fields}, "dsa": dsa, "seed": seed,
+        "train": train.digest(),
+        "objective": objective,
+        "network": network.model_dump(mode="json"),
+        "experts": {k: getattr(settings, k) for k in expert_fields},
+        "dsa": dsa,
+        "seed": seed,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -198,8 +210,12 @@ class MTTSynthesizer(Synthesizer):
 
     def _experts(self, network: NetworkConfig, cache_dir: str | Path | None) -> Tensor:
         key = expert_cache_key(
-            self.train, objective=self.objective, settings=self.settings, network=network,
-            dsa=self.dsa is not None, seed=self.seed,
+            self.train,
+            objective=self.objective,
+            settings=self.settings,
+            network=network,
+            dsa=self.dsa is not None,
+            seed=self.seed,
         )
         path = Path(cache_dir) / f"experts-{self.objective}-{key[:16]}.pt" if cache_dir is not None else None
         if path is not None and path.exists():
@@ -210,8 +226,13 @@ class MTTSynthesizer(Synthesizer):
             except Exception:  # noqa: BLE001  (a damaged cache file is retrained and replaced)
                 pass
         trajectories = train_experts(
-            self.train, objective=self.objective, settings=self.settings, network=network, dsa=self.dsa,
-            seed=self.seed, device=self.device,
+            self.train,
+            objective=self.objective,
+            settings=self.settings,
+            network=network,
+            dsa=self.dsa,
+            seed=self.seed,
+            device=self.device,
         )
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,8 +257,12 @@ class MTTSynthesizer(Synthesizer):
             x = images[idx]
             if self.dsa is not None:
                 draw = draw_dsa(
-                    batch, image_size=tuple(x.shape[-2:]), config=self.dsa, shared_family=True,
-                    generator=g, device=self.device,
+                    batch,
+                    image_size=tuple(x.shape[-2:]),
+                    config=self.dsa,
+                    shared_family=True,
+                    generator=g,
+                    device=self.device,
                 )
                 x = self.augment(x, slots, draw, config=self.dsa)
             ce = F.cross_entropy(functional_call(self.net, unflatten(self.net, student), (x,)), labels[idx])
