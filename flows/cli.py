@@ -576,7 +576,8 @@ def _preflight(config: FlowConfig, workspace: str, args: argparse.Namespace) -> 
     from fdd.datasets.image_sources import check_user_files
     from flows.configuration import resolve_device, sweep_cell_configs
 
-    resolve_device(config.runtime.device)
+    if not getattr(args, "from_records", False):  # rebuilding the sweep's tables needs no device
+        resolve_device(config.runtime.device)
     if args.command == "sweep":
         datas = {cell_cfg.data for _cell, cell_cfg in sweep_cell_configs(config)}
     elif args.command == "stage" and args.name not in ("ingest", "inputs"):

@@ -493,7 +493,7 @@ def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bo
     import dask
 
     sweep = config.sweep
-    device = resolve_device(config.runtime.device)
+    device = resolve_device(config.runtime.device) if compute else "cpu"  # from the records: no device needed
     configured = sweep_cell_configs(config)
     one_gpu_each = local_gpus > 0 or (sweep.address is not None and _cluster_declares_gpus(sweep.address))
     submitted, rows = [], []

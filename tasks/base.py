@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -91,6 +92,12 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
+#: ``ast.parse`` is not thread-safe on CPython 3.11: two threads parsing at once can raise
+#: ``SystemError: AST constructor recursion depth mismatch`` (seen with a sweep's Dask thread
+#: workers computing their stages' keys together), so the parses take turns.
+_PARSE_LOCK = threading.Lock()
+
+
 def _imported_modules(name: str, path: Path) -> list[str]:
     """The modules that the file of module ``name`` imports by name (anywhere in it, lazy imports included).
 
@@ -99,7 +106,9 @@ def _imported_modules(name: str, path: Path) -> list[str]:
     """
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found: list[str] = []
-    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+    with _PARSE_LOCK:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -442,7 +442,12 @@ def test_records_let_a_time_boxed_sweep_resume_and_feed_the_paper_table(
             assert fresh.stat().st_mtime_ns == stamp  # a matching record is left as it is
             # --from-records computes nothing: a cell without a record is reported as not run
             (records / "cmnist-bg-ipc2-dm-cobra-seed1.json").unlink()
-            tables_only = run_sweep(full, workspace=ws, compute=False)
+            # it needs no device: a GPU preset's tables rebuild on any machine
+            on_gpu = load_config(
+                tiny_workspace / "params.yaml",
+                overrides={"runtime": {"device": "cuda"}, "sweep": {**sweep, "compute_only": None}},
+            )
+            tables_only = run_sweep(on_gpu, workspace=ws, compute=False)
             assert (tables_only["cells"], tables_only["computed"], tables_only["not_run"]) == (3, 0, 1)
             assert not (records / "cmnist-bg-ipc2-dm-cobra-seed1.json").exists()
             bg_only = pd.read_csv(tiny_workspace / "results/paper_table.csv").set_index("bias")
