@@ -235,4 +235,3 @@ def test_manifest_check_trusts_only_unaltered_outputs_and_names_what_is_wrong(
     warned(f"{manifest} cannot be read")
     manifest.write_text(json.dumps({"cache_key": "k1", "outputs": ["data/partition/partition.csv"]}))
     warned(f"{manifest} cannot be read")
-
