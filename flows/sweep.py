@@ -47,7 +47,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from fdd.config import COLORED_DATASETS, ConfigError, DataConfig
-from fdd.report.reproduction import MATCH_ACC, MATCH_DEO_M, paired_comparison, paper_table
+from fdd.report.reproduction import CELL_COLUMNS, MATCH_ACC, MATCH_DEO_M, paired_comparison, paper_table
 from flows.configuration import (  # the grid is read without Prefect
     CELL_KEYS,
     ERR_NO_RECORDS,
@@ -629,7 +629,10 @@ def write_paper_table(cells: pd.DataFrame, config: FlowConfig, workspace: str) -
     """``sweep.paper_table`` (CSV) and its markdown rendering: the DM cells against docs/method.md section 5."""
     path = Path(workspace) / str(config.sweep.paper_table)
     dm = _finished(cells)
-    dm = dm[dm["backbone"] == "dm"].rename(columns={"dataset": "sweep_dataset", "data_dataset": "dataset"})
+    if "backbone" in dm:
+        dm = dm[dm["backbone"] == "dm"].rename(columns={"dataset": "sweep_dataset", "data_dataset": "dataset"})
+    else:  # no cell computed and none recorded yet: every row of the grid is "not run"
+        dm = pd.DataFrame(columns=list(CELL_COLUMNS))
     table = paper_table(dm, paper_grid(config))
     paired = paired_comparison(dm, "cobra", "fairdd")
     atomic_write_text(path, table.to_csv(index=False, float_format="%.2f"))

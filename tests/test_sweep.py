@@ -551,3 +551,24 @@ def test_a_failing_cell_is_reported_and_the_others_finish(
     assert summary.loc[2, "status"] == "ok" and summary.loc[2, "seeds"] == 1
     assert summary.loc[50, "status"] == "failed" and summary.loc[50, "seeds"] == 0
     assert summary.loc[50, "error"] == "seed 0: " + bad["error"]
+
+
+def test_paper_table_of_a_grid_without_any_cell_says_not_run(tmp_path: Path) -> None:
+    """`fdd sweep --from-records` in a workspace without records: every row of the grid, `not run`."""
+    from flows.sweep import write_paper_table
+
+    config = parse_config(
+        {
+            "sweep": {
+                "datasets": ["cmnist-bg"],
+                "ipcs": [10],
+                "modes": ["fairdd", "cobra"],
+                "variants": {"cmnist-bg": {"dataset": "cmnist", "bias": "background"}},
+                "paper_table": "out/paper.csv",
+            }
+        }
+    )
+    path = write_paper_table(pd.DataFrame(), config, str(tmp_path))
+    table = pd.read_csv(path)
+    assert list(table["mode"]) == ["fairdd", "cobra"] and set(table["verdict"]) == {"not run"}
+    assert (table["seeds"] == 0).all() and table.loc[1, "published_deo_m"] == 12.6  # C-MNIST BG IPC 10 cobra
