@@ -546,8 +546,8 @@ class SynthesisConfig(_Section):
         description=(
             "replay captured CUDA graphs (fdd.distillation.cuda_graph): DM in vanilla / fairdd / cobra, each whole iteration "
             "after the first three (when every class fills batch_real); DM in cobra-w2 / cobra-bures, the embedder "
-            "warm-up; DC / IDC / CAFE, the inner loop. Applies on CUDA devices with fp32 and contiguous format; "
-            "CPU runs ignore it"
+            "warm-up; DC / IDC / CAFE, the inner loop. The whole DM iteration is also captured with precision bf16 "
+            "and channels_last; the other captures apply with fp32 and contiguous format only. CPU runs ignore it"
         ),
     )
     checkpoint_every: int = Field(
@@ -721,6 +721,16 @@ class AuditConfig(_Section):
         False,
         description="replay each epoch of the stacked training as one captured CUDA graph "
         "(stack_models only; CUDA devices; ignored on the CPU)",
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: the evaluation models' forward passes under bfloat16 autocast (weights, gradients, "
+        "losses and updates stay fp32); stacked training (stack_models) only",
+    )
+    stack_forward: Literal["vmap", "loop"] = Field(
+        "vmap",
+        description="stacked training's forward pass: one torch.func.vmap over the models (grouped convolutions), "
+        "or a loop over the models inside the step (plain convolutions; same gradients; pays with cuda_graph)",
     )
     architectures: tuple[str, ...] = Field(
         ("matching",),

@@ -77,12 +77,12 @@ RECORD_VERSION = 1
 NOT_IN_FINGERPRINT: dict[str, tuple[str, ...]] = {
     "runtime": ("device", "num_threads"),
     "synthesis": ("modes", "log_every", "checkpoint_every", "compile", "cuda_graph"),
-    "audit": ("cuda_graph", "test_batch_size"),
+    "audit": ("cuda_graph", "test_batch_size", "stack_forward"),
 }
 #: Settings added after records were first kept: left out of the fingerprint while at these defaults
 #: (what every earlier record was computed with), so adding them does not invalidate the records.
 FINGERPRINT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "audit": {"architectures": ["matching"]},
+    "audit": {"architectures": ["matching"], "precision": "fp32"},
     "synthesis": {"barycenter_lambda": 1.0},
 }
 ERR_NO_PREPARED = "cell {cell} has no prepared data at {path}; the dataset's ingest must run first"

@@ -152,6 +152,78 @@ def test_whole_step_graph_matches_eager_and_resumes(mode: str) -> None:
     assert resumed.iteration == eager.iteration == 9
 
 
+@pytest.mark.parametrize("mode", ["vanilla", "cobra"])
+@pytest.mark.parametrize(("precision", "channels_last"), [("bf16", False), ("fp32", True), ("bf16", True)])
+def test_whole_step_graph_with_bf16_and_channels_last_matches_eager(
+    mode: str, precision: str, channels_last: bool
+) -> None:
+    """The whole iteration is captured under bf16 autocast / channels-last too; the replay
+    computes what the same configuration computes eagerly (fp32 images and losses)."""
+    from fdd.distillation.synthesis import DMSynthesizer
+
+    data = _data()
+    config = SynthesisConfig(
+        modes=(mode,),
+        ipc=2,
+        iterations=1,
+        batch_real=8,
+        warmup_epochs=2,
+        precision=precision,
+        channels_last=channels_last,
+    )
+
+    def loop(graph: bool) -> DMSynthesizer:
+        return DMSynthesizer(
+            data, mode=mode, config=config.model_copy(update={"cuda_graph": graph}), network=NET, seed=0, device="cuda"
+        )
+
+    eager, graphed = loop(False), loop(True)
+    assert eager.captured_step is None and graphed.captured_step is not None
+    eager_losses = torch.stack([eager.step() for _ in range(6)])
+    graphed_losses = torch.stack([graphed.step() for _ in range(6)])
+    assert graphed.captured_step.graph is not None
+    assert graphed.syn_images.dtype == torch.float32 and graphed_losses.dtype == torch.float32
+    tol = dict(rtol=1e-5, atol=1e-6) if precision == "fp32" else dict(rtol=5e-2, atol=1e-2)
+    torch.testing.assert_close(graphed_losses, eager_losses, **tol)
+
+
+@pytest.mark.parametrize(("precision", "stack_forward"), [("fp32", "loop"), ("bf16", "vmap"), ("bf16", "loop")])
+def test_stacked_audit_graph_with_speed_switches_trains_like_eager(precision: str, stack_forward: str) -> None:
+    from fdd.distillation.augment import DSAConfig
+    from fdd.fairness.audit import train_stacked
+    from fdd.models.networks import build_convnet
+
+    images = torch.randn(12, 3, 16, 16, device="cuda")
+    labels = torch.arange(3, device="cuda").repeat_interleave(4)
+
+    def trained(graph: bool) -> list:
+        nets = [
+            build_convnet(channels=3, num_classes=3, image_size=16, width=8, depth=2, seed=s, device="cuda")
+            for s in range(3)
+        ]
+        train_stacked(
+            nets,
+            images,
+            labels,
+            epochs=9,
+            lr=0.05,
+            momentum=0.9,
+            weight_decay=5e-4,
+            batch_size=5,
+            dsa=DSAConfig(),
+            generator=torch.Generator("cuda").manual_seed(0),
+            lr_decay_epoch=5,
+            cuda_graph=graph,
+            precision=precision,
+            stack_forward=stack_forward,
+        )
+        return [p.detach() for net in nets for p in net.parameters()]
+
+    tol = dict(rtol=1e-4, atol=1e-5) if precision == "fp32" else dict(rtol=5e-2, atol=5e-3)
+    for p, q in zip(trained(True), trained(False)):
+        torch.testing.assert_close(p, q, **tol)
+
+
 def test_whole_step_graph_falls_back_when_a_class_cannot_fill_the_batch() -> None:
     from fdd.distillation.synthesis import DMSynthesizer
 

@@ -221,8 +221,10 @@ class Synthesizer:
         if config.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
             self.real_images = self.real_images.contiguous(memory_format=torch.channels_last)
+        # no cast cache: the warm-up updates the weights inside one autocast region (a cached bf16 copy
+        # would go stale after the first SGD step), and a CUDA-graph capture must not keep cached casts
         self.autocast = torch.autocast(
-            device_type=device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"
+            device_type=device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16", cache_enabled=False
         )
         # dynamic=False: one specialised build per input shape (real batch, synthetic set), all
         # made in the first, eager iterations; a CUDA-graph capture must not trigger a rebuild
@@ -276,8 +278,9 @@ class Synthesizer:
 class DMSynthesizer(Synthesizer):
     """The DM backbone: :meth:`step` runs one outer iteration of distribution matching.
 
-    With ``synthesis.cuda_graph`` on a CUDA device (fp32, contiguous format), a
-    first-moment mode (vanilla, fairdd, cobra) and a real batch every class can fill,
+    With ``synthesis.cuda_graph`` on a CUDA device (any precision and memory format: bf16
+    autocast covers the network's activations, the losses, the statistics, the pixel update
+    and the synthetic images stay fp32), a first-moment mode (vanilla, fairdd, cobra) and a real batch every class can fill,
     the whole iteration after the random draws (warm-up, real batch, embedding, loss,
     pixel update) is one :class:`fdd.distillation.cuda_graph.CapturedStep`: the first iterations run
     eagerly, then the graph is replayed. The draws (network, warm-up plan, real batch,
@@ -317,8 +320,6 @@ class DMSynthesizer(Synthesizer):
         return (
             config.cuda_graph
             and self.device.type == "cuda"
-            and config.precision == "fp32"
-            and not config.channels_last
             and self.mode in MEAN_MODES
             and config.batch_real <= self.sampler.smallest_class  # fixed real-batch shape
         )

@@ -73,6 +73,8 @@ def train_stacked(
     generator: torch.Generator | None,
     lr_decay_epoch: int | None = None,
     cuda_graph: bool = False,
+    precision: str = "fp32",
+    stack_forward: str = "vmap",
 ) -> Sequence[nn.Module]:
     """Train several networks of one architecture at once, as one vectorised model.
 
@@ -90,6 +92,12 @@ def train_stacked(
     epoch runs the same kernels. ``cuda_graph`` (CUDA only) runs the first epochs eagerly, then captures one epoch
     as a CUDA graph (:class:`fdd.distillation.cuda_graph.CapturedStep`; one more for the decayed
     learning rate) and replays it for the others.
+
+    ``precision="bf16"`` runs the forward passes under bfloat16 autocast (no cast cache: the
+    weights change every step); parameters, gradients, the loss and the SGD update stay fp32.
+    ``stack_forward="loop"`` computes the models' forward passes one after another inside the
+    step (plain convolutions) instead of one :func:`torch.func.vmap` (grouped convolutions);
+    the gradients are the same, each model's from its own slice of the stacked parameters.
     """
     m, n = len(nets), images.shape[0]
     params, buffers = stack_module_state(nets)
@@ -100,8 +108,14 @@ def train_stacked(
     def one_model(p: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(template, p, (x,))
 
-    forward = vmap(one_model)
+    def one_by_one(p: dict[str, Tensor], x: Tensor) -> Tensor:
+        return torch.stack([one_model({k: v[i] for k, v in p.items()}, x[i]) for i in range(m)])
+
+    forward = one_by_one if stack_forward == "loop" else vmap(one_model)
     device = images.device
+    autocast = torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False
+    )
     optimizer = torch.optim.SGD(list(params.values()), lr=lr, momentum=momentum, weight_decay=weight_decay)
     block = min(n, batch_size)
     starts = list(range(0, n, block))
@@ -122,8 +136,9 @@ def train_stacked(
             if draws is not None:
                 slots = (offsets[:, :b] + (slot_base + j * m * block)).reshape(-1)
                 x = apply_dsa(x, slots, draws, config=cast(DSAConfig, dsa))  # draws exist only with dsa
-            logits = forward(params, x.view(m, b, *x.shape[1:]))  # (M, b, classes)
-            loss = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1)) * m
+            with autocast:
+                logits = forward(params, x.view(m, b, *x.shape[1:]))  # (M, b, classes)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.reshape(-1)) * m
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -258,7 +273,16 @@ def audit_synthetic(
     generator = torch.Generator(device=device)
     generator.manual_seed(seeds[0])
     if config.stack_models and not has_buffers(nets[0]) and len(nets) > 1:
-        train_stacked(nets, images, labels, generator=generator, cuda_graph=config.cuda_graph, **schedule)
+        train_stacked(
+            nets,
+            images,
+            labels,
+            generator=generator,
+            cuda_graph=config.cuda_graph,
+            precision=config.precision,
+            stack_forward=config.stack_forward,
+            **schedule,
+        )
     else:
         for seed, net in zip(seeds, nets):
             generator.manual_seed(seed)
