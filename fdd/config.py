@@ -22,9 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = [
     "ARCHITECTURES",
     "ArchitectureSpec",
+    "AUDIT_INTERVENTIONS",
     "AuditConfig",
     "BACKBONES",
     "BACKBONE_MODES",
+    "BASELINE_MODES",
     "BFFHQConfig",
     "Backbone",
     "BarycenterConfig",
@@ -40,7 +42,9 @@ __all__ = [
     "DataConfig",
     "Dataset",
     "FeaturesConfig",
+    "DISTILLED_AS",
     "FolderConfig",
+    "GROUP_MODES",
     "GradientMatchingConfig",
     "GroupNoiseConfig",
     "IDCConfig",
@@ -50,6 +54,7 @@ __all__ = [
     "Mode",
     "NetworkConfig",
     "PipelineConfig",
+    "REAL_SET_MODES",
     "RuntimeConfig",
     "Section",
     "SynthesisConfig",
@@ -70,12 +75,38 @@ IMAGE_DATASETS: tuple[str, ...] = ("cifar10s", "celeba", "utkface", "bffhq", "fo
 TABULAR_DATASETS: tuple[str, ...] = ("adult",)
 DATASETS: tuple[str, ...] = get_args(Dataset)
 Bias = Literal["foreground", "background"]
-Mode = Literal["vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures"]
+Mode = Literal[
+    "vanilla",
+    "fairdd",
+    "cobra",
+    "cobra-w2",
+    "cobra-bures",
+    "random-real",
+    "stratified-real",
+    "full-data",
+    "uniform-subgroup",
+    "cui-reweight",
+    "vanilla-gdro",
+]
 Backbone = Literal["dm", "dc", "idc", "cafe", "mtt"]
 BACKBONES: tuple[str, ...] = ("dm", "dc", "idc", "cafe", "mtt")
-MODES: tuple[str, ...] = ("vanilla", "fairdd", "cobra", "cobra-w2", "cobra-bures")
+MODES: tuple[str, ...] = get_args(Mode)
+#: The baselines (docs/evaluation.md, "Baselines"): modes compared with the distillation modes in the same
+#: tables. The real-set baselines pick real training images and optimise nothing (so they take no backbone:
+#: every backbone accepts them and ignores itself); the others are DM variants or an audit intervention.
+REAL_SET_MODES: tuple[str, ...] = ("random-real", "stratified-real", "full-data")
+BASELINE_MODES: tuple[str, ...] = (*REAL_SET_MODES, "uniform-subgroup", "cui-reweight", "vanilla-gdro")
+#: Modes that need the train split's group labels (at least two labelled groups; checked when the stage runs).
+GROUP_MODES: tuple[str, ...] = ("stratified-real", "uniform-subgroup", "vanilla-gdro")
+#: Modes whose synthetic set is that of another mode (same settings, same seed: the same images); the
+#: audit then trains on it differently (:data:`AUDIT_INTERVENTIONS`).
+DISTILLED_AS: dict[str, str] = {"vanilla-gdro": "vanilla"}
+#: Modes whose audit trains with an in-training fairness intervention (fdd.fairness.gdro).
+AUDIT_INTERVENTIONS: dict[str, str] = {"vanilla-gdro": "gdro"}
 # modes each backbone implements; a backbone missing here implements every mode of MODES
-BACKBONE_MODES: dict[str, tuple[str, ...]] = {b: ("vanilla", "fairdd", "cobra") for b in ("dc", "idc", "cafe", "mtt")}
+BACKBONE_MODES: dict[str, tuple[str, ...]] = {
+    b: ("vanilla", "fairdd", "cobra", *REAL_SET_MODES) for b in ("dc", "idc", "cafe", "mtt")
+}
 
 ERR_OUTSIDE_WORKSPACE = "{field} must be a relative path inside the workspace (no leading '/', no '..'); got {value!r}"
 ERR_NOISE_SUM = "data.group_noise: flip_fraction + hide_fraction must be at most 1; got {flip} + {hide}"
@@ -106,6 +137,10 @@ ERR_IDC_INIT = (
 ERR_LAMBDA_SCOPE = (
     "synthesis.barycenter_lambda applies to synthesis.backbone 'dm' in mode 'cobra' only; got backbone {backbone!r} "
     "and modes {modes} (leave it at 1.0, or use backbone dm with mode cobra)"
+)
+ERR_GDRO_INIT = (
+    "synthesis.modes lists 'vanilla-gdro', whose audit needs each synthetic image's group: it is the group of the "
+    "real image the image starts from, so synthesis.init must be 'real', 'stratified' or 'barycenter'; got {init!r}"
 )
 ERR_MTT_EPOCHS = (
     "synthesis.mtt: max_start_epoch ({start}) + expert_epochs ({span}) must not exceed train_epochs ({train}), "
@@ -521,6 +556,13 @@ class SynthesisConfig(_Section):
         description="DM in mode cobra: the target's group weights, (1 - lambda) x proportional (0: vanilla's pooled "
         "target) + lambda x uniform (1, the default: COBRA's barycenter); the fairness-accuracy frontier",
     )
+    cui_bandwidth: float = Field(
+        0.5,
+        gt=0,
+        le=100,
+        description="cui-reweight (DM): the Gaussian kernel's squared bandwidth as a share of the class's mean "
+        "squared embedding distance (fdd.distillation.dm.kde_weights); smaller: sharper density, stronger reweighting",
+    )
     w2_solver: Literal["emd", "sinkhorn"] = Field(
         "emd", description="cobra-w2: exact OT (POT network simplex, CPU) or debiased Sinkhorn (batched, on the device)"
     )
@@ -578,6 +620,8 @@ class SynthesisConfig(_Section):
             raise ValueError(ERR_IDC_INIT.format(init=self.init))
         if self.barycenter_lambda != 1.0 and (self.backbone != "dm" or "cobra" not in self.modes):
             raise ValueError(ERR_LAMBDA_SCOPE.format(backbone=self.backbone, modes=list(self.modes)))
+        if "vanilla-gdro" in self.modes and self.init == "noise":
+            raise ValueError(ERR_GDRO_INIT.format(init=self.init))
         return self
 
     def resolved_warmup_epochs(self) -> int:
@@ -732,6 +776,19 @@ class AuditConfig(_Section):
         description="stacked training's forward pass: one torch.func.vmap over the models (grouped convolutions), "
         "or a loop over the models inside the step (plain convolutions; same gradients; pays with cuda_graph)",
     )
+    full_data_epochs: int = Field(
+        20,
+        ge=1,
+        description="epochs of the audit's training in mode full-data (the whole train split, in minibatches of "
+        "batch_size), in place of epochs, which is meant for sets of a few images per class (docs/evaluation.md)",
+    )
+    gdro_step_size: float = Field(
+        0.01,
+        gt=0,
+        le=10,
+        description="vanilla-gdro: the step size eta of Group DRO's exponentiated-gradient group weights "
+        "(fdd.fairness.gdro; Sagawa et al. 2020)",
+    )
     architectures: tuple[str, ...] = Field(
         ("matching",),
         min_length=1,
@@ -740,6 +797,10 @@ class AuditConfig(_Section):
         "'convnet-w64', 'alexnet', 'vgg11-bn', 'resnet18', 'resnet18-in', 'mlp' (docs/evaluation.md); the first one's "
         "figures are metrics.json's headline",
     )
+
+    def epochs_for(self, mode: str) -> int:
+        """The training epochs of the audit of ``mode``: :attr:`full_data_epochs` for ``full-data``, else :attr:`epochs`."""
+        return self.full_data_epochs if mode == "full-data" else self.epochs
 
     @field_validator("architectures")
     @classmethod

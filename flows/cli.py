@@ -1,7 +1,8 @@
 """The ``fdd`` command line.
 
     fdd run                 the default pipeline: every mode of synthesis.modes, side by side
-    fdd distill --mode M    one mode
+    fdd distill --mode M    one mode (or baseline: random-real, stratified-real, full-data,
+                            uniform-subgroup, cui-reweight, vanilla-gdro; docs/evaluation.md)
     fdd data fetch          acquire and prepare the dataset only
     fdd stage NAME          one stage without Prefect (used by dvc.yaml); NAME 'settings' writes
                             data/settings/<stage>.json, what dvc.yaml's stages depend on
@@ -326,7 +327,9 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("directory", nargs="?", default=".", help="the workspace folder (default: .; created if missing)")
     init.add_argument("--force", action="store_true", help="overwrite params.yaml / dvc.yaml / .dvcignore there")
     sub.add_parser("run", parents=[common], help="run the comparison pipeline (all modes in synthesis.modes)")
-    distill = sub.add_parser("distill", parents=[common], help="run the pipeline for one mode")
+    distill = sub.add_parser(
+        "distill", parents=[common], help="run the pipeline for one mode (a distillation mode or a baseline)"
+    )
     distill.add_argument("--mode", required=True, choices=list(MODES))
     data = sub.add_parser("data", help="dataset commands")
     data_sub = data.add_subparsers(dest="data_command", required=True)

@@ -82,8 +82,8 @@ NOT_IN_FINGERPRINT: dict[str, tuple[str, ...]] = {
 #: Settings added after records were first kept: left out of the fingerprint while at these defaults
 #: (what every earlier record was computed with), so adding them does not invalidate the records.
 FINGERPRINT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "audit": {"architectures": ["matching"], "precision": "fp32"},
-    "synthesis": {"barycenter_lambda": 1.0},
+    "audit": {"architectures": ["matching"], "precision": "fp32", "full_data_epochs": 20, "gdro_step_size": 0.01},
+    "synthesis": {"barycenter_lambda": 1.0, "cui_bandwidth": 0.5},
 }
 ERR_NO_PREPARED = "cell {cell} has no prepared data at {path}; the dataset's ingest must run first"
 ERR_CELLS_FAILED = (

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from fdd.config import AuditConfig, NetworkConfig
+from fdd.config import AUDIT_INTERVENTIONS, AuditConfig, NetworkConfig
 from fdd.datasets.containers import GroupedImages, SyntheticSet
 from fdd.datasets.external import load_external_set
 from fdd.fairness.audit import AuditResult, audit_architectures
@@ -117,7 +117,11 @@ def write_audit(
 def audit_set(
     workspace: str, inputs: dict[str, str], mode: str, audit: AuditConfig, network: NetworkConfig, device: str = "cpu"
 ) -> list[Path]:
-    """Write ``data/audit/<mode>/``: :data:`AUDIT_FILES`, one set of figures per ``audit.architectures`` entry."""
+    """Write ``data/audit/<mode>/``: :data:`AUDIT_FILES`, one set of figures per ``audit.architectures`` entry.
+
+    ``full-data`` trains for ``audit.full_data_epochs``; a mode of ``AUDIT_INTERVENTIONS``
+    (``vanilla-gdro``) trains with its intervention (docs/evaluation.md, "Baselines").
+    """
     root = Path(workspace)
     synthetic = SyntheticSet.load(root / "data/synthetic" / mode / "synthetic.pt")
     test = GroupedImages.load(root / "data/prepared/test.pt")
@@ -130,6 +134,8 @@ def audit_set(
         network=network,
         device=device,
         progress=lambda name, done: logger.info("%s on %s: evaluation %d/%d done", mode, name, done, audit.num_eval),
+        epochs=audit.epochs_for(mode),
+        intervention=AUDIT_INTERVENTIONS.get(mode, "none"),
     )
     written = write_audit(out, results, test, title=mode, num_eval=audit.num_eval)
     rows = []

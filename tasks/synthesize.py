@@ -96,16 +96,17 @@ def synthesize_set(
     atomic_write_bytes(out / "grid.png", save_figure(figure))
     timing = {"seconds": result.seconds, "seconds_per_iteration": result.seconds_per_iteration, "device": str(device)}
     atomic_write_text(out / "timing.json", json.dumps(timing, indent=2) + "\n")
+    iterations = len(result.losses)  # 0 for the real-image baselines, which optimise nothing
     logger.info(
         "%s: %d iterations in %.1f s (%.3f s/iteration)",
         mode,
-        synthesis.iterations,
+        iterations,
         result.seconds,
         result.seconds_per_iteration,
     )
     publish_markdown(
         artifact_key("synthesis", mode, "summary"),
-        f"# Synthesis ({mode})\n\n{synthesis.ipc} images per class, {synthesis.iterations} iterations, "
+        f"# Synthesis ({mode})\n\n{result.synthetic.images_per_class} images per class, {iterations} iterations, "
         f"{result.seconds:.1f} s on {device}; final loss {result.losses[-1] if result.losses else float('nan'):.4f}\n",
         f"synthesis summary for {mode}",
     )

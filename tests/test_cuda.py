@@ -124,7 +124,7 @@ def test_captured_training_trains_like_train_network(batch_size: int) -> None:
         captured.run(images[:4], generator=None)
 
 
-@pytest.mark.parametrize("mode", ["vanilla", "fairdd", "cobra"])
+@pytest.mark.parametrize("mode", ["vanilla", "fairdd", "cobra", "uniform-subgroup", "cui-reweight"])
 def test_whole_step_graph_matches_eager_and_resumes(mode: str) -> None:
     """3 eager iterations, then the captured step replayed; a state loaded mid-run is
     captured again and continues like the uninterrupted run."""
@@ -249,6 +249,48 @@ def test_captured_step_replays_fn_on_new_inputs() -> None:
     assert [float(o) for o in outs] == [8.0, 24.0, 48.0, 80.0, 120.0]  # 4 * 2 * (1 + ... + i)
     with pytest.raises(ValueError, match="recorded for inputs"):
         step(torch.zeros(3, device="cuda"), torch.tensor(1.0, device="cuda"))
+
+
+@pytest.mark.parametrize("batch_size", [12, 5])
+def test_stacked_audit_graph_with_group_dro_trains_like_eager(batch_size: int) -> None:
+    """vanilla-gdro's audit: the Group DRO weights are updated in place, so a replayed epoch updates them too."""
+    from fdd.distillation.augment import DSAConfig
+    from fdd.fairness.audit import train_stacked
+    from fdd.fairness.gdro import GroupDRO
+    from fdd.models.networks import build_convnet
+
+    images = torch.randn(12, 3, 16, 16, device="cuda")
+    labels = torch.arange(3, device="cuda").repeat_interleave(4)
+    groups = torch.tensor([0, 0, 0, 1] * 3, device="cuda")
+
+    def trained(graph: bool) -> tuple[list, torch.Tensor]:
+        nets = [
+            build_convnet(channels=3, num_classes=3, image_size=16, width=8, depth=2, seed=s, device="cuda")
+            for s in range(3)
+        ]
+        dro = GroupDRO(groups, num_groups=2, step_size=0.5, num_models=3)
+        train_stacked(
+            nets,
+            images,
+            labels,
+            epochs=9,
+            lr=0.05,
+            momentum=0.9,
+            weight_decay=5e-4,
+            batch_size=batch_size,
+            dsa=DSAConfig(),
+            generator=torch.Generator("cuda").manual_seed(0),
+            lr_decay_epoch=5,
+            cuda_graph=graph,
+            loss_fn=dro,
+        )
+        return [p.detach() for net in nets for p in net.parameters()], dro.weights
+
+    (graphed, q_graph), (eager, q_eager) = trained(True), trained(False)
+    for p, q in zip(graphed, eager):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(q_graph, q_eager, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(q_eager, torch.full_like(q_eager, 0.5))  # the weights moved
 
 
 @pytest.mark.parametrize("batch_size", [12, 5])  # one batch; three batches (5 + 5 + 2) with shuffling

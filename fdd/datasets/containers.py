@@ -41,6 +41,7 @@ ERR_GROUP_RANGE = (
     "groups must lie in [0, {limit}) (one entry of group_names per id) or be -1 (unknown group); "
     "got values in [{low}, {high}]"
 )
+ERR_SYN_GROUPS = "a synthetic set's groups must be group ids >= 0 or -1 (unknown); got a minimum of {low}"
 ERR_EMPTY = "a grouped image set needs at least one image; got N=0"
 ERR_NAMES_EMPTY = "{name} must name at least one {what}; got an empty tuple"
 ERR_NORM_LENGTH = "{name} must have one entry per channel (C={channels}); got {value}"
@@ -292,7 +293,10 @@ class SyntheticSet:
 
     ``images`` are floats in the normalised space (``(x - mean) / std``), one row per
     synthetic image; ``labels`` their classes. ``provenance`` records how it was made
-    (config and data hashes, backbone, mode, iterations) for audits.
+    (config and data hashes, backbone, mode, iterations) for audits. ``groups``, where
+    known, holds one protected-group id per image (the group of the real image it is, or
+    starts from: the real-image baselines and ``vanilla-gdro``, whose audit trains with
+    Group DRO); ``None`` otherwise, and then not written to the file.
     """
 
     images: Tensor
@@ -301,6 +305,7 @@ class SyntheticSet:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     provenance: dict[str, Any] = field(default_factory=dict)
+    groups: Tensor | None = None
 
     def __post_init__(self) -> None:
         _check_images(self.images)
@@ -310,6 +315,16 @@ class SyntheticSet:
             raise ValueError(ERR_EMPTY)
         _check_index("labels", self.labels, self.images.shape[0], len(self.class_names), "class_names")
         _check_normalisation(tuple(self.mean), tuple(self.std), self.images.shape[1])
+        if self.groups is not None:
+            if self.groups.dim() != 1 or self.groups.shape[0] != self.images.shape[0]:
+                raise ValueError(
+                    ERR_INDEX_SHAPE.format(name="groups", n=self.images.shape[0], shape=tuple(self.groups.shape))
+                )
+            if self.groups.dtype.is_floating_point or self.groups.dtype == torch.bool:
+                raise ValueError(ERR_INDEX_DTYPE.format(name="groups", dtype=self.groups.dtype))
+            if int(self.groups.min()) < UNKNOWN_GROUP:
+                raise ValueError(ERR_SYN_GROUPS.format(low=int(self.groups.min())))
+            object.__setattr__(self, "groups", self.groups.long())
 
     @property
     def images_per_class(self) -> int:
@@ -324,7 +339,7 @@ class SyntheticSet:
             "mean": list(self.mean),
             "std": list(self.std),
             "provenance": dict(self.provenance),
-        }
+        } | ({} if self.groups is None else {"groups": self.groups.detach().to("cpu").contiguous()})
 
     def save(self, path: str | os.PathLike[str]) -> None:
         atomic_save(self.to_dict(), path)
@@ -340,6 +355,7 @@ class SyntheticSet:
             mean=tuple(payload["mean"]),
             std=tuple(payload["std"]),
             provenance=dict(payload["provenance"]),
+            groups=payload.get("groups"),
         )
 
 

@@ -8,6 +8,7 @@ Bottom to top (each module imports only those above it in this list):
 - :mod:`~fdd.distillation.dm`: the distribution-matching losses per mode (vanilla, fairdd, cobra, ...).
 - :mod:`~fdd.distillation.initialisation`: group-covering initial synthetic images.
 - :mod:`~fdd.distillation.synthesis`: :class:`Synthesizer`, what every backbone shares, and DM.
+- :mod:`~fdd.distillation.baselines`: the real-image baselines' sets (random, stratified, whole split).
 - :mod:`~fdd.distillation.backbones`: DC, IDC, CAFE, MTT and the registry :func:`build_synthesizer`.
 - :mod:`~fdd.distillation.run`: :func:`synthesize`, running a backbone with checkpoints and resume.
 """

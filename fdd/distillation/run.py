@@ -3,10 +3,15 @@
 :func:`synthesize` builds the synthesizer of ``config.backbone``
 (:func:`fdd.distillation.backbones.build_synthesizer`) and drives its
 :meth:`~fdd.distillation.backbones.Backbone.step` for ``config.iterations`` iterations.
+It also makes the baselines' sets (docs/evaluation.md): the real-image baselines of
+:data:`fdd.config.REAL_SET_MODES` without any iteration (:mod:`fdd.distillation.baselines`),
+and a mode of :data:`fdd.config.DISTILLED_AS` as the mode it names (``vanilla-gdro``: the
+vanilla set, with each image's starting group).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -21,10 +26,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fdd.config import NetworkConfig, SynthesisConfig
+from fdd.config import DISTILLED_AS, GROUP_MODES, REAL_SET_MODES, NetworkConfig, SynthesisConfig
 from fdd.datasets.containers import GroupedImages
 from fdd.distillation.backbones import build_synthesizer
-from fdd.distillation.synthesis import ProgressCallback, SynthesisResult
+from fdd.distillation.baselines import real_baseline_set
+from fdd.distillation.synthesis import ProgressCallback, SynthesisResult, check_group_labels
 from fdd.files import atomic_write_bytes
 
 __all__ = [
@@ -37,6 +43,10 @@ __all__ = [
     "write_checkpoint",
 ]
 
+ERR_NO_START_GROUPS = (
+    "mode {mode!r} records the group of the real image each synthetic image starts from, but this run started "
+    "from noise (synthesis.init 'noise'); use init 'real', 'stratified' or 'barycenter'"
+)
 ERR_CHECKPOINT_DISCARDED = "discarding checkpoint {path}: {reason}; the synthesis starts over"
 #: suffix of the integrity record written beside a checkpoint (``sha256sum`` format)
 CHECKPOINT_DIGEST_SUFFIX = ".sha256"
@@ -218,9 +228,21 @@ def synthesize(
         over. Both files are removed when the run ends.
     cache_dir : path, optional
         Where a backbone keeps reusable artifacts between runs (MTT's expert trajectories).
+
+    A real-image baseline (:data:`fdd.config.REAL_SET_MODES`) runs no iteration: its set is
+    chosen at once (:func:`fdd.distillation.baselines.real_baseline_set`; no losses, no
+    checkpoint). A mode of :data:`fdd.config.DISTILLED_AS` distils as the mode it names and
+    keeps each image's starting group in ``SyntheticSet.groups``.
     """
+    if mode in REAL_SET_MODES:
+        start = time.perf_counter()
+        synthetic = real_baseline_set(train, mode=mode, ipc=config.ipc, seed=seed, provenance=provenance)
+        return SynthesisResult(synthetic=synthetic, losses=[], seconds=time.perf_counter() - start)
+    if mode in GROUP_MODES:
+        check_group_labels(train, mode)
+    distilled = DISTILLED_AS.get(mode, mode)
     loop = build_synthesizer(
-        train, mode=mode, config=config, network=network, seed=seed, device=device, cache_dir=cache_dir
+        train, mode=distilled, config=config, network=network, seed=seed, device=device, cache_dir=cache_dir
     )
     losses = torch.zeros(config.iterations, device=loop.device)
     fingerprint = _fingerprint(train, mode, config, network, seed) if checkpoint is not None else ""
@@ -235,7 +257,7 @@ def synthesize(
             except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
                 discard_checkpoint(checkpoint, f"its state does not fit this run ({type(exc).__name__}: {exc})")
                 loop = build_synthesizer(  # a partly loaded state is never used: a fresh start
-                    train, mode=mode, config=config, network=network, seed=seed, device=device, cache_dir=cache_dir
+                    train, mode=distilled, config=config, network=network, seed=seed, device=device, cache_dir=cache_dir
                 )
                 losses.zero_()
 
@@ -263,8 +285,16 @@ def synthesize(
     if loop.device.type == "cuda":
         torch.cuda.synchronize(loop.device)
     seconds = time.perf_counter() - start
+    synthetic = loop.synthetic_set(provenance)
+    if distilled != mode:  # e.g. vanilla-gdro: the vanilla set, named after its mode, with its starting groups
+        groups = getattr(loop, "syn_groups", None)
+        if groups is None:
+            raise ValueError(ERR_NO_START_GROUPS.format(mode=mode))
+        synthetic = dataclasses.replace(
+            synthetic, provenance={**synthetic.provenance, "mode": mode, "distilled_as": distilled}, groups=groups
+        )
     result = SynthesisResult(
-        synthetic=loop.synthetic_set(provenance),
+        synthetic=synthetic,
         losses=losses.cpu().tolist(),
         seconds=seconds,
         seconds_per_iteration=seconds / max(config.iterations - first, 1),

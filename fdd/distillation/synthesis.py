@@ -29,7 +29,7 @@ from fdd.config import NetworkConfig, SynthesisConfig
 from fdd.datasets.containers import GroupedImages, SyntheticSet
 from fdd.distillation.augment import DSAConfig, DSADraw, apply_dsa, draw_dsa
 from fdd.distillation.cuda_graph import CapturedStep, CapturedTraining
-from fdd.distillation.dm import MATCHING_MODES, MEAN_MODES, WARMUP_MODES, MatchingMode, dm_loss
+from fdd.distillation.dm import MATCHING_MODES, MEAN_MODES, POOLED_MODES, WARMUP_MODES, MatchingMode, dm_loss
 from fdd.distillation.initialisation import CoveringInit, covering_indices
 from fdd.distillation.training import TrainingPlan, draw_training_plan, train_network
 from fdd.models.networks import build_network, reset_parameters_
@@ -37,10 +37,13 @@ from fdd.models.networks import build_network, reset_parameters_
 __all__ = [
     "ClassSampler",
     "DMSynthesizer",
+    "GroupBalancedSampler",
     "ProgressCallback",
     "SynthesisResult",
     "Synthesizer",
+    "check_group_labels",
     "initial_synthetic_images",
+    "initial_synthetic_indices",
 ]
 
 ERR_MODE = "mode must be one of {allowed}; got {value!r}"
@@ -53,7 +56,29 @@ ERR_TOO_FEW_FOR_INIT = (
     "lower synthesis.ipc or use synthesis.init='noise'"
 )
 
+ERR_NEEDS_GROUPS = (
+    "mode {mode!r} needs the train split's protected groups, but it has {found}; it needs at least two groups "
+    "with labelled samples (group id >= 0). Use a mode that needs no groups (vanilla, random-real, full-data, "
+    "cui-reweight) or a dataset with group labels"
+)
+ERR_CLASS_UNLABELLED = (
+    "mode 'uniform-subgroup' draws each class's real batch evenly over its groups, but class index {names} has no "
+    "sample with a known group (all -1)"
+)
+
 ProgressCallback = Callable[[int, float], None]
+
+
+def check_group_labels(train: GroupedImages, mode: str) -> None:
+    """Raise :data:`ERR_NEEDS_GROUPS` unless ``train`` has at least two groups with labelled samples.
+
+    For the modes of :data:`fdd.config.GROUP_MODES`: with a single group (or none known) a
+    group-stratified or group-balanced choice is a random one, and Group DRO plain ERM.
+    """
+    present = torch.unique(train.groups[train.groups >= 0])
+    if present.numel() < 2:
+        found = "no labelled group" if present.numel() == 0 else f"only group {train.group_names[int(present[0])]!r}"
+        raise ValueError(ERR_NEEDS_GROUPS.format(mode=mode, found=found))
 
 
 class ClassSampler:
@@ -81,6 +106,10 @@ class ClassSampler:
         self.smallest_class = int(counts.min())  # read once: no device sync per draw
         self.num_classes = num_classes
 
+    def fixed_size(self, batch: int) -> bool:
+        """Whether every draw of ``batch`` has the same shape: when every class holds at least ``batch`` images."""
+        return batch <= self.smallest_class
+
     def sample(self, batch: int, *, generator: torch.Generator | None = None) -> Tensor:
         """Indices, class-major: ``min(batch, n_c)`` distinct images of every class ``c``."""
         index, valid = self.sample_padded(batch, generator=generator)
@@ -104,7 +133,64 @@ class ClassSampler:
         return torch.where(valid, chosen, chosen[:, :1]), valid
 
 
-def initial_synthetic_images(
+class GroupBalancedSampler:
+    """Draws per-class real batches split evenly over each class's groups (mode ``uniform-subgroup``).
+
+    Class ``c`` has ``G_c`` groups with labelled samples in the train split; each draw takes
+    ``q_c = max(1, batch // G_c)`` images of every such (class, group) cell: distinct images
+    where the cell holds at least ``q_c``, all of them plus repeats drawn uniformly with
+    replacement where it holds fewer, so every group has exactly the same number of images in
+    the batch (and the same weight in its pooled mean). Samples of unknown group (``-1``) are
+    never drawn. The batch size ``sum_c G_c q_c`` is the same at every draw, so DM's CUDA-graph
+    capture applies. One batched draw, no Python loop over classes or groups.
+    """
+
+    def __init__(self, labels: Tensor, groups: Tensor, *, num_classes: int, num_groups: int) -> None:
+        labelled = groups >= 0
+        cell = torch.where(labelled, labels * num_groups + groups.clamp_min(0), num_classes * num_groups)
+        counts = torch.bincount(cell, minlength=num_classes * num_groups + 1)[:-1]  # unknown groups dropped
+        per_class = (counts.view(num_classes, num_groups) > 0).sum(dim=1)
+        if bool((per_class == 0).any()):
+            raise ValueError(ERR_CLASS_UNLABELLED.format(names=torch.nonzero(per_class == 0).flatten().tolist()))
+        cells = torch.nonzero(counts > 0).flatten()  # present cells, class-major
+        order = torch.argsort(cell, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        width = int(counts.max())
+        position = torch.arange(width, device=labels.device).unsqueeze(0)
+        self.counts = counts[cells]  # (P,)
+        self.valid = position < self.counts.unsqueeze(1)  # (P, W)
+        flat = (starts[cells].unsqueeze(1) + position).clamp_max(labels.numel() - 1)
+        self.index = torch.where(self.valid, order[flat], torch.zeros_like(flat))  # (P, W) sample ids
+        self.groups_per_class = per_class  # (C,)
+        self.cell_class = cells // num_groups  # (P,)
+        self._keep: dict[int, tuple[int, Tensor]] = {}
+
+    def fixed_size(self, batch: int) -> bool:
+        """Whether every draw of ``batch`` has the same shape (always: short cells repeat images)."""
+        return True
+
+    def sample(self, batch: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """Indices, class-major: ``max(1, batch // G_c)`` images of each group of every class ``c``."""
+        if batch not in self._keep:  # which slots of the (P, largest quota) draw are kept: fixed per batch size
+            quota = (batch // self.groups_per_class).clamp_min(1)[self.cell_class]  # (P,)
+            width = int(quota.max())
+            keep = torch.arange(width, device=quota.device) < quota.unsqueeze(1)
+            self._keep[batch] = (width, torch.nonzero(keep.flatten()).flatten())
+        width, keep = self._keep[batch]
+        device = self.index.device
+        keys = torch.rand(self.index.shape, generator=generator, device=device).masked_fill(~self.valid, 2.0)
+        distinct = min(width, self.index.shape[1])
+        chosen = torch.gather(self.index, 1, keys.topk(distinct, dim=1, largest=False).indices)  # (P, distinct)
+        uniform = torch.rand(self.index.shape[0], width, generator=generator, device=device)
+        repeats = torch.gather(self.index, 1, (uniform * self.counts.unsqueeze(1)).long())  # with replacement
+        if distinct < width:
+            chosen = torch.cat([chosen, repeats[:, distinct:]], dim=1)
+        slot = torch.arange(width, device=device)
+        drawn = torch.where(slot < self.counts.unsqueeze(1), chosen, repeats)  # short cells: repeats past their size
+        return drawn.flatten()[keep]
+
+
+def initial_synthetic_indices(
     train: GroupedImages,
     *,
     ipc: int,
@@ -112,19 +198,18 @@ def initial_synthetic_images(
     generator: torch.Generator,
     device: torch.device,
     network: NetworkConfig | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Initial synthetic images (normalised space) and labels, ``ipc`` per class.
+) -> Tensor | None:
+    """Indices into ``train`` (CPU, class-major, ``ipc`` per class) of the real images a set starts from.
 
     ``init='real'`` takes ``ipc`` distinct random real images of each class (as the
-    reference code does); ``init='noise'`` draws standard normal pixels;
-    ``'stratified'`` and ``'barycenter'`` choose real images covering the groups
-    (:mod:`fdd.distillation.initialisation`; ``barycenter`` embeds with a random ConvNet of ``network``).
+    reference code does); ``'stratified'`` and ``'barycenter'`` choose real images covering
+    the groups (:mod:`fdd.distillation.initialisation`; ``barycenter`` embeds with a random
+    ConvNet of ``network``). ``init='noise'`` starts from no real image: None, and nothing is
+    drawn from ``generator``.
     """
     c = train.num_classes
-    labels = torch.arange(c, device=device).repeat_interleave(ipc)
     if init == "noise":
-        shape = (c * ipc, *train.image_shape)
-        return torch.randn(shape, generator=generator, device=device), labels
+        return None
     if init in ("stratified", "barycenter"):
         embed = None
         if init == "barycenter":
@@ -142,14 +227,34 @@ def initial_synthetic_images(
                 .embed
             )
         method = cast(CoveringInit, init)  # 'stratified' or 'barycenter' here
-        index = covering_indices(train, ipc=ipc, method=method, generator=generator, embed=embed, device=device)
-        return train.subset(index).normalized(device), labels
+        return covering_indices(train, ipc=ipc, method=method, generator=generator, embed=embed, device=device)
     counts = torch.bincount(train.labels, minlength=c)
     for k in range(c):
         if int(counts[k]) < ipc:
             raise ValueError(ERR_TOO_FEW_FOR_INIT.format(ipc=ipc, name=train.class_names[k], count=int(counts[k])))
     sampler = ClassSampler(train.labels.to(device), num_classes=c)
-    index = sampler.sample(ipc, generator=generator).cpu()
+    return sampler.sample(ipc, generator=generator).cpu()
+
+
+def initial_synthetic_images(
+    train: GroupedImages,
+    *,
+    ipc: int,
+    init: str,
+    generator: torch.Generator,
+    device: torch.device,
+    network: NetworkConfig | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Initial synthetic images (normalised space) and labels, ``ipc`` per class.
+
+    The real images of :func:`initial_synthetic_indices`, or for ``init='noise'`` standard
+    normal pixels.
+    """
+    labels = torch.arange(train.num_classes, device=device).repeat_interleave(ipc)
+    index = initial_synthetic_indices(train, ipc=ipc, init=init, generator=generator, device=device, network=network)
+    if index is None:
+        shape = (train.num_classes * ipc, *train.image_shape)
+        return torch.randn(shape, generator=generator, device=device), labels
     return train.subset(index).normalized(device), labels
 
 
@@ -176,7 +281,8 @@ class Synthesizer:
     ----------
     train : GroupedImages
         The real training split with its group ids.
-    mode : {"vanilla", "fairdd", "cobra"}
+    mode : str
+        One of :data:`fdd.distillation.dm.MATCHING_MODES` (DM; the other backbones list theirs).
     config : SynthesisConfig
         Iterations, batch size, learning rates, initialisation, warm-up schedule.
     network : NetworkConfig
@@ -206,9 +312,18 @@ class Synthesizer:
         self.real_labels = train.labels.to(device)
         self.real_groups = train.groups.to(device)
         self.sampler = ClassSampler(self.real_labels, num_classes=train.num_classes)
-        syn_images, self.syn_labels = initial_synthetic_images(
+        start = initial_synthetic_indices(
             train, ipc=config.ipc, init=config.init, generator=self.generator, device=device, network=network
         )
+        self.syn_labels = torch.arange(train.num_classes, device=device).repeat_interleave(config.ipc)
+        if start is None:
+            syn_images = torch.randn(
+                (train.num_classes * config.ipc, *train.image_shape), generator=self.generator, device=device
+            )
+        else:
+            syn_images = train.subset(start).normalized(device)
+        #: the group of the real image each synthetic image starts from (None for init='noise')
+        self.syn_groups = None if start is None else train.groups[start].clone()
         self.syn_images = syn_images.detach().clone().requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.syn_images], lr=config.lr_img, momentum=config.momentum)
         self.dsa = DSAConfig() if config.dsa else None
@@ -280,7 +395,9 @@ class DMSynthesizer(Synthesizer):
 
     With ``synthesis.cuda_graph`` on a CUDA device (any precision and memory format: bf16
     autocast covers the network's activations, the losses, the statistics, the pixel update
-    and the synthetic images stay fp32), a first-moment mode (vanilla, fairdd, cobra) and a real batch every class can fill,
+    and the synthetic images stay fp32), a first-moment mode (vanilla, fairdd, cobra,
+    uniform-subgroup, cui-reweight) and a real batch of fixed shape (every class fills
+    ``batch_real``; always for uniform-subgroup's group-balanced draw),
     the whole iteration after the random draws (warm-up, real batch, embedding, loss,
     pixel update) is one :class:`fdd.distillation.cuda_graph.CapturedStep`: the first iterations run
     eagerly, then the graph is replayed. The draws (network, warm-up plan, real batch,
@@ -291,6 +408,17 @@ class DMSynthesizer(Synthesizer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         config, device = self.config, self.device
+        #: the real-batch draw: per class (vanilla, fairdd, cobra, ...), or per (class, group) cell
+        #: evenly over the groups (uniform-subgroup)
+        self.batch_sampler: ClassSampler | GroupBalancedSampler = self.sampler
+        if self.mode == "uniform-subgroup":
+            check_group_labels(self.train, self.mode)
+            self.batch_sampler = GroupBalancedSampler(
+                self.real_labels,
+                self.real_groups,
+                num_classes=self.train.num_classes,
+                num_groups=self.train.num_groups,
+            )
         self.captured_step = self.captured_warmup = None
         if self._whole_step_capturable():
             self.captured_step = CapturedStep(self._warm_up_and_match, device=device, what="DM iteration")
@@ -320,8 +448,8 @@ class DMSynthesizer(Synthesizer):
         return (
             config.cuda_graph
             and self.device.type == "cuda"
-            and self.mode in MEAN_MODES
-            and config.batch_real <= self.sampler.smallest_class  # fixed real-batch shape
+            and self.mode in MEAN_MODES + POOLED_MODES
+            and self.batch_sampler.fixed_size(config.batch_real)  # fixed real-batch shape
         )
 
     def load_state_dict(self, state: dict) -> None:
@@ -349,7 +477,7 @@ class DMSynthesizer(Synthesizer):
             with record_function("fdd.warmup"):
                 self.net.requires_grad_(True)
                 self.captured_warmup.run(self.syn_images.detach(), generator=generator)
-        index = self.sampler.sample(config.batch_real, generator=generator)
+        index = self.batch_sampler.sample(config.batch_real, generator=generator)
         draw = None
         if self.dsa is not None:
             draw = draw_dsa(
@@ -427,6 +555,7 @@ class DMSynthesizer(Synthesizer):
             reg=config.w2_reg,
             reduction=config.w2_reduction,
             barycenter_lambda=config.barycenter_lambda,
+            kde_bandwidth=config.cui_bandwidth,
         )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -86,6 +86,7 @@ def train_network(
     forward: Callable[[Tensor], Tensor] | None = None,
     augment: Callable[..., Tensor] = apply_dsa,
     plan: TrainingPlan | None = None,
+    loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
 ) -> nn.Module:
     """Train ``net`` on (images, labels) with SGD and cross-entropy, DSA per batch.
 
@@ -95,7 +96,9 @@ def train_network(
     ``torch.compile``-d versions). The batch orders and DSA parameters of all epochs
     are drawn first, in one :func:`draw_training_plan` call from ``generator``; this
     removes most of the per-step launch overhead on a GPU. ``plan`` passes such a
-    draw in instead.
+    draw in instead. ``loss_fn(logits, labels, index)`` replaces the mean cross-entropy
+    (``index``: the batch's positions in ``images``, e.g. to look up each sample's group;
+    :class:`fdd.fairness.gdro.GroupDRO`).
     """
     forward = forward if forward is not None else net
     net.train()
@@ -129,12 +132,14 @@ def train_network(
         for start in range(0, n, batch_size):
             if plan.orders is None:
                 x, y = images, labels
+                idx = slots  # the whole set, in order (n <= batch_size)
             else:
                 idx = plan.orders[epoch, start : start + batch_size]
                 x, y = images[idx], labels[idx]
             if plan.dsa is not None:
                 x = augment(x, slots[: x.shape[0]] + (epoch * plan.slots_per_epoch + start), plan.dsa, config=dsa)
-            loss = F.cross_entropy(forward(x), y)
+            logits = forward(x)
+            loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y, idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

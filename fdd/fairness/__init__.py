@@ -4,6 +4,7 @@
 - :mod:`~fdd.fairness.diagnostics`: each group's distance to the uniform barycenter and to
   the pooled (vanilla) target.
 - :mod:`~fdd.fairness.metrics`: accuracy, DEO_M, DEO_A, worst-group and per-group figures.
+- :mod:`~fdd.fairness.gdro`: Group DRO, the in-training intervention of the ``vanilla-gdro`` baseline.
 - :mod:`~fdd.fairness.audit`: train fresh networks on a synthetic set and measure them on
   the real test split.
 """

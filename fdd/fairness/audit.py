@@ -37,10 +37,19 @@ from fdd.datasets.containers import GroupedImages, SyntheticSet
 from fdd.distillation.augment import DSAConfig, DSADraw, apply_dsa
 from fdd.distillation.cuda_graph import CapturedStep
 from fdd.distillation.training import draw_training_plan, train_network
+from fdd.fairness.gdro import GroupDRO
 from fdd.fairness.metrics import FairnessReport, fairness_report, summarize_runs
 from fdd.models.architectures import build_architecture, has_buffers
 
-__all__ = ["AuditResult", "STACKED_DRAW_SLOTS", "audit_architectures", "audit_synthetic", "predict", "train_stacked"]
+__all__ = [
+    "AuditResult",
+    "INTERVENTIONS",
+    "STACKED_DRAW_SLOTS",
+    "audit_architectures",
+    "audit_synthetic",
+    "predict",
+    "train_stacked",
+]
 
 ERR_SHAPE_MISMATCH = (
     "the synthetic images have shape {syn} per image but the test images have {test}; "
@@ -51,6 +60,12 @@ ERR_NORMALISATION_MISMATCH = (
     "the synthetic set is normalised with (mean, std) {syn} but the test split with {test}; "
     "audit it against the dataset it was distilled from"
 )
+ERR_INTERVENTION = "intervention must be one of {allowed}; got {value!r}"
+ERR_NO_SYN_GROUPS = (
+    "intervention 'gdro' trains with each synthetic image's group, but this synthetic set records none "
+    "(SyntheticSet.groups is None); make it with mode vanilla-gdro, or audit it without the intervention"
+)
+INTERVENTIONS: tuple[str, ...] = ("none", "gdro")
 ERR_STACK_BUFFERS = (
     "train_stacked needs networks without buffers (use norm='instancenorm' or 'none'); got buffers {names}"
 )
@@ -75,6 +90,7 @@ def train_stacked(
     cuda_graph: bool = False,
     precision: str = "fp32",
     stack_forward: str = "vmap",
+    loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
 ) -> Sequence[nn.Module]:
     """Train several networks of one architecture at once, as one vectorised model.
 
@@ -91,7 +107,10 @@ def train_stacked(
     epochs, as one :func:`fdd.distillation.training.draw_training_plan` of ``count x M`` runs; an epoch then reads its share through two small device tensors, so every
     epoch runs the same kernels. ``cuda_graph`` (CUDA only) runs the first epochs eagerly, then captures one epoch
     as a CUDA graph (:class:`fdd.distillation.cuda_graph.CapturedStep`; one more for the decayed
-    learning rate) and replays it for the others.
+    learning rate) and replays it for the others. ``loss_fn(logits, labels, index)`` (shapes
+    (M, b, K), (M, b), (M, b); ``index`` into ``images``) replaces the sum of the models' mean
+    cross-entropies, e.g. :class:`fdd.fairness.gdro.GroupDRO` with one weight vector per model;
+    its state must be updated in place (a captured epoch replays it).
 
     ``precision="bf16"`` runs the forward passes under bfloat16 autocast (no cast cache: the
     weights change every step); parameters, gradients, the loss and the SGD update stay fp32.
@@ -138,7 +157,11 @@ def train_stacked(
                 x = apply_dsa(x, slots, draws, config=cast(DSAConfig, dsa))  # draws exist only with dsa
             with autocast:
                 logits = forward(params, x.view(m, b, *x.shape[1:]))  # (M, b, classes)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.reshape(-1)) * m
+            logits = logits.float()
+            if loss_fn is None:
+                loss = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1)) * m
+            else:
+                loss = loss_fn(logits, y, idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -218,6 +241,8 @@ def audit_synthetic(
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
     architecture: str = "matching",
+    epochs: int | None = None,
+    intervention: str = "none",
 ) -> AuditResult:
     """Train ``config.num_eval`` fresh ConvNets on ``synthetic`` and audit them on ``test``.
 
@@ -235,7 +260,18 @@ def audit_synthetic(
     architecture : str
         An evaluation-architecture spec (:func:`fdd.config.parse_architecture`); default the
         matching network.
+    epochs : int, optional
+        Training epochs in place of ``config.epochs`` (the audit of ``full-data`` trains on the
+        whole train split for ``config.full_data_epochs``: :meth:`fdd.config.AuditConfig.epochs_for`).
+        The set is always trained in minibatches of ``config.batch_size``.
+    intervention : {"none", "gdro"}
+        ``gdro``: train with Group DRO (:class:`fdd.fairness.gdro.GroupDRO`, step size
+        ``config.gdro_step_size``) on the groups recorded in ``synthetic.groups``.
     """
+    if intervention not in INTERVENTIONS:
+        raise ValueError(ERR_INTERVENTION.format(allowed=INTERVENTIONS, value=intervention))
+    if intervention == "gdro" and synthetic.groups is None:
+        raise ValueError(ERR_NO_SYN_GROUPS)
     if tuple(synthetic.images.shape[1:]) != test.image_shape:
         raise ValueError(ERR_SHAPE_MISMATCH.format(syn=tuple(synthetic.images.shape[1:]), test=test.image_shape))
     if tuple(synthetic.class_names) != test.class_names:
@@ -261,15 +297,23 @@ def audit_synthetic(
         )
         for seed in seeds
     ]
+    epochs = config.epochs if epochs is None else epochs
     schedule: dict[str, Any] = dict(
-        epochs=config.epochs + 1,
+        epochs=epochs + 1,
         lr=config.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
         batch_size=config.batch_size,
         dsa=dsa,
-        lr_decay_epoch=config.epochs // 2 + 1,
+        lr_decay_epoch=epochs // 2 + 1,
     )
+
+    def objective(models: int) -> GroupDRO | None:
+        if intervention != "gdro":
+            return None
+        groups = cast(Tensor, synthetic.groups).to(device)  # checked above
+        return GroupDRO(groups, num_groups=test.num_groups, step_size=config.gdro_step_size, num_models=models)
+
     generator = torch.Generator(device=device)
     generator.manual_seed(seeds[0])
     if config.stack_models and not has_buffers(nets[0]) and len(nets) > 1:
@@ -281,12 +325,13 @@ def audit_synthetic(
             cuda_graph=config.cuda_graph,
             precision=config.precision,
             stack_forward=config.stack_forward,
+            loss_fn=objective(len(nets)),
             **schedule,
         )
     else:
         for seed, net in zip(seeds, nets):
             generator.manual_seed(seed)
-            train_network(net, images, labels, generator=generator, **schedule)
+            train_network(net, images, labels, generator=generator, loss_fn=objective(1), **schedule)
     reports = []
     for run, net in enumerate(nets):
         predictions = predict(net, test_images, batch_size=config.test_batch_size).cpu()
@@ -314,15 +359,26 @@ def audit_architectures(
     network: NetworkConfig,
     device: torch.device | str = "cpu",
     progress: Callable[[str, int], None] | None = None,
+    epochs: int | None = None,
+    intervention: str = "none",
 ) -> dict[str, AuditResult]:
     """:func:`audit_synthetic` for every network of ``config.architectures``, in that order.
 
-    ``progress(architecture, done)`` is called after each evaluation.
+    ``progress(architecture, done)`` is called after each evaluation; ``epochs`` and
+    ``intervention`` are passed on.
     """
     results = {}
     for name in config.architectures:
         report = None if progress is None else (lambda done, name=name: progress(name, done))
         results[name] = audit_synthetic(
-            synthetic, test, config=config, network=network, device=device, progress=report, architecture=name
+            synthetic,
+            test,
+            config=config,
+            network=network,
+            device=device,
+            progress=report,
+            architecture=name,
+            epochs=epochs,
+            intervention=intervention,
         )
     return results
