@@ -46,7 +46,7 @@ import torch
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from fdd.config import COLORED_DATASETS, ConfigError, DataConfig
+from fdd.config import COLORED_DATASETS, DEFAULT_DSA_STRATEGY, ConfigError, DataConfig
 from fdd.report.reproduction import CELL_COLUMNS, MATCH_ACC, MATCH_DEO_M, paired_comparison, paper_table
 from flows.configuration import (  # the grid is read without Prefect
     CELL_KEYS,
@@ -85,6 +85,8 @@ FINGERPRINT_DEFAULTS: dict[str, dict[str, Any]] = {
     "audit": {"architectures": ["matching"]},
     "synthesis": {"barycenter_lambda": 1.0},
 }
+#: Audit settings that enter the fingerprint through the protocol they resolve to (:func:`evaluation_fingerprint`).
+PROTOCOL_KEYS: tuple[str, ...] = ("augmentation", "dsa_strategy", "dc_strategy", "learned_lr")
 ERR_NO_PREPARED = "cell {cell} has no prepared data at {path}; the dataset's ingest must run first"
 ERR_CELLS_FAILED = (
     "{failed} of {cells} sweep cells failed: {names}; the other cells finished and the tables are written "
@@ -172,6 +174,26 @@ def _cell_device(device: str, *, local_gpus: int, worker: str | None = None) -> 
     return f"{torch.device(device).type}:{int(name) % local_gpus}"
 
 
+def evaluation_fingerprint(config: FlowConfig) -> dict[str, Any] | None:
+    """The audit protocol a cell's set gets, where it differs from the one every earlier record used.
+
+    The audit settings ``augmentation``, ``dsa_strategy``, ``dc_strategy`` and ``learned_lr``
+    (:data:`PROTOCOL_KEYS`) came after records were first kept, when every set was audited with
+    DSA's default strategy (or nothing, with ``audit.dsa: false``) at ``audit.lr``. They enter the
+    fingerprint through what they resolve to for the cell's backbone: None when that is the earlier
+    protocol (so a DM cell keeps its fingerprint), else the resolved augmentation, its families, and
+    whether the learning rate is MTT's learned one.
+    """
+    audit, backbone = config.audit, config.synthesis.backbone
+    augmentation = audit.resolved_augmentation(backbone)
+    strategy = {"dsa": audit.dsa_strategy, "dc": audit.dc_strategy or "reference"}.get(augmentation, "none")
+    learned = audit.learned_lr and backbone == "mtt"
+    earlier = ("dsa", DEFAULT_DSA_STRATEGY) if audit.dsa else ("none", "none")
+    if (augmentation, strategy) == earlier and not learned:
+        return None
+    return {"augmentation": augmentation, "strategy": strategy, "lr": "learned" if learned else "audit.lr"}
+
+
 def cell_fingerprint(config: FlowConfig) -> str:
     """SHA-256 of the settings that decide a cell's result (:data:`NOT_IN_FINGERPRINT` left out)."""
     raw = config.model_dump(mode="json")
@@ -183,6 +205,11 @@ def cell_fingerprint(config: FlowConfig) -> str:
         for key, default in defaults.items():
             if kept[section].get(key, default) == default:
                 kept[section].pop(key, None)
+    for key in PROTOCOL_KEYS:
+        kept["audit"].pop(key, None)
+    protocol = evaluation_fingerprint(config)
+    if protocol is not None:
+        kept["audit"]["protocol"] = protocol
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 

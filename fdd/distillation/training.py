@@ -86,6 +86,7 @@ def train_network(
     forward: Callable[[Tensor], Tensor] | None = None,
     augment: Callable[..., Tensor] = apply_dsa,
     plan: TrainingPlan | None = None,
+    transform: Callable[[Tensor], Tensor] | None = None,
 ) -> nn.Module:
     """Train ``net`` on (images, labels) with SGD and cross-entropy, DSA per batch.
 
@@ -95,7 +96,8 @@ def train_network(
     ``torch.compile``-d versions). The batch orders and DSA parameters of all epochs
     are drawn first, in one :func:`draw_training_plan` call from ``generator``; this
     removes most of the per-step launch overhead on a GPU. ``plan`` passes such a
-    draw in instead.
+    draw in instead. ``transform``, when given, is applied to every batch after DSA (the
+    audit's DC augmentation, :func:`fdd.distillation.augment.dc_augment`, which draws as it goes).
     """
     forward = forward if forward is not None else net
     net.train()
@@ -134,6 +136,8 @@ def train_network(
                 x, y = images[idx], labels[idx]
             if plan.dsa is not None:
                 x = augment(x, slots[: x.shape[0]] + (epoch * plan.slots_per_epoch + start), plan.dsa, config=dsa)
+            if transform is not None:
+                x = transform(x)
             loss = F.cross_entropy(forward(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
