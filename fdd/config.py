@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 __all__ = [
     "ARCHITECTURES",
+    "AUDIT_AUGMENTATIONS",
     "ArchitectureSpec",
     "AUDIT_INTERVENTIONS",
     "AuditConfig",
@@ -36,6 +37,10 @@ __all__ = [
     "DATASETS",
     "DEFAULT_NORMS",
     "COLORED_KEYS",
+    "DC_AUGMENT_FAMILIES",
+    "DEFAULT_DSA_STRATEGY",
+    "DSA_FAMILIES",
+    "REFERENCE_AUGMENTATION",
     "CelebAConfig",
     "Cifar10sConfig",
     "ConfigError",
@@ -746,6 +751,32 @@ def parse_architecture(name: str) -> ArchitectureSpec:
     return ArchitectureSpec(name=name, base=base, **values)
 
 
+#: The augmentations of the audit's training (``audit.augmentation``; docs/evaluation.md).
+AUDIT_AUGMENTATIONS: tuple[str, ...] = ("auto", "dsa", "dc", "none")
+#: The DSA families (fdd.distillation.augment) and the reference's default strategy string.
+DSA_FAMILIES: tuple[str, ...] = ("color", "crop", "cutout", "flip", "scale", "rotate")
+DEFAULT_DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+#: The families of DC's (non-differentiable) evaluation augmentation (fdd.distillation.augment.dc_augment).
+DC_AUGMENT_FAMILIES: tuple[str, ...] = ("crop", "scale", "rotate", "noise")
+#: ``audit.augmentation: auto``: the augmentation the reference code evaluates each backbone's sets with
+#: (docs/evaluation.md): DSA for DM and MTT, DC's ``get_daparam`` augmentation for DC and CAFE, none for IDC.
+#: A set without a recorded backbone (a file made elsewhere) is audited with DSA.
+REFERENCE_AUGMENTATION: dict[str, str] = {"dm": "dsa", "mtt": "dsa", "dc": "dc", "cafe": "dc", "idc": "none"}
+ERR_STRATEGY_FAMILIES = "{key} {value!r} names unknown families {unknown}; a strategy joins with '_' some of {allowed}"
+ERR_AUGMENTATION_WITHOUT_DSA = (
+    "audit.augmentation={augmentation!r} needs audit.dsa: true (audit.dsa: false turns every evaluation "
+    "augmentation off); set audit.augmentation to 'none' or 'auto', or audit.dsa to true"
+)
+
+
+def _check_strategy(value: str, *, key: str, allowed: tuple[str, ...]) -> str:
+    names = [] if value.lower() == "none" else value.split("_")
+    unknown = [n for n in names if n not in allowed]
+    if unknown or not value:
+        raise ValueError(ERR_STRATEGY_FAMILIES.format(key=key, value=value, unknown=unknown, allowed=list(allowed)))
+    return value
+
+
 class AuditConfig(_Section):
     """Evaluation of a synthetic set: train fresh ConvNets, test on the real test split."""
 
@@ -755,7 +786,7 @@ class AuditConfig(_Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     batch_size: int = Field(256, ge=1)
-    dsa: bool = True
+    dsa: bool = Field(True, description="augment the evaluation training at all (false: never, e.g. on tabular data)")
     test_batch_size: int = Field(2048, ge=1)
     seed: int = Field(0, ge=0)
     stack_models: bool = Field(
@@ -797,6 +828,54 @@ class AuditConfig(_Section):
         "'convnet-w64', 'alexnet', 'vgg11-bn', 'resnet18', 'resnet18-in', 'mlp' (docs/evaluation.md); the first one's "
         "figures are metrics.json's headline",
     )
+
+    augmentation: Literal["auto", "dsa", "dc", "none"] = Field(
+        "auto",
+        description="augmentation of the evaluation training: 'auto' follows the reference per backbone of the "
+        "set (DSA for DM and MTT sets, DC's get_daparam augmentation for DC and CAFE, none for IDC; DSA for a set "
+        "of unknown backbone), or 'dsa', 'dc', 'none' for every set (docs/evaluation.md)",
+    )
+    dsa_strategy: str = Field(
+        DEFAULT_DSA_STRATEGY,
+        description="DSA families of the evaluation training, joined with '_' (the reference's --dsa_strategy)",
+    )
+    dc_strategy: str | None = Field(
+        None,
+        description="DC augmentation families (crop, scale, rotate, noise joined with '_', or 'none'); None: "
+        "the reference's get_daparam choice ('crop_noise' for a batch-norm ConvNet, else 'none')",
+    )
+    learned_lr: bool = Field(
+        True,
+        description="train on a set that carries a learned learning rate (MTT's syn_lr, in synthetic.pt's "
+        "provenance) with that rate instead of audit.lr, as the MTT reference evaluates",
+    )
+
+    @field_validator("dsa_strategy")
+    @classmethod
+    def _dsa_families(cls, value: str) -> str:
+        return _check_strategy(value, key="audit.dsa_strategy", allowed=DSA_FAMILIES)
+
+    @field_validator("dc_strategy")
+    @classmethod
+    def _dc_families(cls, value: str | None) -> str | None:
+        return None if value is None else _check_strategy(value, key="audit.dc_strategy", allowed=DC_AUGMENT_FAMILIES)
+
+    @model_validator(mode="after")
+    def _augmentation_needs_dsa(self) -> AuditConfig:
+        if not self.dsa and self.augmentation in ("dsa", "dc"):
+            raise ValueError(ERR_AUGMENTATION_WITHOUT_DSA.format(augmentation=self.augmentation))
+        return self
+
+    def resolved_augmentation(self, backbone: str | None) -> str:
+        """The augmentation a set of ``backbone`` (None: unknown) is audited with: 'dsa', 'dc' or 'none'.
+
+        ``dsa: false`` turns it off; ``auto`` looks the backbone up in :data:`REFERENCE_AUGMENTATION`.
+        """
+        if not self.dsa:
+            return "none"
+        if self.augmentation != "auto":
+            return self.augmentation
+        return REFERENCE_AUGMENTATION.get(backbone or "", "dsa")
 
     def epochs_for(self, mode: str) -> int:
         """The training epochs of the audit of ``mode``: :attr:`full_data_epochs` for ``full-data``, else :attr:`epochs`."""

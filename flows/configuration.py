@@ -12,6 +12,7 @@ writes (no Prefect home, no workspace folder, no lock).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -24,7 +25,15 @@ from pydantic import Field, field_validator, model_validator
 
 from fdd.config import DATASETS, Backbone, ConfigError, Mode, PipelineConfig, Section, deep_merge, parse_config
 
-SWEEP_AXES: tuple[str, ...] = ("datasets", "ipcs", "backbones", "modes", "seeds")
+SWEEP_AXES: tuple[str, ...] = ("datasets", "ipcs", "backbones", "modes", "seeds", "lambdas")
+#: The cell key of the ``sweep.lambdas`` axis (present only in the cells it applies to).
+LAMBDA_KEY = "lambda"
+#: The (backbone, mode) cells that ``sweep.lambdas`` multiplies: those synthesis.barycenter_lambda applies to.
+LAMBDA_CELLS: tuple[tuple[str, str], ...] = (("dm", "cobra"),)
+ERR_SWEEP_LAMBDAS = (
+    "sweep.lambdas must list numbers in [0, 1] (synthesis.barycenter_lambda's range: 0 is vanilla's pooled "
+    "target, 1 cobra's uniform barycenter), each once, at least one; got {value!r}"
+)
 ERR_EMPTY_AXIS = "sweep.{axis} must list at least one value"
 ERR_SWEEP_DATASET = (
     "sweep.datasets lists {unknown}, which is neither a dataset ({datasets}) nor a name in sweep.variants ({variants})"
@@ -96,6 +105,25 @@ class SweepConfig(Section):
         description="CSV path (inside the workspace) for the comparison with the published DM table "
         "(fdd.report.reproduction); a markdown rendering is written beside it",
     )
+    lambdas: tuple[float, ...] | None = Field(
+        None,
+        description="the frontier axis: the DM cobra cells run once per value as synthesis.barycenter_lambda "
+        "(0: vanilla's pooled target, 1: cobra's uniform barycenter; e.g. [0, 0.25, 0.5, 0.75, 1]); the other "
+        "cells are unchanged. None: no axis (cobra at synthesis.barycenter_lambda)",
+    )
+
+    @field_validator("lambdas", mode="before")
+    @classmethod
+    def _lambdas(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        ok = isinstance(value, (list, tuple)) and len(value) > 0
+        ok = ok and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1 for v in value
+        )
+        if not ok or len(set(value)) != len(value):
+            raise ValueError(ERR_SWEEP_LAMBDAS.format(value=value))
+        return tuple(float(v) for v in value)
 
     @field_validator("records", "paper_table")
     @classmethod
@@ -319,18 +347,38 @@ def with_modes(config: FlowConfig, modes: Sequence[str]) -> FlowConfig:
 
 
 def sweep_cells(sweep: SweepConfig) -> list[dict[str, Any]]:
-    """Every cell of the grid, in the order dataset, ipc, backbone, mode, seed."""
-    grid = itertools.product(sweep.datasets, sweep.ipcs, sweep.backbones, sweep.modes, sweep.seeds)
-    return [dict(zip(CELL_KEYS, values)) for values in grid]
+    """Every cell of the grid, in the order dataset, ipc, backbone, mode, (lambda,) seed.
+
+    With ``sweep.lambdas`` each cell of :data:`LAMBDA_CELLS` (DM in mode cobra) comes once per
+    lambda, with the key :data:`LAMBDA_KEY`; the other cells have no such key.
+    """
+    cells: list[dict[str, Any]] = []
+    for dataset, ipc, backbone, mode in itertools.product(sweep.datasets, sweep.ipcs, sweep.backbones, sweep.modes):
+        lambdas: tuple[float | None, ...] = (None,)
+        if sweep.lambdas is not None and (backbone, mode) in LAMBDA_CELLS:
+            lambdas = sweep.lambdas
+        for lam in lambdas:
+            for seed in sweep.seeds:
+                cell: dict[str, Any] = dict(zip(CELL_KEYS, (dataset, ipc, backbone, mode, seed)))
+                if lam is not None:
+                    cell[LAMBDA_KEY] = lam
+                cells.append(cell)
+    return cells
 
 
 def cell_id(cell: dict[str, Any]) -> str:
-    """A folder name for a cell, e.g. ``ipc10-dm-cobra-seed0``."""
-    return f"ipc{cell['ipc']}-{cell['backbone']}-{cell['mode']}-seed{cell['seed']}"
+    """A folder name for a cell, e.g. ``ipc10-dm-cobra-seed0``, ``ipc10-dm-cobra-lam0.25-seed0``.
+
+    A cell at lambda 1 (cobra's own target) has the name of the cell without the axis, so its
+    record and stage cache are the same.
+    """
+    lam = cell.get(LAMBDA_KEY)
+    suffix = f"-lam{lam:g}" if isinstance(lam, (int, float)) and not math.isnan(lam) and lam != 1.0 else ""
+    return f"ipc{cell['ipc']}-{cell['backbone']}-{cell['mode']}{suffix}-seed{cell['seed']}"
 
 
 def cell_config(config: FlowConfig, cell: dict[str, Any]) -> FlowConfig:
-    """``config`` with the cell's dataset (or ``sweep.variants`` entry), IPC, backbone, mode and seed."""
+    """``config`` with the cell's dataset (or ``sweep.variants`` entry), IPC, backbone, mode, seed and lambda."""
     raw = config.model_dump(mode="json")
     variant = config.sweep.variants.get(cell["dataset"])
     if variant is None:
@@ -338,6 +386,8 @@ def cell_config(config: FlowConfig, cell: dict[str, Any]) -> FlowConfig:
     else:
         raw["data"] = deep_merge(raw["data"], variant)
     raw["synthesis"].update(ipc=cell["ipc"], backbone=cell["backbone"], modes=[cell["mode"]])
+    if cell.get(LAMBDA_KEY) is not None:
+        raw["synthesis"]["barycenter_lambda"] = cell[LAMBDA_KEY]
     raw["runtime"]["seed"] = cell["seed"]
     raw["audit"]["seed"] = cell["seed"]
     return parse_params(raw)

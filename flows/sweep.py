@@ -8,7 +8,12 @@ each, one GPU each when the device is CUDA) or on an existing cluster given its
 scheduler address (``sweep.address``). Inside a cell, the synthesize and audit stage
 tasks are the pipeline's own cached tasks, so a cell computed before (same data,
 settings and ``fdd/`` source) is skipped. The cells are gathered into one table with
-the mean and standard deviation over the seeds (``data/sweep/summary.{csv,md}``).
+the mean and standard deviation over the seeds (``data/sweep/summary.{csv,md}``), and the
+fairness-accuracy frontier, accuracy against DEO_M of every mode (``data/sweep/frontier.{csv,png}``).
+
+``sweep.lambdas`` adds an axis to the DM cobra cells: one cell per value of
+``synthesis.barycenter_lambda`` (``cell[..., cobra, lambda, seed]``, named ``...-cobra-lam0.25-seed0``;
+at lambda 1 the name and record of the cell without the axis), which the frontier draws as a curve.
 
 A cell that fails (its stage raises, or Dask gives up on it after its worker died
 ``distributed.scheduler.allowed-failures`` times; a cell whose worker dies is first run
@@ -46,11 +51,14 @@ import torch
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from fdd.config import COLORED_DATASETS, ConfigError, DataConfig
+from fdd.config import COLORED_DATASETS, DEFAULT_DSA_STRATEGY, ConfigError, DataConfig
+from fdd.report.frontier import frontier_table
+from fdd.report.plots import frontier_figure, save_figure
 from fdd.report.reproduction import CELL_COLUMNS, MATCH_ACC, MATCH_DEO_M, paired_comparison, paper_table
 from flows.configuration import (  # the grid is read without Prefect
     CELL_KEYS,
     ERR_NO_RECORDS,
+    LAMBDA_KEY,
     FlowConfig,
     SweepConfig,
     cell_id,
@@ -59,6 +67,7 @@ from flows.configuration import (  # the grid is read without Prefect
 from flows.lock import holds_workspace_lock
 from flows.pipeline import resolve_device, stage_call
 from tasks.base import (
+    atomic_write_bytes,
     atomic_write_text,
     call_stage,
     outputs_current,
@@ -85,6 +94,8 @@ FINGERPRINT_DEFAULTS: dict[str, dict[str, Any]] = {
     "audit": {"architectures": ["matching"], "precision": "fp32", "full_data_epochs": 20, "gdro_step_size": 0.01},
     "synthesis": {"barycenter_lambda": 1.0, "cui_bandwidth": 0.5},
 }
+#: Audit settings that enter the fingerprint through the protocol they resolve to (:func:`evaluation_fingerprint`).
+PROTOCOL_KEYS: tuple[str, ...] = ("augmentation", "dsa_strategy", "dc_strategy", "learned_lr")
 ERR_NO_PREPARED = "cell {cell} has no prepared data at {path}; the dataset's ingest must run first"
 ERR_CELLS_FAILED = (
     "{failed} of {cells} sweep cells failed: {names}; the other cells finished and the tables are written "
@@ -172,6 +183,26 @@ def _cell_device(device: str, *, local_gpus: int, worker: str | None = None) -> 
     return f"{torch.device(device).type}:{int(name) % local_gpus}"
 
 
+def evaluation_fingerprint(config: FlowConfig) -> dict[str, Any] | None:
+    """The audit protocol a cell's set gets, where it differs from the one every earlier record used.
+
+    The audit settings ``augmentation``, ``dsa_strategy``, ``dc_strategy`` and ``learned_lr``
+    (:data:`PROTOCOL_KEYS`) came after records were first kept, when every set was audited with
+    DSA's default strategy (or nothing, with ``audit.dsa: false``) at ``audit.lr``. They enter the
+    fingerprint through what they resolve to for the cell's backbone: None when that is the earlier
+    protocol (so a DM cell keeps its fingerprint), else the resolved augmentation, its families, and
+    whether the learning rate is MTT's learned one.
+    """
+    audit, backbone = config.audit, config.synthesis.backbone
+    augmentation = audit.resolved_augmentation(backbone)
+    strategy = {"dsa": audit.dsa_strategy, "dc": audit.dc_strategy or "reference"}.get(augmentation, "none")
+    learned = audit.learned_lr and backbone == "mtt"
+    earlier = ("dsa", DEFAULT_DSA_STRATEGY) if audit.dsa else ("none", "none")
+    if (augmentation, strategy) == earlier and not learned:
+        return None
+    return {"augmentation": augmentation, "strategy": strategy, "lr": "learned" if learned else "audit.lr"}
+
+
 def cell_fingerprint(config: FlowConfig) -> str:
     """SHA-256 of the settings that decide a cell's result (:data:`NOT_IN_FINGERPRINT` left out)."""
     raw = config.model_dump(mode="json")
@@ -183,6 +214,11 @@ def cell_fingerprint(config: FlowConfig) -> str:
         for key, default in defaults.items():
             if kept[section].get(key, default) == default:
                 kept[section].pop(key, None)
+    for key in PROTOCOL_KEYS:
+        kept["audit"].pop(key, None)
+    protocol = evaluation_fingerprint(config)
+    if protocol is not None:
+        kept["audit"]["protocol"] = protocol
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
@@ -199,7 +235,10 @@ def data_columns(config: FlowConfig) -> dict[str, Any]:
 def selected(sweep: SweepConfig, cell: dict[str, Any]) -> bool:
     """Whether ``sweep.compute_only`` lets this run compute ``cell`` (always, when it is unset)."""
     axes = {"datasets": "dataset", "ipcs": "ipc", "backbones": "backbone", "modes": "mode", "seeds": "seed"}
-    return all(cell[axes[axis]] in values for axis, values in (sweep.compute_only or {}).items())
+    axes["lambdas"] = LAMBDA_KEY  # a cell without the lambda axis is not limited by it
+    return all(
+        axes[axis] not in cell or cell[axes[axis]] in values for axis, values in (sweep.compute_only or {}).items()
+    )
 
 
 def record_path(records: Path, dataset: str, cell: dict[str, Any]) -> Path:
@@ -413,12 +452,17 @@ def summarize(cells: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample standard deviation (ddof=1) of each metric over the seeds of a cell, per architecture.
 
     The cells are first expanded to one row per evaluation architecture (:func:`per_architecture`);
-    ``architecture`` is a key of the summary, after ``mode``.
+    ``architecture`` is a key of the summary, after ``mode``, and with ``sweep.lambdas`` so is
+    ``lambda`` (blank for the cells without it).
     """
     cells = per_architecture(cells)
     keys = [k for k in CELL_KEYS if k != "seed"]
     keys[1:1] = [c for c in DATA_COLUMNS if c in cells.columns]
     keys.insert(keys.index("mode") + 1, "architecture")
+    if LAMBDA_KEY in cells.columns:  # the sweep.lambdas axis: blank for the cells it does not apply to
+        lam = pd.to_numeric(cells[LAMBDA_KEY], errors="coerce")
+        cells = cells.assign(**{LAMBDA_KEY: lam.astype(object).where(lam.notna(), "")})
+        keys.insert(keys.index("mode") + 1, LAMBDA_KEY)
     grouped = _finished(cells).groupby(keys, sort=False)[[m for m in METRICS if m in cells.columns]]
     summary = grouped.agg(["mean", "std"])
     summary.columns = [f"{metric}_{stat}" for metric, stat in summary.columns]
@@ -504,8 +548,8 @@ def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bo
             if cell["dataset"] != dataset:
                 continue
             recorded = read_record(record_path(records, dataset, cell), cell_fingerprint(cell_cfg)) if records else None
-            if recorded is not None:
-                rows.append({**recorded, "cached": True})
+            if recorded is not None:  # the grid's keys (a lambda-1 cell reads the record of the cell without the axis)
+                rows.append({**recorded, **cell, "cached": True})
             elif compute and selected(sweep, cell):
                 cells.append((cell, cell_cfg))
         if not cells:  # every cell of this dataset has its record, or none is computed in this run
@@ -559,7 +603,7 @@ def grid_flow(config: FlowConfig, workspace: str = ".", local_gpus: int = 0, com
         result["paper_table"] = write_paper_table(cells, config, workspace)
     failed = cells[cells["status"].ne(STATUS_OK)] if "status" in cells else cells.iloc[:0]
     if len(failed):
-        names = [f"{cell['dataset']}-{cell_id(cell)}" for cell in failed[list(CELL_KEYS)].to_dict(orient="records")]
+        names = [f"{cell['dataset']}-{cell_id(cell)}" for cell in failed.to_dict(orient="records")]
         raise SweepCellsFailedError(
             ERR_CELLS_FAILED.format(
                 failed=len(failed),
@@ -603,6 +647,7 @@ def write_tables(cells: pd.DataFrame, workspace: str, grid_size: int | None = No
     markdown = "# Sweep: mean and std over seeds\n\n" + summary.round(2).to_markdown(index=False) + "\n"
     atomic_write_text(out / "summary.md", markdown)
     publish_markdown("sweep", markdown, "sweep summary (mean and std over seeds)")
+    frontier = write_frontier(cells, out)
     publish_table("sweep-cells", json.loads(cells.to_json(orient="records")), "one row per sweep cell")
     finished = cells["status"].eq(STATUS_OK) if "status" in cells else pd.Series(True, index=cells.index)
     not_run = 0 if grid_size is None else grid_size - len(cells)
@@ -612,7 +657,32 @@ def write_tables(cells: pd.DataFrame, workspace: str, grid_size: int | None = No
         "failed": int((~finished).sum()),
         "not_run": not_run,
         "summary": str(out / "summary.csv"),
+        **({"frontier": str(frontier)} if frontier is not None else {}),
     }
+
+
+#: The frontier's panels: one subplot per dataset (a variant name), IPC and backbone.
+FRONTIER_PANELS: tuple[str, ...] = ("dataset", "ipc", "backbone")
+
+
+def write_frontier(cells: pd.DataFrame, out: Path) -> Path | None:
+    """``frontier.csv`` and ``frontier.png`` in ``out``: accuracy against DEO_M of every mode, and the lambda curve.
+
+    One point per (dataset, ipc, backbone, mode, lambda) with the mean and sample std over the
+    finished seeds (:func:`fdd.report.frontier.frontier_table`; the headline architecture's
+    figures). Nothing is written (None) before a cell finished.
+    """
+    finished = _finished(cells)
+    if finished.empty or not {"accuracy", "deo_m"} <= set(finished.columns):
+        return None
+    table = frontier_table(finished, panels=[c for c in FRONTIER_PANELS if c in finished.columns])
+    if table.empty:
+        return None
+    panels = [c for c in FRONTIER_PANELS if c in table.columns]
+    atomic_write_text(out / "frontier.csv", table.to_csv(index=False))
+    figure = frontier_figure(table, panels=panels, title="accuracy against DEO_M (mean and std over seeds)")
+    atomic_write_bytes(out / "frontier.png", save_figure(figure))
+    return out / "frontier.csv"
 
 
 def paper_grid(config: FlowConfig) -> list[tuple[str, str, int, str]]:
@@ -629,6 +699,9 @@ def write_paper_table(cells: pd.DataFrame, config: FlowConfig, workspace: str) -
     """``sweep.paper_table`` (CSV) and its markdown rendering: the DM cells against docs/method.md section 5."""
     path = Path(workspace) / str(config.sweep.paper_table)
     dm = _finished(cells)
+    if LAMBDA_KEY in dm:  # the published table's cobra is cobra's own target: lambda 1 (or no lambda axis)
+        lam = pd.to_numeric(dm[LAMBDA_KEY], errors="coerce")
+        dm = dm[lam.isna() | lam.eq(1.0)]
     if "backbone" in dm:
         dm = dm[dm["backbone"] == "dm"].rename(columns={"dataset": "sweep_dataset", "data_dataset": "dataset"})
     else:  # no cell computed and none recorded yet: every row of the grid is "not run"

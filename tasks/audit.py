@@ -76,7 +76,8 @@ def write_audit(
     ``metrics.json`` keeps the first architecture's figures at the top level (the matching
     network by default, as before evaluation architectures existed), names it in
     ``architecture``, holds every architecture's figures under ``architectures`` and their
-    order (that of ``audit.architectures``) in ``architecture_names``;
+    order (that of ``audit.architectures``) in ``architecture_names``, and each one's
+    :class:`fdd.fairness.audit.EvaluationProtocol` under ``evaluation_protocol``;
     ``architectures.csv`` has one row per architecture; ``runs.json`` the per-seed reports
     (the first architecture's at the top level, each under ``architectures``). The recall
     table, gap table and heatmap are the first architecture's first evaluation.
@@ -88,6 +89,10 @@ def write_audit(
         "architecture": first_name,
         "architectures": figures,
         "architecture_names": list(figures),
+        # how each architecture was trained: augmentation, its families, learning rate (docs/evaluation.md)
+        "evaluation_protocol": {
+            name: result.protocol.to_dict() for name, result in results.items() if result.protocol is not None
+        },
     }  # JSON keys are written sorted: this keeps the listed order
     runs = {**first.to_dict(), "architectures": {name: result.to_dict() for name, result in results.items()}}
     table = pd.DataFrame([{"architecture": name, **values} for name, values in figures.items()])

@@ -16,7 +16,8 @@ from fdd.report.assemble import (
     recall_series,
     report_markdown,
 )
-from fdd.report.plots import loss_curves, save_figure
+from fdd.report.frontier import frontier_from_metrics
+from fdd.report.plots import frontier_figure, loss_curves, save_figure
 from tasks.base import (
     atomic_write_bytes,
     atomic_write_json,
@@ -31,6 +32,8 @@ from tasks.base import (
 def report_figures(root: Path, modes: tuple[str, ...]) -> list[tuple[str, Path]]:
     """(caption, PNG) of the report: loss curves, then per mode the synthetic grid and recall heatmap."""
     figures = [("Matching loss per mode (scaled by its first value)", root / "data/report/loss_curves.png")]
+    if (root / "data/report/frontier.png").exists():
+        figures.append(("Accuracy against DEO_M per mode (std over evaluations)", root / "data/report/frontier.png"))
     for m in modes:
         figures.append((f"{m}: synthetic images, one row per class", root / "data/synthetic" / m / "grid.png"))
         figures.append((f"{m}: test recall per group and class (%)", root / "data/audit" / m / "group_recall.png"))
@@ -39,7 +42,12 @@ def report_figures(root: Path, modes: tuple[str, ...]) -> list[tuple[str, Path]]
 
 @stage("report")
 def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...], config: PipelineConfig) -> list[Path]:
-    """Write ``data/report/{report.md, comparison.csv, loss_curves.png}``, ``data/metrics.json`` and ``data/plots/``."""
+    """Write ``data/report/{report.md, comparison.csv, loss_curves.png}``, ``data/metrics.json`` and ``data/plots/``.
+
+    Also ``data/report/frontier.{csv,png}``, accuracy against DEO_M of every mode (the
+    frontier; cobra labelled with its ``synthesis.barycenter_lambda`` when that is not 1),
+    unless no mode has a DEO_M (one group in the test split).
+    """
     root = Path(workspace)
     out = stage_dir(workspace, "report")
     metrics = {m: json.loads((root / "data/audit" / m / "metrics.json").read_text()) for m in modes}
@@ -56,6 +64,14 @@ def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...],
             atomic_write_text(path, frame.to_csv(index=False))
             plot_files.append(path)
     atomic_write_bytes(out / "loss_curves.png", save_figure(loss_curves(curves)))
+    lam = config.synthesis.barycenter_lambda
+    frontier = frontier_from_metrics(metrics, lambdas={"cobra": lam} if lam != 1.0 else None)
+    frontier_files = []
+    if len(frontier):
+        atomic_write_text(out / "frontier.csv", frontier.to_csv(index=False))
+        figure = frontier_figure(frontier, title="accuracy against DEO_M (mean and std over evaluations)")
+        atomic_write_bytes(out / "frontier.png", save_figure(figure))
+        frontier_files = [out / "frontier.csv", out / "frontier.png"]
     summary = headline(metrics)
     markdown = report_markdown(
         table=table,
@@ -76,4 +92,11 @@ def write_report(workspace: str, inputs: dict[str, str], modes: tuple[str, ...],
         "report", markdown.replace(FIGURES_MARKER, figure_markdown(figures, base=None)), "fair distillation report"
     )
     publish_table("comparison", table.to_dict("records"), summary or "modes side by side")
-    return [out / "report.md", out / "comparison.csv", out / "loss_curves.png", root / "data/metrics.json", *plot_files]
+    return [
+        out / "report.md",
+        out / "comparison.csv",
+        out / "loss_curves.png",
+        *frontier_files,
+        root / "data/metrics.json",
+        *plot_files,
+    ]

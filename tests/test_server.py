@@ -218,13 +218,18 @@ def test_server_serve_deployment_run_and_artifacts(
         assert by_key["report"]["type"] == "markdown" and "DEO_M" in by_key["report"]["data"]
         assert by_key["comparison"]["type"] == "table"
         assert by_key["synthesis-cobra"]["type"] == "progress" and float(by_key["synthesis-cobra"]["data"]) == 100.0
-        # the UI's report carries the figures inline (loss curves, grid, heatmap) as decodable PNGs
+        # the UI's report carries the figures inline (loss curves, frontier, grid, heatmap) as decodable PNGs
         inline = re.findall(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", by_key["report"]["data"])
-        assert len(inline) == 3 and all(base64.b64decode(data).startswith(b"\x89PNG") for data in inline)
+        assert len(inline) == 4 and all(base64.b64decode(data).startswith(b"\x89PNG") for data in inline)
         # report.md links the same PNG files, relative to data/report/
         report = tiny_workspace / "data/report"
         links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (report / "report.md").read_text())
-        assert sorted(links) == ["../audit/cobra/group_recall.png", "../synthetic/cobra/grid.png", "loss_curves.png"]
+        assert sorted(links) == [
+            "../audit/cobra/group_recall.png",
+            "../synthetic/cobra/grid.png",
+            "frontier.png",
+            "loss_curves.png",
+        ]
         for link in links:
             assert (report / link).read_bytes().startswith(b"\x89PNG"), link
     finally:

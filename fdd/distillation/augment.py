@@ -12,6 +12,10 @@ drawn per *slot* (:func:`draw_dsa`) and every image reads the parameters of its 
 synthetic batch reproduces the siamese behaviour with one parameter draw per class;
 passing ``arange(N)`` gives independent per-image parameters (training-time DSA).
 Every transform is differentiable in the pixels.
+
+:func:`dc_augment` is the other augmentation of the reference's evaluation protocol: DC's
+``augment`` (crop, scale, rotate, noise, one per image), which the reference evaluates DC and
+CAFE sets with (``get_daparam``; docs/evaluation.md). It is not meant for matching.
 """
 
 from __future__ import annotations
@@ -23,18 +27,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fdd.config import DC_AUGMENT_FAMILIES, DEFAULT_DSA_STRATEGY, DSA_FAMILIES
+
 __all__ = [
+    "DC_FAMILIES",
     "DEFAULT_STRATEGY",
+    "DCAugmentConfig",
     "DSAConfig",
     "DSADraw",
     "FAMILIES",
     "apply_dsa",
     "augment_per_image",
+    "dc_augment",
     "draw_dsa",
 ]
 
-FAMILIES: tuple[str, ...] = ("color", "crop", "cutout", "flip", "scale", "rotate")
-DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+FAMILIES: tuple[str, ...] = DSA_FAMILIES
+DEFAULT_STRATEGY = DEFAULT_DSA_STRATEGY
+DC_FAMILIES: tuple[str, ...] = DC_AUGMENT_FAMILIES
+ERR_DC_STRATEGY = "DC augmentation strategy {strategy!r} names unknown families {unknown}; allowed families: {allowed}"
 
 ERR_STRATEGY = "DSA strategy {strategy!r} names unknown families {unknown}; allowed families: {allowed}"
 ERR_SLOTS = "slots must be a 1-D integer tensor of length N={n} with values in [0, {k}); got {detail}"
@@ -243,3 +254,94 @@ def augment_per_image(
         device=x.device,
     )
     return apply_dsa(x, torch.arange(x.shape[0], device=x.device), draw, config=config)
+
+
+@dataclass(frozen=True)
+class DCAugmentConfig:
+    """DC's evaluation augmentation: the families of ``strategy`` and their magnitudes.
+
+    The magnitudes are those of the reference's ``get_daparam`` (crop 4 pixels, scale 0.2,
+    rotate 45 degrees, noise 0.001); ``strategy`` joins families of :data:`DC_FAMILIES`
+    with ``_`` (``'none'``: no augmentation).
+    """
+
+    strategy: str = "none"
+    crop: int = 4
+    scale: float = 0.2
+    rotate: int = 45
+    noise: float = 0.001
+
+    def families(self) -> tuple[str, ...]:
+        if self.strategy.lower() == "none" or not self.strategy:
+            return ()
+        names = tuple(self.strategy.split("_"))
+        unknown = [n for n in names if n not in DC_FAMILIES]
+        if unknown:
+            raise ValueError(ERR_DC_STRATEGY.format(strategy=self.strategy, unknown=unknown, allowed=DC_FAMILIES))
+        return names
+
+
+def dc_augment(x: Tensor, *, config: DCAugmentConfig, generator: torch.Generator | None = None) -> Tensor:
+    """DC's evaluation augmentation of a batch ``x`` (N, C, H, W): one family per image, batched.
+
+    Each image gets one family of ``config.strategy``, drawn uniformly:
+
+    - ``crop``: the image padded by ``crop`` pixels with the batch's per-channel mean, then an
+      H x W window at offsets drawn from ``[0, 2 crop)`` (a shift of ``-crop .. crop - 1``);
+    - ``scale``: resized (nearest) to ``floor(u_h H) x floor(u_w H)``, ``u ~ U(1 - scale, 1 + scale)``,
+      centred on a zero canvas and centre-cropped back to H x W;
+    - ``rotate``: rotated about its centre by an integer angle in ``[-rotate, rotate)`` degrees,
+      filled with the mean of the channel means (bilinear; the reference's ``scipy.ndimage.rotate``
+      interpolates with cubic splines);
+    - ``noise``: plus ``noise`` times standard Gaussian noise.
+
+    Random draws come from ``generator`` (on ``x``'s device). Not differentiable in the
+    draws, and meant for training evaluation networks, as the reference uses it.
+    """
+    families = config.families()
+    if not families or x.shape[0] == 0:
+        return x
+    n, c, h, w = x.shape
+    device, dtype = x.device, x.dtype
+    choice = torch.randint(len(families), (n,), generator=generator, device=device)
+    mean = x.detach().mean(dim=(0, 2, 3))  # (C,) the batch's channel means, as the reference's `mean`
+    batch = torch.arange(n, device=device)
+    out = x
+    for k, family in enumerate(families):
+        if family == "crop":
+            p = config.crop
+            padded = mean.view(1, c, 1, 1).expand(n, c, h + 2 * p, w + 2 * p).clone()
+            padded[:, :, p : p + h, p : p + w] = x
+            r = torch.randint(2 * p, (n,), generator=generator, device=device)
+            q = torch.randint(2 * p, (n,), generator=generator, device=device)
+            rows = (r.unsqueeze(1) + torch.arange(h, device=device)).unsqueeze(2)  # (N, H, 1)
+            cols = (q.unsqueeze(1) + torch.arange(w, device=device)).unsqueeze(1)  # (N, 1, W)
+            done = padded.permute(0, 2, 3, 1)[batch.view(n, 1, 1), rows, cols].permute(0, 3, 1, 2)
+        elif family == "scale":
+            low, high = 1 - config.scale, 1 + config.scale
+            hs = (torch.rand(n, generator=generator, device=device) * (high - low) + low).mul(h).floor().long()
+            ws = (torch.rand(n, generator=generator, device=device) * (high - low) + low).mul(h).floor().long()
+            side = torch.maximum(torch.maximum(hs, ws), torch.full_like(hs, max(h, w)))
+            yi = torch.arange(h, device=device) + ((side - h) // 2 - (side - hs) // 2).unsqueeze(1)  # (N, H)
+            xj = torch.arange(w, device=device) + ((side - w) // 2 - (side - ws) // 2).unsqueeze(1)  # (N, W)
+            src_y = (yi * h).div(hs.unsqueeze(1), rounding_mode="floor").clamp(0, h - 1)
+            src_x = (xj * w).div(ws.unsqueeze(1), rounding_mode="floor").clamp(0, w - 1)
+            inside = ((yi >= 0) & (yi < hs.unsqueeze(1))).unsqueeze(2) & ((xj >= 0) & (xj < ws.unsqueeze(1))).unsqueeze(
+                1
+            )
+            gathered = x.permute(0, 2, 3, 1)[batch.view(n, 1, 1), src_y.unsqueeze(2), src_x.unsqueeze(1)]
+            done = torch.where(inside.unsqueeze(3), gathered, torch.zeros((), dtype=dtype, device=device))
+            done = done.permute(0, 3, 1, 2)
+        elif family == "rotate":
+            degrees = torch.randint(-config.rotate, config.rotate, (n,), generator=generator, device=device)
+            angle = degrees.to(dtype) * (math.pi / 180)
+            cos, sin = torch.cos(angle), torch.sin(angle)
+            zero = torch.zeros_like(cos)
+            theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+            grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
+            fill = mean.mean()
+            done = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+        else:  # noise
+            done = x + config.noise * torch.randn(x.shape, generator=generator, device=device, dtype=dtype)
+        out = torch.where((choice == k).view(n, 1, 1, 1), done, out)
+    return out

@@ -87,6 +87,7 @@ def train_network(
     augment: Callable[..., Tensor] = apply_dsa,
     plan: TrainingPlan | None = None,
     loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+    transform: Callable[[Tensor], Tensor] | None = None,
 ) -> nn.Module:
     """Train ``net`` on (images, labels) with SGD and cross-entropy, DSA per batch.
 
@@ -98,7 +99,9 @@ def train_network(
     removes most of the per-step launch overhead on a GPU. ``plan`` passes such a
     draw in instead. ``loss_fn(logits, labels, index)`` replaces the mean cross-entropy
     (``index``: the batch's positions in ``images``, e.g. to look up each sample's group;
-    :class:`fdd.fairness.gdro.GroupDRO`).
+    :class:`fdd.fairness.gdro.GroupDRO`). ``transform``, when given, is applied to every batch
+    after DSA (the audit's DC augmentation, :func:`fdd.distillation.augment.dc_augment`, which
+    draws as it goes).
     """
     forward = forward if forward is not None else net
     net.train()
@@ -138,6 +141,8 @@ def train_network(
                 x, y = images[idx], labels[idx]
             if plan.dsa is not None:
                 x = augment(x, slots[: x.shape[0]] + (epoch * plan.slots_per_epoch + start), plan.dsa, config=dsa)
+            if transform is not None:
+                x = transform(x)
             logits = forward(x)
             loss = F.cross_entropy(logits, y) if loss_fn is None else loss_fn(logits, y, idx)
             optimizer.zero_grad(set_to_none=True)

@@ -16,12 +16,18 @@ architecture of :func:`fdd.models.architectures.build_architecture` (``architect
 :func:`audit_architectures` audits several). Networks with batch norm keep running
 statistics in buffers, which :func:`torch.func.functional_call` under :func:`torch.func.vmap`
 cannot update per model: they are trained one at a time, with the same schedule.
+
+The evaluation protocol follows the set's backbone as the reference code does
+(:func:`evaluation_protocol`; docs/evaluation.md): the augmentation of ``audit.augmentation``
+(``auto``: DSA for DM and MTT sets, DC's augmentation for DC and CAFE sets, none for IDC
+sets), and for a set that carries a learned learning rate (MTT's ``mtt_syn_lr``) that rate.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -32,9 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from fdd.config import AuditConfig, NetworkConfig
+from fdd.config import AuditConfig, NetworkConfig, parse_architecture
 from fdd.datasets.containers import GroupedImages, SyntheticSet
-from fdd.distillation.augment import DSAConfig, DSADraw, apply_dsa
+from fdd.distillation.augment import DCAugmentConfig, DSAConfig, DSADraw, apply_dsa, dc_augment
 from fdd.distillation.cuda_graph import CapturedStep
 from fdd.distillation.training import draw_training_plan, train_network
 from fdd.fairness.gdro import GroupDRO
@@ -43,11 +49,15 @@ from fdd.models.architectures import build_architecture, has_buffers
 
 __all__ = [
     "AuditResult",
+    "EvaluationProtocol",
     "INTERVENTIONS",
+    "LEARNED_LR_KEY",
     "STACKED_DRAW_SLOTS",
     "audit_architectures",
     "audit_synthetic",
+    "evaluation_protocol",
     "predict",
+    "reference_dc_strategy",
     "train_stacked",
 ]
 
@@ -72,6 +82,64 @@ ERR_STACK_BUFFERS = (
 
 
 STACKED_DRAW_SLOTS = 2**20  # DSA parameters drawn at once: a chunk of epochs of about 50 MB
+#: The provenance key of a learned evaluation learning rate (MTT's syn_lr, fdd.distillation.backbones.mtt).
+LEARNED_LR_KEY = "mtt_syn_lr"
+
+
+@dataclass(frozen=True)
+class EvaluationProtocol:
+    """How one set is audited on one architecture: augmentation and learning rate.
+
+    ``augmentation`` is ``dsa`` (families ``strategy``), ``dc`` (DC's augmentation, families
+    ``strategy``; ``none`` when it names none) or ``none``; ``lr`` the initial learning rate and
+    ``lr_source`` where it came from (``audit.lr`` or the set's ``mtt_syn_lr``).
+    """
+
+    augmentation: str
+    strategy: str
+    lr: float
+    lr_source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def reference_dc_strategy(architecture: str, network: NetworkConfig) -> str:
+    """The reference's ``get_daparam`` strategy for an evaluation architecture.
+
+    ``get_daparam(dataset, model, model_eval, ipc)`` starts from ``'none'``, picks
+    ``'crop_scale_rotate'`` for the dataset named ``'MNIST'`` (plain MNIST; the biased
+    datasets are named otherwise, e.g. ``Colored_MNIST_foreground``, so never for fdd's) and
+    ``'crop_noise'`` when the evaluation model is ``ConvNetBN`` (a ConvNet with batch norm);
+    the IPC is not used.
+    """
+    spec = parse_architecture(architecture)
+    if spec.base == "matching":
+        batchnorm_convnet = network.architecture == "convnet" and network.norm == "batchnorm"
+    else:
+        batchnorm_convnet = spec.base == "convnet" and spec.norm == "batchnorm"
+    return "crop_noise" if batchnorm_convnet else "none"
+
+
+def evaluation_protocol(
+    synthetic: SyntheticSet, *, config: AuditConfig, network: NetworkConfig, architecture: str = "matching"
+) -> EvaluationProtocol:
+    """The protocol ``synthetic`` is audited with on ``architecture`` (module docstring).
+
+    The backbone is read from the set's provenance (``backbone``; unknown for sets made
+    elsewhere, which :meth:`fdd.config.AuditConfig.resolved_augmentation` audits with DSA).
+    """
+    augmentation = config.resolved_augmentation(synthetic.provenance.get("backbone"))
+    if augmentation == "dsa":
+        strategy = config.dsa_strategy
+    elif augmentation == "dc":
+        strategy = config.dc_strategy or reference_dc_strategy(architecture, network)
+    else:
+        strategy = "none"
+    learned = synthetic.provenance.get(LEARNED_LR_KEY)
+    if config.learned_lr and isinstance(learned, (int, float)) and not isinstance(learned, bool) and learned > 0:
+        return EvaluationProtocol(augmentation, strategy, float(learned), LEARNED_LR_KEY)
+    return EvaluationProtocol(augmentation, strategy, config.lr, "audit.lr")
 
 
 def train_stacked(
@@ -91,6 +159,7 @@ def train_stacked(
     precision: str = "fp32",
     stack_forward: str = "vmap",
     loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+    transform: Callable[[Tensor], Tensor] | None = None,
 ) -> Sequence[nn.Module]:
     """Train several networks of one architecture at once, as one vectorised model.
 
@@ -117,6 +186,8 @@ def train_stacked(
     ``stack_forward="loop"`` computes the models' forward passes one after another inside the
     step (plain convolutions) instead of one :func:`torch.func.vmap` (grouped convolutions);
     the gradients are the same, each model's from its own slice of the stacked parameters.
+    ``transform``, when given, is applied to every batch after DSA (the DC augmentation,
+    which draws as it goes: its epochs are not captured).
     """
     m, n = len(nets), images.shape[0]
     params, buffers = stack_module_state(nets)
@@ -155,6 +226,8 @@ def train_stacked(
             if draws is not None:
                 slots = (offsets[:, :b] + (slot_base + j * m * block)).reshape(-1)
                 x = apply_dsa(x, slots, draws, config=cast(DSAConfig, dsa))  # draws exist only with dsa
+            if transform is not None:
+                x = transform(x)
             with autocast:
                 logits = forward(params, x.view(m, b, *x.shape[1:]))  # (M, b, classes)
             logits = logits.float()
@@ -191,7 +264,7 @@ def train_stacked(
         if orders is not None:
             order = orders[epoch % chunk]
         slot_base = slot_bases[epoch % chunk]
-        if cuda_graph and device.type == "cuda":
+        if cuda_graph and device.type == "cuda" and transform is None:
             rate = optimizer.param_groups[0]["lr"]
             if rate not in graphed:
                 graphed[rate] = CapturedStep(
@@ -227,6 +300,7 @@ class AuditResult:
 
     reports: tuple[FairnessReport, ...]
     summary: dict[str, Any]
+    protocol: EvaluationProtocol | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"summary": self.summary, "runs": [r.to_dict() for r in self.reports]}
@@ -284,7 +358,15 @@ def audit_synthetic(
     images = synthetic.images.to(device, torch.float32)
     labels = synthetic.labels.to(device)
     test_images = test.normalized(device)
-    dsa = DSAConfig() if config.dsa else None
+    protocol = evaluation_protocol(synthetic, config=config, network=network, architecture=architecture)
+    dsa = DSAConfig(strategy=protocol.strategy) if protocol.augmentation == "dsa" else None
+    generator = torch.Generator(device=device)
+    transform: Callable[[Tensor], Tensor] | None = None
+    if protocol.augmentation == "dc" and DCAugmentConfig(strategy=protocol.strategy).families():
+        transform = functools.partial(
+            dc_augment, config=DCAugmentConfig(strategy=protocol.strategy), generator=generator
+        )
+
     seeds = [config.seed * 1000 + run for run in range(config.num_eval)]
     nets = [
         build_architecture(
@@ -300,12 +382,13 @@ def audit_synthetic(
     epochs = config.epochs if epochs is None else epochs
     schedule: dict[str, Any] = dict(
         epochs=epochs + 1,
-        lr=config.lr,
+        lr=protocol.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
         batch_size=config.batch_size,
         dsa=dsa,
         lr_decay_epoch=epochs // 2 + 1,
+        transform=transform,
     )
 
     def objective(models: int) -> GroupDRO | None:
@@ -314,7 +397,6 @@ def audit_synthetic(
         groups = cast(Tensor, synthetic.groups).to(device)  # checked above
         return GroupDRO(groups, num_groups=test.num_groups, step_size=config.gdro_step_size, num_models=models)
 
-    generator = torch.Generator(device=device)
     generator.manual_seed(seeds[0])
     if config.stack_models and not has_buffers(nets[0]) and len(nets) > 1:
         train_stacked(
@@ -348,7 +430,7 @@ def audit_synthetic(
         )
         if progress is not None:
             progress(run + 1)
-    return AuditResult(reports=tuple(reports), summary=summarize_runs(reports))
+    return AuditResult(reports=tuple(reports), summary=summarize_runs(reports), protocol=protocol)
 
 
 def audit_architectures(

@@ -7,16 +7,18 @@ directly (no pyplot, no global backend choice, no display needed); the caller sa
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 from fdd.datasets.containers import SyntheticSet
 
-__all__ = ["loss_curves", "recall_heatmap", "save_figure", "synthetic_grid", "synthetic_rows"]
+__all__ = ["frontier_figure", "loss_curves", "recall_heatmap", "save_figure", "synthetic_grid", "synthetic_rows"]
 
 
 def synthetic_grid(synthetic: SyntheticSet, *, max_per_class: int = 10, title: str = "") -> Figure:
@@ -101,5 +103,68 @@ def synthetic_rows(synthetic: SyntheticSet, *, feature_names: Sequence[str] = ()
         ax.set_xlabel("feature")
     ax.set_title(title or f"synthetic rows ({synthetic.images_per_class} per class)")
     fig.colorbar(image, ax=ax, label="standardised value")
+    fig.tight_layout()
+    return fig
+
+
+def _nan_to_zero(values: pd.Series) -> np.ndarray:
+    return np.nan_to_num(values.to_numpy(dtype=float), nan=0.0)
+
+
+def frontier_figure(table: pd.DataFrame, *, panels: Sequence[str] = (), title: str = "") -> Figure:
+    """Accuracy against DEO_M, one subplot per panel (:func:`fdd.report.frontier.frontier_table`).
+
+    Each mode's point without a lambda is a marker with error bars (std over seeds; none for one
+    seed); a mode's points at several lambdas are joined in lambda order and labelled with
+    their lambda. A mode keeps its colour in every panel. Up-left is better: accurate and fair.
+    """
+    keys = list(panels)
+    groups = list(table.groupby(keys, sort=False)) if keys else [((), table)]
+    modes = list(dict.fromkeys(table["mode"]))
+    colours = {mode: f"C{i % 10}" for i, mode in enumerate(modes)}
+    columns = min(len(groups), 3) or 1
+    rows = -(-max(len(groups), 1) // columns)
+    fig = Figure(figsize=(5.2 * columns, 4.2 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    for ax, (key, panel) in zip(axes, groups):
+        key = key if isinstance(key, tuple) else (key,)
+        for mode in dict.fromkeys(panel["mode"]):
+            part = panel[panel["mode"] == mode]
+            lam = pd.to_numeric(part["lambda"], errors="coerce")
+            single, curve = part[lam.isna()], part[lam.notna()].sort_values("lambda")
+            style = dict(color=colours[mode], capsize=3, elinewidth=1)
+            if len(single):
+                ax.errorbar(
+                    single["deo_m_mean"],
+                    single["accuracy_mean"],
+                    xerr=_nan_to_zero(single["deo_m_std"]),
+                    yerr=_nan_to_zero(single["accuracy_std"]),
+                    fmt="o",
+                    label=mode,
+                    **style,
+                )
+            if len(curve):
+                ax.errorbar(
+                    curve["deo_m_mean"],
+                    curve["accuracy_mean"],
+                    xerr=_nan_to_zero(curve["deo_m_std"]),
+                    yerr=_nan_to_zero(curve["accuracy_std"]),
+                    fmt="-s",
+                    markersize=4,
+                    label=f"{mode}, lambda {', '.join(f'{v:g}' for v in curve['lambda'])}",
+                    **style,
+                )
+                for x, y, value in zip(curve["deo_m_mean"], curve["accuracy_mean"], curve["lambda"]):
+                    if not math.isnan(float(x)) and not math.isnan(float(y)):
+                        ax.annotate(f"{value:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xlabel("DEO_M (%, lower is fairer)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(", ".join(f"{k} {v}" for k, v in zip(keys, key)) or title or "fairness-accuracy frontier")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[len(groups) :]:
+        ax.set_visible(False)
+    if title and keys:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
