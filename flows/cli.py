@@ -297,7 +297,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="preset merged over the params file: 'full', 'quick', a dataset ('cifar10s', 'celeba', "
-        "'utkface', 'bffhq', 'folder') or a YAML path; repeatable, merged in order",
+        "'utkface', 'bffhq', 'folder'), a backbone ('dc', 'idc', 'cafe', 'mtt'), a GPU grid ('paper', 'frontier'; "
+        "'cross_architecture' and 'baselines' over 'paper') or a YAML path; repeatable, merged in order",
     )
     common.add_argument(
         "--set",
@@ -720,6 +721,8 @@ def _main(args: argparse.Namespace, workspace: str) -> int:
             )
             if "paper_table" in result:
                 print(f"published-table comparison: {result['paper_table']}")
+            if "results_table" in result:
+                print(f"results table: {result['results_table']}")
             return 0
         if args.command == "distill":
             pipeline.distill_flow(config, mode=args.mode, workspace=workspace)

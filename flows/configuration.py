@@ -105,6 +105,12 @@ class SweepConfig(Section):
         description="CSV path (inside the workspace) for the comparison with the published DM table "
         "(fdd.report.reproduction); a markdown rendering is written beside it",
     )
+    results_table: str | None = Field(
+        None,
+        description="CSV path (inside the workspace) for the compact results table: one row per dataset, bias, IPC, "
+        "mode and evaluation architecture, columns dataset,bias,ipc,mode,architecture,seeds,acc_mean,acc_std,"
+        "deo_m_mean,deo_m_std,deo_a_mean (fdd.report.reproduction.results_table); a markdown rendering beside it",
+    )
     lambdas: tuple[float, ...] | None = Field(
         None,
         description="the frontier axis: the DM cobra cells run once per value as synthesis.barycenter_lambda "
@@ -125,7 +131,7 @@ class SweepConfig(Section):
             raise ValueError(ERR_SWEEP_LAMBDAS.format(value=value))
         return tuple(float(v) for v in value)
 
-    @field_validator("records", "paper_table")
+    @field_validator("records", "paper_table", "results_table")
     @classmethod
     def _inside_workspace(cls, value: str | None, info: Any) -> str | None:
         if value is not None:

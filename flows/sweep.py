@@ -54,7 +54,14 @@ from prefect.cache_policies import NO_CACHE
 from fdd.config import COLORED_DATASETS, DEFAULT_DSA_STRATEGY, ConfigError, DataConfig
 from fdd.report.frontier import frontier_table
 from fdd.report.plots import frontier_figure, save_figure
-from fdd.report.reproduction import CELL_COLUMNS, MATCH_ACC, MATCH_DEO_M, paired_comparison, paper_table
+from fdd.report.reproduction import (
+    CELL_COLUMNS,
+    MATCH_ACC,
+    MATCH_DEO_M,
+    paired_comparison,
+    paper_table,
+    results_table,
+)
 from flows.configuration import (  # the grid is read without Prefect
     CELL_KEYS,
     ERR_NO_RECORDS,
@@ -601,6 +608,8 @@ def grid_flow(config: FlowConfig, workspace: str = ".", local_gpus: int = 0, com
     result = write_tables(cells, workspace, grid_size=len(sweep_cell_configs(config)))
     if config.sweep.paper_table:
         result["paper_table"] = write_paper_table(cells, config, workspace)
+    if config.sweep.results_table:
+        result["results_table"] = write_results_table(cells, config, workspace)
     failed = cells[cells["status"].ne(STATUS_OK)] if "status" in cells else cells.iloc[:0]
     if len(failed):
         names = [f"{cell['dataset']}-{cell_id(cell)}" for cell in failed.to_dict(orient="records")]
@@ -709,8 +718,6 @@ def write_paper_table(cells: pd.DataFrame, config: FlowConfig, workspace: str) -
     table = paper_table(dm, paper_grid(config))
     paired = paired_comparison(dm, "cobra", "fairdd")
     atomic_write_text(path, table.to_csv(index=False, float_format="%.2f"))
-    devices = ", ".join(sorted({str(d) for d in cells.get("device_name", pd.Series(dtype=str)).dropna()})) or "-"
-    commits = ", ".join(sorted({str(c) for c in cells.get("fdd_commit", pd.Series(dtype=str)).dropna()})) or "-"
     markdown = (
         "\n\n".join(
             [
@@ -718,7 +725,7 @@ def write_paper_table(cells: pd.DataFrame, config: FlowConfig, workspace: str) -
                 "Mean and sample std over synthesis seeds (each seed: the mean of its evaluations), in %. "
                 "`suff_gap_mean`: the max-over-classes sufficiency (precision) gap, mean over seeds. Verdict: `match` "
                 f"within {MATCH_ACC:g} point of accuracy and {MATCH_DEO_M:g} of DEO_M of docs/method.md section 5.",
-                f"Devices: {devices}. fdd commits: {commits}.",
+                _provenance(cells),
                 table.round(2).to_markdown(index=False),
                 "## cobra against fairdd, paired over seeds",
                 "Per-seed differences (cobra - fairdd); p: two-sided paired t-test.",
@@ -729,6 +736,40 @@ def write_paper_table(cells: pd.DataFrame, config: FlowConfig, workspace: str) -
     )
     atomic_write_text(path.with_suffix(".md"), markdown)
     publish_markdown("paper-table", markdown, "the published DM table against fdd's sweep")
+    return str(path)
+
+
+def _provenance(cells: pd.DataFrame) -> str:
+    """ "Devices: ... fdd commits: ..." of the cells that name them."""
+    devices = ", ".join(sorted({str(d) for d in cells.get("device_name", pd.Series(dtype=str)).dropna()})) or "-"
+    commits = ", ".join(sorted({str(c) for c in cells.get("fdd_commit", pd.Series(dtype=str)).dropna()})) or "-"
+    return f"Devices: {devices}. fdd commits: {commits}."
+
+
+def write_results_table(cells: pd.DataFrame, config: FlowConfig, workspace: str) -> str:
+    """``sweep.results_table`` (CSV) and its markdown rendering: the compact per-architecture results.
+
+    Built from every cell of this grid (computed or recorded) through :func:`summarize` and
+    :func:`fdd.report.reproduction.results_table`; the matching network is named by its
+    architecture (``convnet`` for the ConvNet, ``mlp`` for the tabular network).
+    """
+    path = Path(workspace) / str(config.sweep.results_table)
+    table = results_table(summarize(cells), matching=config.network.architecture)
+    atomic_write_text(path, table.to_csv(index=False, float_format="%.2f"))
+    markdown = (
+        "\n\n".join(
+            [
+                f"# Sweep results: {path.stem}",
+                "Mean and sample std over synthesis seeds (each seed: the mean of its evaluations), in %; "
+                "`seeds`: the finished synthesis seeds of the row.",
+                _provenance(cells),
+                table.round(2).to_markdown(index=False),
+            ]
+        )
+        + "\n"
+    )
+    atomic_write_text(path.with_suffix(".md"), markdown)
+    publish_markdown("results-table", markdown, "the sweep's compact results table")
     return str(path)
 
 

@@ -34,8 +34,10 @@ __all__ = [
     "PAIRED_COLUMNS",
     "PAPER_COLUMNS",
     "PUBLISHED_DM",
+    "RESULTS_COLUMNS",
     "paired_comparison",
     "paper_table",
+    "results_table",
     "verdict",
 ]
 
@@ -102,6 +104,23 @@ PAIRED_COLUMNS: tuple[str, ...] = (
     "deo_m_lower_in",
 )
 
+#: The columns of a sweep's compact results table (``sweep.results_table``; issue 17's
+#: ``cross_architecture.csv`` and ``baselines.csv``): one row per dataset, bias, IPC, mode and
+#: evaluation architecture, mean and sample std over the synthesis seeds.
+RESULTS_COLUMNS: tuple[str, ...] = (
+    "dataset",
+    "bias",
+    "ipc",
+    "mode",
+    "architecture",
+    "seeds",
+    "acc_mean",
+    "acc_std",
+    "deo_m_mean",
+    "deo_m_std",
+    "deo_a_mean",
+)
+ERR_SUMMARY_COLUMNS = "results_table: the sweep summary lacks the columns {missing}; it needs {needed}"
 ERR_CELL_COLUMNS = "cells lack the columns {missing}; each row needs {needed}"
 
 
@@ -230,3 +249,49 @@ def paired_comparison(cells: pd.DataFrame, a: str = "cobra", b: str = "fairdd") 
         row["deo_m_lower_in"] = f"{int((left.loc[seeds, 'deo_m'] < right.loc[seeds, 'deo_m']).sum())}/{len(seeds)}"
         rows.append(row)
     return pd.DataFrame(rows, columns=list(PAIRED_COLUMNS))
+
+
+def results_table(summary: pd.DataFrame, *, matching: str = "convnet") -> pd.DataFrame:
+    """The compact results table (:data:`RESULTS_COLUMNS`) of a sweep summary.
+
+    Parameters
+    ----------
+    summary : DataFrame
+        The sweep's ``summary.csv``: one row per (sweep dataset, data_dataset, bias, ipc,
+        backbone, mode, [lambda,] architecture) with ``seeds`` and ``<metric>_mean`` /
+        ``<metric>_std`` over the synthesis seeds (each seed's value the mean of its evaluations).
+    matching : str
+        The name written for the architecture ``matching`` (the network synthesis matched with).
+
+    Returns
+    -------
+    DataFrame
+        ``dataset`` is fdd's dataset name (``data_dataset``), ``bias`` blank for datasets without
+        one; a mode run at a ``lambda`` other than blank is named ``<mode>-lam<lambda>``; rows
+        without a finished seed keep ``seeds`` 0 and blank figures.
+    """
+    needed = ["data_dataset", "ipc", "mode", "architecture", "seeds", "accuracy_mean", "deo_m_mean", "deo_a_mean"]
+    missing = [c for c in needed if c not in summary.columns]
+    if missing:
+        raise ValueError(ERR_SUMMARY_COLUMNS.format(missing=missing, needed=needed))
+    mode = summary["mode"].astype(str)
+    if "lambda" in summary.columns:
+        lam = pd.to_numeric(summary["lambda"], errors="coerce")
+        mode = mode.where(lam.isna(), mode + "-lam" + lam.map(lambda v: f"{v:g}"))
+    nan = pd.Series(float("nan"), index=summary.index)
+    table = pd.DataFrame(
+        {
+            "dataset": summary["data_dataset"],
+            "bias": summary["bias"].fillna("") if "bias" in summary.columns else "",
+            "ipc": summary["ipc"],
+            "mode": mode,
+            "architecture": summary["architecture"].replace({"matching": matching}),
+            "seeds": pd.to_numeric(summary["seeds"], errors="coerce").fillna(0).astype(int),
+            "acc_mean": summary["accuracy_mean"],
+            "acc_std": summary.get("accuracy_std", nan),
+            "deo_m_mean": summary["deo_m_mean"],
+            "deo_m_std": summary.get("deo_m_std", nan),
+            "deo_a_mean": summary["deo_a_mean"],
+        }
+    )
+    return table[list(RESULTS_COLUMNS)].reset_index(drop=True)

@@ -1,0 +1,120 @@
+"""``sweep.results_table``: the compact per-architecture results (issue 17's tables) and the presets that write them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fdd.report.reproduction import RESULTS_COLUMNS, results_table
+from flows.configuration import cell_id, load_config, sweep_cell_configs
+from flows.sweep import cell_fingerprint, summarize, write_results_table
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESETS = ROOT / "flows/presets"
+
+
+def cells_frame() -> pd.DataFrame:
+    """Two seeds of vanilla and cobra, each audited on the matching network and AlexNet (headline: matching)."""
+    rows = []
+    for mode, base in (("vanilla", 20.0), ("cobra", 90.0)):
+        for seed in (0, 1):
+            per_arch = {
+                "matching": {"accuracy": base + seed, "deo_m": 50.0 - 2 * seed, "deo_a": 10.0 + seed},
+                "alexnet": {"accuracy": base - 5 + 3 * seed, "deo_m": 60.0, "deo_a": 20.0},
+            }
+            rows.append(
+                {
+                    "dataset": "cmnist-fg",
+                    "data_dataset": "cmnist",
+                    "bias": "foreground",
+                    "shading": "binary",
+                    "ipc": 10,
+                    "backbone": "dm",
+                    "mode": mode,
+                    "seed": seed,
+                    **per_arch["matching"],
+                    "worst_group_accuracy": 1.0,
+                    "suff_m": 1.0,
+                    "suff_a": 1.0,
+                    "architecture": "matching",
+                    "architectures": json.dumps(per_arch),
+                    "status": "ok",
+                    "cached": False,
+                    "device_name": "NVIDIA H200",
+                    "fdd_commit": "abc1234",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_results_table_has_the_issue_columns_and_the_means_and_stds_over_seeds():
+    table = results_table(summarize(cells_frame()), matching="convnet")
+    assert tuple(table.columns) == RESULTS_COLUMNS
+    assert len(table) == 4 and set(table["architecture"]) == {"convnet", "alexnet"}
+    row = table[(table["mode"] == "cobra") & (table["architecture"] == "alexnet")].iloc[0]
+    assert row["dataset"] == "cmnist" and row["bias"] == "foreground" and row["seeds"] == 2
+    assert row["acc_mean"] == pytest.approx(86.5) and row["acc_std"] == pytest.approx(np.std([85.0, 88.0], ddof=1))
+    head = table[(table["mode"] == "vanilla") & (table["architecture"] == "convnet")].iloc[0]
+    assert head["deo_m_mean"] == pytest.approx(49.0) and head["deo_m_std"] == pytest.approx(np.sqrt(2.0))
+    assert head["deo_a_mean"] == pytest.approx(10.5)
+
+
+def test_results_table_names_lambda_cells_and_refuses_a_summary_without_figures():
+    cells = cells_frame().assign(**{"lambda": [np.nan, np.nan, 0.25, 0.25]})
+    table = results_table(summarize(cells))
+    assert set(table["mode"]) == {"vanilla", "cobra-lam0.25"}
+    with pytest.raises(ValueError, match=r"lacks the columns \['accuracy_mean'"):
+        results_table(summarize(cells_frame()).drop(columns="accuracy_mean"))
+
+
+def test_write_results_table_writes_csv_and_markdown_with_devices_and_commits(tmp_path):
+    config = load_config(
+        ROOT / "params.yaml", preset=[PRESETS / "paper.yaml", PRESETS / "cross_architecture.yaml"]
+    ).model_copy()
+    config = config.model_copy(update={"sweep": config.sweep.model_copy(update={"results_table": "out/table.csv"})})
+    path = Path(write_results_table(cells_frame(), config, str(tmp_path)))
+    assert path == tmp_path / "out/table.csv"
+    assert tuple(pd.read_csv(path).columns) == RESULTS_COLUMNS
+    markdown = path.with_suffix(".md").read_text()
+    assert "NVIDIA H200" in markdown and "abc1234" in markdown and "| alexnet" in markdown
+
+
+def test_the_results_table_path_stays_inside_the_workspace():
+    from fdd.config import ConfigError
+
+    with pytest.raises(ConfigError, match="results_table"):
+        load_config(ROOT / "params.yaml", overrides={"sweep": {"results_table": "../outside.csv"}})
+
+
+def test_cross_architecture_preset_audits_four_architectures_in_its_own_records():
+    config = load_config(ROOT / "params.yaml", preset=[PRESETS / "paper.yaml", PRESETS / "cross_architecture.yaml"])
+    assert config.audit.architectures == ("convnet", "alexnet", "vgg11", "resnet18")
+    assert (
+        config.sweep.paper_table is None and config.sweep.results_table == "benchmarks/results/cross_architecture.csv"
+    )
+    cells = sweep_cell_configs(config)
+    assert len(cells) == 2 * 3 * 3 and {cfg.data.dataset for _, cfg in cells} == {"cmnist", "cfmnist"}
+    assert {cfg.data.bias for _, cfg in cells} == {"foreground"}
+    # other audits than the paper's: other fingerprints, so the records live apart from the paper table's
+    assert config.sweep.records != load_config(ROOT / "params.yaml", preset=PRESETS / "paper.yaml").sweep.records
+
+
+def test_baselines_preset_reuses_the_paper_records_of_the_three_modes():
+    paper = load_config(ROOT / "params.yaml", preset=PRESETS / "paper.yaml")
+    config = load_config(ROOT / "params.yaml", preset=[PRESETS / "paper.yaml", PRESETS / "baselines.yaml"])
+    assert config.sweep.records == paper.sweep.records and config.sweep.paper_table is None
+    modes = set(config.sweep.modes)
+    assert {"random-real", "stratified-real", "full-data", "uniform-subgroup", "cui-reweight", "vanilla-gdro"} <= modes
+    expected = {
+        cell_id(c): cell_fingerprint(cfg) for c, cfg in sweep_cell_configs(paper) if c["dataset"] == "cmnist-fg"
+    }
+    shared = [
+        (cell_id(c), cell_fingerprint(cfg))
+        for c, cfg in sweep_cell_configs(config)
+        if c["mode"] in ("vanilla", "fairdd", "cobra")
+    ]
+    assert len(shared) == 9 and all(expected[name] == fp for name, fp in shared)
