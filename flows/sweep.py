@@ -51,7 +51,7 @@ import torch
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from fdd.config import COLORED_DATASETS, DEFAULT_DSA_STRATEGY, ConfigError, DataConfig
+from fdd.config import COLORED_DATASETS, DEFAULT_DSA_STRATEGY, REAL_SET_MODES, ConfigError, DataConfig
 from fdd.report.frontier import frontier_table
 from fdd.report.plots import frontier_figure, save_figure
 from fdd.report.reproduction import (
@@ -201,6 +201,8 @@ def evaluation_fingerprint(config: FlowConfig) -> dict[str, Any] | None:
     whether the learning rate is MTT's learned one.
     """
     audit, backbone = config.audit, config.synthesis.backbone
+    if all(mode in REAL_SET_MODES for mode in config.synthesis.modes):
+        backbone = None  # real images: their set records no backbone, and the audit resolves it so too
     augmentation = audit.resolved_augmentation(backbone)
     strategy = {"dsa": audit.dsa_strategy, "dc": audit.dc_strategy or "reference"}.get(augmentation, "none")
     learned = audit.learned_lr and backbone == "mtt"
@@ -556,6 +558,8 @@ def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bo
                 continue
             recorded = read_record(record_path(records, dataset, cell), cell_fingerprint(cell_cfg)) if records else None
             if recorded is not None:  # the grid's keys (a lambda-1 cell reads the record of the cell without the axis)
+                if LAMBDA_KEY not in cell:  # nor the reverse: a grid without the axis has no lambda-1 cobra row
+                    recorded.pop(LAMBDA_KEY, None)
                 rows.append({**recorded, **cell, "cached": True})
             elif compute and selected(sweep, cell):
                 cells.append((cell, cell_cfg))

@@ -118,3 +118,45 @@ def test_baselines_preset_reuses_the_paper_records_of_the_three_modes():
         if c["mode"] in ("vanilla", "fairdd", "cobra")
     ]
     assert len(shared) == 9 and all(expected[name] == fp for name, fp in shared)
+
+
+def test_a_real_image_baseline_of_another_backbone_keeps_its_audit_protocol_in_the_fingerprint():
+    """A real-image set records no backbone, so it is audited with DSA whatever the cell's backbone:
+    the DSA strategy must then be part of its fingerprint (a changed strategy must not reuse a record)."""
+    from flows.configuration import parse_params
+
+    def fingerprint(strategy: str | None) -> str:
+        audit = {} if strategy is None else {"dsa_strategy": strategy}
+        config = parse_params({"synthesis": {"backbone": "dc", "modes": ["random-real"]}, "audit": audit})
+        return cell_fingerprint(config)
+
+    assert fingerprint("crop") != fingerprint(None)
+
+
+def test_a_grid_without_lambdas_reads_a_lambda_1_record_as_its_plain_cobra_cell(tmp_path):
+    """The frontier preset shares the paper's records: its lambda-1 cobra records carry lambda 1.0
+    in their rows; a grid without the axis must still see one cobra row, not a second one."""
+    from flows.configuration import parse_params
+    from flows.sweep import _sweep_body, data_columns, read_record, record_path, write_record
+
+    params = {"sweep": {"datasets": ["cmnist"], "modes": ["cobra"], "seeds": [0, 1], "records": "records"}}
+    plain = parse_params(params)
+    with_axis = parse_params({"sweep": {**params["sweep"], "lambdas": [0.5, 1.0]}})
+    records = tmp_path / "records"
+    for cell, cfg in sweep_cell_configs(with_axis):
+        if cell.get("lambda") == 1.0:
+            row = {
+                **cell,
+                **data_columns(cfg),
+                "accuracy": 90.0 + cell["seed"],
+                "deo_m": 10.0,
+                "deo_a": 5.0,
+                "status": "ok",
+            }
+            write_record(record_path(records, "cmnist", cell), row, cell_fingerprint(cfg), cfg)
+    (cell, cfg), *_ = sweep_cell_configs(plain)
+    assert read_record(record_path(records, "cmnist", cell), cell_fingerprint(cfg)) is not None  # same record
+    rows = _sweep_body(plain, str(tmp_path), local_gpus=0, compute=False)
+    assert len(rows) == 2 and ("lambda" not in rows.columns or rows["lambda"].isna().all())
+    table = results_table(summarize(rows))
+    assert list(table["mode"]) == ["cobra"] and table["seeds"].tolist() == [2]
