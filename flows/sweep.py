@@ -200,9 +200,10 @@ def evaluation_fingerprint(config: FlowConfig) -> dict[str, Any] | None:
     protocol (so a DM cell keeps its fingerprint), else the resolved augmentation, its families, and
     whether the learning rate is MTT's learned one.
     """
-    audit, backbone = config.audit, config.synthesis.backbone
-    if all(mode in REAL_SET_MODES for mode in config.synthesis.modes):
-        backbone = None  # real images: their set records no backbone, and the audit resolves it so too
+    audit = config.audit
+    # real images: their set records no backbone, and the audit resolves it so too
+    real_images = all(mode in REAL_SET_MODES for mode in config.synthesis.modes)
+    backbone: str | None = None if real_images else config.synthesis.backbone
     augmentation = audit.resolved_augmentation(backbone)
     strategy = {"dsa": audit.dsa_strategy, "dc": audit.dc_strategy or "reference"}.get(augmentation, "none")
     learned = audit.learned_lr and backbone == "mtt"
