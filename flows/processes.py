@@ -49,10 +49,13 @@ PREFECT_DRAIN_SECONDS = 10.0
 #: (:func:`bounded_exit`); :data:`EXIT_GRACE_ENV` overrides it.
 EXIT_GRACE_SECONDS = 15.0
 EXIT_GRACE_ENV = "FDD_EXIT_GRACE_S"
+#: The ``atexit`` handlers (Prefect stopping its temporary server) get the grace period, and
+#: never less than this, before fdd leaves without them.
+EXIT_HANDLERS_MIN_SECONDS = 10.0
 WARN_EXIT_GRACE = "warning: {env}={value!r} is not a number of seconds >= 0; waiting {default:g} s at exit"
 WARN_STUCK_THREADS = (
-    "warning: fdd is done (exit status {status}) but {count} thread(s) still run after {grace:g} s: "
-    "{names}; leaving without waiting for them"
+    "warning: fdd is done (exit status {status}) but after {grace:g} s these still run: {names}; "
+    "leaving without waiting for them"
 )
 WARN_EXIT_HANDLERS = (
     "warning: fdd is done (exit status {status}) but its exit handlers still run after {grace:g} s; "
@@ -298,9 +301,10 @@ def bounded_exit(status: int, *, grace: float | None = None) -> int:
     blocked thread or hook holds the process forever. Here they are given ``grace`` seconds
     together; when all ended, ``status`` is returned for the caller to exit normally (and a
     watchdog still ends the process if the ``atexit`` handlers then take more than ``grace``
-    seconds). Otherwise one warning on stderr names what still runs, the ``atexit`` handlers
-    run, stdout and stderr are flushed and the process ends with ``status`` without waiting
-    (:func:`os._exit`). Call it from the main thread, once the command is done.
+    seconds, at least :data:`EXIT_HANDLERS_MIN_SECONDS`). Otherwise one warning on stderr
+    names what still runs, the ``atexit`` handlers run, stdout and stderr are flushed and the
+    process ends with ``status`` without waiting (:func:`os._exit`). Call it from the main
+    thread, once the command is done.
     """
     grace = exit_grace() if grace is None else grace
     deadline = time.monotonic() + grace
@@ -309,14 +313,14 @@ def bounded_exit(status: int, *, grace: float | None = None) -> int:
     hooks.thread.join(max(deadline - time.monotonic(), 0))
     for thread in _stuck_threads():
         thread.join(max(deadline - time.monotonic(), 0))
-    stuck = [thread.name for thread in _stuck_threads()]
+    stuck = [f"thread {thread.name}" for thread in _stuck_threads()]
     if hooks.thread.is_alive() and hooks.current:
         stuck.append(f"exit hook {hooks.current}")
-    _arm_exit_watchdog(status, grace)
+    _arm_exit_watchdog(status, max(grace, EXIT_HANDLERS_MIN_SECONDS))
     if not stuck:
         return status
     print(
-        WARN_STUCK_THREADS.format(status=status, grace=grace, count=len(stuck), names=", ".join(stuck)),
+        WARN_STUCK_THREADS.format(status=status, grace=grace, names=", ".join(stuck)),
         file=sys.stderr,
     )
     _flush_standard_streams()
