@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import errno
 import logging
-import os
 import sqlite3
 import sys
 import time
@@ -595,7 +594,25 @@ def _preflight(config: FlowConfig, workspace: str, args: argparse.Namespace) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``fdd`` command ``argv``; user errors become one or two lines and exit code 2."""
+    """Run the ``fdd`` command ``argv``; user errors become one or two lines and exit code 2.
+
+    Without ``argv`` this is the process's entry point (the ``fdd`` script, ``python -m
+    flows.cli``), and the exit is bounded: threads the command left running get
+    ``FDD_EXIT_GRACE_S`` seconds (:func:`flows.processes.bounded_exit`), after which fdd warns,
+    runs its exit handlers and leaves with the status; after an interrupt it leaves at once.
+    """
+    if argv is not None:
+        return _command(argv)
+    from flows.processes import bounded_exit, exit_grace, leave_now
+
+    grace = exit_grace()  # a bad FDD_EXIT_GRACE_S is reported now, not after a long run
+    status = _command(sys.argv[1:])
+    if status == EXIT_INTERRUPTED:  # every child was stopped; threads of Dask or Prefect may
+        leave_now(status)  # still wait on them, so leave without joining them
+    return bounded_exit(status, grace=grace)
+
+
+def _command(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.command == "init":
         try:
@@ -738,9 +755,4 @@ def _main(args: argparse.Namespace, workspace: str) -> int:
 
 
 if __name__ == "__main__":
-    status = main()
-    if status == EXIT_INTERRUPTED:  # every child was stopped; threads of Dask or Prefect may still
-        sys.stdout.flush()  # wait on them, so leave without joining them
-        sys.stderr.flush()
-        os._exit(status)
-    sys.exit(status)
+    sys.exit(main())

@@ -10,19 +10,27 @@
   SIGKILL), for ``fdd serve`` and ``fdd sweep``.
 - :func:`run_group` runs a long-lived child in its own process group and forwards SIGTERM /
   SIGINT to the whole group (``fdd server``).
+- :func:`bounded_exit` ends every fdd command within a grace period (:data:`EXIT_GRACE_SECONDS`,
+  ``FDD_EXIT_GRACE_S``) even when a thread it leaves behind (a Dask, torch or Prefect worker)
+  blocks, naming that thread; :func:`drain_prefect_services` lets Prefect send its queued logs
+  before :func:`stop_on_signals` stops the temporary server they go to.
 """
 
 from __future__ import annotations
 
+import atexit
+import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import traceback
 import types
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any, NoReturn
 
 import psutil
 
@@ -35,6 +43,24 @@ _LAUNCHER = (
     "os.execv(sys.argv[2], sys.argv[2:])\n"
 )
 GRACE_SECONDS = 10.0
+#: Seconds Prefect's services get to send what they queued before fdd stops its server.
+PREFECT_DRAIN_SECONDS = 10.0
+#: Seconds fdd waits at exit for threads and exit hooks that are still running
+#: (:func:`bounded_exit`); :data:`EXIT_GRACE_ENV` overrides it.
+EXIT_GRACE_SECONDS = 15.0
+EXIT_GRACE_ENV = "FDD_EXIT_GRACE_S"
+#: The ``atexit`` handlers (Prefect stopping its temporary server) get the grace period, and
+#: never less than this, before fdd leaves without them.
+EXIT_HANDLERS_MIN_SECONDS = 10.0
+WARN_EXIT_GRACE = "warning: {env}={value!r} is not a number of seconds >= 0; waiting {default:g} s at exit"
+WARN_STUCK_THREADS = (
+    "warning: fdd is done (exit status {status}) but after {grace:g} s these still run: {names}; "
+    "leaving without waiting for them"
+)
+WARN_EXIT_HANDLERS = (
+    "warning: fdd is done (exit status {status}) but its exit handlers still run after {grace:g} s; "
+    "leaving without waiting for them"
+)
 
 
 def die_with_parent(command: Sequence[str]) -> list[str]:
@@ -107,6 +133,7 @@ def stop_on_signals() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        drain_prefect_services()  # while the temporary Prefect server, a descendant, still runs
         stop_descendants()
 
 
@@ -160,3 +187,142 @@ def run_group(command: Sequence[str], *, env: dict[str, str] | None = None, grac
         except (ProcessLookupError, PermissionError):
             pass
     return 128 + received[0][0] if received and code < 0 else code
+
+
+def drain_prefect_services(timeout: float = PREFECT_DRAIN_SECONDS) -> None:
+    """Send the logs and events that Prefect still queues for its API now, while its server runs.
+
+    Prefect sends them from background services that it drains at interpreter exit (before the
+    ``atexit`` handler that stops its temporary server). :func:`stop_descendants` stops that
+    server earlier, so a drain left to exit posts to a dead server, retries for a minute or more
+    and then prints ``--- Error logging to API --- All connection attempts failed``. Waits at
+    most ``timeout`` seconds per service; does nothing when Prefect was never imported.
+    """
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        service.drain_all(timeout=timeout)
+
+
+def exit_grace(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds fdd waits at exit for the threads it leaves running: :data:`EXIT_GRACE_ENV`
+    when set to a finite number >= 0, else :data:`EXIT_GRACE_SECONDS` (a bad value is
+    named in a warning on stderr)."""
+    text = (os.environ if environ is None else environ).get(EXIT_GRACE_ENV, "").strip()
+    if not text:
+        return EXIT_GRACE_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        print(WARN_EXIT_GRACE.format(env=EXIT_GRACE_ENV, value=text, default=EXIT_GRACE_SECONDS), file=sys.stderr)
+        return EXIT_GRACE_SECONDS
+    return value
+
+
+def _flush_standard_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):  # closed or replaced by the caller
+            stream.flush()
+
+
+def leave_now(status: int) -> NoReturn:
+    """Flush stdout / stderr and end the process with ``status`` at once: no thread is joined
+    and no ``atexit`` handler runs (after an interrupt, once every child was stopped)."""
+    _flush_standard_streams()
+    os._exit(status)
+
+
+class _ThreadExitHooks:
+    """The hooks that CPython's ``threading._shutdown`` runs before it joins the non-daemon
+    threads (``threading._register_atexit``: ``concurrent.futures`` joining every executor's
+    workers, Prefect draining its log and event services), taken out of ``threading`` and run
+    on a daemon thread so that waiting for them can be bounded. ``current`` names the hook
+    that runs (or blocks)."""
+
+    def __init__(self) -> None:
+        hooks = getattr(threading, "_threading_atexits", None)  # CPython's private list
+        self.calls: list[Callable[[], object]] = []
+        if isinstance(hooks, list):
+            self.calls = list(reversed(hooks))  # the order threading._shutdown uses
+            hooks.clear()  # run once, here; threading._shutdown finds nothing left to run
+        self.current = ""
+        self.thread = threading.Thread(target=self._run, name="fdd-exit-hooks", daemon=True)
+
+    def _run(self) -> None:
+        for call in self.calls:
+            func = getattr(call, "func", call)  # functools.partial
+            self.current = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
+            try:
+                call()
+            except Exception:  # noqa: BLE001 - as threading._shutdown would, but keep going
+                traceback.print_exc()
+        self.current = ""
+
+
+def _stuck_threads() -> list[threading.Thread]:
+    current = threading.current_thread()
+    return [t for t in threading.enumerate() if t is not current and not t.daemon and t.is_alive()]
+
+
+def _run_atexit_handlers() -> None:
+    # CPython's atexit._run_exitfuncs (no public equivalent): runs the registered handlers
+    # (LIFO) and clears them, as a normal exit would; os._exit skips them otherwise.
+    run = getattr(atexit, "_run_exitfuncs", None)
+    if run is not None:
+        run()
+
+
+def _arm_exit_watchdog(status: int, grace: float) -> None:
+    """A daemon thread that ends the process with ``status`` if it still runs ``grace``
+    seconds from now (an ``atexit`` handler that blocks)."""
+
+    def fire() -> None:
+        print(WARN_EXIT_HANDLERS.format(status=status, grace=grace), file=sys.stderr)
+        leave_now(status)
+
+    watchdog = threading.Timer(grace, fire)
+    watchdog.name = "fdd-exit-watchdog"
+    watchdog.daemon = True
+    watchdog.start()
+
+
+def bounded_exit(status: int, *, grace: float | None = None) -> int:
+    """Wait at most ``grace`` seconds (default :func:`exit_grace`) for what a normal exit waits
+    for without a bound, then leave with ``status``.
+
+    A normal exit first runs ``threading``'s exit hooks (``concurrent.futures`` joins every
+    executor worker, Prefect drains its API services) and joins every non-daemon thread,
+    and only then runs the ``atexit`` handlers (which stop Prefect's temporary server). One
+    blocked thread or hook holds the process forever. Here they are given ``grace`` seconds
+    together; when all ended, ``status`` is returned for the caller to exit normally (and a
+    watchdog still ends the process if the ``atexit`` handlers then take more than ``grace``
+    seconds, at least :data:`EXIT_HANDLERS_MIN_SECONDS`). Otherwise one warning on stderr
+    names what still runs, the ``atexit`` handlers run, stdout and stderr are flushed and the
+    process ends with ``status`` without waiting (:func:`os._exit`). Call it from the main
+    thread, once the command is done.
+    """
+    grace = exit_grace() if grace is None else grace
+    deadline = time.monotonic() + grace
+    hooks = _ThreadExitHooks()
+    hooks.thread.start()
+    hooks.thread.join(max(deadline - time.monotonic(), 0))
+    for thread in _stuck_threads():
+        thread.join(max(deadline - time.monotonic(), 0))
+    stuck = [f"thread {thread.name}" for thread in _stuck_threads()]
+    if hooks.thread.is_alive() and hooks.current:
+        stuck.append(f"exit hook {hooks.current}")
+    _arm_exit_watchdog(status, max(grace, EXIT_HANDLERS_MIN_SECONDS))
+    if not stuck:
+        return status
+    print(
+        WARN_STUCK_THREADS.format(status=status, grace=grace, names=", ".join(stuck)),
+        file=sys.stderr,
+    )
+    _flush_standard_streams()
+    _run_atexit_handlers()
+    leave_now(status)
