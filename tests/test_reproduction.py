@@ -53,6 +53,16 @@ def test_verdict_tolerances_and_reasons() -> None:
     assert verdict(94.6, 19.0, 3, published) == "DEO_M +3.3 points from published"
     assert verdict(90.0, 30.0, 3, published) == "acc -4.6 and DEO_M +14.3 points from published"
     assert verdict(50.0, 50.0, 3, None) == "unpublished"
+    # with the seeds' values: is the published value inside their range (a wide spread) or outside it?
+    assert (
+        verdict(94.6, 19.0, 3, published, deo_m_values=[14.0, 19.0, 24.0])
+        == "DEO_M +3.3 (published inside the seeds' 14.0-24.0) points from published"
+    )
+    assert (
+        verdict(93.5, 15.7, 3, published, acc_values=[93.0, 93.5, 94.0], deo_m_values=[15.0, 15.7, 16.4])
+        == "acc -1.1 (published outside the seeds' 93.0-94.0) points from published"
+    )
+    assert verdict(93.5, 15.7, 1, published, acc_values=[93.5]) == "acc -1.1 points from published"  # one seed
     assert verdict(math.nan, math.nan, 0, published) == "not run"
 
 

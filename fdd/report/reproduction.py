@@ -124,7 +124,15 @@ ERR_SUMMARY_COLUMNS = "results_table: the sweep summary lacks the columns {missi
 ERR_CELL_COLUMNS = "cells lack the columns {missing}; each row needs {needed}"
 
 
-def verdict(acc: float, deo_m: float, seeds: int, published: tuple[float, float, float] | None) -> str:
+def verdict(
+    acc: float,
+    deo_m: float,
+    seeds: int,
+    published: tuple[float, float, float] | None,
+    *,
+    acc_values: Sequence[float] = (),
+    deo_m_values: Sequence[float] = (),
+) -> str:
     """``match``, ``unpublished``, ``not run``, or the differences to the published values.
 
     Parameters
@@ -134,6 +142,10 @@ def verdict(acc: float, deo_m: float, seeds: int, published: tuple[float, float,
     seeds : int
         How many synthesis seeds were measured (0: not run).
     published : (acc, DEO_M, DEO_A) or None
+    acc_values, deo_m_values : sequence of float, optional
+        The seeds' own values: with two or more, a difference beyond the tolerance also says
+        whether the published value lies inside the seeds' range ``[min, max]`` (a spread
+        between seeds wider than the tolerance) or outside it.
 
     Returns
     -------
@@ -147,10 +159,18 @@ def verdict(acc: float, deo_m: float, seeds: int, published: tuple[float, float,
     if abs(d_acc) <= MATCH_ACC and abs(d_deo) <= MATCH_DEO_M:
         return "match"
     parts = []
-    if abs(d_acc) > MATCH_ACC:
-        parts.append(f"acc {d_acc:+.1f}")
-    if abs(d_deo) > MATCH_DEO_M:
-        parts.append(f"DEO_M {d_deo:+.1f}")
+    for name, diff, tolerance, target, values in (
+        ("acc", d_acc, MATCH_ACC, published[0], acc_values),
+        ("DEO_M", d_deo, MATCH_DEO_M, published[1], deo_m_values),
+    ):
+        if abs(diff) <= tolerance:
+            continue
+        part = f"{name} {diff:+.1f}"
+        if len(values) > 1:
+            low, high = min(values), max(values)
+            where = "inside" if low <= target <= high else "outside"
+            part += f" (published {where} the seeds' {low:.1f}-{high:.1f})"
+        parts.append(part)
     return " and ".join(parts) + " points from published"
 
 
@@ -209,7 +229,14 @@ def paper_table(cells: pd.DataFrame, grid: Sequence[tuple[str, str, int, str]] =
                 "published_acc": published[0] if published else math.nan,
                 "published_deo_m": published[1] if published else math.nan,
                 "published_deo_a": published[2] if published else math.nan,
-                "verdict": verdict(acc, deo_m, seeds, published),
+                "verdict": verdict(
+                    acc,
+                    deo_m,
+                    seeds,
+                    published,
+                    acc_values=part["accuracy"].tolist(),
+                    deo_m_values=part["deo_m"].tolist(),
+                ),
             }
         )
     return pd.DataFrame(rows, columns=list(PAPER_COLUMNS))
