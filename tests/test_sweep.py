@@ -269,6 +269,7 @@ def test_two_cell_sweep_on_a_local_dask_cluster(tiny_workspace: Path, tmp_path_f
                 "failed": 0,
                 "not_run": 0,
                 "summary": str(tiny_workspace / "data/sweep/summary.csv"),
+                "frontier": str(tiny_workspace / "data/sweep/frontier.csv"),
             }
             home = tiny_workspace / "data/sweep/cmnist/cells"
             synthetic = {s: home / f"ipc2-dm-cobra-seed{s}" / "data/synthetic/cobra/synthetic.pt" for s in (0, 1)}

@@ -121,7 +121,7 @@ def test_report_artifact_renders_its_table_and_figures_in_the_prefect_ui(
         modes = [row[0] for row in results[0][1:]]
         assert modes == ["vanilla", "cobra"], results[0]
         figures = [src for src in page.images if src.startswith("data:image/png;base64,")]
-        assert len(figures) == 5, page.images  # loss curves, then each mode's grid and recall heatmap
+        assert len(figures) == 6, page.images  # loss curves, each mode's grid and recall heatmap, the frontier
     finally:
         _stop(server)
     assert server is not None and server.poll() is not None
