@@ -759,7 +759,8 @@ def write_results_table(cells: pd.DataFrame, config: FlowConfig, workspace: str)
     architecture (``convnet`` for the ConvNet, ``mlp`` for the tabular network).
     """
     path = Path(workspace) / str(config.sweep.results_table)
-    table = results_table(summarize(cells), matching=config.network.architecture)
+    summary = summarize(cells) if len(cells) else pd.DataFrame()  # no cell computed or recorded yet
+    table = results_table(summary, matching=config.network.architecture)
     atomic_write_text(path, table.to_csv(index=False, float_format="%.2f"))
     markdown = (
         "\n\n".join(

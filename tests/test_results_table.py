@@ -160,3 +160,12 @@ def test_a_grid_without_lambdas_reads_a_lambda_1_record_as_its_plain_cobra_cell(
     assert len(rows) == 2 and ("lambda" not in rows.columns or rows["lambda"].isna().all())
     table = results_table(summarize(rows))
     assert list(table["mode"]) == ["cobra"] and table["seeds"].tolist() == [2]
+
+
+def test_a_grid_without_any_result_writes_the_header_and_says_so(tmp_path):
+    """``--from-records`` before any record exists: the table is the header alone, not a crash."""
+    config = load_config(ROOT / "params.yaml", preset=[PRESETS / "paper.yaml", PRESETS / "baselines.yaml"])
+    path = Path(write_results_table(pd.DataFrame(), config, str(tmp_path)))
+    table = pd.read_csv(path)
+    assert tuple(table.columns) == RESULTS_COLUMNS and table.empty
+    assert "Devices: -." in path.with_suffix(".md").read_text()

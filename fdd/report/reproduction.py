@@ -293,10 +293,14 @@ def results_table(summary: pd.DataFrame, *, matching: str = "convnet") -> pd.Dat
     Returns
     -------
     DataFrame
-        ``dataset`` is fdd's dataset name (``data_dataset``), ``bias`` blank for datasets without
-        one; a mode run at a ``lambda`` other than blank is named ``<mode>-lam<lambda>``; rows
+        ``dataset`` is fdd's dataset name (``data_dataset``, else ``dataset``), ``bias`` blank for
+        datasets without one; an empty summary gives the header alone; a mode run at a ``lambda`` other than blank is named ``<mode>-lam<lambda>``; rows
         without a finished seed keep ``seeds`` 0 and blank figures.
     """
+    if summary.empty:  # no cell has a result yet: the header alone
+        return pd.DataFrame(columns=list(RESULTS_COLUMNS))
+    if "data_dataset" not in summary.columns and "dataset" in summary.columns:  # no sweep variants: the same name
+        summary = summary.assign(data_dataset=summary["dataset"])
     needed = ["data_dataset", "ipc", "mode", "architecture", "seeds", "accuracy_mean", "deo_m_mean", "deo_a_mean"]
     missing = [c for c in needed if c not in summary.columns]
     if missing:
