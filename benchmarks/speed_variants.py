@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -221,35 +222,45 @@ def jobs(args) -> list[tuple[str, str, str, int, Callable[..., dict[str, Any]], 
     return out
 
 
+#: The markdown tables: per kind of job, its title and (column, row key) pairs.
+MARKDOWN_TABLES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "synthesis": (
+        "## Synthesis: ms per DM iteration (median; p10-p90)",
+        (
+            ("variant", "variant"),
+            ("mode", "mode"),
+            ("IPC", "ipc"),
+            ("ms", "ms_per_iter_median"),
+            ("p10", "ms_p10"),
+            ("p90", "ms_p90"),
+            ("set-up s", "setup_s"),
+            ("status", "status"),
+            ("error", "error"),
+        ),
+    ),
+    "eval": (
+        "## Evaluation: stacked training, seconds",
+        (
+            ("variant", "variant"),
+            ("IPC", "ipc"),
+            ("epochs run", "eval_epochs_run"),
+            ("s measured", "eval_s_measured"),
+            ("s for 1501 epochs", "eval_s_1500_extrapolated"),
+            ("note", "settings"),
+            ("status", "status"),
+            ("error", "error"),
+        ),
+    ),
+}
+
+
 def write_markdown(path: Path, rows: list[dict[str, Any]], header: str) -> None:
+    """``header``, then one table per kind of job (pandas' ``to_markdown``)."""
     lines = [header, ""]
-    synth = [r for r in rows if r["kind"] == "synthesis"]
-    if synth:
-        lines += [
-            "## Synthesis: ms per DM iteration (median; p10-p90)",
-            "",
-            "| variant | mode | IPC | ms | p10-p90 | set-up s | status |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in synth:
-            lines.append(
-                f"| {r['variant']} | {r['mode']} | {r['ipc']} | {r.get('ms_per_iter_median', '')} | "
-                f"{r.get('ms_p10', '')}-{r.get('ms_p90', '')} | {r.get('setup_s', '')} | {r['status']} {r.get('error', '')} |"
-            )
-        lines.append("")
-    evals = [r for r in rows if r["kind"] == "eval"]
-    if evals:
-        lines += [
-            "## Evaluation: stacked training, seconds",
-            "",
-            "| variant | IPC | epochs run | s measured | s for 1501 epochs | note | status |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in evals:
-            lines.append(
-                f"| {r['variant']} | {r['ipc']} | {r.get('eval_epochs_run', '')} | {r.get('eval_s_measured', '')} | "
-                f"{r.get('eval_s_1500_extrapolated', '')} | {r.get('settings', '')} | {r['status']} {r.get('error', '')} |"
-            )
+    for kind, (title, columns) in MARKDOWN_TABLES.items():
+        table = [{name: row.get(key, "") for name, key in columns} for row in rows if row["kind"] == kind]
+        if table:
+            lines += [title, "", pd.DataFrame(table).to_markdown(index=False), ""]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -72,9 +72,7 @@ def test_results_table_names_lambda_cells_and_refuses_a_summary_without_figures(
 
 
 def test_write_results_table_writes_csv_and_markdown_with_devices_and_commits(tmp_path):
-    config = load_config(
-        ROOT / "params.yaml", preset=[PRESETS / "paper.yaml", PRESETS / "cross_architecture.yaml"]
-    ).model_copy()
+    config = load_config(ROOT / "params.yaml", preset=[PRESETS / "paper.yaml", PRESETS / "cross_architecture.yaml"])
     config = config.model_copy(update={"sweep": config.sweep.model_copy(update={"results_table": "out/table.csv"})})
     path = Path(write_results_table(cells_frame(), config, str(tmp_path)))
     assert path == tmp_path / "out/table.csv"
