@@ -111,6 +111,12 @@ class SweepConfig(Section):
         "mode and evaluation architecture, columns dataset,bias,ipc,mode,architecture,seeds,acc_mean,acc_std,"
         "deo_m_mean,deo_m_std,deo_a_mean (fdd.report.reproduction.results_table); a markdown rendering beside it",
     )
+    frontier_table: str | None = Field(
+        None,
+        description="CSV path (inside the workspace) to publish the fairness-accuracy frontier to (data/sweep/"
+        "frontier.csv: accuracy and DEO_M per mode and lambda, mean and std over seeds); its plot (.png) and a "
+        "markdown rendering showing both are written beside it",
+    )
     lambdas: tuple[float, ...] | None = Field(
         None,
         description="the frontier axis: the DM cobra cells run once per value as synthesis.barycenter_lambda "
@@ -131,7 +137,7 @@ class SweepConfig(Section):
             raise ValueError(ERR_SWEEP_LAMBDAS.format(value=value))
         return tuple(float(v) for v in value)
 
-    @field_validator("records", "paper_table", "results_table")
+    @field_validator("records", "paper_table", "results_table", "frontier_table")
     @classmethod
     def _inside_workspace(cls, value: str | None, info: Any) -> str | None:
         if value is not None:

@@ -52,7 +52,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from fdd.config import COLORED_DATASETS, DEFAULT_DSA_STRATEGY, REAL_SET_MODES, ConfigError, DataConfig
-from fdd.report.frontier import frontier_table
+from fdd.report.frontier import FRONTIER_COLUMNS, frontier_table
 from fdd.report.plots import frontier_figure, save_figure
 from fdd.report.reproduction import (
     CELL_COLUMNS,
@@ -615,6 +615,8 @@ def grid_flow(config: FlowConfig, workspace: str = ".", local_gpus: int = 0, com
         result["paper_table"] = write_paper_table(cells, config, workspace)
     if config.sweep.results_table:
         result["results_table"] = write_results_table(cells, config, workspace)
+    if config.sweep.frontier_table:
+        result["frontier_table"] = write_frontier_table(cells, config, workspace)
     failed = cells[cells["status"].ne(STATUS_OK)] if "status" in cells else cells.iloc[:0]
     if len(failed):
         names = [f"{cell['dataset']}-{cell_id(cell)}" for cell in failed.to_dict(orient="records")]
@@ -658,10 +660,12 @@ def write_tables(cells: pd.DataFrame, workspace: str, grid_size: int | None = No
     summary = summarize(cells)
     atomic_write_text(out / "cells.csv", cells.to_csv(index=False))
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
+    frontier = write_frontier(cells, out)
     markdown = "# Sweep: mean and std over seeds\n\n" + summary.round(2).to_markdown(index=False) + "\n"
+    if frontier is not None:  # the plot beside the page: frontier.png
+        markdown += "\n## Fairness-accuracy frontier\n\n![accuracy against DEO_M](frontier.png)\n"
     atomic_write_text(out / "summary.md", markdown)
     publish_markdown("sweep", markdown, "sweep summary (mean and std over seeds)")
-    frontier = write_frontier(cells, out)
     publish_table("sweep-cells", json.loads(cells.to_json(orient="records")), "one row per sweep cell")
     finished = cells["status"].eq(STATUS_OK) if "status" in cells else pd.Series(True, index=cells.index)
     not_run = 0 if grid_size is None else grid_size - len(cells)
@@ -776,6 +780,45 @@ def write_results_table(cells: pd.DataFrame, config: FlowConfig, workspace: str)
     )
     atomic_write_text(path.with_suffix(".md"), markdown)
     publish_markdown("results-table", markdown, "the sweep's compact results table")
+    return str(path)
+
+
+def write_frontier_table(cells: pd.DataFrame, config: FlowConfig, workspace: str) -> str:
+    """``sweep.frontier_table`` (CSV), its plot (``.png``) and a markdown page showing both.
+
+    The same table and figure as ``data/sweep/frontier.{csv,png}`` (:func:`write_frontier`),
+    published where they can be committed. Before any cell has finished, the CSV holds the
+    header alone, the page says so, and no plot is written.
+    """
+    path = Path(workspace) / str(config.sweep.frontier_table)
+    finished = _finished(cells)
+    has_metrics = not finished.empty and {"accuracy", "deo_m"} <= set(finished.columns)
+    table = (
+        frontier_table(finished, panels=[c for c in FRONTIER_PANELS if c in finished.columns]) if has_metrics else None
+    )
+    if table is None or table.empty:
+        table = pd.DataFrame(columns=[*FRONTIER_PANELS, *FRONTIER_COLUMNS])
+    atomic_write_text(path, table.to_csv(index=False, float_format="%.2f"))
+    parts = [
+        f"# Fairness-accuracy frontier: {path.stem}",
+        "Accuracy against DEO_M (both in %), mean and sample std over synthesis seeds (each seed: the mean of "
+        "its evaluations); cobra once per `lambda` (0: vanilla's pooled class mean as the target, 1: the "
+        "uniform barycenter of the groups, COBRA's own).",
+        _provenance(cells),
+    ]
+    if len(table):
+        panels = [c for c in FRONTIER_PANELS if c in table.columns]
+        figure = frontier_figure(table, panels=panels, title="accuracy against DEO_M (mean and std over seeds)")
+        atomic_write_bytes(path.with_suffix(".png"), save_figure(figure))
+        parts += [
+            f"![accuracy against DEO_M]({path.with_suffix('.png').name})",
+            table.round(2).astype(object).fillna("-").to_markdown(index=False),
+        ]
+    else:
+        parts.append("No cell has finished yet: no point to plot.")
+    markdown = "\n\n".join(parts) + "\n"
+    atomic_write_text(path.with_suffix(".md"), markdown)
+    publish_markdown("frontier-table", markdown, "the fairness-accuracy frontier (mean and std over seeds)")
     return str(path)
 
 

@@ -124,7 +124,7 @@ def test_captured_training_trains_like_train_network(batch_size: int) -> None:
         captured.run(images[:4], generator=None)
 
 
-@pytest.mark.parametrize("mode", ["vanilla", "fairdd", "cobra", "uniform-subgroup", "cui-reweight"])
+@pytest.mark.parametrize("mode", ["vanilla", "fairdd", "cobra", "uniform-subgroup"])
 def test_whole_step_graph_matches_eager_and_resumes(mode: str) -> None:
     """3 eager iterations, then the captured step replayed; a state loaded mid-run is
     captured again and continues like the uninterrupted run."""
@@ -150,6 +150,30 @@ def test_whole_step_graph_matches_eager_and_resumes(mode: str) -> None:
     torch.testing.assert_close(graphed_losses, eager_losses, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(resumed.syn_images, eager.syn_images, rtol=1e-4, atol=1e-5)
     assert resumed.iteration == eager.iteration == 9
+
+
+def test_cui_reweight_is_not_captured_and_runs_eagerly_under_the_graph_setting() -> None:
+    """cui-reweight's step failed to capture on an H200 (fdd.distillation.synthesis.UNCAPTURED_MODES):
+    with synthesis.cuda_graph on it runs eagerly and computes what the setting off computes."""
+    from fdd.distillation.synthesis import DMSynthesizer
+
+    data = _data()
+    config = SynthesisConfig(modes=("cui-reweight",), ipc=2, iterations=1, batch_real=8)
+    runs = [
+        DMSynthesizer(
+            data,
+            mode="cui-reweight",
+            config=config.model_copy(update={"cuda_graph": graph}),
+            network=NET,
+            seed=0,
+            device="cuda",
+        )
+        for graph in (False, True)
+    ]
+    assert all(run.captured_step is None for run in runs)
+    losses = [torch.stack([run.step() for _ in range(5)]) for run in runs]
+    assert bool(torch.isfinite(losses[0]).all())
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["vanilla", "cobra"])
@@ -183,7 +207,12 @@ def test_whole_step_graph_with_bf16_and_channels_last_matches_eager(
     graphed_losses = torch.stack([graphed.step() for _ in range(6)])
     assert graphed.captured_step.graph is not None
     assert graphed.syn_images.dtype == torch.float32 and graphed_losses.dtype == torch.float32
-    tol = dict(rtol=1e-5, atol=1e-6) if precision == "fp32" else dict(rtol=5e-2, atol=1e-2)
+    # fp32 channels-last: cuDNN picks among its NHWC algorithms per call site, and the captured
+    # call may get another one than the eager call (H200, 2026-11-29: relative 6e-5 after 6 steps)
+    if precision == "bf16":
+        tol = dict(rtol=5e-2, atol=1e-2)
+    else:
+        tol = dict(rtol=2e-4, atol=1e-5) if channels_last else dict(rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(graphed_losses, eager_losses, **tol)
 
 

@@ -15,7 +15,7 @@ from fdd.distillation.dm import class_means, mean_matching_loss
 from fdd.report.frontier import frontier_from_metrics, frontier_table
 from fdd.transport.barycenter import cell_statistics, mean_barycenter
 from flows.configuration import cell_id, load_config, parse_params, sweep_cell_configs, sweep_cells
-from flows.sweep import cell_fingerprint, summarize, write_paper_table, write_tables
+from flows.sweep import cell_fingerprint, summarize, write_frontier_table, write_paper_table, write_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ROOT / "flows/presets"
@@ -118,6 +118,34 @@ def test_sweep_tables_write_the_frontier_and_key_the_summary_by_lambda(tmp_path)
     write_paper_table(cells.assign(**data), config, str(tmp_path))
     paper = pd.read_csv(tmp_path / "paper.csv")
     assert paper.set_index("mode").loc["cobra", "acc_mean"] == pytest.approx(91.0)
+
+
+def test_the_sweep_page_shows_the_frontier_plot_once_a_cell_finished(tmp_path):
+    write_tables(frontier_cells().assign(cached=True, error=""), str(tmp_path))
+    assert "![accuracy against DEO_M](frontier.png)" in (tmp_path / "data/sweep/summary.md").read_text()
+    write_tables(frontier_cells().assign(status="failed", cached=False, error="boom"), str(tmp_path / "none"))
+    assert "frontier.png" not in (tmp_path / "none/data/sweep/summary.md").read_text()
+
+
+def test_frontier_table_publishes_csv_plot_and_page(tmp_path):
+    config = load_config(ROOT / "params.yaml", preset=PRESETS / "frontier.yaml")
+    assert config.sweep.frontier_table == "benchmarks/results/frontier.csv"
+    config = config.model_copy(update={"sweep": config.sweep.model_copy(update={"frontier_table": "out/front.csv"})})
+    cells = frontier_cells().assign(device_name="NVIDIA H200", fdd_commit="abc1234")
+    path = Path(write_frontier_table(cells, config, str(tmp_path)))
+    assert path == tmp_path / "out/front.csv"
+    table = pd.read_csv(path)
+    cobra = table[table["mode"] == "cobra"]
+    assert list(cobra["lambda"]) == [0.0, 0.5, 1.0] and list(cobra["accuracy_mean"]) == pytest.approx([61, 76, 91])
+    assert path.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    page = path.with_suffix(".md").read_text()
+    assert "![accuracy against DEO_M](front.png)" in page and "NVIDIA H200" in page and "abc1234" in page
+    # nothing finished: the header alone, no plot, and the page says so
+    empty = Path(write_frontier_table(cells.assign(status="failed"), config, str(tmp_path / "empty")))
+    assert pd.read_csv(empty).empty and "mode" in pd.read_csv(empty).columns
+    assert not empty.with_suffix(".png").exists() and "No cell has finished" in empty.with_suffix(".md").read_text()
+    with pytest.raises(ConfigError, match="frontier_table"):
+        load_config(ROOT / "params.yaml", overrides={"sweep": {"frontier_table": "/tmp/outside.csv"}})
 
 
 def test_the_reports_frontier_has_one_point_per_mode():

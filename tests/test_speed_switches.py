@@ -23,7 +23,20 @@ from tests.test_synthesis import TINY_NET, tiny_config, tiny_data
 
 def test_config_defaults_keep_todays_behaviour():
     audit = AuditConfig()
-    assert (audit.precision, audit.stack_forward) == ("fp32", "vmap")
+    assert (audit.precision, audit.stack_forward) == ("fp32", "auto")
+    assert audit.resolved_stack_forward("cpu") == "vmap"  # the CPU keeps vmap
+
+
+def test_auto_stack_forward_loops_only_on_cuda_under_the_graph():
+    audit = AuditConfig()
+    assert audit.cuda_graph is False
+    assert audit.resolved_stack_forward("cuda") == "vmap"  # eager: one grouped call beats M launches
+    graphed = audit.model_copy(update={"cuda_graph": True})
+    assert graphed.resolved_stack_forward("cuda") == "loop"
+    assert graphed.resolved_stack_forward("cpu") == "vmap"
+    for explicit in ("vmap", "loop"):
+        forced = graphed.model_copy(update={"stack_forward": explicit})
+        assert forced.resolved_stack_forward("cpu") == forced.resolved_stack_forward("cuda") == explicit
     assert tiny_config().precision == "fp32" and not tiny_config().channels_last
 
 
@@ -159,6 +172,8 @@ def test_audit_passes_precision_and_stack_forward(monkeypatch):
     config = tiny_audit(num_eval=2, epochs=2, precision="bf16", stack_forward="loop")
     A.audit_synthetic(synthetic, test, config=config, network=TINY_NET)
     assert seen == {"precision": "bf16", "stack_forward": "loop"}
+    A.audit_synthetic(synthetic, test, config=tiny_audit(num_eval=2, epochs=2), network=TINY_NET)
+    assert seen == {"precision": "fp32", "stack_forward": "vmap"}  # auto on the CPU
 
 
 def test_speed_variants_runs_on_the_cpu(tmp_path: Path):

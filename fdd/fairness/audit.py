@@ -406,7 +406,7 @@ def audit_synthetic(
             generator=generator,
             cuda_graph=config.cuda_graph,
             precision=config.precision,
-            stack_forward=config.stack_forward,
+            stack_forward=config.resolved_stack_forward(images.device.type),
             loss_fn=objective(len(nets)),
             **schedule,
         )
