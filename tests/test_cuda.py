@@ -253,6 +253,45 @@ def test_stacked_audit_graph_with_speed_switches_trains_like_eager(precision: st
         torch.testing.assert_close(p, q, **tol)
 
 
+def test_stacked_batchnorm_resnet_graph_trains_like_eager() -> None:
+    """ResNet18 with batch norm (the cross-architecture audit's) stacks in the loop forward and is
+    captured per epoch: the replay ends where the eager loop ends, running statistics included."""
+    from fdd.config import NetworkConfig
+    from fdd.distillation.augment import DSAConfig
+    from fdd.fairness.audit import train_stacked
+    from fdd.models.architectures import build_architecture
+
+    images = torch.randn(12, 3, 28, 28, device="cuda")
+    labels = torch.arange(3, device="cuda").repeat_interleave(4)
+
+    def trained(graph: bool) -> list:
+        nets = [
+            build_architecture(
+                "resnet18", input_shape=(3, 28, 28), num_classes=3, network=NetworkConfig(), seed=s, device="cuda"
+            )
+            for s in range(2)
+        ]
+        train_stacked(
+            nets,
+            images,
+            labels,
+            epochs=8,
+            lr=0.01,
+            momentum=0.9,
+            weight_decay=5e-4,
+            batch_size=5,
+            dsa=DSAConfig(),
+            generator=torch.Generator("cuda").manual_seed(0),
+            lr_decay_epoch=4,
+            cuda_graph=graph,
+            stack_forward="loop",
+        )
+        return [t.detach().float() for net in nets for t in (*net.parameters(), *net.buffers())]
+
+    for p, q in zip(trained(True), trained(False)):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+
+
 def test_whole_step_graph_falls_back_when_a_class_cannot_fill_the_batch() -> None:
     from fdd.distillation.synthesis import DMSynthesizer
 

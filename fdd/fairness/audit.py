@@ -77,7 +77,8 @@ ERR_NO_SYN_GROUPS = (
 )
 INTERVENTIONS: tuple[str, ...] = ("none", "gdro")
 ERR_STACK_BUFFERS = (
-    "train_stacked needs networks without buffers (use norm='instancenorm' or 'none'); got buffers {names}"
+    "train_stacked vectorises (stack_forward='vmap') networks without buffers only (use norm='instancenorm' or "
+    "'none', or stack_forward='loop'); got buffers {names}"
 )
 
 
@@ -169,8 +170,10 @@ def train_stacked(
     training-time DSA draw (one family per model and batch, per-image parameters); the
     loss is the sum of the models' mean cross-entropies, so the gradient of each model
     is exactly its own. SGD with momentum and weight decay is element-wise, hence the
-    same as training the models one by one. Needs parameter-only networks (no
-    batch-norm running statistics).
+    same as training the models one by one. The vmap forward needs parameter-only networks
+    (no batch-norm running statistics); the loop forward (``stack_forward="loop"``) also
+    trains networks with batch norm: each model's statistics come from its own batch, and its
+    running statistics are updated in its own row of the stacked buffers, then copied back.
 
     The random choices (batch orders, DSA parameters) are drawn up front for chunks of
     epochs, as one :func:`fdd.distillation.training.draw_training_plan` of ``count x M`` runs; an epoch then reads its share through two small device tensors, so every
@@ -191,7 +194,7 @@ def train_stacked(
     """
     m, n = len(nets), images.shape[0]
     params, buffers = stack_module_state(nets)
-    if buffers:
+    if buffers and stack_forward != "loop":
         raise ValueError(ERR_STACK_BUFFERS.format(names=sorted(buffers)))
     template = copy.deepcopy(nets[0]).to("meta")
 
@@ -199,7 +202,16 @@ def train_stacked(
         return functional_call(template, p, (x,))
 
     def one_by_one(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return torch.stack([one_model({k: v[i] for k, v in p.items()}, x[i]) for i in range(m)])
+        # model i's buffers are views of row i of the stacked ones: batch norm's running statistics
+        # update in place there, as they would in the network itself
+        return torch.stack(
+            [
+                functional_call(
+                    template, ({k: v[i] for k, v in p.items()}, {k: v[i] for k, v in buffers.items()}), (x[i],)
+                )
+                for i in range(m)
+            ]
+        )
 
     forward = one_by_one if stack_forward == "loop" else vmap(one_model)
     device = images.device
@@ -283,6 +295,8 @@ def train_stacked(
         for i, net in enumerate(nets):
             for name, value in net.named_parameters():
                 value.copy_(params[name][i])
+            for name, buffer in net.named_buffers():
+                buffer.copy_(buffers[name][i])
     return nets
 
 
@@ -398,7 +412,9 @@ def audit_synthetic(
         return GroupDRO(groups, num_groups=test.num_groups, step_size=config.gdro_step_size, num_models=models)
 
     generator.manual_seed(seeds[0])
-    if config.stack_models and not has_buffers(nets[0]) and len(nets) > 1:
+    stack_forward = config.resolved_stack_forward(images.device.type)
+    # networks with batch norm stack only in the loop forward (vmap cannot update their running statistics)
+    if config.stack_models and len(nets) > 1 and (stack_forward == "loop" or not has_buffers(nets[0])):
         train_stacked(
             nets,
             images,
@@ -406,7 +422,7 @@ def audit_synthetic(
             generator=generator,
             cuda_graph=config.cuda_graph,
             precision=config.precision,
-            stack_forward=config.resolved_stack_forward(images.device.type),
+            stack_forward=stack_forward,
             loss_fn=objective(len(nets)),
             **schedule,
         )

@@ -165,7 +165,8 @@ def resnet18(*, channels: int, num_classes: int, norm: str = "batchnorm") -> Res
 
 
 def has_buffers(net: nn.Module) -> bool:
-    """Whether ``net`` keeps buffers (batch norm's running statistics): such networks train one at a time."""
+    """Whether ``net`` keeps buffers (batch norm's running statistics): such networks stack only in
+    the loop forward (:func:`fdd.fairness.audit.train_stacked`), else they train one at a time."""
     return any(True for _ in net.buffers())
 
 
