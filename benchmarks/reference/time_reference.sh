@@ -18,6 +18,7 @@
 # Needs: torch, torchvision, numpy, scipy, pillow, tqdm (all in the H200 image). No edits to
 # the reference: limits are passed as its own flags (--Iteration N --num_eval 0, or
 # --Iteration 0 --num_eval 1 --epoch_eval_train 1500); timing by wrappers (see time_reference.py).
+# A full, resumable reference run (for machines lent in short calls): run_reference.py, see README.md.
 set -euo pipefail
 : "${DATA_ROOT:?set DATA_ROOT}"
 : "${OUT:?set OUT}"

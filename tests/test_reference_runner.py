@@ -1,0 +1,132 @@
+"""benchmarks/reference/run_reference.py: the COBRA reference run interrupted and resumed across
+processes ends exactly where an uninterrupted run ends.
+
+Needs a checkout of github:mhmoslemi/COBRA (never committed): ``$FDD_REFERENCE_DIR``, default
+``.ref/COBRA`` at the repository root; skipped without it. The data are tiny synthetic IDX files
+(10 classes, 40 training and 20 test images each), so the reference builds its coloured
+C-MNIST in well under a second. The reference seeds torch from the wall clock and its fairness
+metric calls ``.cuda()``: the runner's test switches ``--deterministic-clock`` and
+``--cpu-cuda-noop`` make it deterministic and runnable on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fdd.datasets.sources import IDX_FILES, encode_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNNER = ROOT / "benchmarks" / "reference" / "run_reference.py"
+REFERENCE = Path(os.environ.get("FDD_REFERENCE_DIR") or ROOT / ".ref" / "COBRA")
+FLAGS = [
+    "--dataset",
+    "Colored_MNIST_foreground",
+    "--ipc",
+    "1",
+    "--mode",
+    "cobra",
+    "--Iteration",
+    "6",
+    "--num_eval",
+    "2",
+    "--epoch_eval_train",
+    "2",
+    "--batch_real",
+    "32",
+    "--cobra_warmup_epochs",
+    "2",
+]
+RES = "res_DM_Colored_MNIST_foreground_ConvNet_1ipc_cobra.pt"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (REFERENCE / "train_dm.py").exists(),
+        reason=f"no COBRA reference checkout at {REFERENCE} (set FDD_REFERENCE_DIR)",
+    ),
+]
+
+
+def write_idx(root: Path) -> None:
+    """Ten classes of 28x28 uint8 noise, class k with a bright bar at rows 2k+2..2k+4."""
+    rng = np.random.default_rng(0)
+    folder = root / "MNIST" / "raw"
+    folder.mkdir(parents=True)
+
+    def split(per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat(np.arange(10, dtype=np.uint8), per_class)
+        images = rng.integers(0, 40, size=(labels.size, 28, 28), dtype=np.uint8)
+        for k in range(10):
+            images[labels == k, 2 + 2 * k : 5 + 2 * k, 4:24] = 255
+        order = rng.permutation(labels.size)
+        return images[order], labels[order]
+
+    arrays = (*split(40), *split(20))
+    for name, array in zip(IDX_FILES, arrays):
+        (folder / name).write_bytes(encode_idx(array))
+
+
+def run(tmp: Path, state: str, *extra: str, flags: list[str] = FLAGS) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        str(RUNNER),
+        "--ref-dir",
+        str(REFERENCE),
+        "--data-root",
+        str(tmp / "data"),
+        "--state",
+        str(tmp / state),
+        "--deterministic-clock",
+        "--cpu-cuda-noop",
+        *extra,
+        "--",
+        *flags,
+        "--save_path",
+        str(tmp / f"save_{state}"),
+    ]
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted_run(tmp_path: Path) -> None:
+    write_idx(tmp_path / "data")
+    full = run(tmp_path, "full")
+    assert full.returncode == 0, full.stdout + full.stderr
+
+    # segment 1: 3 distillation steps, then a checkpoint
+    seg = run(tmp_path, "seg", "--max-units", "3")
+    assert seg.returncode == 75, seg.stdout + seg.stderr
+    assert "checkpoint at 3/6 iterations" in seg.stdout
+    # other reference flags: refused, the checkpoint left as it was
+    other = run(tmp_path, "seg", flags=[*FLAGS, "--lr_img", "0.5"])
+    assert other.returncode != 0
+    assert "other reference flags" in other.stderr and "lr_img" in other.stderr
+    # segment 2: the 3 remaining steps, the first evaluation, then a checkpoint between evaluations
+    seg = run(tmp_path, "seg", "--max-units", "4")
+    assert seg.returncode == 75, seg.stdout + seg.stderr
+    assert "checkpoint at 6/6 iterations, 1/2 evaluations" in seg.stdout
+    # segment 3: replays evaluation 0, runs evaluation 1 and the final step
+    seg = run(tmp_path, "seg")
+    assert seg.returncode == 0, seg.stdout + seg.stderr
+
+    a = json.loads((tmp_path / "full" / "result.json").read_text())
+    b = json.loads((tmp_path / "seg" / "result.json").read_text())
+    metrics = ("acc", "max_eo", "mean_eo")
+    assert [[e[k] for k in metrics] for e in a["evaluations"]] == [[e[k] for k in metrics] for e in b["evaluations"]]
+    assert (a["acc_mean"], a["deo_m_mean"], a["deo_a_mean"]) == (b["acc_mean"], b["deo_m_mean"], b["deo_a_mean"])
+    assert [s["end_done"] for s in b["segments"]] == [3, 6, 6]
+    assert b["iterations"] == 6 and b["num_evaluations"] == 2
+    images_a = torch.load(tmp_path / "full" / RES, weights_only=False)["data"][0][0]
+    images_b = torch.load(tmp_path / "seg" / RES, weights_only=False)["data"][0][0]
+    assert torch.equal(images_a, images_b)
+    # a finished state is not run again
+    again = run(tmp_path, "seg")
+    assert again.returncode == 0 and "finished already" in again.stdout
