@@ -4,10 +4,12 @@
   process that started it dies, even by SIGKILL (Linux ``prctl(PR_SET_PDEATHSIG)``, set by a
   tiny launcher that then ``exec``\\s the command, so no ``preexec_fn`` runs in a threaded
   process). Used for ``fdd server``'s ``prefect server start`` and for the temporary Prefect
-  server that ``fdd run`` starts (:func:`reap_temporary_server`).
+  server that ``fdd run`` starts (:func:`reap_temporary_server`), which also gets a session of
+  its own, so that a signal to fdd's process group does not stop it before fdd is done with it.
 - :func:`stop_on_signals` turns SIGTERM into the same clean shutdown as Ctrl-C, and
   :func:`stop_descendants` ends every process fdd started (SIGTERM, a grace period, then
-  SIGKILL), for ``fdd serve`` and ``fdd sweep``.
+  SIGKILL), for ``fdd serve`` and ``fdd sweep``; :func:`interrupt_threads` passes the interrupt
+  on to the threads that run :func:`interruptible` work (a sweep's cells on Dask thread workers).
 - :func:`run_group` runs a long-lived child in its own process group and forwards SIGTERM /
   SIGINT to the whole group (``fdd server``).
 - :func:`bounded_exit` ends every fdd command within a grace period (:data:`EXIT_GRACE_SECONDS`,
@@ -19,6 +21,7 @@
 from __future__ import annotations
 
 import atexit
+import ctypes
 import math
 import os
 import signal
@@ -52,6 +55,7 @@ EXIT_GRACE_ENV = "FDD_EXIT_GRACE_S"
 #: The ``atexit`` handlers (Prefect stopping its temporary server) get the grace period, and
 #: never less than this, before fdd leaves without them.
 EXIT_HANDLERS_MIN_SECONDS = 10.0
+MSG_THREAD_INTERRUPTED = "fdd was interrupted (SIGINT or SIGTERM)"
 WARN_EXIT_GRACE = "warning: {env}={value!r} is not a number of seconds >= 0; waiting {default:g} s at exit"
 WARN_STUCK_THREADS = (
     "warning: fdd is done (exit status {status}) but after {grace:g} s these still run: {names}; "
@@ -86,6 +90,8 @@ class _ReapingSubprocess(types.ModuleType):
 
     @staticmethod
     def Popen(args: Sequence[str], *rest: Any, **kwargs: Any) -> subprocess.Popen[Any]:  # named as in subprocess
+        if sys.platform.startswith("linux"):  # out of fdd's process group, as it still dies with fdd
+            kwargs.setdefault("start_new_session", True)  # (reap_temporary_server)
         return subprocess.Popen(die_with_parent(args), *rest, **kwargs)
 
 
@@ -95,12 +101,70 @@ def reap_temporary_server() -> None:
 
     Prefect starts it with ``subprocess.Popen([sys.executable, "-m", "uvicorn", ...])`` and
     stops it at exit, which a killed process never reaches; the module's ``subprocess`` is
-    replaced by one that wraps that command with :func:`die_with_parent`.
+    replaced by one that wraps that command with :func:`die_with_parent` and, on Linux, starts it
+    in a session of its own. A signal sent to fdd's whole process group (``timeout``, Ctrl-C in a
+    terminal) then reaches fdd alone: in the group, the server died at once, and fdd, reporting
+    the interrupted runs to it, retried for minutes and then failed with ``ConnectError``
+    instead of stopping. fdd stops it on the way out (:func:`stop_on_signals`, ``atexit``).
     """
     from prefect.server.api import server
 
     if not isinstance(server.subprocess, _ReapingSubprocess):
         server.subprocess = _ReapingSubprocess()
+
+
+class ThreadInterrupted(BaseException):
+    """Raised in an :func:`interruptible` block by :func:`interrupt_threads`.
+
+    A BaseException, as KeyboardInterrupt, so that no ``except Exception`` takes it for an error
+    (Prefect records the task run as crashed, without retrying it), but not KeyboardInterrupt,
+    which Dask lets out of its worker thread into its event loop, closing it.
+    """
+
+    def __str__(self) -> str:
+        return MSG_THREAD_INTERRUPTED  # raised as a class (interrupt_threads): no message of its own
+
+
+#: The threads inside an :func:`interruptible` block (their ids), and the lock that guards them.
+_INTERRUPTIBLE: set[int] = set()
+_INTERRUPTIBLE_LOCK = threading.RLock()
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """The block, in a thread other than the main one, ends with :class:`ThreadInterrupted` when
+    :func:`interrupt_threads` is called (by the main thread, once it was interrupted).
+
+    Python raises a signal's KeyboardInterrupt (or Prefect's ``TerminationSignal``) in the main
+    thread only. A sweep's cells run on Dask worker threads of the fdd process
+    (``sweep.processes: false``): interrupted, fdd went on computing the cell in flight, and
+    Dask, closing its workers, waited 30 s for it before the process could stop.
+    """
+    ident = threading.get_ident()
+    with _INTERRUPTIBLE_LOCK:
+        _INTERRUPTIBLE.add(ident)
+    try:
+        yield
+    finally:
+        with _INTERRUPTIBLE_LOCK:
+            _INTERRUPTIBLE.discard(ident)
+
+
+def interrupt_threads() -> int:
+    """Raise :class:`ThreadInterrupted` in every thread but this one that runs an :func:`interruptible` block.
+
+    The exception is raised when the thread next runs Python code (CPython's
+    ``PyThreadState_SetAsyncExc``), so a thread inside one long call of a C library (a torch
+    kernel) stops once that call returns. Returns the number of threads interrupted.
+    """
+    current = threading.get_ident()
+    count = 0
+    with _INTERRUPTIBLE_LOCK:
+        for ident in _INTERRUPTIBLE - {current}:
+            count += ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(ident), ctypes.py_object(ThreadInterrupted)
+            )
+    return count
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:

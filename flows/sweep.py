@@ -73,6 +73,7 @@ from flows.configuration import (  # the grid is read without Prefect
 )
 from flows.lock import holds_workspace_lock
 from flows.pipeline import resolve_device, stage_call
+from flows.processes import interrupt_threads, interruptible
 from tasks.base import (
     atomic_write_bytes,
     atomic_write_text,
@@ -337,7 +338,8 @@ def run_cell(
     record = {"device": device, "worker": _worker_name(), "started": _now()}
     started = time.time()
     try:
-        row = _cell_metrics(cell_name, cell, config, Path(workspace), device)
+        with interruptible():  # stopped by interrupt_threads when the flow is interrupted (grid_flow)
+            row = _cell_metrics(cell_name, cell, config, Path(workspace), device)
     except Exception as exc:
         raise CellFailedError(_one_line(exc), {**record, "finished": _now()}) from exc
     row = {
@@ -608,8 +610,17 @@ def grid_flow(config: FlowConfig, workspace: str = ".", local_gpus: int = 0, com
     ``local_gpus``: GPUs of the local Dask cluster the runner started (one per cell), 0 otherwise.
     ``compute=False`` builds the tables from ``sweep.records`` alone (nothing is computed).
     Raises :class:`SweepCellsFailedError` after writing the tables when a cell failed.
+
+    Interrupted (SIGTERM / SIGINT: Prefect's ``TerminationSignal`` or KeyboardInterrupt, raised
+    in the main thread only) or failing while cells run, it interrupts the cells in flight on
+    Dask thread workers (:func:`flows.processes.interrupt_threads`) before the task runner closes
+    the cluster, which would otherwise wait 30 s for them while they go on computing.
     """
-    cells = _sweep_body(config, workspace, local_gpus, compute)
+    try:
+        cells = _sweep_body(config, workspace, local_gpus, compute)
+    except BaseException:
+        interrupt_threads()
+        raise
     result = write_tables(cells, workspace, grid_size=len(sweep_cell_configs(config)))
     if config.sweep.paper_table:
         result["paper_table"] = write_paper_table(cells, config, workspace)

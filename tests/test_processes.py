@@ -3,6 +3,8 @@ SIGTERM / SIGINT to the long-running commands stop every process they started.""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -266,3 +268,106 @@ def test_sigterm_to_fdd_sweep_stops_its_workers_and_servers(tiny_workspace: Path
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_interrupt_threads_stops_the_interruptible_blocks_of_other_threads() -> None:
+    """What an interrupted sweep does to its cells on Dask thread workers (flows.sweep.grid_flow)."""
+    import threading
+
+    from flows.processes import MSG_THREAD_INTERRUPTED, ThreadInterrupted, interrupt_threads, interruptible
+
+    started, outside, ended = threading.Barrier(3), threading.Event(), {}
+
+    def work(name: str, block: bool) -> None:
+        try:
+            with interruptible() if block else contextlib.nullcontext():
+                started.wait()
+                while not outside.is_set():  # Python code, as a cell's loop between torch calls
+                    time.sleep(0.01)
+            ended[name] = "done"
+        except ThreadInterrupted as exc:
+            ended[name] = str(exc)
+
+    threads = [threading.Thread(target=work, args=(name, name == "cell")) for name in ("cell", "other")]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    with interruptible():  # the calling thread is never interrupted
+        assert interrupt_threads() == 1
+    threads[0].join(timeout=10)
+    outside.set()
+    threads[1].join(timeout=10)
+    assert ended == {"cell": MSG_THREAD_INTERRUPTED, "other": "done"}
+    assert interrupt_threads() == 0  # the block was left
+
+
+#: How long `fdd sweep` may take to end after SIGTERM / SIGINT with a cell in flight: the grace
+#: period it is given (FDD_EXIT_GRACE_S) and a margin for Prefect recording the interrupted runs
+#: on a loaded 2-core machine. Before the fix it took 30 s (Dask waiting for the cell's thread)
+#: and, signalled as a process group, minutes (its Prefect server was gone).
+SWEEP_EXIT_GRACE = 2.0
+SWEEP_EXIT_BOUND = SWEEP_EXIT_GRACE + 13.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sig", "group"),
+    [(signal.SIGTERM, False), (signal.SIGTERM, True), (signal.SIGINT, True)],
+    ids=["sigterm", "sigterm-to-the-group-as-timeout-does", "sigint-to-the-group-as-ctrl-c-does"],
+)
+def test_an_interrupted_sweep_stops_its_cell_in_flight_at_once(sig: int, group: bool, tiny_workspace: Path) -> None:
+    """`fdd sweep` on Dask thread workers (the default), interrupted while one cell runs and after
+    another finished: it ends within the bound with 130 and its one line, and leaves no process,
+    no lock, and the finished cell's record."""
+    from flows.cli import EXIT_INTERRUPTED
+
+    params = yaml.safe_load((tiny_workspace / "params.yaml").read_text())
+    params["synthesis"].update({"iterations": 100_000, "log_every": 100})
+    params["sweep"] = {  # random-real finishes in a second; vanilla runs until the signal
+        "datasets": ["cmnist"],
+        "ipcs": [2],
+        "modes": ["random-real", "vanilla"],
+        "seeds": [0],
+        "n_workers": 2,
+        "processes": False,
+        "records": "records",
+    }
+    (tiny_workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    record = tiny_workspace / "records/cmnist-ipc2-dm-random-real-seed0.json"
+    log = tiny_workspace / "sweep.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "sweep"],
+            cwd=tiny_workspace,
+            env=_env(FDD_EXIT_GRACE_S=str(SWEEP_EXIT_GRACE)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as under `timeout` or in a terminal
+        )
+    try:
+        _wait(record.exists, timeout=300, what="the random-real cell's record", process=process)
+        _wait(
+            lambda: "vanilla: iteration 100/" in log.read_text(), timeout=120, what="the vanilla cell", process=process
+        )
+        everything = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
+        assert everything, "no temporary Prefect server"
+        sent = time.monotonic()
+        if group:
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
+        process.wait(timeout=SWEEP_EXIT_BOUND + 120)  # the bound is asserted below, with the log
+        seconds = time.monotonic() - sent
+        text = log.read_text()
+        assert process.returncode == EXIT_INTERRUPTED, text[-3000:]
+        assert seconds < SWEEP_EXIT_BOUND, f"ended {seconds:.0f} s after the signal: {text[-3000:]}"
+        assert "stopped: interrupted (SIGINT or SIGTERM)" in text
+        assert _gone(everything, timeout=5), f"left running: {everything}"
+        assert not (tiny_workspace / ".fdd.lock.owner").exists()
+        with workspace_lock(tiny_workspace):  # the next fdd command can start
+            pass
+        assert json.loads(record.read_text())["row"]["status"] == "ok"
+        assert not (tiny_workspace / "records/cmnist-ipc2-dm-vanilla-seed0.json").exists()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
