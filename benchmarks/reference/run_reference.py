@@ -63,7 +63,12 @@ import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: fdd's atomic writes
+
+from fdd.files import atomic_write, atomic_write_bytes
 
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL: budget ran out, checkpoint written, run the same command again
 CHECKPOINT = "checkpoint.pt"
@@ -112,19 +117,8 @@ def parse_cli(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return p.parse_args(own), ref
 
 
-def atomic_write_bytes(path: str, write: Any) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def atomic_write_json(path: str, obj: dict) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-
-    atomic_write_bytes(path, write)
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def git_commit(ref_dir: str) -> str:
@@ -309,7 +303,7 @@ class Runner:
             "segments": segments,
         }
         path = os.path.join(self.state_dir, CHECKPOINT)
-        atomic_write_bytes(path, lambda tmp: self.torch.save(payload, tmp))
+        atomic_write(path, lambda handle: self.torch.save(payload, handle))
         atomic_write_json(
             os.path.join(self.state_dir, "progress.json"),
             {k: payload[k] for k in ("done", "total", "segments")} | {"evals_done": len(self.evals)},
@@ -424,8 +418,8 @@ class Runner:
         copied = None
         if os.path.exists(res):
             copied = os.path.join(self.state_dir, name)
-            shutil.copyfile(res, copied + ".tmp")
-            os.replace(copied + ".tmp", copied)
+            with open(res, "rb") as source:
+                atomic_write(copied, lambda handle: shutil.copyfileobj(source, handle))
         accs = [e["acc"] for e in self.evals]
         segments = [*self.segments, self._segment(self.total, "finished")]
         result = {
