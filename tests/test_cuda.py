@@ -255,19 +255,24 @@ def test_stacked_audit_graph_with_speed_switches_trains_like_eager(precision: st
 
 def test_stacked_batchnorm_resnet_graph_trains_like_eager() -> None:
     """ResNet18 with batch norm (the cross-architecture audit's) stacks in the loop forward and is
-    captured per epoch: the replay ends where the eager loop ends, running statistics included."""
+    captured per epoch: the replay ends where the eager loop ends, running statistics included.
+
+    ResNet18 training amplifies rounding differences: on an H200 (2026-11-29), two eager runs of
+    8 epochs with a last batch of 2 ended up to 0.84 apart, and the graph run as far from either.
+    So the batches here are of 8 (no batch of 2 for batch norm), cuDNN is deterministic, and the
+    graph run may differ from the eager one by no more than twice what two eager runs differ by."""
     from fdd.config import NetworkConfig
     from fdd.distillation.augment import DSAConfig
     from fdd.fairness.audit import train_stacked
     from fdd.models.architectures import build_architecture
 
-    images = torch.randn(12, 3, 28, 28, device="cuda")
-    labels = torch.arange(3, device="cuda").repeat_interleave(4)
+    images = torch.randn(16, 3, 28, 28, device="cuda")
+    labels = torch.arange(4, device="cuda").repeat_interleave(4)
 
-    def trained(graph: bool) -> list:
+    def trained(graph: bool, epochs: int = 5) -> list:
         nets = [
             build_architecture(
-                "resnet18", input_shape=(3, 28, 28), num_classes=3, network=NetworkConfig(), seed=s, device="cuda"
+                "resnet18", input_shape=(3, 28, 28), num_classes=4, network=NetworkConfig(), seed=s, device="cuda"
             )
             for s in range(2)
         ]
@@ -275,21 +280,35 @@ def test_stacked_batchnorm_resnet_graph_trains_like_eager() -> None:
             nets,
             images,
             labels,
-            epochs=8,
+            epochs=epochs,
             lr=0.01,
             momentum=0.9,
             weight_decay=5e-4,
-            batch_size=5,
+            batch_size=8,
             dsa=DSAConfig(),
             generator=torch.Generator("cuda").manual_seed(0),
-            lr_decay_epoch=4,
+            lr_decay_epoch=3,  # epochs 3 and 4 replay two graphs (before and after the decay)
             cuda_graph=graph,
             stack_forward="loop",
         )
-        return [t.detach().float() for net in nets for t in (*net.parameters(), *net.buffers())]
+        counts = {t.item() for net in nets for t in net.buffers() if not t.is_floating_point()}
+        assert counts == {epochs * 2}  # num_batches_tracked: every batch of every epoch, replays too
+        return [t.detach() for net in nets for t in (*net.parameters(), *net.buffers()) if t.is_floating_point()]
 
-    for p, q in zip(trained(True), trained(False)):
-        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+    def farthest(a: list, b: list) -> float:
+        return max((p - q).abs().max().item() for p, q in zip(a, b))
+
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        start, eager, again, graphed = trained(False, epochs=0), trained(False), trained(False), trained(True)
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+    moved, noise = farthest(eager, start), farthest(eager, again)
+    assert moved > 1e-2  # the networks trained
+    assert noise < moved / 10  # eager runs agree well enough to compare against
+    for p, q in zip(graphed, eager):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4 + 2 * noise)
 
 
 def test_whole_step_graph_falls_back_when_a_class_cannot_fill_the_batch() -> None:
