@@ -240,3 +240,51 @@ def test_speed_variants_budget_skips_and_errors_do_not_stop(tmp_path: Path, monk
     assert speed_variants.main([*args, "--out", str(tmp_path / "b"), "--budget-s", "0"]) == 0
     rows = list(csv.DictReader((tmp_path / "b" / "speed_variants.csv").open()))
     assert {r["status"] for r in rows} == {"skipped"}
+
+
+def test_capture_confines_errors_to_its_thread_and_pauses_the_garbage_collector(monkeypatch):
+    """The capture runs under capture_error_mode="thread_local" (another thread's CUDA calls do not
+    invalidate it) with the garbage collector off; the eager runs before it keep collecting."""
+    import contextlib
+    import gc
+
+    from fdd.distillation import cuda_graph as CG
+
+    seen: dict = {"modes": [], "gc_in_body": []}
+
+    @contextlib.contextmanager
+    def fake_graph(graph, capture_error_mode="global", **kwargs):
+        seen["modes"].append(capture_error_mode)
+        yield
+
+    class FakeStream:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: "graph")
+    monkeypatch.setattr(torch.cuda, "graph", fake_graph)
+
+    def body():
+        seen["gc_in_body"].append(gc.isenabled())
+        return 7
+
+    assert gc.isenabled()
+    graph, out = CG.capture(body, device=torch.device("cuda"), eager_runs=2)
+    assert (graph, out) == ("graph", 7)
+    assert seen["modes"] == ["thread_local"]
+    assert seen["gc_in_body"] == [True, True, False]  # two eager runs, then the capture
+    assert gc.isenabled()  # turned back on
+
+    def failing():
+        if not gc.isenabled():
+            raise RuntimeError("capture failed")
+
+    with pytest.raises(RuntimeError, match="capture failed"):
+        CG.capture(failing, device=torch.device("cuda"))
+    assert gc.isenabled()  # turned back on after a failed capture too

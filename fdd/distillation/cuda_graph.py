@@ -27,6 +27,7 @@ function, and state that is updated *in place* (parameters re-drawn with
 from __future__ import annotations
 
 import dataclasses
+import gc
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -90,8 +91,19 @@ def capture(body: Callable[[], object], *, device: torch.device, eager_runs: int
             body()
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = body()
+    # Only this thread's calls may invalidate the capture (as in torch.compile's CUDA-graph trees):
+    # under the default "global" mode, a CUDA call that capture forbids made by any other thread
+    # (torch.compile's kernel loading, say) breaks it. On an H200 one capture failed that way
+    # inside the CUDA test suite and passed alone. The garbage collector stays off meanwhile, so
+    # no finaliser frees CUDA objects during the capture.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            out = body()
+    finally:
+        if collecting:
+            gc.enable()
     return graph, out
 
 
