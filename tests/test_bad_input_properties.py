@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter
 
 from fdd.config import ConfigError
 from fdd.datasets.containers import GroupedImages
@@ -42,6 +43,8 @@ ANY_VALUE = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(key=st.sampled_from(KEYS), value=ANY_VALUE)
+@example(key=("audit", "stack_models"), value="0")  # pydantic reads the string "0" as False
+@example(key=("audit", "lr"), value="1e-3")
 def test_one_changed_key_is_accepted_or_named(key: tuple[str, str], value: object) -> None:
     section, name = key
     try:
@@ -54,6 +57,10 @@ def test_one_changed_key_is_accepted_or_named(key: tuple[str, str], value: objec
         assert isinstance(accepted, float) and math.isnan(accepted)
     elif isinstance(value, list):
         assert list(accepted) == value
+    elif isinstance(value, str) and isinstance(accepted, (bool, int, float)):
+        # a string read as a number or a flag ("0" -> False, "1e-3" -> 0.001): the value stored is
+        # what pydantic makes of the string for that type, not another one
+        assert accepted == TypeAdapter(type(accepted)).validate_python(value)
     else:
         assert accepted == value or (value is not None and str(accepted) == str(value))
 
