@@ -73,7 +73,7 @@ from flows.configuration import (  # the grid is read without Prefect
 )
 from flows.lock import holds_workspace_lock
 from flows.pipeline import resolve_device, stage_call
-from flows.processes import interrupt_threads, interruptible
+from flows.processes import allow_threads, interrupt_threads, interruptible
 from tasks.base import (
     atomic_write_bytes,
     atomic_write_text,
@@ -614,8 +614,11 @@ def grid_flow(config: FlowConfig, workspace: str = ".", local_gpus: int = 0, com
     Interrupted (SIGTERM / SIGINT: Prefect's ``TerminationSignal`` or KeyboardInterrupt, raised
     in the main thread only) or failing while cells run, it interrupts the cells in flight on
     Dask thread workers (:func:`flows.processes.interrupt_threads`) before the task runner closes
-    the cluster, which would otherwise wait 30 s for them while they go on computing.
+    the cluster, which would otherwise wait 30 s for them while they go on computing; a cell that
+    Dask starts after that (one that waited for a worker) ends at once, as it would otherwise run
+    on the thread that the interrupted cell freed.
     """
+    allow_threads()  # an earlier interrupted sweep of this process kept cells from starting until now
     try:
         cells = _sweep_body(config, workspace, local_gpus, compute)
     except BaseException:

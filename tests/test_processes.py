@@ -274,7 +274,13 @@ def test_interrupt_threads_stops_the_interruptible_blocks_of_other_threads() -> 
     """What an interrupted sweep does to its cells on Dask thread workers (flows.sweep.grid_flow)."""
     import threading
 
-    from flows.processes import MSG_THREAD_INTERRUPTED, ThreadInterrupted, interrupt_threads, interruptible
+    from flows.processes import (
+        MSG_THREAD_INTERRUPTED,
+        ThreadInterrupted,
+        allow_threads,
+        interrupt_threads,
+        interruptible,
+    )
 
     started, outside, ended = threading.Barrier(3), threading.Event(), {}
 
@@ -292,13 +298,22 @@ def test_interrupt_threads_stops_the_interruptible_blocks_of_other_threads() -> 
     for thread in threads:
         thread.start()
     started.wait()
-    with interruptible():  # the calling thread is never interrupted
-        assert interrupt_threads() == 1
-    threads[0].join(timeout=10)
-    outside.set()
-    threads[1].join(timeout=10)
-    assert ended == {"cell": MSG_THREAD_INTERRUPTED, "other": "done"}
-    assert interrupt_threads() == 0  # the block was left
+    try:
+        with interruptible():  # the calling thread is never interrupted
+            assert interrupt_threads() == 1
+        threads[0].join(timeout=10)
+        outside.set()
+        threads[1].join(timeout=10)
+        assert ended == {"cell": MSG_THREAD_INTERRUPTED, "other": "done"}
+        assert interrupt_threads() == 0  # the block was left
+        # a block that starts after the interrupt (a waiting cell that Dask starts on the freed thread)
+        with pytest.raises(ThreadInterrupted), interruptible():
+            pytest.fail("a block started after interrupt_threads ran")
+    finally:
+        allow_threads()
+    with interruptible():  # a new sweep of the same process
+        assert interrupt_threads() == 0
+    allow_threads()
 
 
 #: How long `fdd sweep` may take to end after SIGTERM / SIGINT with a cell in flight: the grace
@@ -311,14 +326,30 @@ SWEEP_EXIT_BOUND = SWEEP_EXIT_GRACE + 13.0
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("sig", "group"),
-    [(signal.SIGTERM, False), (signal.SIGTERM, True), (signal.SIGINT, True)],
-    ids=["sigterm", "sigterm-to-the-group-as-timeout-does", "sigint-to-the-group-as-ctrl-c-does"],
+    ("sig", "group", "queued"),
+    [
+        (signal.SIGTERM, False, False),
+        (signal.SIGTERM, True, False),
+        (signal.SIGINT, True, False),
+        (signal.SIGTERM, True, True),
+    ],
+    ids=[
+        "sigterm",
+        "sigterm-to-the-group-as-timeout-does",
+        "sigint-to-the-group-as-ctrl-c-does",
+        "sigterm-during-synthesis-with-a-cell-waiting-for-the-worker",
+    ],
 )
-def test_an_interrupted_sweep_stops_its_cell_in_flight_at_once(sig: int, group: bool, tiny_workspace: Path) -> None:
-    """`fdd sweep` on Dask thread workers (the default), interrupted while one cell runs and after
-    another finished: it ends within the bound with 130 and its one line, and leaves no process,
-    no lock, and the finished cell's record."""
+def test_an_interrupted_sweep_stops_its_cell_in_flight_at_once(
+    sig: int, group: bool, queued: bool, tiny_workspace: Path
+) -> None:
+    """`fdd sweep` on Dask thread workers (the default), interrupted while one cell synthesizes and
+    after another finished: it ends within the bound with 130 and its one line, and leaves no
+    process, no lock, no temporary file, and the finished cell's record.
+
+    ``queued``: one worker, and a third cell waits for it. Before the fix, once the interrupted
+    cell had left the worker's thread, Dask started the waiting cell there and its synthesis ran
+    on until Dask's 30 s were over (on the GPU: until `timeout -k 15` killed fdd, exit 137)."""
     from flows.cli import EXIT_INTERRUPTED
 
     params = yaml.safe_load((tiny_workspace / "params.yaml").read_text())
@@ -326,9 +357,9 @@ def test_an_interrupted_sweep_stops_its_cell_in_flight_at_once(sig: int, group: 
     params["sweep"] = {  # random-real finishes in a second; vanilla runs until the signal
         "datasets": ["cmnist"],
         "ipcs": [2],
-        "modes": ["random-real", "vanilla"],
+        "modes": ["random-real", "vanilla", "cobra"] if queued else ["random-real", "vanilla"],
         "seeds": [0],
-        "n_workers": 2,
+        "n_workers": 1 if queued else 2,  # queued: cobra waits for vanilla's worker
         "processes": False,
         "records": "records",
     }
@@ -368,6 +399,9 @@ def test_an_interrupted_sweep_stops_its_cell_in_flight_at_once(sig: int, group: 
             pass
         assert json.loads(record.read_text())["row"]["status"] == "ok"
         assert not (tiny_workspace / "records/cmnist-ipc2-dm-vanilla-seed0.json").exists()
+        assert sorted(p.name for p in (tiny_workspace / "records").iterdir()) == [record.name]
+        assert "synthesize[cobra]" not in text, "a cell started after the interrupt"
+        assert not [p for p in tiny_workspace.rglob(".*") if TEMP_NAME.match(p.name)], "a file was left half-written"
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
