@@ -90,7 +90,7 @@ def test_the_results_table_path_stays_inside_the_workspace():
 
 def test_cross_architecture_preset_audits_four_architectures_in_its_own_records():
     config = load_config(ROOT / "params.yaml", preset=[PRESETS / "paper.yaml", PRESETS / "cross_architecture.yaml"])
-    assert config.audit.architectures == ("convnet", "alexnet", "vgg11", "resnet18")
+    assert config.audit.architectures == ("convnet", "alexnet", "vgg11", "resnet18-in")  # the reference's eval_mode M
     assert (
         config.sweep.paper_table is None and config.sweep.results_table == "benchmarks/results/cross_architecture.csv"
     )
