@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from fdd.distillation.run import checkpoint_digest_path
 from fdd.distillation.synthesis import DMSynthesizer
 from flows.pipeline import load_config, run_single_stage
 
@@ -60,6 +62,23 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> No
         time.sleep(0.05)
 
 
+def _wait_for_checkpoint(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the checkpoint and its integrity record agree. The record is written just after the
+    checkpoint (fdd.distillation.run.write_checkpoint); a kill between the two makes the next run
+    discard the checkpoint and start over, by design, so the kill must not land there."""
+    record = checkpoint_digest_path(path)
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, process.stdout.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no checkpoint with a matching record appeared"
+        try:
+            if record.read_text().split()[0] == hashlib.sha256(path.read_bytes()).hexdigest():
+                return
+        except (FileNotFoundError, IndexError):
+            pass
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("kill", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_synthesis_resumes_to_the_uninterrupted_result(
     tiny_workspace: Path, tmp_path: Path, kill: int, monkeypatch: pytest.MonkeyPatch
@@ -74,7 +93,7 @@ def test_killed_synthesis_resumes_to_the_uninterrupted_result(
 
     checkpoint = tiny_workspace / "data/synthetic/cobra/checkpoint.pt"
     process = _stage_process(tiny_workspace)
-    _wait_for(checkpoint, process)
+    _wait_for_checkpoint(checkpoint, process)
     process.send_signal(kill)
     process.wait(timeout=60)
     assert process.returncode != 0
