@@ -20,8 +20,8 @@ layer's running statistics are from those of the test images.
 
 Examples (CPU, 2 threads)::
 
-    python benchmarks/bn_probe.py --set stratified-real --arch resnet18 resnet18-in convnet --epochs 200
-    python benchmarks/bn_probe.py --set data/synthetic/fairdd/synthetic.pt --bias background --arch resnet18
+    python benchmarks/bn_probe.py --set stratified-real --arch resnet18-bn resnet18 convnet --epochs 200
+    python benchmarks/bn_probe.py --set data/synthetic/fairdd/synthetic.pt --bias background --arch resnet18-bn
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--set", default="stratified-real", help="stratified-real, random-real or a synthetic.pt")
     parser.add_argument("--dataset", default="cmnist")
     parser.add_argument("--bias", default="foreground")
-    parser.add_argument("--arch", nargs="+", default=["resnet18", "resnet18-in", "convnet"])
+    parser.add_argument("--arch", nargs="+", default=["resnet18-bn", "resnet18", "convnet"])
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)

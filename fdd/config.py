@@ -657,13 +657,13 @@ ARCHITECTURES: dict[str, tuple[str, ...]] = {
     "resnet18": ("in", "bn", "nonorm"),
     "mlp": ("w<width>", "d<depth>"),
 }
-#: The norm each base uses when its spec names none (the reference's AlexNet has none, its VGG11 instance
-#: norm; ResNet18 is torchvision's, with batch norm).
+#: The norm each base uses when its spec names none: the reference's network of that name (its AlexNet has
+#: none, its VGG11 and ResNet18 instance norm); ``-bn`` is then the reference's ``...BN`` network.
 DEFAULT_NORMS: dict[str, str] = {
     "convnet": "instancenorm",
     "alexnet": "none",
     "vgg11": "instancenorm",
-    "resnet18": "batchnorm",
+    "resnet18": "instancenorm",
     "mlp": "none",
 }
 _NORM_OPTIONS = {"in": "instancenorm", "bn": "batchnorm", "nonorm": "none"}
@@ -671,9 +671,12 @@ _POOL_OPTIONS = {"avgpool": "avgpooling", "maxpool": "maxpooling", "nopool": "no
 _ACTIVATIONS = ("relu", "sigmoid", "leakyrelu")
 ERR_ARCHITECTURE = (
     "audit.architectures: {name!r} is not an evaluation architecture: {why}; a spec is a base of {bases} "
-    "followed by '-'-separated options, per base: {options} (e.g. 'convnet-w64-d4-bn-maxpool', 'resnet18-in')"
+    "followed by '-'-separated options, per base: {options} (e.g. 'convnet-w64-d4-bn-maxpool', 'resnet18-bn')"
 )
-ERR_DUPLICATE_ARCHITECTURES = "audit.architectures lists {dupes} more than once; list each architecture once"
+ERR_DUPLICATE_ARCHITECTURES = (
+    "audit.architectures lists one network more than once: {dupes}; list each architecture once "
+    "(an option equal to the base's default names the same network, e.g. 'resnet18' and 'resnet18-in')"
+)
 ERR_TABULAR_ARCHITECTURES = (
     "data.dataset={dataset!r} is tabular: audit.architectures may list only 'matching' and 'mlp[-w<width>][-d<depth>]'; "
     "got {bad}"
@@ -826,7 +829,7 @@ class AuditConfig(_Section):
         min_length=1,
         description="networks trained on the synthetic set, each audited on its own: 'matching' (the network "
         "section's network, which synthesis matched with), or a spec of fdd.config.parse_architecture such as "
-        "'convnet-w64', 'alexnet', 'vgg11-bn', 'resnet18', 'resnet18-in', 'mlp' (docs/evaluation.md); the first one's "
+        "'convnet-w64', 'alexnet', 'vgg11-bn', 'resnet18', 'resnet18-bn', 'mlp' (docs/evaluation.md); the first one's "
         "figures are metrics.json's headline",
     )
 
@@ -898,11 +901,14 @@ class AuditConfig(_Section):
     @field_validator("architectures")
     @classmethod
     def _known_architectures(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        networks: dict[tuple[Any, ...], list[str]] = {}
         for name in value:
-            parse_architecture(name)
-        dupes = sorted({a for a in value if value.count(a) > 1})
+            spec = parse_architecture(name)
+            key = (spec.base, spec.width, spec.depth, spec.norm, spec.pooling, spec.activation)
+            networks.setdefault(key, []).append(name)
+        dupes = [" = ".join(repr(n) for n in names) for names in networks.values() if len(names) > 1]
         if dupes:
-            raise ValueError(ERR_DUPLICATE_ARCHITECTURES.format(dupes=dupes))
+            raise ValueError(ERR_DUPLICATE_ARCHITECTURES.format(dupes="; ".join(dupes)))
         return value
 
 

@@ -51,7 +51,14 @@ import torch
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from fdd.config import COLORED_DATASETS, DEFAULT_DSA_STRATEGY, REAL_SET_MODES, ConfigError, DataConfig
+from fdd.config import (
+    COLORED_DATASETS,
+    DEFAULT_DSA_STRATEGY,
+    REAL_SET_MODES,
+    ConfigError,
+    DataConfig,
+    parse_architecture,
+)
 from fdd.report.frontier import FRONTIER_COLUMNS, frontier_table
 from fdd.report.plots import frontier_figure, save_figure
 from fdd.report.reproduction import (
@@ -214,8 +221,25 @@ def evaluation_fingerprint(config: FlowConfig) -> dict[str, Any] | None:
     return {"augmentation": augmentation, "strategy": strategy, "lr": "learned" if learned else "audit.lr"}
 
 
+def network_identity(name: str) -> str:
+    """An ``audit.architectures`` spec as the network it builds, whatever its spelling.
+
+    ``resnet18`` and ``resnet18-in`` give the same identity; and a record made when a base's
+    default was different (fdd's ``resnet18`` had batch norm up to commit 74c9551) does not count
+    for the network the same name builds today.
+    """
+    spec = parse_architecture(name)
+    return (
+        f"{spec.base}(width={spec.width}, depth={spec.depth}, norm={spec.norm}, pooling={spec.pooling}, "
+        f"activation={spec.activation})"
+    )
+
+
 def cell_fingerprint(config: FlowConfig) -> str:
-    """SHA-256 of the settings that decide a cell's result (:data:`NOT_IN_FINGERPRINT` left out)."""
+    """SHA-256 of the settings that decide a cell's result (:data:`NOT_IN_FINGERPRINT` left out).
+
+    Evaluation architectures enter as the networks they build (:func:`network_identity`).
+    """
     raw = config.model_dump(mode="json")
     kept = {section: raw[section] for section in ("runtime", "data", "network", "synthesis", "audit")}
     for section, keys in NOT_IN_FINGERPRINT.items():
@@ -225,6 +249,8 @@ def cell_fingerprint(config: FlowConfig) -> str:
         for key, default in defaults.items():
             if kept[section].get(key, default) == default:
                 kept[section].pop(key, None)
+    if "architectures" in kept["audit"]:
+        kept["audit"]["architectures"] = [network_identity(a) for a in kept["audit"]["architectures"]]
     for key in PROTOCOL_KEYS:
         kept["audit"].pop(key, None)
     protocol = evaluation_fingerprint(config)

@@ -48,8 +48,8 @@ def test_spec_grammar_sets_each_option_and_the_base_defaults():
         "sigmoid",
     )
     assert parse_architecture("convnet").norm == "instancenorm" and parse_architecture("convnet").depth is None
-    assert parse_architecture("resnet18").norm == "batchnorm"  # the reference's ResNet18BN
-    assert parse_architecture("resnet18-in").norm == "instancenorm"  # the reference's ResNet18
+    assert parse_architecture("resnet18").norm == "instancenorm"  # the reference's ResNet18
+    assert parse_architecture("resnet18-bn").norm == "batchnorm"  # the reference's ResNet18BN
     assert parse_architecture("vgg11").norm == "instancenorm" and parse_architecture("alexnet").norm == "none"
     assert parse_architecture("mlp-w32-d3").width == 32 and parse_architecture("mlp-w32-d3").depth == 3
 
@@ -76,8 +76,15 @@ def test_unknown_or_bad_specs_are_rejected_listing_the_allowed_ones(name, why):
 
 def test_architectures_config_default_duplicates_and_tabular_data():
     assert AuditConfig().architectures == ("matching",)
-    with pytest.raises(ConfigError, match="lists \\['alexnet'\\] more than once"):
+    with pytest.raises(ConfigError, match="more than once: 'alexnet' = 'alexnet'"):
         parse_config({"audit": {"architectures": ["alexnet", "alexnet"]}})
+    # a spec spelling out its base's default is the same network, so it is a duplicate too
+    with pytest.raises(ConfigError, match="more than once: 'resnet18' = 'resnet18-in'"):
+        parse_config({"audit": {"architectures": ["resnet18", "vgg11-bn", "resnet18-in"]}})
+    assert parse_config({"audit": {"architectures": ["resnet18", "resnet18-bn"]}}).audit.architectures == (
+        "resnet18",
+        "resnet18-bn",
+    )
     tabular = {
         "data": {"dataset": "adult"},
         "network": {"architecture": "mlp", "norm": "none", "depth": 2},
@@ -125,13 +132,14 @@ def test_specs_build_the_networks_they_name():
     vgg = build("vgg11-bn")
     assert isinstance(vgg, VGG11) and sum(isinstance(m, nn.Conv2d) for m in vgg.modules()) == 8
     assert sum(isinstance(m, nn.BatchNorm2d) for m in vgg.modules()) == 8
-    resnet = build("resnet18")
+    resnet = build("resnet18-bn")
     assert isinstance(resnet, ResNet) and sum(isinstance(m, BasicBlock) for m in resnet.modules()) == 8
     assert (
         resnet.conv1.kernel_size == (3, 3) and resnet.conv1.stride == (1, 1) and isinstance(resnet.maxpool, nn.Identity)
     )
-    assert has_buffers(resnet) and not has_buffers(build("resnet18-in")) and not has_buffers(build("resnet18-nonorm"))
-    assert any(isinstance(m, nn.GroupNorm) for m in build("resnet18-in").modules())
+    assert has_buffers(resnet) and not has_buffers(build("resnet18")) and not has_buffers(build("resnet18-nonorm"))
+    assert any(isinstance(m, nn.GroupNorm) for m in build("resnet18").modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in build("resnet18").modules())
     mlp = build("mlp-w12-d3")
     assert (
         isinstance(mlp, MLP) and mlp.embedding_dim == 12 and sum(isinstance(m, nn.Linear) for m in mlp.modules()) == 4
@@ -147,7 +155,7 @@ def test_image_networks_refuse_tabular_rows_with_a_clear_error():
 
 @pytest.mark.parametrize("size", [32, 64])
 @pytest.mark.parametrize(
-    "name", ["convnet-w8-d2", "convnet-bn-w8-d2", "alexnet", "vgg11-bn", "resnet18", "resnet18-in", "mlp"]
+    "name", ["convnet-w8-d2", "convnet-bn-w8-d2", "alexnet", "vgg11-bn", "resnet18", "resnet18-bn", "mlp"]
 )
 def test_every_architecture_trains_and_is_audited(monkeypatch, name, size):
     """Two evaluations of a few steps each: stacked (vmap) unless the network has batch-norm buffers."""

@@ -254,7 +254,7 @@ def test_stacked_audit_graph_with_speed_switches_trains_like_eager(precision: st
 
 
 def test_stacked_batchnorm_resnet_graph_trains_like_eager() -> None:
-    """ResNet18 with batch norm (the cross-architecture audit's) stacks in the loop forward and is
+    """ResNet18 with batch norm (``resnet18-bn``, the reference's batch-norm pool) stacks in the loop forward and is
     captured per epoch: the replay ends where the eager loop ends, running statistics included.
 
     ResNet18 training amplifies rounding differences: on an H200 (2026-11-29), two eager runs of
@@ -272,7 +272,7 @@ def test_stacked_batchnorm_resnet_graph_trains_like_eager() -> None:
     def trained(graph: bool, epochs: int = 5) -> list:
         nets = [
             build_architecture(
-                "resnet18", input_shape=(3, 28, 28), num_classes=4, network=NetworkConfig(), seed=s, device="cuda"
+                "resnet18-bn", input_shape=(3, 28, 28), num_classes=4, network=NetworkConfig(), seed=s, device="cuda"
             )
             for s in range(2)
         ]

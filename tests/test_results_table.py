@@ -11,7 +11,7 @@ import pytest
 
 from fdd.report.reproduction import RESULTS_COLUMNS, results_table
 from flows.configuration import cell_id, load_config, sweep_cell_configs
-from flows.sweep import cell_fingerprint, summarize, write_results_table
+from flows.sweep import cell_fingerprint, network_identity, record_path, summarize, write_results_table
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ROOT / "flows/presets"
@@ -90,7 +90,7 @@ def test_the_results_table_path_stays_inside_the_workspace():
 
 def test_cross_architecture_preset_audits_four_architectures_in_its_own_records():
     config = load_config(ROOT / "params.yaml", preset=[PRESETS / "paper.yaml", PRESETS / "cross_architecture.yaml"])
-    assert config.audit.architectures == ("convnet", "alexnet", "vgg11", "resnet18-in")  # the reference's eval_mode M
+    assert config.audit.architectures == ("convnet", "alexnet", "vgg11", "resnet18")  # the reference's eval_mode M
     assert (
         config.sweep.paper_table is None and config.sweep.results_table == "benchmarks/results/cross_architecture.csv"
     )
@@ -99,6 +99,32 @@ def test_cross_architecture_preset_audits_four_architectures_in_its_own_records(
     assert {cfg.data.bias for _, cfg in cells} == {"foreground"}
     # other audits than the paper's: other fingerprints, so the records live apart from the paper table's
     assert config.sweep.records != load_config(ROOT / "params.yaml", preset=PRESETS / "paper.yaml").sweep.records
+
+
+def test_the_committed_cross_architecture_records_are_those_of_the_preset():
+    """Each cell of the preset finds its committed record (same fingerprint): the table is built from
+    them with ``--from-records``, and a settings change that would silently drop them fails here."""
+    config = load_config(ROOT / "params.yaml", preset=[PRESETS / "paper.yaml", PRESETS / "cross_architecture.yaml"])
+    records = ROOT / config.sweep.records
+    for cell, cfg in sweep_cell_configs(config):
+        record = json.loads(record_path(records, cell["dataset"], cell).read_text())
+        assert record["fingerprint"] == cell_fingerprint(cfg), cell_id(cell)
+        assert set(json.loads(record["row"]["architectures"])) == set(config.audit.architectures)
+
+
+def test_architectures_enter_the_fingerprint_as_the_networks_they_build():
+    """``resnet18`` and ``resnet18-in`` are one network (one fingerprint); ``resnet18-bn`` another, so a
+    record made when ``resnet18`` meant batch norm (fdd up to 74c9551) is not reused for today's."""
+    from flows.configuration import parse_params
+
+    def fingerprint(*architectures: str) -> str:
+        return cell_fingerprint(parse_params({"audit": {"architectures": list(architectures)}}))
+
+    assert network_identity("resnet18") == network_identity("resnet18-in") != network_identity("resnet18-bn")
+    assert fingerprint("convnet", "resnet18") == fingerprint("convnet", "resnet18-in")
+    assert fingerprint("convnet", "resnet18") != fingerprint("convnet", "resnet18-bn")
+    assert fingerprint("convnet", "vgg11") == fingerprint("convnet", "vgg11-in")
+    assert fingerprint("convnet", "vgg11") != fingerprint("vgg11", "convnet")  # the first one is the headline
 
 
 def test_baselines_preset_reuses_the_paper_records_of_the_three_modes():

@@ -3,7 +3,7 @@
 The reference codebases (DC/DM's ``utils.get_network``, used by COBRA and FairDD) evaluate a
 distilled set on networks other than the one it was matched with. :func:`build_architecture`
 builds one from a spec of :func:`fdd.config.parse_architecture` (``convnet-w64-bn``,
-``resnet18-in``, ...; the grammar and defaults are in docs/evaluation.md) for any input shape
+``resnet18-bn``, ...; the grammar and defaults are in docs/evaluation.md) for any input shape
 ``(C, H, W)``: every head is sized from the input, so 28x28, 32x32 and 64x64 images all work
 (the COBRA reference's AlexNet and ResNet18 heads are fixed for 64x64 inputs).
 
@@ -21,9 +21,9 @@ builds one from a spec of :func:`fdd.config.parse_architecture` (``convnet-w64-b
   nothing, not the reference's instance norm, and its VGG head is the ImageNet one.
 - ``resnet18``: :class:`torchvision.models.ResNet` with :class:`torchvision.models.resnet.BasicBlock`
   and layers (2, 2, 2, 2), its stem replaced by the CIFAR one of the reference (3x3 stride-1
-  convolution, no max-pool); adaptive average pooling before the linear layer. Batch norm by
-  default (the reference's ``ResNet18BN``); ``resnet18-in`` is the reference's ``ResNet18``
-  (instance norm), ``resnet18-nonorm`` has none.
+  convolution, no max-pool); adaptive average pooling before the linear layer. Instance norm
+  by default, as the reference's ``ResNet18`` (its cross-architecture network); ``resnet18-bn``
+  is the reference's ``ResNet18BN``, ``resnet18-nonorm`` has none.
 - ``mlp``: :class:`fdd.models.mlp.MLP` on the flattened input (the network of tabular data).
 - ``matching``: the network of the ``network`` section, i.e. the one synthesis matched with.
 
@@ -151,7 +151,7 @@ class VGG11(nn.Module):
         return self.classifier(self.embed(x))
 
 
-def resnet18(*, channels: int, num_classes: int, norm: str = "batchnorm") -> ResNet:
+def resnet18(*, channels: int, num_classes: int, norm: str = "instancenorm") -> ResNet:
     """torchvision's ResNet-18 with the CIFAR stem of the reference (3x3 stride-1 conv, no max-pool).
 
     The head is torchvision's adaptive average pool and linear layer, so any input side of
@@ -185,7 +185,7 @@ def build_architecture(
     ----------
     name : str or ArchitectureSpec
         A spec of :func:`fdd.config.parse_architecture` (``"matching"``, ``"convnet-w64"``,
-        ``"resnet18-in"``, ...).
+        ``"resnet18-bn"``, ...).
     input_shape : tuple of int
         ``(C, H, W)``; tabular rows are ``(F, 1, 1)`` and take ``mlp`` or ``matching``.
     network : NetworkConfig
