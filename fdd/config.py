@@ -666,6 +666,10 @@ DEFAULT_NORMS: dict[str, str] = {
     "resnet18": "instancenorm",
     "mlp": "none",
 }
+#: The width and depth a spec leaves to its base (a ConvNet's depth follows the image side, as
+#: ``network.depth: auto``, so it has none here).
+DEFAULT_WIDTHS: dict[str, int] = {"convnet": 128, "mlp": 128}
+DEFAULT_DEPTHS: dict[str, int] = {"mlp": 2}
 _NORM_OPTIONS = {"in": "instancenorm", "bn": "batchnorm", "nonorm": "none"}
 _POOL_OPTIONS = {"avgpool": "avgpooling", "maxpool": "maxpooling", "nopool": "none"}
 _ACTIVATIONS = ("relu", "sigmoid", "leakyrelu")
@@ -698,6 +702,15 @@ class ArchitectureSpec:
     norm: str = "none"
     pooling: str = "avgpooling"
     activation: str = "relu"
+
+    @property
+    def network(self) -> tuple[str, int | None, int | None, str, str, str]:
+        """The network this spec builds, whatever its spelling: base, width, depth, norm, pooling and
+        activation, the base's defaults filled in (``resnet18`` and ``resnet18-in``, ``convnet`` and
+        ``convnet-w128`` are one network; a ConvNet depth left to the image side stays None)."""
+        width = self.width if self.width is not None else DEFAULT_WIDTHS.get(self.base)
+        depth = self.depth if self.depth is not None else DEFAULT_DEPTHS.get(self.base)
+        return (self.base, width, depth, self.norm, self.pooling, self.activation)
 
 
 def parse_architecture(name: str) -> ArchitectureSpec:
@@ -903,9 +916,7 @@ class AuditConfig(_Section):
     def _known_architectures(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         networks: dict[tuple[Any, ...], list[str]] = {}
         for name in value:
-            spec = parse_architecture(name)
-            key = (spec.base, spec.width, spec.depth, spec.norm, spec.pooling, spec.activation)
-            networks.setdefault(key, []).append(name)
+            networks.setdefault(parse_architecture(name).network, []).append(name)
         dupes = [" = ".join(repr(n) for n in names) for names in networks.values() if len(names) > 1]
         if dupes:
             raise ValueError(ERR_DUPLICATE_ARCHITECTURES.format(dupes="; ".join(dupes)))

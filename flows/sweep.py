@@ -222,17 +222,39 @@ def evaluation_fingerprint(config: FlowConfig) -> dict[str, Any] | None:
 
 
 def network_identity(name: str) -> str:
-    """An ``audit.architectures`` spec as the network it builds, whatever its spelling.
+    """An ``audit.architectures`` spec as the network it builds, whatever its spelling
+    (:attr:`fdd.config.ArchitectureSpec.network`).
 
-    ``resnet18`` and ``resnet18-in`` give the same identity; and a record made when a base's
+    ``resnet18`` and ``resnet18-in`` give the same identity, as ``convnet`` and ``convnet-w128``; and a record made when a base's
     default was different (fdd's ``resnet18`` had batch norm up to commit 74c9551) does not count
     for the network the same name builds today.
     """
-    spec = parse_architecture(name)
-    return (
-        f"{spec.base}(width={spec.width}, depth={spec.depth}, norm={spec.norm}, pooling={spec.pooling}, "
-        f"activation={spec.activation})"
-    )
+    base, width, depth, norm, pooling, activation = parse_architecture(name).network
+    return f"{base}(width={width}, depth={depth}, norm={norm}, pooling={pooling}, activation={activation})"
+
+
+def relabel_architectures(row: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """A recorded row with its architectures spelled as this run's ``audit.architectures`` spells them.
+
+    A fingerprint holds networks, not spellings (:func:`network_identity`), so a record made with
+    ``resnet18-in`` counts for ``resnet18``. Its figures are renamed position by position (the
+    fingerprint fixes the order), so that one network never splits into two groups of the summary.
+    A row whose architectures are not those networks is returned as it is.
+    """
+    listed = row.get("architectures")
+    figures = json.loads(listed) if isinstance(listed, str) and listed else {}
+    try:
+        same = len(figures) == len(names) and all(
+            network_identity(old) == network_identity(new) for old, new in zip(figures, names)
+        )
+    except ValueError:  # a name this fdd cannot parse
+        same = False
+    if not same or list(figures) == list(names):
+        return row
+    relabelled = {**row, "architectures": json.dumps(dict(zip(names, figures.values())))}
+    if row.get("architecture") == next(iter(figures)):
+        relabelled["architecture"] = names[0]
+    return relabelled
 
 
 def cell_fingerprint(config: FlowConfig) -> str:
@@ -587,6 +609,7 @@ def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bo
                 continue
             recorded = read_record(record_path(records, dataset, cell), cell_fingerprint(cell_cfg)) if records else None
             if recorded is not None:  # the grid's keys (a lambda-1 cell reads the record of the cell without the axis)
+                recorded = relabel_architectures(recorded, cell_cfg.audit.architectures)
                 if LAMBDA_KEY not in cell:  # nor the reverse: a grid without the axis has no lambda-1 cobra row
                     recorded.pop(LAMBDA_KEY, None)
                 rows.append({**recorded, **cell, "cached": True})

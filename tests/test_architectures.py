@@ -81,6 +81,8 @@ def test_architectures_config_default_duplicates_and_tabular_data():
     # a spec spelling out its base's default is the same network, so it is a duplicate too
     with pytest.raises(ConfigError, match="more than once: 'resnet18' = 'resnet18-in'"):
         parse_config({"audit": {"architectures": ["resnet18", "vgg11-bn", "resnet18-in"]}})
+    with pytest.raises(ConfigError, match="more than once: 'convnet' = 'convnet-w128'"):
+        parse_config({"audit": {"architectures": ["convnet", "convnet-w128"]}})
     assert parse_config({"audit": {"architectures": ["resnet18", "resnet18-bn"]}}).audit.architectures == (
         "resnet18",
         "resnet18-bn",

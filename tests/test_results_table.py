@@ -11,7 +11,15 @@ import pytest
 
 from fdd.report.reproduction import RESULTS_COLUMNS, results_table
 from flows.configuration import cell_id, load_config, sweep_cell_configs
-from flows.sweep import cell_fingerprint, network_identity, record_path, summarize, write_results_table
+from flows.sweep import (
+    cell_fingerprint,
+    network_identity,
+    per_architecture,
+    record_path,
+    relabel_architectures,
+    summarize,
+    write_results_table,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ROOT / "flows/presets"
@@ -123,8 +131,24 @@ def test_architectures_enter_the_fingerprint_as_the_networks_they_build():
     assert network_identity("resnet18") == network_identity("resnet18-in") != network_identity("resnet18-bn")
     assert fingerprint("convnet", "resnet18") == fingerprint("convnet", "resnet18-in")
     assert fingerprint("convnet", "resnet18") != fingerprint("convnet", "resnet18-bn")
-    assert fingerprint("convnet", "vgg11") == fingerprint("convnet", "vgg11-in")
+    assert fingerprint("convnet", "vgg11") == fingerprint("convnet-w128", "vgg11-in")
+    assert fingerprint("convnet", "mlp") == fingerprint("convnet", "mlp-w128-d2") != fingerprint("convnet", "mlp-d3")
     assert fingerprint("convnet", "vgg11") != fingerprint("vgg11", "convnet")  # the first one is the headline
+
+
+def test_a_record_made_with_another_spelling_is_relabelled_as_this_run_spells_its_networks():
+    figures = {"convnet": {"accuracy": 90.0}, "resnet18-in": {"accuracy": 70.0}}
+    row = {"architecture": "convnet", "architectures": json.dumps(figures), "accuracy": 90.0}
+    relabelled = relabel_architectures(row, ("convnet-w128", "resnet18"))
+    assert relabelled["architecture"] == "convnet-w128" and relabelled["accuracy"] == 90.0
+    assert json.loads(relabelled["architectures"]) == {
+        "convnet-w128": {"accuracy": 90.0},
+        "resnet18": {"accuracy": 70.0},
+    }
+    # other networks (or another count) are left as recorded: the fingerprint would not have matched
+    assert relabel_architectures(row, ("convnet", "resnet18-bn")) == row
+    assert relabel_architectures(row, ("convnet",)) == row
+    assert per_architecture(pd.DataFrame([relabelled]))["architecture"].tolist() == ["convnet-w128", "resnet18"]
 
 
 def test_baselines_preset_reuses_the_paper_records_of_the_three_modes():

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torchvision.models import ResNet
 from torchvision.models.resnet import BasicBlock
 
-from fdd.config import ArchitectureSpec, NetworkConfig, parse_architecture
+from fdd.config import DEFAULT_DEPTHS, DEFAULT_WIDTHS, ArchitectureSpec, NetworkConfig, parse_architecture
 from fdd.models.mlp import build_mlp
 from fdd.models.networks import build_convnet, build_network
 
@@ -210,8 +210,8 @@ def build_architecture(
         return build_mlp(
             in_features=math.prod(input_shape),
             num_classes=num_classes,
-            width=spec.width or 128,
-            depth=spec.depth or 2,
+            width=spec.width or DEFAULT_WIDTHS["mlp"],
+            depth=spec.depth or DEFAULT_DEPTHS["mlp"],
             seed=seed,
             device=device,
         )
@@ -221,7 +221,7 @@ def build_architecture(
             channels=channels,
             num_classes=num_classes,
             image_size=height,
-            width=spec.width or 128,
+            width=spec.width or DEFAULT_WIDTHS["convnet"],
             depth=depth,
             norm=spec.norm,  # type: ignore[arg-type]
             pooling=spec.pooling,  # type: ignore[arg-type]
