@@ -632,7 +632,9 @@ def _command(argv: list[str]) -> int:
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under flows.processes.stop_on_signals
         if debug:
             raise
-        print("stopped: interrupted (SIGINT or SIGTERM); run the command again to continue", file=sys.stderr)
+        from flows.processes import MSG_STOPPED
+
+        print(MSG_STOPPED, file=sys.stderr)
         return EXIT_INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 - sorted into user errors and bugs below
         from fdd.distillation.run import SynthesisInterrupted

@@ -97,6 +97,13 @@ def workspace_lock(workspace: str | os.PathLike[str]) -> Iterator[None]:
         lock.release()
 
 
+def forget_lock_owners() -> None:
+    """Remove the owner notes of the workspaces this process holds, for a process that leaves
+    without unwinding (:func:`flows.processes.arm_interrupt_watchdog`); the OS releases the locks."""
+    for root in list(_HELD):
+        (root / OWNER_NAME).unlink(missing_ok=True)
+
+
 def holds_workspace_lock(fn: F) -> F:
     """``fn`` (a flow function with a ``workspace`` parameter), run holding that workspace's lock.
 

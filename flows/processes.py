@@ -6,7 +6,9 @@
   process). Used for ``fdd server``'s ``prefect server start`` and for the temporary Prefect
   server that ``fdd run`` starts (:func:`reap_temporary_server`), which also gets a session of
   its own, so that a signal to fdd's process group does not stop it before fdd is done with it.
-- :func:`stop_on_signals` turns SIGTERM into the same clean shutdown as Ctrl-C, and
+- :func:`stop_on_signals` turns SIGTERM into the same clean shutdown as Ctrl-C, bounds that
+  shutdown (:func:`arm_interrupt_watchdog`: the process leaves with 130 if stopping takes more
+  than the exit grace plus :data:`INTERRUPT_SHUTDOWN_SECONDS`), and
   :func:`stop_descendants` ends every process fdd started (SIGTERM, a grace period, then
   SIGKILL), for ``fdd serve`` and ``fdd sweep``; :func:`interrupt_threads` passes the interrupt
   on to the threads that run :func:`interruptible` work (a sweep's cells on Dask thread workers)
@@ -57,6 +59,16 @@ EXIT_GRACE_ENV = "FDD_EXIT_GRACE_S"
 #: never less than this, before fdd leaves without them.
 EXIT_HANDLERS_MIN_SECONDS = 10.0
 MSG_THREAD_INTERRUPTED = "fdd was interrupted (SIGINT or SIGTERM)"
+#: What an interrupted command prints last, and its exit status.
+MSG_STOPPED = "stopped: interrupted (SIGINT or SIGTERM); run the command again to continue"
+EXIT_STOPPED = 130
+#: After an interrupt, the seconds that stopping (the cells in flight, the states of their runs,
+#: the processes fdd started) may take beyond the exit grace before fdd leaves without it.
+INTERRUPT_SHUTDOWN_SECONDS = 10.0
+WARN_SHUTDOWN_STUCK = (
+    "warning: fdd was interrupted {seconds:g} s ago and is still stopping (still running: {names}); "
+    "leaving without waiting for it"
+)
 WARN_EXIT_GRACE = "warning: {env}={value!r} is not a number of seconds >= 0; waiting {default:g} s at exit"
 WARN_STUCK_THREADS = (
     "warning: fdd is done (exit status {status}) but after {grace:g} s these still run: {names}; "
@@ -185,7 +197,54 @@ def allow_threads() -> None:
         _STOPPING.clear()
 
 
+_WATCHDOG_ARMED = threading.Event()
+
+
+def _leave_after_interrupt(seconds: float) -> None:
+    names = ", ".join(f"thread {t.name}" for t in _stuck_threads()) or "no other thread"
+    print(WARN_SHUTDOWN_STUCK.format(seconds=seconds, names=names), file=sys.stderr)
+    print(MSG_STOPPED, file=sys.stderr)
+    with suppress(psutil.Error):
+        children = psutil.Process().children(recursive=True)
+        for child in children:
+            with suppress(psutil.Error):
+                child.terminate()
+        _, alive = psutil.wait_procs(children, timeout=1.0)
+        for child in alive:
+            with suppress(psutil.Error):
+                child.kill()
+    from flows.lock import forget_lock_owners
+
+    forget_lock_owners()  # the OS releases the locks themselves when the process ends
+    _flush_standard_streams()
+    leave_now(EXIT_STOPPED)
+
+
+def arm_interrupt_watchdog(seconds: float | None = None) -> None:
+    """Once per process: end it with :data:`EXIT_STOPPED` if it still runs ``seconds`` from now
+    (default: :func:`exit_grace` plus :data:`INTERRUPT_SHUTDOWN_SECONDS`).
+
+    Armed by the first SIGINT or SIGTERM under :func:`stop_on_signals`. Stopping an interrupted
+    sweep goes through Prefect's reporting of the crashed runs, Dask's closing of its workers and
+    the stopping of fdd's children, any of which can wait on another (on a loaded 2-core CI
+    machine an interrupted sweep was once still running 135 s after Ctrl-C). When the watchdog
+    fires it names the threads still running, prints :data:`MSG_STOPPED`, stops the children
+    (SIGTERM, then SIGKILL after 1 s), removes the lock owner notes and leaves. What a finished
+    cell recorded is already on disk (atomic writes); the cell in flight resumes from its
+    checkpoint on the next run.
+    """
+    if _WATCHDOG_ARMED.is_set():
+        return
+    _WATCHDOG_ARMED.set()
+    seconds = exit_grace() + INTERRUPT_SHUTDOWN_SECONDS if seconds is None else seconds
+    watchdog = threading.Timer(seconds, _leave_after_interrupt, args=(seconds,))
+    watchdog.name = "fdd-interrupt-watchdog"
+    watchdog.daemon = True
+    watchdog.start()
+
+
 def _raise_interrupt(signum: int, _frame: object) -> None:
+    arm_interrupt_watchdog()
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -206,15 +265,17 @@ def become_subreaper() -> bool:
 
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """SIGTERM ends the block as Ctrl-C does (KeyboardInterrupt), and on the way out every
-    process this one started, or that its children left behind, is stopped
-    (:func:`become_subreaper`, :func:`stop_descendants`)."""
+    """SIGTERM ends the block as Ctrl-C does (KeyboardInterrupt), either one arms
+    :func:`arm_interrupt_watchdog` (stopping is bounded), and on the way out every process this
+    one started, or that its children left behind, is stopped (:func:`become_subreaper`,
+    :func:`stop_descendants`)."""
     become_subreaper()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         drain_prefect_services()  # while the temporary Prefect server, a descendant, still runs
         stop_descendants()
 

@@ -387,7 +387,13 @@ def test_an_interrupted_sweep_stops_its_cell_in_flight_at_once(
             os.killpg(process.pid, sig)
         else:
             process.send_signal(sig)
-        process.wait(timeout=SWEEP_EXIT_BOUND + 120)  # the bound is asserted below, with the log
+        try:
+            process.wait(timeout=SWEEP_EXIT_BOUND + 120)  # the bound is asserted below, with the log
+        except subprocess.TimeoutExpired:
+            alive = [f"{p.pid} {p.name()} {p.status()}" for p in psutil.Process(process.pid).children(recursive=True)]
+            pytest.fail(
+                f"still running {SWEEP_EXIT_BOUND + 120:.0f} s after the signal ({alive}): {log.read_text()[-4000:]}"
+            )
         seconds = time.monotonic() - sent
         text = log.read_text()
         assert process.returncode == EXIT_INTERRUPTED, text[-3000:]
@@ -405,3 +411,65 @@ def test_an_interrupted_sweep_stops_its_cell_in_flight_at_once(
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+STUCK_AFTER_INTERRUPT = textwrap.dedent(
+    """
+    import subprocess, sys, threading, time
+    from flows.lock import workspace_lock
+    from flows.processes import stop_on_signals
+
+    with workspace_lock(sys.argv[1]):
+        try:
+            with stop_on_signals():
+                print("ready", flush=True)
+                time.sleep(120)
+        except KeyboardInterrupt:
+            pass
+        # a shutdown that never ends, with a child started on the way
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        print(f"child {child.pid}", flush=True)
+        stuck = threading.Thread(target=threading.Event().wait, name="stuck-shutdown")
+        stuck.start()
+        stuck.join()
+    """
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_shutdown_that_hangs_after_an_interrupt_is_bounded(sig: int, tmp_path: Path) -> None:
+    """Under stop_on_signals, the first SIGINT / SIGTERM arms a watchdog: when stopping does not end
+    within the exit grace plus INTERRUPT_SHUTDOWN_SECONDS, fdd names what still runs, prints its
+    stopped line, stops its children, removes its lock owner note and leaves with 130."""
+    from flows.cli import EXIT_INTERRUPTED
+    from flows.lock import OWNER_NAME
+    from flows.processes import EXIT_STOPPED, INTERRUPT_SHUTDOWN_SECONDS, MSG_STOPPED
+
+    assert EXIT_STOPPED == EXIT_INTERRUPTED
+    grace = 1.0
+    process = subprocess.Popen(
+        [sys.executable, "-c", STUCK_AFTER_INTERRUPT, str(tmp_path)],
+        env=_env(FDD_EXIT_GRACE_S=str(grace)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        assert (tmp_path / OWNER_NAME).exists()
+        sent = time.monotonic()
+        process.send_signal(sig)
+        child = int(process.stdout.readline().split()[1])
+        out, err = process.communicate(timeout=grace + INTERRUPT_SHUTDOWN_SECONDS + 30)
+        seconds = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == EXIT_STOPPED, err
+    assert grace + INTERRUPT_SHUTDOWN_SECONDS - 1 < seconds < grace + INTERRUPT_SHUTDOWN_SECONDS + 10, seconds
+    assert "is still stopping (still running: " in err and "thread stuck-shutdown" in err
+    assert err.rstrip().endswith(MSG_STOPPED)
+    assert _gone([child], timeout=5), "the child started during the shutdown still runs"
+    assert not (tmp_path / OWNER_NAME).exists()
+    with workspace_lock(tmp_path):  # the OS released the lock with the process
+        pass
