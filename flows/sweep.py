@@ -225,9 +225,9 @@ def network_identity(name: str) -> str:
     """An ``audit.architectures`` spec as the network it builds, whatever its spelling
     (:attr:`fdd.config.ArchitectureSpec.network`).
 
-    ``resnet18`` and ``resnet18-in`` give the same identity, as ``convnet`` and ``convnet-w128``; and a record made when a base's
-    default was different (fdd's ``resnet18`` had batch norm up to commit 74c9551) does not count
-    for the network the same name builds today.
+    ``resnet18`` and ``resnet18-in`` give the same identity, as ``convnet`` and ``convnet-w128``;
+    and a record made when a base's default was different (fdd's ``resnet18`` had batch norm up to
+    commit 74c9551) does not count for the network the same name builds today.
     """
     base, width, depth, norm, pooling, activation = parse_architecture(name).network
     return f"{base}(width={width}, depth={depth}, norm={norm}, pooling={pooling}, activation={activation})"
