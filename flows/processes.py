@@ -205,14 +205,7 @@ def _leave_after_interrupt(seconds: float) -> None:
     print(WARN_SHUTDOWN_STUCK.format(seconds=seconds, names=names), file=sys.stderr)
     print(MSG_STOPPED, file=sys.stderr)
     with suppress(psutil.Error):
-        children = psutil.Process().children(recursive=True)
-        for child in children:
-            with suppress(psutil.Error):
-                child.terminate()
-        _, alive = psutil.wait_procs(children, timeout=1.0)
-        for child in alive:
-            with suppress(psutil.Error):
-                child.kill()
+        stop_descendants(grace=1.0)
     from flows.lock import forget_lock_owners
 
     forget_lock_owners()  # the OS releases the locks themselves when the process ends
