@@ -64,6 +64,10 @@ EVAL_VARIANTS: dict[str, dict[str, Any]] = {
     "bf16": {"precision": "bf16"},
     "loop+bf16": {"stack_forward": "loop", "precision": "bf16"},
     "nograph": {"cuda_graph": False},
+    "loop+compile": {"stack_forward": "loop", "compile": True},
+    "loop+compile+bf16": {"stack_forward": "loop", "compile": True, "precision": "bf16"},
+    "compile": {"compile": True},
+    "compile+bf16": {"compile": True, "precision": "bf16"},
 }
 CELLS: tuple[tuple[str, int], ...] = (("cobra", 10), ("vanilla", 10), ("fairdd", 10), ("cobra", 50))
 FIELDS = (

@@ -824,6 +824,11 @@ class AuditConfig(_Section):
         "or a loop over the models inside the step (plain convolutions; same gradients); auto: loop on a CUDA "
         "device with audit.cuda_graph (H200: 9% faster at IPC 10, 23% at IPC 50), vmap otherwise",
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile the stacked training's forward pass and its DSA (stack_models only; pays on GPUs, "
+        "where the compiled kernels fuse the norm, activation and pooling with their gradients)",
+    )
     full_data_epochs: int = Field(
         20,
         ge=1,

@@ -101,7 +101,7 @@ RECORD_VERSION = 1
 NOT_IN_FINGERPRINT: dict[str, tuple[str, ...]] = {
     "runtime": ("device", "num_threads"),
     "synthesis": ("modes", "log_every", "checkpoint_every", "compile", "cuda_graph"),
-    "audit": ("cuda_graph", "test_batch_size", "stack_forward"),
+    "audit": ("cuda_graph", "test_batch_size", "stack_forward", "compile"),
 }
 #: Settings added after records were first kept: left out of the fingerprint while at these defaults
 #: (what every earlier record was computed with), so adding them does not invalidate the records.

@@ -255,6 +255,33 @@ def test_train_stacked_with_shuffling_and_dsa_trains_each_model():
     assert all(torch.equal(p, q) for p, q in zip(again[1].parameters(), nets[1].parameters()))
 
 
+def test_train_stacked_compiled_trains_like_eager():
+    """audit.compile: the compiled forward pass and DSA (and the backward compiled with them)
+    give the eager training's weights up to rounding, DSA, batches and lr decay included."""
+    from fdd.distillation.augment import DSAConfig
+
+    x, y = torch.randn(9, 3, 8, 8), torch.arange(3).repeat_interleave(3)
+    schedule = dict(epochs=4, lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=5, dsa=DSAConfig(), lr_decay_epoch=2)
+
+    def trained(compile: bool) -> list[torch.Tensor]:
+        nets = A.train_stacked(
+            fresh_nets(2),
+            x,
+            y,
+            generator=torch.Generator().manual_seed(0),
+            stack_forward="loop",
+            compile=compile,
+            **schedule,
+        )
+        return [p.detach() for net in nets for p in net.parameters()]
+
+    initial = [p.detach() for net in fresh_nets(2) for p in net.parameters()]
+    compiled, eager = trained(True), trained(False)
+    for p, q in zip(compiled, eager):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
+    assert any(not torch.equal(p, p0) for p, p0 in zip(compiled, initial))
+
+
 @pytest.mark.parametrize("draw_slots", [2**20, 150])  # every epoch in one draw; chunks of 2 epochs
 def test_train_stacked_dsa_one_family_per_model_and_step(monkeypatch, draw_slots):
     from fdd.distillation.augment import DSAConfig

@@ -56,6 +56,22 @@ def test_features_on_cuda() -> None:
     assert table["groups_present"].tolist() == [2, 2, 2]
 
 
+def test_instance_norm_hands_on_bf16_under_cuda_autocast() -> None:
+    """On CUDA, autocast runs group_norm in fp32; fdd's InstanceNorm keeps the block in bf16
+    (fp32 statistics), compiled or not, and stays close to the fp32 network."""
+    from fdd.models.networks import build_convnet
+
+    net = build_convnet(channels=3, num_classes=4, image_size=16, width=8, depth=2, seed=0, device="cuda")
+    x = torch.randn(4, 3, 16, 16, device="cuda")
+    full = net.embed(x)
+    for embed in (net.embed, torch.compile(net.embed, dynamic=False)):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            assert net.features[1](net.features[0](x)).dtype == torch.bfloat16
+            low = embed(x)
+        assert low.dtype == torch.bfloat16
+        assert (low.float() - full).abs().max() < 0.05 * full.abs().max()
+
+
 def test_compiled_synthesis_matches_eager_closely() -> None:
     data = _data()
     config = SynthesisConfig(ipc=2, iterations=2, batch_real=8, warmup_epochs=1)
@@ -216,8 +232,20 @@ def test_whole_step_graph_with_bf16_and_channels_last_matches_eager(
     torch.testing.assert_close(graphed_losses, eager_losses, **tol)
 
 
-@pytest.mark.parametrize(("precision", "stack_forward"), [("fp32", "loop"), ("bf16", "vmap"), ("bf16", "loop")])
-def test_stacked_audit_graph_with_speed_switches_trains_like_eager(precision: str, stack_forward: str) -> None:
+@pytest.mark.parametrize(
+    ("precision", "stack_forward", "compile"),
+    [
+        ("fp32", "loop", False),
+        ("bf16", "vmap", False),
+        ("bf16", "loop", False),
+        ("fp32", "loop", True),
+        ("bf16", "loop", True),
+        ("bf16", "vmap", True),
+    ],
+)
+def test_stacked_audit_graph_with_speed_switches_trains_like_eager(
+    precision: str, stack_forward: str, compile: bool
+) -> None:
     from fdd.distillation.augment import DSAConfig
     from fdd.fairness.audit import train_stacked
     from fdd.models.networks import build_convnet
@@ -245,6 +273,7 @@ def test_stacked_audit_graph_with_speed_switches_trains_like_eager(precision: st
             cuda_graph=graph,
             precision=precision,
             stack_forward=stack_forward,
+            compile=compile and graph,  # the compiled, graphed run against the plain eager one
         )
         return [p.detach() for net in nets for p in net.parameters()]
 

@@ -75,6 +75,44 @@ def test_instancenorm_normalises_each_channel_per_image():
     torch.testing.assert_close(h.var(dim=(2, 3), unbiased=False), torch.ones(2, 8), atol=1e-3, rtol=0)
 
 
+def _affine_instance_norm(channels: int = 6) -> tuple[N.InstanceNorm, nn.GroupNorm]:
+    norm = N.InstanceNorm(channels)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, channels))
+        norm.bias.copy_(torch.linspace(-1.0, 1.0, channels))
+    plain = nn.GroupNorm(channels, channels, affine=True)
+    plain.load_state_dict(norm.state_dict())
+    return norm, plain
+
+
+def test_instance_norm_is_group_norm_in_fp32():
+    norm, plain = _affine_instance_norm()
+    x = torch.randn(3, 6, 5, 7) * 4 + 2
+    assert torch.equal(norm(x), plain(x))
+    assert list(norm.state_dict()) == ["weight", "bias"]  # checkpoints of the GroupNorm era still load
+
+
+def test_instance_norm_keeps_bf16_activations_with_fp32_statistics():
+    norm, plain = _affine_instance_norm()
+    x = (torch.randn(3, 6, 5, 7) * 4 + 200).bfloat16()  # a large offset: bf16 statistics would lose it
+    out = norm(x)
+    assert out.dtype == torch.bfloat16  # autocast's group_norm would hand on fp32
+    # exactly the fp32 norm of the bf16 values, rounded once to bf16
+    assert torch.equal(out, plain(x.float()).bfloat16())
+    out.float().sum().backward()
+    assert norm.weight.grad is not None and norm.weight.grad.dtype == torch.float32
+
+
+def test_convnet_under_bf16_autocast_stays_close_to_fp32():
+    net = build_convnet(channels=3, num_classes=4, image_size=16, width=8, depth=2, seed=0)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = net.embed(x)
+    assert low.dtype == torch.bfloat16
+    full = net.embed(x)
+    assert (low.float() - full).abs().max() < 0.05 * full.abs().max()
+
+
 @pytest.mark.parametrize(
     "pooling, cls, dim",
     [

@@ -161,6 +161,7 @@ def train_stacked(
     stack_forward: str = "vmap",
     loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
     transform: Callable[[Tensor], Tensor] | None = None,
+    compile: bool = False,
 ) -> Sequence[nn.Module]:
     """Train several networks of one architecture at once, as one vectorised model.
 
@@ -190,7 +191,11 @@ def train_stacked(
     step (plain convolutions) instead of one :func:`torch.func.vmap` (grouped convolutions);
     the gradients are the same, each model's from its own slice of the stacked parameters.
     ``transform``, when given, is applied to every batch after DSA (the DC augmentation,
-    which draws as it goes: its epochs are not captured).
+    which draws as it goes: its epochs are not captured). ``compile`` runs the stacked forward
+    pass and the DSA augmentation through ``torch.compile`` (``dynamic=False``: one graph per
+    batch shape; the backward pass is compiled with it), so the convolution's epilogue (norm,
+    activation, pooling) and its gradient run as fused kernels; the first epochs then also pay
+    the compilation.
     """
     m, n = len(nets), images.shape[0]
     params, buffers = stack_module_state(nets)
@@ -214,6 +219,10 @@ def train_stacked(
         )
 
     forward = one_by_one if stack_forward == "loop" else vmap(one_model)
+    augment = apply_dsa
+    if compile:
+        forward = torch.compile(forward, dynamic=False)
+        augment = torch.compile(apply_dsa, dynamic=False)
     device = images.device
     autocast = torch.autocast(
         device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False
@@ -237,7 +246,7 @@ def train_stacked(
             y = labels[idx]  # (M, b)
             if draws is not None:
                 slots = (offsets[:, :b] + (slot_base + j * m * block)).reshape(-1)
-                x = apply_dsa(x, slots, draws, config=cast(DSAConfig, dsa))  # draws exist only with dsa
+                x = augment(x, slots, draws, config=cast(DSAConfig, dsa))  # draws exist only with dsa
             if transform is not None:
                 x = transform(x)
             with autocast:
@@ -423,6 +432,7 @@ def audit_synthetic(
             cuda_graph=config.cuda_graph,
             precision=config.precision,
             stack_forward=stack_forward,
+            compile=config.compile,
             loss_fn=objective(len(nets)),
             **schedule,
         )

@@ -43,7 +43,7 @@ from torchvision.models.resnet import BasicBlock
 
 from fdd.config import DEFAULT_DEPTHS, DEFAULT_WIDTHS, ArchitectureSpec, NetworkConfig, parse_architecture
 from fdd.models.mlp import build_mlp
-from fdd.models.networks import build_convnet, build_network
+from fdd.models.networks import InstanceNorm, build_convnet, build_network
 
 __all__ = ["AlexNet", "VGG11", "VGG11_LAYERS", "build_architecture", "has_buffers", "resnet18"]
 
@@ -57,7 +57,7 @@ VGG11_LAYERS: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 51
 def _norm(norm: str) -> Callable[[int], nn.Module]:
     """A factory ``channels -> layer`` for a norm name (instance norm as in fdd's ConvNet: GroupNorm, one group per channel)."""
     if norm == "instancenorm":
-        return lambda c: nn.GroupNorm(c, c, affine=True)
+        return InstanceNorm
     if norm == "batchnorm":
         return nn.BatchNorm2d
     return lambda c: nn.Identity()

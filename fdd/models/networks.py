@@ -3,7 +3,8 @@
 ``ConvNet(depth=3, width=128)`` is the network of DC/DSA/DM/FairDD/COBRA: ``depth``
 blocks of 3x3 convolution (padding 1) -> instance norm -> ReLU -> 2x2 average pooling,
 then a linear classifier on the flattened features. Instance norm is a ``GroupNorm``
-with one group per channel and affine parameters, as in the reference code.
+with one group per channel and affine parameters, as in the reference code
+(:class:`InstanceNorm`, which also keeps bfloat16 activations in bfloat16).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from fdd.config import NetworkConfig
 from fdd.models.mlp import MLP, build_mlp
@@ -23,6 +25,7 @@ __all__ = [
     "Activation",
     "AvgPool2x2",
     "ConvNet",
+    "InstanceNorm",
     "NORMS",
     "Norm",
     "POOLINGS",
@@ -49,9 +52,31 @@ ERR_TOO_DEEP = (
 )
 
 
+class InstanceNorm(nn.GroupNorm):
+    """Instance norm as the reference builds it: ``GroupNorm(channels, channels)``, affine.
+
+    In fp32 it is ``nn.GroupNorm`` itself. A bfloat16 or float16 input (a convolution's output
+    under autocast) is normalised with fp32 statistics and fp32 affine parameters and returned
+    in the input's dtype, where autocast would run ``group_norm`` in fp32 and hand fp32
+    activations to the ReLU, the pooling and the next convolution's cast. Under
+    ``torch.compile`` the cast, the reduction and the affine map fuse, so the block reads and
+    writes 16-bit activations: the "bf16 activations, fp32 statistics" of ``precision: bf16``.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, channels, affine=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype in (torch.bfloat16, torch.float16):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                out = F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps)
+            return out.to(x.dtype)
+        return super().forward(x)
+
+
 def _norm_layer(norm: str, width: int) -> nn.Module:
     if norm == "instancenorm":
-        return nn.GroupNorm(width, width, affine=True)
+        return InstanceNorm(width)
     if norm == "batchnorm":
         return nn.BatchNorm2d(width)
     return nn.Identity()
