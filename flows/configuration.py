@@ -95,6 +95,11 @@ class SweepConfig(Section):
         "matches its settings is not computed again, and the summary is built from the records (commit them "
         "to carry results across machines)",
     )
+    replace_records: bool = Field(
+        False,
+        description="recompute the cells whose record in sweep.records was made with other settings and write "
+        "their records anew; false (default): such a record stops the sweep before anything runs, naming it",
+    )
     compute_only: dict[str, tuple[Any, ...]] | None = Field(
         None,
         description="compute only the missing cells on these axes, e.g. {ipcs: [10], datasets: [cmnist-bg]}; "

@@ -116,7 +116,31 @@ ERR_CELLS_FAILED = (
     "{failed} of {cells} sweep cells failed: {names}; the other cells finished and the tables are written "
     "({table}: status and error of each cell)"
 )
+ERR_STALE_RECORDS = (
+    "{count} cell(s) to compute already have a record in {records} made with other settings: {names}; "
+    "computing them would replace those records. Point sweep.records at another folder for these settings, "
+    "limit sweep.compute_only to other cells, or set sweep.replace_records=true to recompute and replace them"
+)
 STATUS_OK, STATUS_FAILED = "ok", "failed"
+
+
+class StaleRecordsError(ValueError):
+    """Cells to compute hold records made with other settings, and sweep.replace_records is off."""
+
+
+def check_stale_records(configured: list[tuple[dict[str, Any], FlowConfig]], sweep: SweepConfig, records: Path) -> None:
+    """Raise :class:`StaleRecordsError` when a cell this run would compute has a record that another
+    configuration wrote (so that the sweep would overwrite it), unless ``sweep.replace_records``."""
+    if sweep.replace_records:
+        return
+    stale = []
+    for cell, cell_cfg in configured:
+        path = record_path(records, cell["dataset"], cell)
+        if selected(sweep, cell) and path.exists() and read_record(path, cell_fingerprint(cell_cfg)) is None:
+            stale.append(path.name)
+    if stale:
+        names = ", ".join(stale[:4]) + (f" and {len(stale) - 4} more" if len(stale) > 4 else "")
+        raise StaleRecordsError(ERR_STALE_RECORDS.format(count=len(stale), records=records, names=names))
 
 
 class CellFailedError(RuntimeError):
@@ -602,6 +626,8 @@ def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bo
     one_gpu_each = local_gpus > 0 or (sweep.address is not None and _cluster_declares_gpus(sweep.address))
     submitted, rows = [], []
     records = Path(workspace) / sweep.records if sweep.records else None
+    if compute and records is not None:
+        check_stale_records(configured, sweep, records)  # before any cell runs: nothing saved is replaced unasked
     for dataset in sweep.datasets:
         cells = []
         for cell, cell_cfg in configured:

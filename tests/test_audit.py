@@ -255,9 +255,11 @@ def test_train_stacked_with_shuffling_and_dsa_trains_each_model():
     assert all(torch.equal(p, q) for p, q in zip(again[1].parameters(), nets[1].parameters()))
 
 
-def test_train_stacked_compiled_trains_like_eager():
+@pytest.mark.parametrize("norm", ["instancenorm", "batchnorm"])
+def test_train_stacked_compiled_trains_like_eager(norm):
     """audit.compile: the compiled forward pass and DSA (and the backward compiled with them)
-    give the eager training's weights up to rounding, DSA, batches and lr decay included."""
+    give the eager training's weights up to rounding, DSA, batches and lr decay included; with
+    batch norm (the loop forward) the running statistics too."""
     from fdd.distillation.augment import DSAConfig
 
     x, y = torch.randn(9, 3, 8, 8), torch.arange(3).repeat_interleave(3)
@@ -265,7 +267,7 @@ def test_train_stacked_compiled_trains_like_eager():
 
     def trained(compile: bool) -> list[torch.Tensor]:
         nets = A.train_stacked(
-            fresh_nets(2),
+            fresh_nets(2, norm),
             x,
             y,
             generator=torch.Generator().manual_seed(0),
@@ -273,9 +275,9 @@ def test_train_stacked_compiled_trains_like_eager():
             compile=compile,
             **schedule,
         )
-        return [p.detach() for net in nets for p in net.parameters()]
+        return [t.detach().float() for net in nets for t in net.state_dict().values()]
 
-    initial = [p.detach() for net in fresh_nets(2) for p in net.parameters()]
+    initial = [t.float() for net in fresh_nets(2, norm) for t in net.state_dict().values()]
     compiled, eager = trained(True), trained(False)
     for p, q in zip(compiled, eager):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)

@@ -29,6 +29,7 @@ from flows.configuration import (
 from flows.configuration import parse_params as parse_config
 from flows.sweep import (
     ERR_CELLS_FAILED,
+    StaleRecordsError,
     _cell_device,
     _task_runner,
     run_sweep,
@@ -430,15 +431,26 @@ def test_records_let_a_time_boxed_sweep_resume_and_feed_the_paper_table(
             second = run_sweep(full, workspace=ws)
             assert (second["cells"], second["computed"], second["not_run"]) == (4, 2, 0)
             assert not (tiny_workspace / "data/sweep/cmnist-bg").exists()
-            # a record made with other settings does not count: that cell goes through its stages
-            # again (served here by their cache, since the settings did not really change) and its
-            # record is written anew
+            # a record made with other settings does not count, and is not replaced unasked: the
+            # sweep stops before any cell runs, naming it and the ways out
             stale = records / "cmnist-fg-ipc2-dm-cobra-seed1.json"
             payload = json.loads(stale.read_text())
             stale.write_text(json.dumps({**payload, "fingerprint": "0" * 64}))
+            kept = stale.read_bytes()
             fresh = records / "cmnist-fg-ipc2-dm-cobra-seed0.json"
             stamp = fresh.stat().st_mtime_ns
-            third = run_sweep(full, workspace=ws)
+            with pytest.raises(
+                StaleRecordsError, match=r"1 cell\(s\).*cmnist-fg-ipc2-dm-cobra-seed1\.json.*replace_records"
+            ):
+                run_sweep(full, workspace=ws)
+            assert stale.read_bytes() == kept
+            # sweep.replace_records: that cell goes through its stages again (served here by their
+            # cache, since the settings did not really change) and its record is written anew
+            replacing = load_config(
+                tiny_workspace / "params.yaml",
+                overrides={"sweep": {**sweep, "compute_only": None, "replace_records": True}},
+            )
+            third = run_sweep(replacing, workspace=ws)
             assert third["computed"] == 0 and json.loads(stale.read_text())["fingerprint"] == payload["fingerprint"]
             assert fresh.stat().st_mtime_ns == stamp  # a matching record is left as it is
             # --from-records computes nothing: a cell without a record is reported as not run
