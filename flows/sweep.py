@@ -117,9 +117,9 @@ ERR_CELLS_FAILED = (
     "({table}: status and error of each cell)"
 )
 ERR_STALE_RECORDS = (
-    "{count} cell(s) to compute already have a record in {records} made with other settings: {names}; "
-    "computing them would replace those records. Point sweep.records at another folder for these settings, "
-    "limit sweep.compute_only to other cells, or set sweep.replace_records=true to recompute and replace them"
+    "{count} cell(s) to compute already have a record in {records} that this run would replace: {names}. "
+    "Point sweep.records at another folder for these settings, limit sweep.compute_only to other cells, "
+    "or set sweep.replace_records=true to recompute them and replace their records"
 )
 STATUS_OK, STATUS_FAILED = "ok", "failed"
 
@@ -129,15 +129,23 @@ class StaleRecordsError(ValueError):
 
 
 def check_stale_records(configured: list[tuple[dict[str, Any], FlowConfig]], sweep: SweepConfig, records: Path) -> None:
-    """Raise :class:`StaleRecordsError` when a cell this run would compute has a record that another
-    configuration wrote (so that the sweep would overwrite it), unless ``sweep.replace_records``."""
+    """Raise :class:`StaleRecordsError` when a cell this run would compute has a record that it
+    would replace (one made with other settings, or one that cannot be read), unless
+    ``sweep.replace_records``."""
     if sweep.replace_records:
         return
     stale = []
     for cell, cell_cfg in configured:
         path = record_path(records, cell["dataset"], cell)
-        if selected(sweep, cell) and path.exists() and read_record(path, cell_fingerprint(cell_cfg)) is None:
-            stale.append(path.name)
+        if not (selected(sweep, cell) and path.exists()):
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            stale.append(f"{path.name} (unreadable)")
+            continue
+        if record.get("version") != RECORD_VERSION or record.get("fingerprint") != cell_fingerprint(cell_cfg):
+            stale.append(f"{path.name} (made with other settings)")
     if stale:
         names = ", ".join(stale[:4]) + (f" and {len(stale) - 4} more" if len(stale) > 4 else "")
         raise StaleRecordsError(ERR_STALE_RECORDS.format(count=len(stale), records=records, names=names))
@@ -626,8 +634,6 @@ def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bo
     one_gpu_each = local_gpus > 0 or (sweep.address is not None and _cluster_declares_gpus(sweep.address))
     submitted, rows = [], []
     records = Path(workspace) / sweep.records if sweep.records else None
-    if compute and records is not None:
-        check_stale_records(configured, sweep, records)  # before any cell runs: nothing saved is replaced unasked
     for dataset in sweep.datasets:
         cells = []
         for cell, cell_cfg in configured:
@@ -914,12 +920,15 @@ def write_frontier_table(cells: pd.DataFrame, config: FlowConfig, workspace: str
 def run_sweep(
     config: FlowConfig, workspace: str = ".", compute: bool = True, *, gpus: int | None = None
 ) -> dict[str, Any]:
-    """Check every cell, then run :func:`sweep_flow` (the entry point of ``fdd sweep``).
+    """Check every cell and the records the run would replace (:func:`check_stale_records`), then
+    run :func:`sweep_flow` (the entry point of ``fdd sweep``).
 
     ``compute=False`` (``fdd sweep --from-records``) only rebuilds the tables from the
     committed records of ``sweep.records``; cells without one are reported as not run.
     """
-    sweep_cell_configs(config)
+    configured = sweep_cell_configs(config)
     if not compute and not config.sweep.records:
         raise ConfigError(ERR_NO_RECORDS)
+    if compute and config.sweep.records:  # before anything starts: nothing saved is replaced unasked
+        check_stale_records(configured, config.sweep, Path(workspace) / config.sweep.records)
     return sweep_flow(config, workspace=workspace, gpus=gpus, compute=compute)

@@ -396,6 +396,39 @@ def test_train_stacked_loop_trains_batchnorm_networks_like_one_by_one():
     )
 
 
+def test_audit_compile_reaches_the_stacked_training(monkeypatch):
+    """audit.compile is handed to train_stacked, which then compiles its forward pass and DSA
+    (counted here without compiling: the spy returns the eager callables)."""
+    calls, compiled = [], []
+    real = A.train_stacked
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("compile"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(A, "train_stacked", spy)
+    monkeypatch.setattr(A, "compile_static", lambda fn: compiled.append(fn) or fn)
+    train, test = quadrant_data(per_cell=3, seed=0), quadrant_data(per_cell=3, seed=1)
+    for flag in (True, False):
+        A.audit_synthetic(
+            synthetic_from(train), test, config=tiny_audit(num_eval=2, epochs=2, compile=flag), network=TINY_NET
+        )
+    assert calls == [True, False]
+    assert len(compiled) == 2 and compiled[1] is A.apply_dsa  # the forward pass, then the DSA; none for False
+
+
+def test_compile_static_raises_dynamos_recompile_limit(monkeypatch):
+    from fdd.distillation.compilation import RECOMPILE_LIMIT, compile_static
+
+    config = torch._dynamo.config
+    monkeypatch.setattr(config, "recompile_limit", 8)
+    compile_static(lambda x: x + 1)
+    assert config.recompile_limit == RECOMPILE_LIMIT >= 32  # a sweep's shapes of apply_dsa fit
+    monkeypatch.setattr(config, "recompile_limit", 1000)
+    compile_static(lambda x: x + 1)
+    assert config.recompile_limit == 1000  # never lowered
+
+
 def test_audit_stacks_batchnorm_networks_only_with_the_loop_forward(monkeypatch):
     calls = []
     real = A.train_stacked

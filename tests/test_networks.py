@@ -92,18 +92,40 @@ def test_instance_norm_is_group_norm_in_fp32():
     assert list(norm.state_dict()) == ["weight", "bias"]  # checkpoints of the GroupNorm era still load
 
 
-def test_instance_norm_keeps_bf16_activations_with_fp32_statistics():
+def test_instance_norm_keeps_bf16_activations_with_fp32_statistics(monkeypatch):
+    """A bf16 input is normalised in fp32 (the statistics and the affine map) and handed on in
+    bf16. nn.GroupNorm on the CPU would normalise the bf16 tensor itself, and CUDA autocast
+    would hand fp32 on (tests/test_cuda.py checks that case)."""
     norm, plain = _affine_instance_norm()
-    x = (torch.randn(3, 6, 5, 7) * 4 + 200).bfloat16()  # a large offset: bf16 statistics would lose it
+    seen = []
+    group_norm = torch.nn.functional.group_norm
+
+    def spy(x, *args, **kwargs):
+        seen.append(x.dtype)
+        return group_norm(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "group_norm", spy)
+    x = (torch.randn(3, 6, 5, 7) * 4 + 200).bfloat16()
     out = norm(x)
-    assert out.dtype == torch.bfloat16  # autocast's group_norm would hand on fp32
-    # exactly the fp32 norm of the bf16 values, rounded once to bf16
-    assert torch.equal(out, plain(x.float()).bfloat16())
+    assert seen == [torch.float32]
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, plain(x.float()).bfloat16())  # the fp32 norm of the bf16 values, rounded once
     out.float().sum().backward()
     assert norm.weight.grad is not None and norm.weight.grad.dtype == torch.float32
+    seen.clear()
+    full = norm(x.float())  # fp32: GroupNorm's own path
+    assert seen == [torch.float32] and torch.equal(full, plain(x.float()))
+
+
+def test_instance_norm_with_bf16_parameters():
+    norm, plain = _affine_instance_norm()
+    low = norm.to(torch.bfloat16)
+    x = torch.randn(2, 6, 4, 4).bfloat16()
+    assert low(x).dtype == torch.bfloat16
 
 
 def test_convnet_under_bf16_autocast_stays_close_to_fp32():
+    """Equivalence, not the dtype path (the CPU's autocast leaves group_norm in bf16 either way)."""
     net = build_convnet(channels=3, num_classes=4, image_size=16, width=8, depth=2, seed=0)
     x = torch.randn(4, 3, 16, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -24,6 +24,7 @@ from flows.configuration import (
     cell_config,
     cell_id,
     load_config,
+    sweep_cell_configs,
     sweep_cells,
 )
 from flows.configuration import parse_params as parse_config
@@ -440,7 +441,8 @@ def test_records_let_a_time_boxed_sweep_resume_and_feed_the_paper_table(
             fresh = records / "cmnist-fg-ipc2-dm-cobra-seed0.json"
             stamp = fresh.stat().st_mtime_ns
             with pytest.raises(
-                StaleRecordsError, match=r"1 cell\(s\).*cmnist-fg-ipc2-dm-cobra-seed1\.json.*replace_records"
+                StaleRecordsError,
+                match=r"1 cell\(s\).*cmnist-fg-ipc2-dm-cobra-seed1\.json \(made with other settings\).*replace_records",
             ):
                 run_sweep(full, workspace=ws)
             assert stale.read_bytes() == kept
@@ -474,6 +476,43 @@ def test_records_let_a_time_boxed_sweep_resume_and_feed_the_paper_table(
     bg = cells[cells["bias"] == "background"]
     assert table.loc["background", "acc_mean"] == pytest.approx(bg["accuracy"].mean(), abs=0.01)
     assert "paired over seeds" in (tiny_workspace / "results/paper_table.md").read_text()
+
+
+def test_stale_records_are_refused_only_for_cells_this_run_computes(tmp_path: Path) -> None:
+    """check_stale_records: a record with another fingerprint or unreadable, of a cell the run
+    would compute, stops it; a matching record, a cell outside compute_only, or
+    sweep.replace_records does not."""
+    from flows.sweep import cell_fingerprint as fingerprint
+    from flows.sweep import check_stale_records, record_path, write_record
+
+    sweep = {
+        "datasets": ["cmnist"],
+        "ipcs": [2],
+        "backbones": ["dm"],
+        "modes": ["vanilla", "cobra"],
+        "seeds": [0, 1],
+        "records": "cells",
+    }
+    config = parse_config({"sweep": sweep})
+    configured = sweep_cell_configs(config)
+    records = tmp_path / "cells"
+    paths = {cell_id(cell): (record_path(records, "cmnist", cell), cfg) for cell, cfg in configured}
+    for path, cfg in paths.values():  # every cell recorded with its own settings: nothing to refuse
+        write_record(path, {"accuracy": 1.0}, fingerprint(cfg), cfg)
+    check_stale_records(configured, config.sweep, records)
+    stale, _ = paths["ipc2-dm-cobra-seed1"]
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "fingerprint": "0" * 64}))
+    broken, _ = paths["ipc2-dm-vanilla-seed0"]
+    broken.write_text("{not json")
+    with pytest.raises(StaleRecordsError, match=r"2 cell\(s\)") as info:
+        check_stale_records(configured, config.sweep, records)
+    assert "cmnist-ipc2-dm-cobra-seed1.json (made with other settings)" in str(info.value)
+    assert "cmnist-ipc2-dm-vanilla-seed0.json (unreadable)" in str(info.value)
+    only_cobra_seed0 = parse_config({"sweep": {**sweep, "compute_only": {"modes": ["cobra"], "seeds": [0]}}})
+    check_stale_records(sweep_cell_configs(only_cobra_seed0), only_cobra_seed0.sweep, records)  # not computed
+    replacing = parse_config({"sweep": {**sweep, "replace_records": True}})
+    check_stale_records(sweep_cell_configs(replacing), replacing.sweep, records)
+    assert broken.read_text() == "{not json"  # the check itself never writes
 
 
 def test_sweep_variants_and_compute_only_are_validated() -> None:

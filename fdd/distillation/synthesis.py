@@ -28,6 +28,7 @@ from torch.profiler import record_function
 from fdd.config import NetworkConfig, SynthesisConfig
 from fdd.datasets.containers import GroupedImages, SyntheticSet
 from fdd.distillation.augment import DSAConfig, DSADraw, apply_dsa, draw_dsa
+from fdd.distillation.compilation import compile_static
 from fdd.distillation.cuda_graph import CapturedStep, CapturedTraining
 from fdd.distillation.dm import MATCHING_MODES, MEAN_MODES, POOLED_MODES, WARMUP_MODES, MatchingMode, dm_loss
 from fdd.distillation.initialisation import CoveringInit, covering_indices
@@ -345,11 +346,11 @@ class Synthesizer:
         self.autocast = torch.autocast(
             device_type=device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16", cache_enabled=False
         )
-        # dynamic=False: one specialised build per input shape (real batch, synthetic set), all
-        # made in the first, eager iterations; a CUDA-graph capture must not trigger a rebuild
-        self.embed = torch.compile(self.net.embed, dynamic=False) if config.compile else self.net.embed
-        self.forward = torch.compile(self.net, dynamic=False) if config.compile else self.net
-        self.augment = torch.compile(apply_dsa, dynamic=False) if config.compile else apply_dsa
+        # one specialised build per input shape (real batch, synthetic set), all made in the first,
+        # eager iterations; a CUDA-graph capture must not trigger a rebuild (compile_static)
+        self.embed = compile_static(self.net.embed) if config.compile else self.net.embed
+        self.forward = compile_static(self.net) if config.compile else self.net
+        self.augment = compile_static(apply_dsa) if config.compile else apply_dsa
 
     def step(self) -> Tensor:
         """One outer iteration; returns the matching loss (a 0-d tensor on the device)."""

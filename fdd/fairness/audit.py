@@ -41,6 +41,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from fdd.config import AuditConfig, NetworkConfig, parse_architecture
 from fdd.datasets.containers import GroupedImages, SyntheticSet
 from fdd.distillation.augment import DCAugmentConfig, DSAConfig, DSADraw, apply_dsa, dc_augment
+from fdd.distillation.compilation import compile_static
 from fdd.distillation.cuda_graph import CapturedStep
 from fdd.distillation.training import draw_training_plan, train_network
 from fdd.fairness.gdro import GroupDRO
@@ -192,8 +193,9 @@ def train_stacked(
     the gradients are the same, each model's from its own slice of the stacked parameters.
     ``transform``, when given, is applied to every batch after DSA (the DC augmentation,
     which draws as it goes: its epochs are not captured). ``compile`` runs the stacked forward
-    pass and the DSA augmentation through ``torch.compile`` (``dynamic=False``: one graph per
-    batch shape; the backward pass is compiled with it), so the convolution's epilogue (norm,
+    pass and the DSA augmentation through ``torch.compile``
+    (:func:`fdd.distillation.compilation.compile_static`: one build per batch shape; the backward
+    pass is compiled with it), so the convolution's epilogue (norm,
     activation, pooling) and its gradient run as fused kernels; the first epochs then also pay
     the compilation.
     """
@@ -221,8 +223,8 @@ def train_stacked(
     forward = one_by_one if stack_forward == "loop" else vmap(one_model)
     augment = apply_dsa
     if compile:
-        forward = torch.compile(forward, dynamic=False)
-        augment = torch.compile(apply_dsa, dynamic=False)
+        forward = compile_static(forward)
+        augment = compile_static(apply_dsa)
     device = images.device
     autocast = torch.autocast(
         device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False

@@ -69,7 +69,9 @@ class InstanceNorm(nn.GroupNorm):
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype in (torch.bfloat16, torch.float16):
             with torch.autocast(device_type=x.device.type, enabled=False):
-                out = F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps)
+                weight = None if self.weight is None else self.weight.float()  # no copy when fp32
+                bias = None if self.bias is None else self.bias.float()
+                out = F.group_norm(x.float(), self.num_groups, weight, bias, self.eps)
             return out.to(x.dtype)
         return super().forward(x)
 
