@@ -288,3 +288,43 @@ def test_capture_confines_errors_to_its_thread_and_pauses_the_garbage_collector(
     with pytest.raises(RuntimeError, match="capture failed"):
         CG.capture(failing, device=torch.device("cuda"))
     assert gc.isenabled()  # turned back on after a failed capture too
+
+
+def test_speed_vs_reference_from_speed_variants():
+    """fdd's side from a speed_variants.csv: the chosen variants' steady state (median per
+    iteration; the last, compiled evaluation run), against the reference's median per iteration
+    and 5 of its evaluations; failed rows and other variants are left out."""
+    import pandas as pd
+
+    from benchmarks.speed_vs_reference import build_from_variants
+
+    reference = pd.DataFrame(
+        [
+            ("iteration", 10, "cobra", 0.33),
+            ("iteration_median", 10, "cobra", 0.30),
+            ("iteration", 50, "cobra", 1.1),
+            ("evaluation", 10, "1500_epochs", 20.0),
+        ],
+        columns=["what", "ipc", "mode", "reference_s"],
+    )
+    rows = [
+        ("synthesis", "bf16", "cobra", 10, "ok", 15.0, ""),
+        ("synthesis", "bf16", "cobra", 50, "ok", 100.0, ""),
+        ("synthesis", "baseline", "cobra", 10, "ok", 17.0, ""),
+        ("synthesis", "bf16", "vanilla", 10, "error", "", ""),
+        ("eval", "loop+compile", "-", 10, "ok", "", 30.0),
+        ("eval", "loop+compile", "-", 10, "ok", "", 5.0),
+    ]
+    variants = pd.DataFrame(
+        rows, columns=["kind", "variant", "mode", "ipc", "status", "ms_per_iter_median", "eval_s_measured"]
+    )
+    table = build_from_variants(
+        reference, variants, synthesis_variant="bf16", eval_variant="loop+compile", device="GPU", commit="abc"
+    ).set_index(["what", "ipc", "mode"])
+    assert sorted(table.index) == [("evaluation", 10, "cobra"), ("iteration", 10, "cobra"), ("iteration", 50, "cobra")]
+    assert table.loc[("iteration", 10, "cobra"), "fdd_s"] == pytest.approx(0.015)
+    assert table.loc[("iteration", 10, "cobra"), "ratio"] == pytest.approx(0.30 / 0.015)  # the median row
+    assert table.loc[("iteration", 50, "cobra"), "ratio"] == pytest.approx(1.1 / 0.1)  # no median row: the mean
+    evaluation = table.loc[("evaluation", 10, "cobra")]
+    assert (evaluation["fdd_s"], evaluation["reference_s"]) == (5.0, 100.0)  # the compiled run; 5 x 20 s
+    assert set(table["commit"]) == {"abc"}
