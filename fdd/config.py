@@ -826,8 +826,9 @@ class AuditConfig(_Section):
     )
     compile: bool = Field(
         False,
-        description="torch.compile the stacked training's forward pass and its DSA (stack_models only; pays on GPUs, "
-        "where the compiled kernels fuse the norm, activation and pooling with their gradients)",
+        description="torch.compile the stacked training's forward pass and its DSA (stack_models with num_eval > 1; "
+        "pays on GPUs, where the compiled kernels fuse the norm, activation and pooling with their gradients; "
+        "compiling takes tens of seconds once per process and batch shape)",
     )
     full_data_epochs: int = Field(
         20,
