@@ -634,6 +634,8 @@ def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bo
     one_gpu_each = local_gpus > 0 or (sweep.address is not None and _cluster_declares_gpus(sweep.address))
     submitted, rows = [], []
     records = Path(workspace) / sweep.records if sweep.records else None
+    if compute and records is not None:  # also for a scheduled sweep (fdd serve), which skips run_sweep
+        check_stale_records(configured, sweep, records)
     for dataset in sweep.datasets:
         cells = []
         for cell, cell_cfg in configured:
@@ -929,6 +931,8 @@ def run_sweep(
     configured = sweep_cell_configs(config)
     if not compute and not config.sweep.records:
         raise ConfigError(ERR_NO_RECORDS)
-    if compute and config.sweep.records:  # before anything starts: nothing saved is replaced unasked
+    if (
+        compute and config.sweep.records
+    ):  # before anything starts (and again in the flow): nothing saved is replaced unasked
         check_stale_records(configured, config.sweep, Path(workspace) / config.sweep.records)
     return sweep_flow(config, workspace=workspace, gpus=gpus, compute=compute)
