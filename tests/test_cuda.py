@@ -277,7 +277,10 @@ def test_stacked_audit_graph_with_speed_switches_trains_like_eager(
         )
         return [p.detach() for net in nets for p in net.parameters()]
 
-    tol = dict(rtol=1e-4, atol=1e-5) if precision == "fp32" else dict(rtol=5e-2, atol=5e-3)
+    if precision == "bf16":
+        tol = dict(rtol=5e-2, atol=5e-3)
+    else:  # compiled: fused reductions sum in another order than the eager kernels (9 epochs of training)
+        tol = dict(rtol=1e-3, atol=1e-4) if compile else dict(rtol=1e-4, atol=1e-5)
     for p, q in zip(trained(True), trained(False)):
         torch.testing.assert_close(p, q, **tol)
 
