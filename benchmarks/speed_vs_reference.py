@@ -39,6 +39,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 NUM_EVAL = 5
 
 
+def _table(rows: list[tuple]) -> pd.DataFrame:
+    """The output columns from (what, ipc, mode, fdd_s, reference_s, device, commit) rows, with the ratio."""
+    table = pd.DataFrame(rows, columns=["what", "ipc", "mode", "fdd_s", "reference_s", "device", "commit"])
+    table.insert(5, "ratio", table["reference_s"] / table["fdd_s"])
+    return table.sort_values(["what", "ipc", "mode"], ascending=[False, True, True]).reset_index(drop=True)
+
+
 def build(reference: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     """One row per (what, ipc, mode) measured on both sides."""
     rows = []
@@ -54,9 +61,7 @@ def build(reference: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
             rows.append(
                 ("evaluation", ipc, mode, fdd_s, NUM_EVAL * float(ref_eval["reference_s"].iloc[0]), device, commit)
             )
-    table = pd.DataFrame(rows, columns=["what", "ipc", "mode", "fdd_s", "reference_s", "device", "commit"])
-    table.insert(5, "ratio", table["reference_s"] / table["fdd_s"])
-    return table.sort_values(["what", "ipc", "mode"], ascending=[False, True, True]).reset_index(drop=True)
+    return _table(rows)
 
 
 def build_from_variants(
@@ -90,9 +95,7 @@ def build_from_variants(
             rows.append(
                 ("evaluation", int(ipc), mode, fdd_s, NUM_EVAL * float(ref_eval["reference_s"].iloc[0]), device, commit)
             )
-    table = pd.DataFrame(rows, columns=["what", "ipc", "mode", "fdd_s", "reference_s", "device", "commit"])
-    table.insert(5, "ratio", table["reference_s"] / table["fdd_s"])
-    return table.sort_values(["what", "ipc", "mode"], ascending=[False, True, True]).reset_index(drop=True)
+    return _table(rows)
 
 
 def main() -> None:

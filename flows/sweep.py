@@ -136,16 +136,11 @@ def check_stale_records(configured: list[tuple[dict[str, Any], FlowConfig]], swe
         return
     stale = []
     for cell, cell_cfg in configured:
-        path = record_path(records, cell["dataset"], cell)
-        if not (selected(sweep, cell) and path.exists()):
-            continue
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            stale.append(f"{path.name} (unreadable)")
-            continue
-        if record.get("version") != RECORD_VERSION or record.get("fingerprint") != cell_fingerprint(cell_cfg):
-            stale.append(f"{path.name} (made with other settings)")
+        if selected(sweep, cell):
+            path = record_path(records, cell["dataset"], cell)
+            _, why = load_record(path, cell_fingerprint(cell_cfg))
+            if why is not None:
+                stale.append(f"{path.name} ({why})")
     if stale:
         names = ", ".join(stale[:4]) + (f" and {len(stale) - 4} more" if len(stale) > 4 else "")
         raise StaleRecordsError(ERR_STALE_RECORDS.format(count=len(stale), records=records, names=names))
@@ -336,17 +331,32 @@ def record_path(records: Path, dataset: str, cell: dict[str, Any]) -> Path:
     return records / f"{dataset}-{cell_id(cell)}.json"
 
 
-def read_record(path: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The row of a cell's record when it exists and was made with the same settings, else None."""
+RECORD_UNREADABLE, RECORD_OTHER_SETTINGS = "unreadable", "made with other settings"
+
+
+def load_record(path: Path, fingerprint: str) -> tuple[dict[str, Any] | None, str | None]:
+    """``(record, None)`` when the record at ``path`` was made with the settings of ``fingerprint``;
+    ``(None, None)`` when there is none; ``(None, why)`` when there is one that does not count
+    (:data:`RECORD_UNREADABLE`, :data:`RECORD_OTHER_SETTINGS`)."""
     if not path.exists():
-        return None
+        return None, None
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
-        run_logger().warning("sweep record %s is unreadable; the cell runs again", path)
-        return None
+        return None, RECORD_UNREADABLE
     if record.get("version") != RECORD_VERSION or record.get("fingerprint") != fingerprint:
+        return None, RECORD_OTHER_SETTINGS
+    return record, None
+
+
+def read_record(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The row of a cell's record when it exists and was made with the same settings, else None."""
+    record, why = load_record(path, fingerprint)
+    if why == RECORD_UNREADABLE:
+        run_logger().warning("sweep record %s is unreadable; the cell runs again", path)
+    elif why == RECORD_OTHER_SETTINGS:
         run_logger().info("sweep record %s was made with other settings; the cell runs again", path)
+    if record is None:
         return None
     return {"status": STATUS_OK, "error": "", **record["row"]}  # only finished cells have records
 
@@ -634,7 +644,7 @@ def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bo
     one_gpu_each = local_gpus > 0 or (sweep.address is not None and _cluster_declares_gpus(sweep.address))
     submitted, rows = [], []
     records = Path(workspace) / sweep.records if sweep.records else None
-    if compute and records is not None:  # also for a scheduled sweep (fdd serve), which skips run_sweep
+    if compute and records is not None:  # before any cell runs (fdd sweep and scheduled sweeps alike)
         check_stale_records(configured, sweep, records)
     for dataset in sweep.datasets:
         cells = []
@@ -922,17 +932,12 @@ def write_frontier_table(cells: pd.DataFrame, config: FlowConfig, workspace: str
 def run_sweep(
     config: FlowConfig, workspace: str = ".", compute: bool = True, *, gpus: int | None = None
 ) -> dict[str, Any]:
-    """Check every cell and the records the run would replace (:func:`check_stale_records`), then
-    run :func:`sweep_flow` (the entry point of ``fdd sweep``).
+    """Check every cell, then run :func:`sweep_flow` (the entry point of ``fdd sweep``).
 
     ``compute=False`` (``fdd sweep --from-records``) only rebuilds the tables from the
     committed records of ``sweep.records``; cells without one are reported as not run.
     """
-    configured = sweep_cell_configs(config)
+    sweep_cell_configs(config)
     if not compute and not config.sweep.records:
         raise ConfigError(ERR_NO_RECORDS)
-    if (
-        compute and config.sweep.records
-    ):  # before anything starts (and again in the flow): nothing saved is replaced unasked
-        check_stale_records(configured, config.sweep, Path(workspace) / config.sweep.records)
     return sweep_flow(config, workspace=workspace, gpus=gpus, compute=compute)

@@ -446,7 +446,7 @@ def test_records_let_a_time_boxed_sweep_resume_and_feed_the_paper_table(
                 match=r"1 cell\(s\).*cmnist-fg-ipc2-dm-cobra-seed1\.json \(made with other settings\).*replace_records",
             ):
                 run_sweep(full, workspace=ws)
-            with pytest.raises(StaleRecordsError):  # the flow itself (a scheduled sweep starts there) checks too
+            with pytest.raises(StaleRecordsError):  # the check is the flow's own: a scheduled sweep starts there
                 sweep_flow(full, workspace=ws)
             assert stale.read_bytes() == kept
             # sweep.replace_records: that cell goes through its stages again (served here by their
