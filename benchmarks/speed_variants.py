@@ -19,6 +19,11 @@ Each variant runs in its own try/except: a failure is printed, written as a row 
 and the next variant runs. Rows go to ``speed_variants.csv`` as they are measured (flushed);
 ``speed_variants.md`` is rewritten after each row. ``--budget-s`` stops starting new variants once
 that many seconds have passed. The jobs run in priority order (baselines first).
+
+Each job starts from a reset of ``torch.compile``'s caches (``torch._dynamo.reset()``), so a
+compiled variant listed twice re-traces in its second run (Inductor's on-disk cache spares most
+of the compilation). ``--keep-compiled`` keeps them: the second run then costs what a later audit
+costs in a sweep process, where every audit of one shape reuses the first one's build.
 """
 
 from __future__ import annotations
@@ -93,9 +98,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _cleanup(device: torch.device) -> None:
+def _cleanup(device: torch.device, *, reset_compiled: bool = True) -> None:
     gc.collect()
-    torch._dynamo.reset()  # new networks every cell: keep dynamo's per-code cache from filling up
+    if reset_compiled:  # new networks every cell: keep dynamo's per-code cache from filling up
+        torch._dynamo.reset()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -288,6 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         "--eval-epochs", type=int, default=1500, help="below 1500: timed on fewer epochs and extrapolated (labelled)"
     )
     parser.add_argument("--no-compile", action="store_true", help="baseline without torch.compile (CPU tests)")
+    parser.add_argument(
+        "--keep-compiled",
+        action="store_true",
+        help="keep torch.compile's caches between jobs: a variant listed twice then times its second run as a "
+        "sweep process runs its later audits (no re-tracing); by default each job starts from a reset, so a "
+        "second run re-traces and only reuses Inductor's on-disk cache",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     device = torch.device(args.device)
@@ -321,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                     traceback.print_exc()
                     row.update(status="error", error=f"{type(error).__name__}: {str(error)[:300]}".replace("\n", " "))
                 finally:
-                    _cleanup(device)
+                    _cleanup(device, reset_compiled=not args.keep_compiled)
             rows.append(row)
             writer.writerow({k: row.get(k, "") for k in FIELDS})
             handle.flush()

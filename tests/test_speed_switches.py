@@ -242,6 +242,24 @@ def test_speed_variants_budget_skips_and_errors_do_not_stop(tmp_path: Path, monk
     assert {r["status"] for r in rows} == {"skipped"}
 
 
+def test_speed_variants_resets_compiled_code_between_jobs_unless_kept(tmp_path: Path, monkeypatch):
+    """By default every job starts from a reset of torch.compile's caches; --keep-compiled keeps them
+    (a variant's second run then costs what a later audit of a sweep process costs)."""
+    write_tiny_idx(tmp_path / "idx")
+    resets: list[int] = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    monkeypatch.setattr(speed_variants, "time_eval", lambda *a, **k: {"eval_s_measured": 1.0})
+    args = ["--device", "cpu", "--idx-dir", str(tmp_path / "idx"), "--width", "8", "--no-compile"]
+    args += ["--synthesis-variants", "", "--eval-variants", "loop,loop", "--eval-ipcs", "2"]
+    assert speed_variants.main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert len(resets) == 2  # one after each of the two jobs
+    resets.clear()
+    assert speed_variants.main([*args, "--out", str(tmp_path / "b"), "--keep-compiled"]) == 0
+    assert resets == []
+    rows = list(csv.DictReader((tmp_path / "b" / "speed_variants.csv").open()))
+    assert [(r["variant"], r["status"]) for r in rows] == [("loop", "ok"), ("loop", "ok")]
+
+
 def test_capture_confines_errors_to_its_thread_and_pauses_the_garbage_collector(monkeypatch):
     """The capture runs under capture_error_mode="thread_local" (another thread's CUDA calls do not
     invalidate it) with the garbage collector off; the eager runs before it keep collecting."""
