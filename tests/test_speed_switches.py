@@ -219,6 +219,8 @@ def test_speed_variants_runs_on_the_cpu(tmp_path: Path):
     ]
     assert all(r["status"] == "ok" for r in rows), rows
     assert all(float(r["ms_per_iter_median"]) > 0 for r in rows if r["kind"] == "synthesis")
+    assert all(float(r["ms_per_iter_back_to_back"]) > 0 for r in rows if r["kind"] == "synthesis")
+    assert all(r["ms_per_iter_back_to_back"] == "" for r in rows if r["kind"] == "eval")
     assert all("EXTRAPOLATED" in r["settings"] for r in rows if r["kind"] == "eval")
     assert "Speed variants" in (tmp_path / "out" / "speed_variants.md").read_text()
 
