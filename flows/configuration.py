@@ -110,6 +110,13 @@ class SweepConfig(Section):
         description="CSV path (inside the workspace) for the comparison with the published DM table "
         "(fdd.report.reproduction); a markdown rendering is written beside it",
     )
+    paper_reasons: str | None = Field(
+        None,
+        description="CSV path (inside the workspace) of the reasons on record for rows of sweep.paper_table that "
+        "differ from the published values: columns dataset,bias,ipc,mode,reason, each reason naming the measurement "
+        "behind it (fdd.report.reproduction.read_reasons); appended to those rows' verdicts (unused without "
+        "sweep.paper_table)",
+    )
     results_table: str | None = Field(
         None,
         description="CSV path (inside the workspace) for the compact results table: one row per dataset, bias, IPC, "
@@ -142,7 +149,7 @@ class SweepConfig(Section):
             raise ValueError(ERR_SWEEP_LAMBDAS.format(value=value))
         return tuple(float(v) for v in value)
 
-    @field_validator("records", "paper_table", "results_table", "frontier_table")
+    @field_validator("records", "paper_table", "paper_reasons", "results_table", "frontier_table")
     @classmethod
     def _inside_workspace(cls, value: str | None, info: Any) -> str | None:
         if value is not None:

@@ -42,6 +42,7 @@ import json
 import os
 import subprocess
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ from fdd.report.reproduction import (
     MATCH_DEO_M,
     paired_comparison,
     paper_table,
+    read_reasons,
     results_table,
 )
 from flows.configuration import (  # the grid is read without Prefect
@@ -111,6 +113,10 @@ FINGERPRINT_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 #: Audit settings that enter the fingerprint through the protocol they resolve to (:func:`evaluation_fingerprint`).
 PROTOCOL_KEYS: tuple[str, ...] = ("augmentation", "dsa_strategy", "dc_strategy", "learned_lr")
+WARN_NO_REASONS = (
+    "sweep.paper_reasons names {path}, which does not exist: the paper table's verdicts go without reasons "
+    "(create it with the columns dataset,bias,ipc,mode,reason, or unset sweep.paper_reasons)"
+)
 ERR_NO_PREPARED = "cell {cell} has no prepared data at {path}; the dataset's ingest must run first"
 ERR_CELLS_FAILED = (
     "{failed} of {cells} sweep cells failed: {names}; the other cells finished and the tables are written "
@@ -646,6 +652,10 @@ def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bo
     records = Path(workspace) / sweep.records if sweep.records else None
     if compute and records is not None:  # before any cell runs (fdd sweep and scheduled sweeps alike)
         check_stale_records(configured, sweep, records)
+    if sweep.paper_table and sweep.paper_reasons:  # a bad reasons file stops the run now, not after its cells
+        with warnings.catch_warnings():  # a missing one is reported once, with the table
+            warnings.simplefilter("ignore")
+            paper_reasons(sweep, workspace)
     for dataset in sweep.datasets:
         cells = []
         for cell, cell_cfg in configured:
@@ -820,6 +830,26 @@ def paper_grid(config: FlowConfig) -> list[tuple[str, str, int, str]]:
     return list(dict.fromkeys(grid))
 
 
+def paper_reasons(sweep: SweepConfig, workspace: str) -> dict[tuple[str, str, int, str], str] | None:
+    """The reasons file of ``sweep.paper_reasons`` (:func:`fdd.report.reproduction.read_reasons`).
+
+    None when unset, or, with a warning, when the file does not exist (a fresh workspace running
+    the paper preset has none yet: the verdicts then go without reasons).
+
+    Raises
+    ------
+    ValueError
+        The file does not read as a reasons file (named, with what it needs).
+    """
+    if not sweep.paper_reasons:
+        return None
+    path = Path(workspace) / sweep.paper_reasons
+    if not path.exists():
+        warnings.warn(WARN_NO_REASONS.format(path=path), stacklevel=2)
+        return None
+    return read_reasons(path)
+
+
 def write_paper_table(cells: pd.DataFrame, config: FlowConfig, workspace: str) -> str:
     """``sweep.paper_table`` (CSV) and its markdown rendering: the DM cells against docs/method.md section 5."""
     path = Path(workspace) / str(config.sweep.paper_table)
@@ -831,7 +861,7 @@ def write_paper_table(cells: pd.DataFrame, config: FlowConfig, workspace: str) -
         dm = dm[dm["backbone"] == "dm"].rename(columns={"dataset": "sweep_dataset", "data_dataset": "dataset"})
     else:  # no cell computed and none recorded yet: every row of the grid is "not run"
         dm = pd.DataFrame(columns=list(CELL_COLUMNS))
-    table = paper_table(dm, paper_grid(config))
+    table = paper_table(dm, paper_grid(config), paper_reasons(config.sweep, workspace))
     paired = paired_comparison(dm, "cobra", "fairdd")
     atomic_write_text(path, table.to_csv(index=False, float_format="%.2f"))
     markdown = (
@@ -840,7 +870,9 @@ def write_paper_table(cells: pd.DataFrame, config: FlowConfig, workspace: str) -
                 "# The published DM table, reproduced with `fdd sweep`",
                 "Mean and sample std over synthesis seeds (each seed: the mean of its evaluations), in %. "
                 "`suff_gap_mean`: the max-over-classes sufficiency (precision) gap, mean over seeds. Verdict: `match` "
-                f"within {MATCH_ACC:g} point of accuracy and {MATCH_DEO_M:g} of DEO_M of docs/method.md section 5.",
+                f"within {MATCH_ACC:g} point of accuracy and {MATCH_DEO_M:g} of DEO_M of docs/method.md section 5; "
+                "otherwise the differences, and after a colon the reason on record with the measurement behind it"
+                + (f" ({config.sweep.paper_reasons})." if config.sweep.paper_reasons else "."),
                 _provenance(cells),
                 table.round(2).to_markdown(index=False),
                 "## cobra against fairdd, paired over seeds",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,6 +17,7 @@ from fdd.report.reproduction import (
     PUBLISHED_DM,
     paired_comparison,
     paper_table,
+    read_reasons,
     verdict,
 )
 
@@ -124,3 +127,53 @@ def test_missing_cell_columns_are_named() -> None:
             )
         )
     assert str(info.value).startswith(ERR_CELL_COLUMNS.split("{")[0])
+
+
+def test_reasons_are_appended_to_differing_rows_only(tmp_path: Path) -> None:
+    cells = _cells([("vanilla", 0, 20.0, 100.0), ("vanilla", 1, 21.0, 100.0), ("cobra", 0, 94.6, 15.7)])
+    reasons_file = tmp_path / "reasons.csv"
+    reasons_file.write_text(
+        "dataset,bias,ipc,mode,reason\n"
+        'cmnist,foreground,10,vanilla,"schedule: 52.5 on 20000 x 256, reproduction.md"\n'
+        "cmnist,foreground,10,cobra,stale: this row matches now\n"
+        "cmnist,foreground,10,fairdd,not run yet\n"
+        "cmnist,foregound,10,cobra,a typo in the bias\n"
+    )
+    reasons = read_reasons(reasons_file)
+    assert reasons[("cmnist", "foreground", 10, "vanilla")] == "schedule: 52.5 on 20000 x 256, reproduction.md"
+    grid = [("cmnist", "foreground", 10, m) for m in ("vanilla", "fairdd", "cobra")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = paper_table(cells, grid, reasons).set_index("mode")
+    assert table.loc["vanilla", "verdict"] == (
+        "acc -5.3 (published outside the seeds' 20.0-21.0) points from published: "
+        "schedule: 52.5 on 20000 x 256, reproduction.md"
+    )
+    assert table.loc["cobra", "verdict"] == "match" and table.loc["fairdd", "verdict"] == "not run"
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2
+    assert "('cmnist', 'foreground', 10, 'fairdd')" in messages[0] and "cobra" in messages[0]
+    assert "foregound" in messages[1] and "not rows of this table" in messages[1]
+    # without reasons, the verdict is the differences alone
+    assert paper_table(cells, grid).set_index("mode").loc["vanilla", "verdict"].endswith("points from published")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("dataset,bias,ipc,mode\ncmnist,foreground,10,vanilla\n", "lacks \\['reason'\\]"),
+        ("dataset,bias,ipc,mode,reason\ncmnist,foreground,ten,vanilla,x\n", "line 2: ipc 'ten' is not a positive"),
+        ("dataset,bias,ipc,mode,reason\ncmnist,foreground,10,vanilla, \n", "line 2: the reason is empty"),
+        (
+            "dataset,bias,ipc,mode,reason\ncmnist,foreground,10,vanilla,a\ncmnist,foreground,10,vanilla,b\n",
+            "line 3: .* is listed twice",
+        ),
+        ("", "cannot be read"),
+    ],
+)
+def test_a_bad_reasons_file_is_named_with_what_it_needs(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "reasons.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=expected) as info:
+        read_reasons(path)
+    assert str(path) in str(info.value) and "dataset', 'bias', 'ipc', 'mode', 'reason'" in str(info.value)

@@ -458,6 +458,18 @@ def test_records_let_a_time_boxed_sweep_resume_and_feed_the_paper_table(
             third = run_sweep(replacing, workspace=ws)
             assert third["computed"] == 0 and json.loads(stale.read_text())["fingerprint"] == payload["fingerprint"]
             assert fresh.stat().st_mtime_ns == stamp  # a matching record is left as it is
+            # a malformed sweep.paper_reasons file stops the run before its cells, not after them
+            saved = fresh.read_bytes()
+            fresh.unlink()
+            (tiny_workspace / "results/reasons.csv").write_text("dataset,bias,ipc,mode\n")
+            reasoned = load_config(
+                tiny_workspace / "params.yaml",
+                overrides={"sweep": {**sweep, "compute_only": None, "paper_reasons": "results/reasons.csv"}},
+            )
+            with pytest.raises(ValueError, match="results/reasons.csv: lacks \\['reason'\\]"):
+                run_sweep(reasoned, workspace=ws)
+            assert not fresh.exists()  # its cell was not computed
+            fresh.write_bytes(saved)
             # --from-records computes nothing: a cell without a record is reported as not run
             (records / "cmnist-bg-ipc2-dm-cobra-seed1.json").unlink()
             # it needs no device: a GPU preset's tables rebuild on any machine
@@ -627,3 +639,41 @@ def test_paper_table_of_a_grid_without_any_cell_says_not_run(tmp_path: Path) -> 
     table = pd.read_csv(path)
     assert list(table["mode"]) == ["fairdd", "cobra"] and set(table["verdict"]) == {"not run"}
     assert (table["seeds"] == 0).all() and table.loc[1, "published_deo_m"] == 12.6  # C-MNIST BG IPC 10 cobra
+
+
+def test_paper_reasons_reach_the_table_and_a_missing_file_is_named(tmp_path: Path) -> None:
+    from flows.sweep import paper_reasons, write_paper_table
+
+    sweep = {
+        "datasets": ["cmnist-fg"],
+        "ipcs": [10],
+        "modes": ["vanilla"],
+        "variants": {"cmnist-fg": {"dataset": "cmnist", "bias": "foreground"}},
+        "paper_table": "out/paper.csv",
+        "paper_reasons": "out/reasons.csv",
+    }
+    config = parse_config({"sweep": sweep})
+    cells = pd.DataFrame(
+        [
+            {"dataset": "cmnist-fg", "data_dataset": "cmnist", "bias": "foreground", "ipc": 10, "mode": "vanilla"}
+            | {"backbone": "dm", "seed": seed, "status": "ok", "accuracy": acc, "deo_m": 100.0, "deo_a": 99.0}
+            | {"suff_m": 90.0}
+            for seed, acc in ((0, 20.0), (1, 21.0))
+        ]
+    )
+    # a fresh workspace has no reasons file yet: the table goes without reasons, with a warning naming the file
+    with pytest.warns(UserWarning, match="sweep.paper_reasons names .*out/reasons.csv, which does not exist"):
+        assert paper_reasons(config.sweep, str(tmp_path)) is None
+    with pytest.warns(UserWarning, match="which does not exist"):
+        table = pd.read_csv(write_paper_table(cells, config, str(tmp_path)))
+    assert table.loc[0, "verdict"].endswith("points from published")
+    (tmp_path / "out/reasons.csv").write_text(
+        "dataset,bias,ipc,mode,reason\ncmnist,foreground,10,vanilla,schedule (reproduction.md)\n"
+    )
+    table = pd.read_csv(write_paper_table(cells, config, str(tmp_path)))
+    assert table.loc[0, "verdict"].endswith("points from published: schedule (reproduction.md)")
+    assert "out/reasons.csv" in (tmp_path / "out/paper.md").read_text()
+    no_table = parse_config({"sweep": {**sweep, "paper_table": None}})  # an overlay without the table
+    assert no_table.sweep.paper_reasons == "out/reasons.csv"  # kept, unused: no table to annotate
+    with pytest.raises(ConfigError, match="sweep.paper_reasons must be a relative path inside the workspace"):
+        parse_config({"sweep": {**sweep, "paper_reasons": "/etc/reasons.csv"}})

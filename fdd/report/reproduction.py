@@ -11,7 +11,9 @@ of its evaluations. The comparison aggregates cells over synthesis seeds,
 (sample standard deviation, blank for one seed), and gives each row a verdict:
 ``match`` when :math:`|\\bar{acc} - acc_{pub}| \\le 1` and
 :math:`|\\bar{DEO_M} - DEO_{M,pub}| \\le 3` points, ``unpublished`` where the paper has no
-value, ``not run`` without cells, otherwise the differences to the published values.
+value, ``not run`` without cells, otherwise the differences to the published values, followed
+by the reason for them where one is on record (:func:`read_reasons`: a CSV of ``dataset, bias,
+ipc, mode, reason``, each reason naming the measurement behind it).
 
 The paired comparison of two modes uses the seeds both were run with: the difference
 :math:`d_s = m^{a}_s - m^{b}_s` per seed, its mean and sample standard deviation, and the
@@ -21,7 +23,9 @@ two-sided paired t-test (``scipy.stats.ttest_rel``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,9 +38,12 @@ __all__ = [
     "PAIRED_COLUMNS",
     "PAPER_COLUMNS",
     "PUBLISHED_DM",
+    "REASON_COLUMNS",
     "RESULTS_COLUMNS",
+    "Reasons",
     "paired_comparison",
     "paper_table",
+    "read_reasons",
     "results_table",
     "verdict",
 ]
@@ -87,6 +94,10 @@ PAPER_COLUMNS: tuple[str, ...] = (
     "published_deo_a",
     "verdict",
 )
+#: The columns of a reasons file (:func:`read_reasons`).
+REASON_COLUMNS: tuple[str, ...] = ("dataset", "bias", "ipc", "mode", "reason")
+#: Why a row differs from the published value, keyed by ``(dataset, bias, ipc, mode)``.
+Reasons = Mapping[tuple[str, str, int, str], str]
 #: Columns a frame of cells must have (one row per synthesis seed).
 CELL_COLUMNS: tuple[str, ...] = ("dataset", "bias", "ipc", "mode", "seed", "accuracy", "deo_m", "deo_a", "suff_m")
 PAIRED_COLUMNS: tuple[str, ...] = (
@@ -122,6 +133,8 @@ RESULTS_COLUMNS: tuple[str, ...] = (
 )
 ERR_SUMMARY_COLUMNS = "results_table: the sweep summary lacks the columns {missing}; it needs {needed}"
 ERR_CELL_COLUMNS = "cells lack the columns {missing}; each row needs {needed}"
+ERR_REASONS_FILE = "reasons file {path}: {detail}; it needs the columns {columns}, one row per table row"
+WARN_REASON_UNUSED = "reasons file: {keys} {why}; the reason is not shown (remove it, or check the row's key)"
 
 
 def verdict(
@@ -174,6 +187,44 @@ def verdict(
     return " and ".join(parts) + " points from published"
 
 
+def read_reasons(path: str | Path) -> dict[tuple[str, str, int, str], str]:
+    """The reasons on record for rows that differ from the published table.
+
+    ``path`` is a CSV with the columns :data:`REASON_COLUMNS`: ``dataset``, ``bias`` and ``mode`` as
+    fdd names them, ``ipc`` an integer, ``reason`` a short text naming the measurement that backs it
+    (e.g. ``"schedule: 52.5 on FairDD's 20000 x 256 (reproduction.md)"``). One row per key.
+
+    Raises
+    ------
+    ValueError
+        Missing columns, an IPC that is not a positive integer, an empty reason, or a key listed twice.
+    """
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise ValueError(
+            ERR_REASONS_FILE.format(path=path, detail=f"cannot be read ({error})", columns=list(REASON_COLUMNS))
+        ) from error
+    missing = [c for c in REASON_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(ERR_REASONS_FILE.format(path=path, detail=f"lacks {missing}", columns=list(REASON_COLUMNS)))
+    reasons: dict[tuple[str, str, int, str], str] = {}
+    for line, row in enumerate(frame.itertuples(index=False), start=2):
+        ipc, reason = str(row.ipc).strip(), str(row.reason).strip()
+        if not ipc.isdigit() or int(ipc) == 0:
+            detail = f"line {line}: ipc {row.ipc!r} is not a positive integer"
+            raise ValueError(ERR_REASONS_FILE.format(path=path, detail=detail, columns=list(REASON_COLUMNS)))
+        if not reason:
+            detail = f"line {line}: the reason is empty"
+            raise ValueError(ERR_REASONS_FILE.format(path=path, detail=detail, columns=list(REASON_COLUMNS)))
+        key = (str(row.dataset).strip(), str(row.bias).strip(), int(ipc), str(row.mode).strip())
+        if key in reasons:
+            detail = f"line {line}: {key} is listed twice"
+            raise ValueError(ERR_REASONS_FILE.format(path=path, detail=detail, columns=list(REASON_COLUMNS)))
+        reasons[key] = reason
+    return reasons
+
+
 def _check_cells(cells: pd.DataFrame) -> None:
     missing = [c for c in CELL_COLUMNS if c not in cells.columns]
     if missing:
@@ -184,7 +235,9 @@ def _std(values: pd.Series) -> float:
     return float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
-def paper_table(cells: pd.DataFrame, grid: Sequence[tuple[str, str, int, str]] = ()) -> pd.DataFrame:
+def paper_table(
+    cells: pd.DataFrame, grid: Sequence[tuple[str, str, int, str]] = (), reasons: Reasons | None = None
+) -> pd.DataFrame:
     """One row per ``(dataset, bias, ipc, mode)``: mean and std over seeds, published values, verdict.
 
     Parameters
@@ -195,6 +248,11 @@ def paper_table(cells: pd.DataFrame, grid: Sequence[tuple[str, str, int, str]] =
     grid : sequence of (dataset, bias, ipc, mode)
         Rows to include even without cells (``seeds`` 0, verdict ``not run``), in order;
         rows of ``cells`` outside it follow.
+    reasons : mapping, optional
+        Why a row differs from the published value (:func:`read_reasons`): appended to the
+        verdict of a row that differs, as ``"<differences>: <reason>"``. A reason for a row
+        that matches, is unpublished or not run, or is not in the table, is not shown, with a
+        warning naming it (a stale or mistyped reason).
 
     Returns
     -------
@@ -205,6 +263,7 @@ def paper_table(cells: pd.DataFrame, grid: Sequence[tuple[str, str, int, str]] =
         dict.fromkeys([*grid, *((r.dataset, r.bias, int(r.ipc), r.mode) for r in cells.itertuples(index=False))])
     )
     rows = []
+    used: set[tuple[str, str, int, str]] = set()
     for dataset, bias, ipc, mode in keys:
         part = cells[
             (cells["dataset"] == dataset) & (cells["bias"] == bias) & (cells["ipc"] == ipc) & (cells["mode"] == mode)
@@ -212,6 +271,18 @@ def paper_table(cells: pd.DataFrame, grid: Sequence[tuple[str, str, int, str]] =
         published = PUBLISHED_DM.get((dataset, bias, ipc, mode))
         seeds = int(part["seed"].nunique())
         acc, deo_m = float(part["accuracy"].mean()), float(part["deo_m"].mean())
+        judged = verdict(
+            acc,
+            deo_m,
+            seeds,
+            published,
+            acc_values=part["accuracy"].tolist(),
+            deo_m_values=part["deo_m"].tolist(),
+        )
+        reason = (reasons or {}).get((dataset, bias, ipc, mode))
+        if reason is not None and judged not in ("match", "unpublished", "not run"):
+            judged = f"{judged}: {reason}"
+            used.add((dataset, bias, ipc, mode))
         rows.append(
             {
                 "dataset": dataset,
@@ -229,16 +300,19 @@ def paper_table(cells: pd.DataFrame, grid: Sequence[tuple[str, str, int, str]] =
                 "published_acc": published[0] if published else math.nan,
                 "published_deo_m": published[1] if published else math.nan,
                 "published_deo_a": published[2] if published else math.nan,
-                "verdict": verdict(
-                    acc,
-                    deo_m,
-                    seeds,
-                    published,
-                    acc_values=part["accuracy"].tolist(),
-                    deo_m_values=part["deo_m"].tolist(),
-                ),
+                "verdict": judged,
             }
         )
+    unused = [key for key in (reasons or {}) if key not in used]
+    if unused:
+        in_table = [key for key in unused if key in keys]
+        elsewhere = [key for key in unused if key not in keys]
+        if in_table:
+            warnings.warn(
+                WARN_REASON_UNUSED.format(keys=in_table, why="match, are unpublished or not run"), stacklevel=2
+            )
+        if elsewhere:
+            warnings.warn(WARN_REASON_UNUSED.format(keys=elsewhere, why="are not rows of this table"), stacklevel=2)
     return pd.DataFrame(rows, columns=list(PAPER_COLUMNS))
 
 
