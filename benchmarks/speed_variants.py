@@ -23,7 +23,7 @@ and the next variant runs. Rows go to ``speed_variants.csv`` as they are measure
 ``speed_variants.md`` is rewritten after each row. ``--budget-s`` stops starting new variants once
 that many seconds have passed. The jobs run in priority order (baselines first).
 
-Each job starts from a reset of ``torch.compile``'s caches (``torch._dynamo.reset()``), so a
+After each job ``torch.compile``'s caches are reset (``torch._dynamo.reset()``), so a
 compiled variant listed twice re-traces in its second run (Inductor's on-disk cache spares most
 of the compilation). ``--keep-compiled`` keeps them: the second run then costs what a later audit
 costs in a sweep process, where every audit of one shape reuses the first one's build.

@@ -861,7 +861,8 @@ def write_paper_table(cells: pd.DataFrame, config: FlowConfig, workspace: str) -
         dm = dm[dm["backbone"] == "dm"].rename(columns={"dataset": "sweep_dataset", "data_dataset": "dataset"})
     else:  # no cell computed and none recorded yet: every row of the grid is "not run"
         dm = pd.DataFrame(columns=list(CELL_COLUMNS))
-    table = paper_table(dm, paper_grid(config), paper_reasons(config.sweep, workspace))
+    reasons = paper_reasons(config.sweep, workspace)
+    table = paper_table(dm, paper_grid(config), reasons)
     paired = paired_comparison(dm, "cobra", "fairdd")
     atomic_write_text(path, table.to_csv(index=False, float_format="%.2f"))
     markdown = (
@@ -871,8 +872,12 @@ def write_paper_table(cells: pd.DataFrame, config: FlowConfig, workspace: str) -
                 "Mean and sample std over synthesis seeds (each seed: the mean of its evaluations), in %. "
                 "`suff_gap_mean`: the max-over-classes sufficiency (precision) gap, mean over seeds. Verdict: `match` "
                 f"within {MATCH_ACC:g} point of accuracy and {MATCH_DEO_M:g} of DEO_M of docs/method.md section 5; "
-                "otherwise the differences, and after a colon the reason on record with the measurement behind it"
-                + (f" ({config.sweep.paper_reasons})." if config.sweep.paper_reasons else "."),
+                "otherwise the differences"
+                + (
+                    f", and after a colon the reason on record with the measurement behind it ({config.sweep.paper_reasons})."
+                    if reasons is not None
+                    else "."
+                ),
                 _provenance(cells),
                 table.round(2).to_markdown(index=False),
                 "## cobra against fairdd, paired over seeds",

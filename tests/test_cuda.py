@@ -250,7 +250,7 @@ def test_stacked_audit_graph_with_speed_switches_trains_like_eager(
     from fdd.fairness.audit import train_stacked
     from fdd.models.networks import build_convnet
 
-    images = torch.randn(12, 3, 16, 16, device="cuda")
+    images = torch.randn(12, 3, 16, 16, device="cuda", generator=torch.Generator("cuda").manual_seed(1))
     labels = torch.arange(3, device="cuda").repeat_interleave(4)
 
     def trained(graph: bool, precision: str = precision) -> torch.Tensor:
@@ -281,13 +281,16 @@ def test_stacked_audit_graph_with_speed_switches_trains_like_eager(
         # compiled bf16 rounds elsewhere than eager bf16 (Inductor keeps fused intermediates in fp32), and
         # 27 SGD steps of a width-8 net amplify bf16 rounding: eager and compiled bf16 end about 9% (relative
         # norm) from fp32 and from each other (CPU, 2026-11-30), so they cannot match each other elementwise.
-        # What must hold: the compiled run is as close to the fp32 training as the eager bf16 run is.
+        # What must hold: the compiled run is about as close to the fp32 training as the eager bf16 run is
+        # (how close eager bf16 gets varies with the data and the stacking, 2-9% on the CPU; the floor keeps a
+        # lucky eager run from failing a sound compiled one). A wrong step ends far off: the untrained weights
+        # are about 60% from the trained ones.
         fp32 = trained(False, "fp32")
         eager, graphed = trained(False), trained(True)
         eager_error = ((eager - fp32).norm() / fp32.norm()).item()
         graphed_error = ((graphed - fp32).norm() / fp32.norm()).item()
         assert eager_error < 0.25, f"eager bf16 ends {eager_error:.3f} (relative) from fp32"
-        assert graphed_error < 2 * eager_error + 0.01, (
+        assert graphed_error < max(2 * eager_error, 0.15), (
             f"compiled bf16 ends {graphed_error:.3f} from fp32, eager bf16 {eager_error:.3f}"
         )
         return

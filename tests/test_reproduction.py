@@ -154,6 +154,7 @@ def test_reasons_are_appended_to_differing_rows_only(tmp_path: Path) -> None:
     assert len(messages) == 2
     assert "('cmnist', 'foreground', 10, 'fairdd')" in messages[0] and "cobra" in messages[0]
     assert "foregound" in messages[1] and "not rows of this table" in messages[1]
+    assert "biases ['foreground']" in messages[1] and "modes ['cobra', 'fairdd', 'vanilla']" in messages[1]
     # without reasons, the verdict is the differences alone
     assert paper_table(cells, grid).set_index("mode").loc["vanilla", "verdict"].endswith("points from published")
 
@@ -168,7 +169,11 @@ def test_reasons_are_appended_to_differing_rows_only(tmp_path: Path) -> None:
             "dataset,bias,ipc,mode,reason\ncmnist,foreground,10,vanilla,a\ncmnist,foreground,10,vanilla,b\n",
             "line 3: .* is listed twice",
         ),
-        ("", "cannot be read"),
+        ("", "is empty"),
+        ("dataset,bias,ipc,mode,reason\ncmnist,foreground,10,vanilla,a, b\n", "line 2 has 6 fields, the header 5"),
+        ("dataset,bias,ipc,mode,reason\ncmnist,foreground,10,vanilla,a | b\n", "line 2: the reason holds '\\|'"),
+        ("dataset,bias,ipc,mode,reason,reason\n", "names the columns \\['reason'\\] more than once"),
+        ("dataset,bias,ipc,mode,reason\ncmnist,foreground,\u00b2,vanilla,x\n", "ipc '\u00b2' is not a positive"),
     ],
 )
 def test_a_bad_reasons_file_is_named_with_what_it_needs(tmp_path: Path, text: str, expected: str) -> None:
@@ -177,3 +182,16 @@ def test_a_bad_reasons_file_is_named_with_what_it_needs(tmp_path: Path, text: st
     with pytest.raises(ValueError, match=expected) as info:
         read_reasons(path)
     assert str(path) in str(info.value) and "dataset', 'bias', 'ipc', 'mode', 'reason'" in str(info.value)
+
+
+def test_reasons_file_tolerates_spaces_blank_lines_a_bom_and_other_columns(tmp_path: Path) -> None:
+    path = tmp_path / "reasons.csv"
+    path.write_text(
+        '\ufeffdataset, bias, ipc, mode, reason, note\n\ncmnist, foreground, 10, vanilla, "seed spread, 3 seeds", x\n'
+    )
+    assert read_reasons(path) == {("cmnist", "foreground", 10, "vanilla"): "seed spread, 3 seeds"}
+    path.write_bytes(b"dataset,bias,ipc,mode,reason\ncmnist,foreground,10,vanilla,caf\xe9\n")  # Latin-1, not UTF-8
+    with pytest.raises(ValueError, match="cannot be read as UTF-8 CSV"):
+        read_reasons(path)
+    with pytest.raises(ValueError, match="cannot be read"):
+        read_reasons(tmp_path)  # a folder

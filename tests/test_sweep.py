@@ -667,6 +667,7 @@ def test_paper_reasons_reach_the_table_and_a_missing_file_is_named(tmp_path: Pat
     with pytest.warns(UserWarning, match="which does not exist"):
         table = pd.read_csv(write_paper_table(cells, config, str(tmp_path)))
     assert table.loc[0, "verdict"].endswith("points from published")
+    assert "reasons.csv" not in (tmp_path / "out/paper.md").read_text()  # named only once read
     (tmp_path / "out/reasons.csv").write_text(
         "dataset,bias,ipc,mode,reason\ncmnist,foreground,10,vanilla,schedule (reproduction.md)\n"
     )

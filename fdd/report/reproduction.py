@@ -22,6 +22,7 @@ two-sided paired t-test (``scipy.stats.ttest_rel``).
 
 from __future__ import annotations
 
+import csv
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -190,37 +191,59 @@ def verdict(
 def read_reasons(path: str | Path) -> dict[tuple[str, str, int, str], str]:
     """The reasons on record for rows that differ from the published table.
 
-    ``path`` is a CSV with the columns :data:`REASON_COLUMNS`: ``dataset``, ``bias`` and ``mode`` as
-    fdd names them, ``ipc`` an integer, ``reason`` a short text naming the measurement that backs it
-    (e.g. ``"schedule: 52.5 on FairDD's 20000 x 256 (reproduction.md)"``). One row per key.
+    ``path`` is a CSV with the header :data:`REASON_COLUMNS` (in any order, other columns
+    allowed): ``dataset``, ``bias`` and ``mode`` as fdd names them, ``ipc`` a positive integer,
+    ``reason`` a short text naming the measurement that backs it, quoted when it holds a comma
+    (e.g. ``"schedule: 52.5 on FairDD's 20000 x 256, reproduction.md"``). One row per key. Read
+    with the standard :mod:`csv` module, strictly: a row with more or fewer fields than the header
+    is an error naming its line (pandas would take an unquoted comma's extra field as an index
+    column and report the wrong fault).
 
     Raises
     ------
     ValueError
-        Missing columns, an IPC that is not a positive integer, an empty reason, or a key listed twice.
+        Naming the file, the line and what it needs: unreadable or not UTF-8, missing or repeated
+        columns, a row of the wrong length, an IPC that is not a positive integer, an empty reason
+        or one holding ``|`` or a line break (both break the markdown table), a key listed twice.
     """
+
+    def bad(detail: str) -> ValueError:
+        return ValueError(ERR_REASONS_FILE.format(path=path, detail=detail, columns=list(REASON_COLUMNS)))
+
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
-        raise ValueError(
-            ERR_REASONS_FILE.format(path=path, detail=f"cannot be read ({error})", columns=list(REASON_COLUMNS))
-        ) from error
-    missing = [c for c in REASON_COLUMNS if c not in frame.columns]
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, skipinitialspace=True)
+            rows = [(reader.line_num, row) for row in reader]  # line_num: the line the row ends on
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise bad(f"cannot be read as UTF-8 CSV ({error})") from error
+    if not rows:
+        raise bad("is empty")
+    header = [name.strip() for name in rows[0][1]]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise bad(f"names the columns {repeated} more than once")
+    missing = [c for c in REASON_COLUMNS if c not in header]
     if missing:
-        raise ValueError(ERR_REASONS_FILE.format(path=path, detail=f"lacks {missing}", columns=list(REASON_COLUMNS)))
+        raise bad(f"lacks {missing} (header: {header})")
+    where = {name: header.index(name) for name in REASON_COLUMNS}
     reasons: dict[tuple[str, str, int, str], str] = {}
-    for line, row in enumerate(frame.itertuples(index=False), start=2):
-        ipc, reason = str(row.ipc).strip(), str(row.reason).strip()
-        if not ipc.isdigit() or int(ipc) == 0:
-            detail = f"line {line}: ipc {row.ipc!r} is not a positive integer"
-            raise ValueError(ERR_REASONS_FILE.format(path=path, detail=detail, columns=list(REASON_COLUMNS)))
+    for line, row in rows[1:]:
+        if not any(field.strip() for field in row):
+            continue  # a blank line
+        if len(row) != len(header):
+            raise bad(f"line {line} has {len(row)} fields, the header {len(header)}; quote a reason that holds a comma")
+        value = {name: row[index].strip() for name, index in where.items()}
+        ipc = int(value["ipc"]) if value["ipc"].isdecimal() and value["ipc"].isascii() else 0
+        if ipc <= 0:
+            raise bad(f"line {line}: ipc {value['ipc']!r} is not a positive integer")
+        reason = value["reason"]
         if not reason:
-            detail = f"line {line}: the reason is empty"
-            raise ValueError(ERR_REASONS_FILE.format(path=path, detail=detail, columns=list(REASON_COLUMNS)))
-        key = (str(row.dataset).strip(), str(row.bias).strip(), int(ipc), str(row.mode).strip())
+            raise bad(f"line {line}: the reason is empty")
+        if "|" in reason or "\n" in reason or "\r" in reason:
+            raise bad(f"line {line}: the reason holds '|' or a line break, which break the markdown table")
+        key = (value["dataset"], value["bias"], ipc, value["mode"])
         if key in reasons:
-            detail = f"line {line}: {key} is listed twice"
-            raise ValueError(ERR_REASONS_FILE.format(path=path, detail=detail, columns=list(REASON_COLUMNS)))
+            raise bad(f"line {line}: {key} is listed twice")
         reasons[key] = reason
     return reasons
 
@@ -312,7 +335,12 @@ def paper_table(
                 WARN_REASON_UNUSED.format(keys=in_table, why="match, are unpublished or not run"), stacklevel=2
             )
         if elsewhere:
-            warnings.warn(WARN_REASON_UNUSED.format(keys=elsewhere, why="are not rows of this table"), stacklevel=2)
+            axes = [sorted({str(key[i]) for key in keys}) for i in range(4)]
+            why = (
+                f"are not rows of this table (its datasets {axes[0]}, biases {axes[1]}, IPCs {axes[2]}, "
+                f"modes {axes[3]})"
+            )
+            warnings.warn(WARN_REASON_UNUSED.format(keys=elsewhere, why=why), stacklevel=2)
     return pd.DataFrame(rows, columns=list(PAPER_COLUMNS))
 
 
