@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "--keep-compiled",
         action="store_true",
         help="keep torch.compile's caches between jobs: a variant listed twice then times its second run as a "
-        "sweep process runs its later audits (no re-tracing); by default each job starts from a reset, so a "
+        "sweep process runs its later audits (no re-tracing); by default they are reset after each job, so a "
         "second run re-traces and only reuses Inductor's on-disk cache",
     )
     args = parser.parse_args(argv)

@@ -652,10 +652,9 @@ def _sweep_body(config: FlowConfig, workspace: str, local_gpus: int, compute: bo
     records = Path(workspace) / sweep.records if sweep.records else None
     if compute and records is not None:  # before any cell runs (fdd sweep and scheduled sweeps alike)
         check_stale_records(configured, sweep, records)
-    if sweep.paper_table and sweep.paper_reasons:  # a bad reasons file stops the run now, not after its cells
-        with warnings.catch_warnings():  # a missing one is reported once, with the table
-            warnings.simplefilter("ignore")
-            paper_reasons(sweep, workspace)
+    reasons_file = Path(workspace) / sweep.paper_reasons if sweep.paper_table and sweep.paper_reasons else None
+    if reasons_file is not None and reasons_file.exists():  # a bad one stops the run now, not after its cells
+        read_reasons(reasons_file)  # (a missing one is reported with the table)
     for dataset in sweep.datasets:
         cells = []
         for cell, cell_cfg in configured:
