@@ -130,3 +130,32 @@ def test_interrupted_and_resumed_run_matches_uninterrupted_run(tmp_path: Path) -
     # a finished state is not run again
     again = run(tmp_path, "seg")
     assert again.returncode == 0 and "finished already" in again.stdout
+
+
+def test_evaluating_a_checkpoint_matches_the_run_that_stops_there_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    write_idx(tmp_path / "data")
+    # the uninterrupted run of 3 steps evaluates the set after those 3 steps
+    short = [*FLAGS, "--Iteration", "3", "--num_eval", "1"]
+    ref = run(tmp_path, "short", flags=short)
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    expected = json.loads((tmp_path / "short" / "result.json").read_text())["evaluations"]
+
+    # a run of 6 steps cut after 3; its checkpoint evaluated as it stands, once (the run asked for 2)
+    seg = run(tmp_path, "seg", "--max-units", "3")
+    assert seg.returncode == 75, seg.stdout + seg.stderr
+    checkpoint = (tmp_path / "seg" / "checkpoint.pt").read_bytes()
+    ev = run(tmp_path, "seg", "--evaluate-checkpoint", flags=[*FLAGS, "--num_eval", "1"])
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    assert "after 3/6 iterations, 1 evaluation(s)" in ev.stdout
+    got = json.loads((tmp_path / "seg" / "evaluation_at_3.json").read_text())
+    metrics = ("acc", "max_eo", "mean_eo")
+    assert [[e[k] for k in metrics] for e in got["evaluations"]] == [[e[k] for k in metrics] for e in expected]
+    assert (got["iterations_done"], got["iterations_total"], got["num_evaluations"]) == (3, 6, 1)
+    # the checkpoint is untouched and no result is claimed: the run continues as before
+    assert (tmp_path / "seg" / "checkpoint.pt").read_bytes() == checkpoint
+    assert not (tmp_path / "seg" / "result.json").exists()
+    # other flags than num_eval are still refused; without a checkpoint there is nothing to evaluate
+    other = run(tmp_path, "seg", "--evaluate-checkpoint", flags=[*FLAGS, "--lr_img", "0.5"])
+    assert other.returncode != 0 and "lr_img" in other.stderr
+    missing = run(tmp_path, "none", "--evaluate-checkpoint")
+    assert missing.returncode != 0 and "no checkpoint to evaluate" in missing.stderr

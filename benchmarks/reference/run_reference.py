@@ -48,6 +48,14 @@ saves it after ``Iteration + 1``):
   exists to test that a resumed run continues the interrupted one bit for bit; the real
   reference run leaves it off (its resume is then statistically, not bitwise, the same run).
 
+``--evaluate-checkpoint``: for a run that cannot be finished (device time ran out), evaluate
+the checkpoint's synthetic set as it stands with the reference's own ``evaluate_synset``. The
+reference's ``main`` runs with ``--Iteration 0``: it restores the set, evaluates it ``num_eval``
+times (``--num_eval`` may differ from the checkpoint's, e.g. fewer on a CPU) and is stopped
+before its final distillation step. It writes ``STATE/evaluation_at_<steps done>.json`` and
+leaves ``checkpoint.pt`` as it was (never a checkpoint, never ``result.json``), so the run can
+still be continued later.
+
 Limits: ``--num_exp`` must be 1 (the loop over experiments re-initialises the set).
 """
 
@@ -79,9 +87,17 @@ ERR_FLAGS = (
     "the checkpoint in {state} was made with other reference flags; differing: {diff}. "
     "Use another --state folder or the same flags."
 )
+ERR_NO_CHECKPOINT = "--evaluate-checkpoint needs {path}: there is no checkpoint to evaluate in {state}"
+# flags that may differ from the checkpoint's when only evaluating it
+EVALUATION_FLAGS = frozenset({"num_eval"})
 ERR_NUM_EXP = (
     "run_reference supports --num_exp 1 only (the reference re-initialises the set per experiment); got {value}"
 )
+
+
+class EvaluationsDone(BaseException):
+    """Raised at the reference's first distillation call after the evaluations of
+    ``--evaluate-checkpoint``, so the set is not stepped further."""
 
 
 class BudgetExhausted(BaseException):
@@ -107,6 +123,12 @@ def parse_cli(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         type=int,
         default=None,
         help="also checkpoint once this process has done this many steps + evaluations (tests only)",
+    )
+    p.add_argument(
+        "--evaluate-checkpoint",
+        action="store_true",
+        help="evaluate the checkpoint's set as it stands (num_eval times, with the reference's own evaluation) into "
+        "STATE/evaluation_at_<steps>.json; the checkpoint is left as it was",
     )
     p.add_argument("--deterministic-clock", action="store_true", help="count time.time() calls (tests only)")
     p.add_argument(
@@ -174,10 +196,15 @@ class Runner:
         self.total = int(self.args.Iteration)
         pool = self.utils.get_eval_pool(self.args.eval_mode, self.args.model, self.args.model)
         self.n_evals = int(self.args.num_eval) * len(pool)
+        self.evaluate_only = bool(cli.evaluate_checkpoint)
         self.ckpt: dict | None = self._load_checkpoint()
+        if self.evaluate_only and self.ckpt is None:
+            path = os.path.join(self.state_dir, CHECKPOINT)
+            raise SystemExit(ERR_NO_CHECKPOINT.format(path=path, state=self.state_dir))
         self.done = int(self.ckpt["done"]) if self.ckpt else 0  # steps done before this process
-        self.local_iterations = self.total - self.done  # --Iteration of this process
-        self.evals: list[dict] = list(self.ckpt["evals"]) if self.ckpt else []
+        # --Iteration of this process: 0 when only evaluating (the loop evaluates at it == 0)
+        self.local_iterations = 0 if self.evaluate_only else self.total - self.done
+        self.evals: list[dict] = list(self.ckpt["evals"]) if self.ckpt and not self.evaluate_only else []
         self.segments: list[dict] = list(self.ckpt["segments"]) if self.ckpt else []
         self.clock: CountingClock | None = None
         if cli.cpu_cuda_noop and not self.torch.cuda.is_available():
@@ -211,7 +238,7 @@ class Runner:
             return None
         ckpt = self.torch.load(path, map_location="cpu", weights_only=False)
         theirs, ours = ckpt["args"], vars(self.args)
-        keys = (set(theirs) | set(ours)) - PATH_FLAGS
+        keys = (set(theirs) | set(ours)) - PATH_FLAGS - (EVALUATION_FLAGS if self.evaluate_only else frozenset())
         diff = sorted(k for k in keys if theirs.get(k) != ours.get(k))
         if diff:
             shown = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs now {ours.get(k)!r}" for k in diff)
@@ -324,7 +351,7 @@ class Runner:
 
     # ------------------------------------------------------------------ hooks
     def _over_budget(self) -> bool:
-        if self.work < 1:
+        if self.work < 1 or self.evaluate_only:  # an evaluation of a checkpoint never checkpoints
             return False
         if self.cli.max_units is not None and self.work >= self.cli.max_units:
             return True
@@ -347,6 +374,8 @@ class Runner:
                     self.checkpoint(self.total)
             self.eval_calls += 1
         else:
+            if self.evaluate_only:
+                raise EvaluationsDone()
             d = self.distill_calls
             if not self.rng_restored:
                 self._set_rng_state(self.ckpt["rng"])  # type: ignore[index]
@@ -386,19 +415,29 @@ class Runner:
 
     # ------------------------------------------------------------------ run
     def run(self) -> int:
-        if os.path.exists(os.path.join(self.state_dir, RESULT)):
+        if os.path.exists(os.path.join(self.state_dir, RESULT)) and not self.evaluate_only:
             print(f"[run_reference] {self.state_dir}/{RESULT} exists: finished already", flush=True)
             return 0
         flags = [*self.flags, "--Iteration", str(self.local_iterations)]
-        print(
-            f"[run_reference] {'resuming at' if self.ckpt else 'starting'} {self.done}/{self.total} iterations, "
-            f"{len(self.evals)}/{self.n_evals} evaluations done; budget {self.cli.budget_s:.0f} s; "
-            f"device {device_name(self.torch)}",
-            flush=True,
-        )
+        if self.evaluate_only:
+            print(
+                f"[run_reference] evaluating the checkpoint's set after {self.done}/{self.total} iterations, "
+                f"{self.n_evals} evaluation(s); device {device_name(self.torch)}",
+                flush=True,
+            )
+        else:
+            print(
+                f"[run_reference] {'resuming at' if self.ckpt else 'starting'} {self.done}/{self.total} iterations, "
+                f"{len(self.evals)}/{self.n_evals} evaluations done; budget {self.cli.budget_s:.0f} s; "
+                f"device {device_name(self.torch)}",
+                flush=True,
+            )
         self.capture_armed = True
         try:
             self.tr.run_reference(flags)
+        except EvaluationsDone:
+            self.write_checkpoint_evaluation()
+            return 0
         except BudgetExhausted as stop:
             print(
                 f"[run_reference] budget spent after {time.perf_counter() - self.t_start:.0f} s: checkpoint at "
@@ -410,8 +449,44 @@ class Runner:
         self.finish()
         return 0
 
-    def finish(self) -> None:
+    def _summary(self) -> dict:
         np = self.np
+        accs = [e["acc"] for e in self.evals]
+        return {
+            "reference": "github:mhmoslemi/COBRA train_dm.py",
+            "reference_commit": git_commit(self.cli.ref_dir),
+            "flags": self.flags,
+            "num_evaluations": len(self.evals),
+            "evaluations": self.evals,
+            "acc_mean": float(np.mean(accs)) if accs else None,
+            "acc_std": float(np.std(accs)) if accs else None,
+            "deo_m_mean": float(np.mean([e["max_eo"] for e in self.evals])) if accs else None,
+            "deo_a_mean": float(np.mean([e["mean_eo"] for e in self.evals])) if accs else None,
+            "units": "percent, as the reference rounds them (acc_std: population std, np.std)",
+            "device": device_name(self.torch),
+            "torch": self.torch.__version__,
+            "python": platform.python_version(),
+            "deterministic_clock": bool(self.cli.deterministic_clock),
+        }
+
+    def write_checkpoint_evaluation(self) -> None:
+        """``--evaluate-checkpoint``: the evaluations of the set after ``done`` of ``total`` steps."""
+        path = os.path.join(self.state_dir, f"evaluation_at_{self.done}.json")
+        result = self._summary() | {
+            "iterations_done": self.done,
+            "iterations_total": self.total,
+            "distillation_segments": self.segments,
+            "evaluation_wall_s": round(time.perf_counter() - self.t_start, 3),
+        }
+        atomic_write_json(path, result)
+        print(
+            f"[run_reference] the set after {self.done}/{self.total} iterations, {len(self.evals)} evaluation(s): acc "
+            f"{result['acc_mean']} +- {result['acc_std']}, DEO_M {result['deo_m_mean']}, DEO_A {result['deo_a_mean']} "
+            f"-> {path} (checkpoint left as it was)",
+            flush=True,
+        )
+
+    def finish(self) -> None:
         a = self.args
         name = f"res_DM_{a.dataset}_{a.model}_{a.ipc}ipc_{a.mode}.pt"
         res = os.path.join(a.save_path, name)
@@ -420,26 +495,11 @@ class Runner:
             copied = os.path.join(self.state_dir, name)
             with open(res, "rb") as source:
                 atomic_write(copied, lambda handle: shutil.copyfileobj(source, handle))
-        accs = [e["acc"] for e in self.evals]
         segments = [*self.segments, self._segment(self.total, "finished")]
-        result = {
-            "reference": "github:mhmoslemi/COBRA train_dm.py",
-            "reference_commit": git_commit(self.cli.ref_dir),
-            "flags": self.flags,
+        result = self._summary() | {
             "iterations": self.total,
-            "num_evaluations": len(self.evals),
-            "evaluations": self.evals,
-            "acc_mean": float(np.mean(accs)) if accs else None,
-            "acc_std": float(np.std(accs)) if accs else None,
-            "deo_m_mean": float(np.mean([e["max_eo"] for e in self.evals])) if accs else None,
-            "deo_a_mean": float(np.mean([e["mean_eo"] for e in self.evals])) if accs else None,
-            "units": "percent, as the reference rounds them (acc_std: population std, np.std)",
             "segments": segments,
             "wall_s_total": round(sum(s["wall_s"] for s in segments), 3),
-            "device": device_name(self.torch),
-            "torch": self.torch.__version__,
-            "python": platform.python_version(),
-            "deterministic_clock": bool(self.cli.deterministic_clock),
             "res_file": os.path.basename(copied) if copied else None,
         }
         atomic_write_json(os.path.join(self.state_dir, RESULT), result)
