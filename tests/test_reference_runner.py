@@ -157,5 +157,7 @@ def test_evaluating_a_checkpoint_matches_the_run_that_stops_there_and_keeps_the_
     # other flags than num_eval are still refused; without a checkpoint there is nothing to evaluate
     other = run(tmp_path, "seg", "--evaluate-checkpoint", flags=[*FLAGS, "--lr_img", "0.5"])
     assert other.returncode != 0 and "lr_img" in other.stderr
+    nothing = run(tmp_path, "seg", "--evaluate-checkpoint", flags=[*FLAGS, "--num_eval", "0"])
+    assert nothing.returncode != 0 and "--num_eval of at least 1" in nothing.stderr
     missing = run(tmp_path, "none", "--evaluate-checkpoint")
     assert missing.returncode != 0 and "no checkpoint to evaluate" in missing.stderr

@@ -88,6 +88,7 @@ ERR_FLAGS = (
     "Use another --state folder or the same flags."
 )
 ERR_NO_CHECKPOINT = "--evaluate-checkpoint needs {path}: there is no checkpoint to evaluate in {state}"
+ERR_NO_EVALUATIONS = "--evaluate-checkpoint needs --num_eval of at least 1; got {value}"
 # flags that may differ from the checkpoint's when only evaluating it
 EVALUATION_FLAGS = frozenset({"num_eval"})
 ERR_NUM_EXP = (
@@ -201,6 +202,8 @@ class Runner:
         if self.evaluate_only and self.ckpt is None:
             path = os.path.join(self.state_dir, CHECKPOINT)
             raise SystemExit(ERR_NO_CHECKPOINT.format(path=path, state=self.state_dir))
+        if self.evaluate_only and self.n_evals < 1:
+            raise SystemExit(ERR_NO_EVALUATIONS.format(value=self.args.num_eval))
         self.done = int(self.ckpt["done"]) if self.ckpt else 0  # steps done before this process
         # --Iteration of this process: 0 when only evaluating (the loop evaluates at it == 0)
         self.local_iterations = 0 if self.evaluate_only else self.total - self.done
