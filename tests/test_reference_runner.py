@@ -151,12 +151,21 @@ def test_evaluating_a_checkpoint_matches_the_run_that_stops_there_and_keeps_the_
     metrics = ("acc", "max_eo", "mean_eo")
     assert [[e[k] for k in metrics] for e in got["evaluations"]] == [[e[k] for k in metrics] for e in expected]
     assert (got["iterations_done"], got["iterations_total"], got["num_evaluations"]) == (3, 6, 1)
+    # evaluated again: the new evaluation joins the earlier one in the same file
+    again = run(tmp_path, "seg", "--evaluate-checkpoint", flags=[*FLAGS, "--num_eval", "1"])
+    assert again.returncode == 0, again.stdout + again.stderr
+    both = json.loads((tmp_path / "seg" / "evaluation_at_3.json").read_text())
+    assert both["num_evaluations"] == 2 and both["evaluations"][0] == got["evaluations"][0]
+    assert all(e["device"].startswith("cpu") for e in both["evaluations"])
     # the checkpoint is untouched and no result is claimed: the run continues as before
     assert (tmp_path / "seg" / "checkpoint.pt").read_bytes() == checkpoint
     assert not (tmp_path / "seg" / "result.json").exists()
     # other flags than num_eval are still refused; without a checkpoint there is nothing to evaluate
     other = run(tmp_path, "seg", "--evaluate-checkpoint", flags=[*FLAGS, "--lr_img", "0.5"])
     assert other.returncode != 0 and "lr_img" in other.stderr
+    (tmp_path / "seg" / "evaluation_at_3.json").write_text("{not json")
+    broken = run(tmp_path, "seg", "--evaluate-checkpoint", flags=[*FLAGS, "--num_eval", "1"])
+    assert broken.returncode != 0 and "evaluation_at_3.json cannot be added to" in broken.stderr
     nothing = run(tmp_path, "seg", "--evaluate-checkpoint", flags=[*FLAGS, "--num_eval", "0"])
     assert nothing.returncode != 0 and "--num_eval of at least 1" in nothing.stderr
     missing = run(tmp_path, "none", "--evaluate-checkpoint")

@@ -52,9 +52,9 @@ saves it after ``Iteration + 1``):
 the checkpoint's synthetic set as it stands with the reference's own ``evaluate_synset``. The
 reference's ``main`` runs with ``--Iteration 0``: it restores the set, evaluates it ``num_eval``
 times (``--num_eval`` may differ from the checkpoint's, e.g. fewer on a CPU) and is stopped
-before its final distillation step. It writes ``STATE/evaluation_at_<steps done>.json`` and
-leaves ``checkpoint.pt`` as it was (never a checkpoint, never ``result.json``), so the run can
-still be continued later.
+before its final distillation step. It writes ``STATE/evaluation_at_<steps done>.json`` (run
+again, the new evaluations join the file's earlier ones) and leaves ``checkpoint.pt`` as it was
+(never a checkpoint, never ``result.json``), so the run can still be continued later.
 
 Limits: ``--num_exp`` must be 1 (the loop over experiments re-initialises the set).
 """
@@ -89,6 +89,7 @@ ERR_FLAGS = (
 )
 ERR_NO_CHECKPOINT = "--evaluate-checkpoint needs {path}: there is no checkpoint to evaluate in {state}"
 ERR_NO_EVALUATIONS = "--evaluate-checkpoint needs --num_eval of at least 1; got {value}"
+ERR_EVALUATION_FILE = "{path} cannot be added to: {why}. Move it away to start a new evaluation file of this checkpoint"
 # flags that may differ from the checkpoint's when only evaluating it
 EVALUATION_FLAGS = frozenset({"num_eval"})
 ERR_NUM_EXP = (
@@ -205,6 +206,8 @@ class Runner:
         if self.evaluate_only and self.n_evals < 1:
             raise SystemExit(ERR_NO_EVALUATIONS.format(value=self.args.num_eval))
         self.done = int(self.ckpt["done"]) if self.ckpt else 0  # steps done before this process
+        # a checkpoint evaluated again: the new evaluations join those already in its file (read now, not after hours)
+        self.earlier_evals: list[dict] = self._earlier_evaluations() if self.evaluate_only else []
         # --Iteration of this process: 0 when only evaluating (the loop evaluates at it == 0)
         self.local_iterations = 0 if self.evaluate_only else self.total - self.done
         self.evals: list[dict] = list(self.ckpt["evals"]) if self.ckpt and not self.evaluate_only else []
@@ -247,6 +250,24 @@ class Runner:
             shown = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs now {ours.get(k)!r}" for k in diff)
             raise SystemExit(ERR_FLAGS.format(state=self.state_dir, diff=shown))
         return ckpt
+
+    def _evaluation_path(self) -> str:
+        return os.path.join(self.state_dir, f"evaluation_at_{self.done}.json")
+
+    def _earlier_evaluations(self) -> list[dict]:
+        path = self._evaluation_path()
+        if not os.path.exists(path):
+            return []
+        try:
+            with open(path, encoding="utf-8") as handle:
+                before = json.load(handle)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise SystemExit(ERR_EVALUATION_FILE.format(path=path, why=f"not readable JSON ({error})")) from None
+        evaluations = before.get("evaluations") if isinstance(before, dict) else None
+        if not isinstance(evaluations, list) or before.get("iterations_done") != self.done:
+            why = f"it is not an evaluation of the set after {self.done} iterations"
+            raise SystemExit(ERR_EVALUATION_FILE.format(path=path, why=why))
+        return evaluations
 
     def _install_hooks(self) -> None:
         torch, runner = self.torch, self
@@ -473,13 +494,16 @@ class Runner:
         }
 
     def write_checkpoint_evaluation(self) -> None:
-        """``--evaluate-checkpoint``: the evaluations of the set after ``done`` of ``total`` steps."""
-        path = os.path.join(self.state_dir, f"evaluation_at_{self.done}.json")
+        """``--evaluate-checkpoint``: the evaluations of the set after ``done`` of ``total`` steps,
+        this process's after those of earlier ones (each with its device)."""
+        path = self._evaluation_path()
+        for evaluation in self.evals:
+            evaluation["device"] = device_name(self.torch)
+        self.evals = [*self.earlier_evals, *self.evals]
         result = self._summary() | {
             "iterations_done": self.done,
             "iterations_total": self.total,
             "distillation_segments": self.segments,
-            "evaluation_wall_s": round(time.perf_counter() - self.t_start, 3),
         }
         atomic_write_json(path, result)
         print(
