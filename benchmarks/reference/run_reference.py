@@ -267,6 +267,8 @@ class Runner:
         if not isinstance(evaluations, list) or before.get("iterations_done") != self.done:
             why = f"it is not an evaluation of the set after {self.done} iterations"
             raise SystemExit(ERR_EVALUATION_FILE.format(path=path, why=why))
+        for evaluation in evaluations:  # files written before evaluations named their device: the file's
+            evaluation.setdefault("device", before.get("device"))
         return evaluations
 
     def _install_hooks(self) -> None:
